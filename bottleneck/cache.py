@@ -1,0 +1,409 @@
+"""The HDF5 bottleneck cache: layout, provenance, safe incremental writes and reading.
+
+Crash safety: the `.h5` file is only ever replaced whole. A writer appends each finished batch to a
+journal folder beside it (`<cache>.journal/`, one atomically renamed `.npz` per batch); committing
+copies the cache, applies the journal to the copy and renames the copy over the original. A process
+killed at any moment (even SIGKILL) therefore leaves either the old cache or the new one, never a
+half-written file, plus journal batches that the next writer applies first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CacheError, CacheLockedError, CacheMismatchError
+
+SCHEMA_VERSION = 1
+ROW_FIELDS = ("image_id", "path", "group", "sha256")  # string columns, one per row
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Everything that determines the features; two caches are comparable only if these match."""
+
+    backbone: str
+    weights: str  # "imagenet" | "none" | path of a weights file
+    weights_sha256: str
+    seed: int
+    input_size: int
+    pooling: str
+    preprocessing: str
+    dtype: str  # storage dtype of `features`
+    num_features: int
+
+    @property
+    def weights_identity(self) -> str:
+        if self.weights_sha256:
+            return f"file sha256={self.weights_sha256[:12]}"
+        return f"none (seed {self.seed})" if self.weights == "none" else self.weights
+
+    def mismatch(self, other: CacheConfig) -> str | None:
+        """Describe the first difference that would mix incomparable features, or None."""
+        checks = [("backbone", self.backbone, other.backbone),
+                  ("weights", self.weights_identity, other.weights_identity),
+                  ("image size", self.input_size, other.input_size),
+                  ("pooling", self.pooling, other.pooling),
+                  ("dtype", self.dtype, other.dtype)]
+        for what, mine, theirs in checks:
+            if mine != theirs:
+                return f"{what} {theirs} (cache) vs {mine} (this run)"
+        return None
+
+    @classmethod
+    def from_attrs(cls, attrs) -> CacheConfig:
+        names = cls.__dataclass_fields__
+        values = {k: attrs[k] for k in names}
+        values["seed"], values["input_size"], values["num_features"] = (
+            int(values["seed"]), int(values["input_size"]), int(values["num_features"]))
+        return cls(**{k: (v.decode() if isinstance(v, bytes) else v) for k, v in values.items()})
+
+
+def library_versions() -> dict[str, str]:
+    import h5py
+    import keras
+    import tensorflow as tf
+
+    from . import __version__
+
+    return {"bottleneck": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "numpy": np.__version__}
+
+
+@dataclass
+class CacheData:
+    """A cache loaded for training: features in memory plus per-row metadata."""
+
+    path: Path
+    config: CacheConfig
+    class_names: list[str]
+    features: np.ndarray  # (N, D) float32
+    labels: np.ndarray  # (N,) int32, -1 unknown
+    image_ids: np.ndarray  # (N,) str
+    paths: np.ndarray  # (N,) str, relative to `root`
+    groups: np.ndarray  # (N,) str, "" when none
+    sha256: np.ndarray
+    sizes: np.ndarray  # (N, 2) int32 width, height
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.attrs.get("root", ""))
+
+
+def _str_dtype():
+    import h5py
+
+    return h5py.string_dtype("utf-8")
+
+
+def _decode(values) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+def read_attrs(path: Path) -> dict:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except OSError as exc:
+        raise CacheError(f"cannot open cache {path}: {exc}; is it an HDF5 file written by bottleneck?") from None
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise CacheError(f"cache {path} does not exist; create it with `bottleneck extract DATA --cache {path}`")
+    attrs = read_attrs(path)
+    version = attrs.get("schema_version")
+    if version is None:
+        raise CacheError(f"{path} is not a bottleneck cache (no schema_version attribute)")
+    if int(version) > SCHEMA_VERSION:
+        raise CacheError(f"cache {path} has schema version {version}, newer than this bottleneck "
+                         f"understands ({SCHEMA_VERSION}); upgrade bottleneck")
+
+
+def load_cache(path: str | Path, dtype=np.float32, features: bool = True) -> CacheData:
+    """Read a whole cache into memory (features as `dtype`, or an empty (0, D) array when `features` is
+    False, for callers that need only the rows); never touches an image."""
+    import h5py
+
+    path = Path(path)
+    _check_readable(path)
+    with h5py.File(path, "r") as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        n = int(attrs["n_rows"])
+        return CacheData(
+            path=path, config=CacheConfig.from_attrs(attrs), class_names=json.loads(attrs["class_names"]),
+            features=(f["features"][:n] if features else np.zeros((0, f["features"].shape[1]))).astype(dtype), labels=f["label"][:n].astype(np.int32),
+            image_ids=_decode(f["image_id"][:n]), paths=_decode(f["path"][:n]), groups=_decode(f["group"][:n]),
+            sha256=_decode(f["sha256"][:n]), sizes=f["orig_size"][:n].astype(np.int32), attrs=attrs)
+
+
+def read_failed(path: str | Path) -> list[tuple[str, str]]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "failed" not in f:
+            return []
+        return list(zip(_decode(f["failed/path"][:]), _decode(f["failed/reason"][:])))
+
+
+def journal_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".journal")
+
+
+def pending_batches(path: Path) -> list[Path]:
+    j = journal_dir(path)
+    return sorted(j.glob("batch-*.npz")) if j.is_dir() else []
+
+
+class CacheWriter:
+    """One writer of one cache: holds the lock, checks the configuration, journals batches, commits.
+
+    Use as a context manager; `commit()` applies the journal atomically.
+    """
+
+    def __init__(self, path: str | Path, config: CacheConfig, info: dict | None = None,
+                 class_names: tuple[str, ...] = ()):
+        self.path = Path(path)
+        self.config = config
+        self.info = dict(info or {})
+        self.class_names = tuple(class_names)  # the index's classes, sorted: the order of a new cache
+        self._lock_fd: int | None = None
+        self._seq = 0
+
+    # -- locking -------------------------------------------------------------------------------
+    def __enter__(self) -> CacheWriter:
+        self.check_config()  # before anything is created, so a mismatch leaves no trace
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        try:
+            self.check_config()  # again under the lock: another writer may have created it meanwhile
+            self.commit()  # batches journaled by an interrupted run come first
+        except BaseException:
+            self._release_lock()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.commit()  # keep whatever finished, also on Ctrl-C or an error
+        finally:
+            self._release_lock()
+
+    def _lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def _acquire_lock(self) -> None:
+        import fcntl
+
+        lock = self._lock_path()
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CacheLockedError(f"cache {self.path} is being written by another process (pid {holder}); "
+                                   "wait for it to finish or pass another --cache") from None
+        # The kernel drops a flock when its holder dies, so a SIGKILLed writer never leaves a stale lock.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- configuration -------------------------------------------------------------------------
+    def check_config(self) -> None:
+        existing = None
+        if self.path.exists():
+            _check_readable(self.path)
+            existing = CacheConfig.from_attrs(read_attrs(self.path))
+        else:
+            meta = journal_dir(self.path) / "config.json"
+            if meta.is_file():
+                existing = CacheConfig(**json.loads(meta.read_text()))
+        if existing is not None:
+            diff = self.config.mismatch(existing)
+            if diff:
+                raise CacheMismatchError(
+                    f"cache {self.path} was extracted with another configuration: {diff}; a cache is never "
+                    "mixed, so pass another --cache (or drop --cache for the default name of this configuration)")
+
+    # -- reading what is there ----------------------------------------------------------------
+    def existing_rows(self) -> dict[str, dict]:
+        """image_id -> {sha256, label, group, path, row} for rows already committed."""
+        if not self.path.exists():
+            return {}
+        data = load_cache(self.path, features=False)
+        names = data.class_names
+        return {i: {"sha256": s, "label": names[l] if l >= 0 else None, "group": g, "path": p, "row": r}
+                for r, (i, s, l, g, p) in enumerate(zip(data.image_ids, data.sha256, data.labels,
+                                                        data.groups, data.paths))}
+
+    def cached_features(self, row: int) -> np.ndarray:
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            return f["features"][row]
+
+    # -- writing --------------------------------------------------------------------------------
+    def write_batch(self, rows: list[dict], features: np.ndarray | None, failed: list[tuple[str, str, str]] = ()):
+        """Journal one batch durably. rows: dicts with image_id, path, label (name|None), group, sha256,
+        width, height, has_features; features: (len(rows), D) aligned with rows (ignored where
+        has_features is False); failed: (path, reason, sha256)."""
+        j = journal_dir(self.path)
+        if not j.is_dir():
+            j.mkdir(parents=True)
+            _atomic_write_text(j / "config.json", json.dumps(asdict(self.config)))
+        self._seq += 1  # the journal is empty on entry: __enter__ committed what an earlier run left
+        n = len(rows)
+        if features is None:
+            features = np.zeros((n, self.config.num_features), np.float32)
+        payload = {k: np.array([r[k] or "" for r in rows], dtype=str) for k in ROW_FIELDS}
+        payload.update(
+            label=np.array([r["label"] if r["label"] is not None else "" for r in rows], dtype=str),
+            has_label=np.array([r["label"] is not None for r in rows], dtype=bool),
+            size=np.array([[r["width"], r["height"]] for r in rows], dtype=np.int32).reshape(n, 2),
+            has_features=np.array([r.get("has_features", True) for r in rows], dtype=bool),
+            features=np.asarray(features, dtype=self.config.dtype).reshape(n, self.config.num_features),
+            failed=np.array([list(x) for x in failed], dtype=str).reshape(len(failed), 3),
+        )
+        target = j / f"batch-{self._seq:08d}.npz"
+        tmp = target.with_suffix(".tmp.npz")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)  # atomic: a batch is either wholly journaled or absent
+
+    def commit(self) -> int:
+        """Apply journaled batches to a copy of the cache and swap it in atomically. Returns rows added."""
+        batches = pending_batches(self.path)
+        if not batches:
+            return 0
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        if self.path.exists():
+            shutil.copyfile(self.path, tmp)
+        else:
+            self._create(tmp)
+        added = _apply_batches(tmp, batches, self.info, self.class_names)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        for b in batches:  # after the swap: re-applying a batch twice is harmless (rows keyed by image id)
+            b.unlink(missing_ok=True)
+        shutil.rmtree(journal_dir(self.path), ignore_errors=True)
+        return added
+
+    def _create(self, path: Path) -> None:
+        import h5py
+
+        d = self.config.num_features
+        chunk_rows = max(1, min(1024, (1 << 20) // (d * np.dtype(self.config.dtype).itemsize)))  # ~1 MiB chunks
+        with h5py.File(path, "w") as f:
+            f.create_dataset("features", (0, d), maxshape=(None, d), dtype=self.config.dtype,
+                             chunks=(chunk_rows, d))
+            for name in ROW_FIELDS:
+                f.create_dataset(name, (0,), maxshape=(None,), dtype=_str_dtype(), chunks=(4096,))
+            f.create_dataset("label", (0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
+            f.create_dataset("orig_size", (0, 2), maxshape=(None, 2), dtype=np.int32, chunks=(4096, 2))
+            for name in ("path", "reason", "sha256"):
+                f.create_dataset(f"failed/{name}", (0,), maxshape=(None,), dtype=_str_dtype(), chunks=(1024,))
+            f.attrs.update({k: v for k, v in asdict(self.config).items()})
+            f.attrs.update(schema_version=SCHEMA_VERSION, n_rows=0, class_names="[]",
+                           created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           library_versions=json.dumps(library_versions()))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _append(ds, values) -> None:
+    n = ds.shape[0]
+    ds.resize(n + len(values), axis=0)
+    ds[n:] = values
+
+
+def _apply_batches(path: Path, batches: list[Path], info: dict, class_names: tuple[str, ...]) -> int:
+    import h5py
+
+    added = 0
+    with h5py.File(path, "r+") as f:
+        n = int(f.attrs["n_rows"])
+        classes = json.loads(f.attrs["class_names"])
+        # New class names are appended, never inserted, so label indices already stored stay valid.
+        classes.extend(c for c in class_names if c not in classes)
+        index = {k: i for i, k in enumerate(_decode(f["image_id"][:n]))}
+        failed = dict(zip(_decode(f["failed/path"][:]), zip(_decode(f["failed/reason"][:]),
+                                                             _decode(f["failed/sha256"][:]))))
+        for batch in batches:
+            with np.load(batch) as b:
+                b = {k: b[k] for k in b.files}
+            for name, has in zip(b["label"], b["has_label"]):
+                if has and name not in classes:
+                    classes.append(str(name))
+            new_rows = []
+            for i, image_id in enumerate(b["image_id"]):
+                image_id = str(image_id)
+                label = classes.index(str(b["label"][i])) if b["has_label"][i] else -1
+                failed.pop(str(b["path"][i]), None)
+                if image_id in index:  # refresh metadata (and features when recomputed) in place
+                    r = index[image_id]
+                    for k in ROW_FIELDS:
+                        f[k][r] = str(b[k][i])
+                    f["label"][r] = label
+                    f["orig_size"][r] = b["size"][i]
+                    if b["has_features"][i]:
+                        f["features"][r] = b["features"][i]
+                else:
+                    index[image_id] = n + len(new_rows)
+                    new_rows.append((i, label))
+            if new_rows:
+                sel = np.array([i for i, _ in new_rows])
+                for k in ROW_FIELDS:
+                    _append(f[k], [str(v) for v in b[k][sel]])
+                _append(f["label"], np.array([lab for _, lab in new_rows], dtype=np.int32))
+                _append(f["orig_size"], b["size"][sel])
+                _append(f["features"], b["features"][sel])
+                n += len(new_rows)
+                added += len(new_rows)
+            for fpath, reason, sha in b["failed"]:
+                failed[str(fpath)] = (str(reason), str(sha))
+        for name, col in (("path", list(failed)), ("reason", [v[0] for v in failed.values()]),
+                          ("sha256", [v[1] for v in failed.values()])):
+            ds = f[f"failed/{name}"]
+            ds.resize(len(col), axis=0)
+            if col:
+                ds[:] = col
+        f.attrs.update(n_rows=n, class_names=json.dumps(classes), updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        f.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in info.items()})
+    return added
+
+
+def describe_cache(path: str | Path) -> dict:
+    """What `bottleneck info` shows: configuration, counts per class, failed images, pending batches."""
+    path = Path(path)
+    if not path.exists() and pending_batches(path):
+        raise CacheError(f"cache {path} has only journaled batches from an interrupted first run; "
+                         "rerun the same extract command to complete it")
+    data = load_cache(path, features=False)
+    labels = data.labels
+    counts = {name: int((labels == i).sum()) for i, name in enumerate(data.class_names)}
+    return {"config": asdict(data.config), "attrs": data.attrs, "rows": len(labels),
+            "groups": len({g for g in data.groups if g}), "class_counts": counts,
+            "unlabeled": int((labels < 0).sum()), "failed": read_failed(path),
+            "pending_batches": len(pending_batches(path))}

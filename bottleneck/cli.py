@@ -1,0 +1,167 @@
+"""The `bottleneck` command line: each command parses options, calls one library function and turns a
+`BottleneckError` into a one-line message with exit code 1 (usage errors exit 2, from typer)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import List, Optional
+
+# Before TensorFlow is imported anywhere: keep its start-up chatter off the user's terminal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import typer
+
+from .errors import BottleneckError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Extract CNN bottlenecks once into an HDF5 cache, then train heads off it in seconds.")
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def handle_errors(fn):
+    """Map the library's errors to `error: ...` and exit 1; Ctrl-C to exit 130 without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BottleneckError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            typer.echo("interrupted; finished batches are kept in the cache", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+@app.command()
+@handle_errors
+def extract(
+    data: Path = typer.Argument(..., help="Image folder: class subfolders, or images plus --metadata CSV."),
+    metadata: Optional[Path] = typer.Option(None, help="Metadata CSV (HAM10000, ISIC 2019/2020 or any CSV)."),
+    id_column: Optional[str] = typer.Option(None, help="CSV column with image ids (file names or stems)."),
+    label_column: Optional[str] = typer.Option(None, help="CSV column with class labels."),
+    group_column: Optional[str] = typer.Option(None, help="CSV column with lesion/patient ids for grouped splits."),
+    backbone: str = typer.Option("inception_v3", help="Backbone name; see `bottleneck backbones`."),
+    weights: str = typer.Option("imagenet", help="imagenet | none (seeded random init) | PATH to a weights file."),
+    image_size: Optional[int] = typer.Option(None, help="Input side in pixels (default: the backbone's own)."),
+    pooling: str = typer.Option("avg", help="Global pooling: avg or max."),
+    batch_size: int = typer.Option(32, help="Images per inference batch (also the commit unit)."),
+    views: int = typer.Option(0, help="Extra augmented views per image (not available yet: 0)."),
+    seed: int = typer.Option(0, help="Seed of --weights none initialisation, recorded in the cache."),
+    dtype: str = typer.Option("float16", help="Storage dtype of features: float16 or float32."),
+    cache: Optional[Path] = typer.Option(None, help="Cache file (default: cache/<dataset>-<config>.h5)."),
+    strict: bool = typer.Option(False, help="Stop at the first unreadable image instead of listing it."),
+    shard: Optional[str] = typer.Option(None, help="I/N: extract only shard I of N (deterministic by image id)."),
+    engine: str = typer.Option("local", help="local (this process)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Run every image once through a pretrained CNN and store its bottleneck vector in an HDF5 cache.
+
+    Example: bottleneck extract data/HAM10000 --backbone inception_v3 --weights imagenet
+    """
+    from .dataset import build_index, select_shard
+    from .extract import ExtractOptions, extract as run_extract
+
+    if views:
+        fail(f"--views {views}: augmented views are not available in this version; use --views 0")
+    if engine != "local":
+        fail(f"--engine {engine!r} is not available; use --engine local (shard with --shard I/N for many machines)")
+    index = build_index(data, metadata, id_column, label_column, group_column)
+    if shard:
+        index = select_shard(index, shard)
+    opts = ExtractOptions(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
+                          batch_size=batch_size, seed=seed, dtype=dtype, strict=strict, cache=cache,
+                          progress=not quiet)
+    s = run_extract(index, opts)
+    typer.echo(f"cache: {s.cache}")
+    typer.echo(f"images: {s.total} indexed, {s.extracted} extracted, {s.already_cached} already cached, "
+               f"{s.reused} reused (same bytes), {len(s.failed)} failed")
+    if s.extracted:
+        typer.echo(f"time: {s.seconds:.1f} s, {s.images_per_s:.1f} images/s")
+    typer.echo(f"rows in cache: {s.rows}")
+    if s.rows_without_image:
+        typer.echo(f"metadata rows with no image: {s.rows_without_image} "
+                   f"(e.g. {', '.join(index.rows_without_image[:3])})")
+    if s.images_without_row:
+        typer.echo(f"images with no metadata row: {s.images_without_row} "
+                   f"(e.g. {', '.join(index.images_without_row[:3])})")
+    for path, reason in s.failed[:10]:
+        typer.echo(f"  failed: {path}: {reason}")
+    if len(s.failed) > 10:
+        typer.echo(f"  ... and {len(s.failed) - 10} more (bottleneck info {s.cache})")
+
+
+@app.command()
+@handle_errors
+def info(cache: Path = typer.Argument(..., help="A cache written by `bottleneck extract`.")):
+    """Show a cache's configuration, row count, class counts and failed images.
+
+    Example: bottleneck info cache/HAM10000-inception_v3-imagenet-299-avg.h5
+    """
+    from .cache import describe_cache
+
+    d = describe_cache(cache)
+    typer.echo(f"cache: {cache}")
+    for key in ("backbone", "weights", "input_size", "pooling", "preprocessing", "dtype", "num_features"):
+        typer.echo(f"  {key}: {d['config'][key]}")
+    for key in ("dataset", "source", "root", "created", "updated", "schema_version"):
+        if d["attrs"].get(key) not in (None, ""):
+            typer.echo(f"  {key}: {d['attrs'][key]}")
+    typer.echo(f"rows: {d['rows']} ({d['groups']} groups)" if d["groups"] else f"rows: {d['rows']}")
+    typer.echo("classes:")
+    for name, count in d["class_counts"].items():
+        typer.echo(f"  {name}: {count}")
+    if d["unlabeled"]:
+        typer.echo(f"  (unlabeled): {d['unlabeled']}")
+    if d["pending_batches"]:
+        typer.echo(f"pending: {d['pending_batches']} journaled batches from an interrupted run; "
+                   "rerun extract to complete the cache")
+    typer.echo(f"failed images: {len(d['failed'])}")
+    for path, reason in d["failed"][:20]:
+        typer.echo(f"  {path}: {reason}")
+    if len(d["failed"]) > 20:
+        typer.echo(f"  ... and {len(d['failed']) - 20} more")
+
+
+@app.command()
+def backbones():
+    """List the registered backbones with their input size and feature width."""
+    from .backbones import REGISTRY
+
+    for spec in REGISTRY.values():
+        typer.echo(f"{spec.name:16s} {spec.input_size:4d}px  {spec.num_features:5d}-d  {spec.preprocessing}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Path = typer.Option(Path("demo_data"), help="Where to write the synthetic images."),
+    images_per_class: int = typer.Option(40, help="Images per minority class (nv gets twice as many)."),
+    backbone: str = typer.Option("mobilenet_v2", help="Backbone for the demo (small: runs in seconds on CPU)."),
+    weights: str = typer.Option("none", help="none works offline; imagenet if this machine is online."),
+    image_size: int = typer.Option(96, help="Input side in pixels."),
+    seed: int = typer.Option(0),
+):
+    """Generate a small HAM10000-style dermoscopy-like dataset and run the pipeline on it."""
+    from .demo import make_demo_dataset
+
+    ds = make_demo_dataset(out, images_per_class=images_per_class, seed=seed)
+    typer.echo(f"demo data: {ds.n_images} JPEG images of {ds.n_lesions} lesions in {ds.root} "
+               f"({', '.join(f'{k}: {v}' for k, v in ds.class_counts.items())})")
+    cache = Path("cache") / f"demo-{backbone}-{weights}-{image_size}.h5"
+    extract(ds.root, metadata=ds.metadata, id_column=None, label_column=None, group_column=None,
+            backbone=backbone, weights=weights, image_size=image_size, pooling="avg", batch_size=32, views=0,
+            seed=seed, dtype="float16", cache=cache, strict=False, shard=None, engine="local", quiet=False)
+    typer.echo("")
+    info(cache)
+
+
+def main():  # pragma: no cover
+    app()

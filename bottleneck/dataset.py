@@ -1,0 +1,254 @@
+"""The dataset index: what images there are, their labels and groups, from class folders or a metadata CSV.
+
+Nothing here decodes an image; the index is cheap to build and every later stage (extraction, splits)
+reads its labels and groups from the cache, not from here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+from .images import IMAGE_EXTENSIONS, sniff_format
+
+ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+
+
+@dataclass(frozen=True)
+class Entry:
+    image_id: str
+    path: Path  # absolute path of the image file
+    rel_path: str  # POSIX path relative to the index root, stored in the cache
+    label: str | None  # None when unknown
+    group: str = ""  # lesion or patient id; "" when the source has none
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    root: Path
+    name: str
+    source: str  # "folders" | "unlabeled" | "ham10000" | "isic2019" | "isic2020" | "csv"
+    entries: tuple[Entry, ...]
+    class_names: tuple[str, ...]
+    metadata: Path | None = None
+    rows_without_image: tuple[str, ...] = ()  # CSV ids with no image file
+    images_without_row: tuple[str, ...] = ()  # image files (relative) no CSV row names
+    ignored_files: tuple[str, ...] = field(default=())  # files outside class folders
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in ("Thumbs.db", "desktop.ini", "__MACOSX")
+
+
+def _walk_files(root: Path) -> list[Path]:
+    """Every non-hidden regular file under root, in a stable order."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not _is_hidden(f))
+    return out
+
+
+def _looks_like_image(path: Path) -> bool:
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return sniff_format(f.read(16)) is not None
+    except OSError:
+        return False
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "dataset"
+
+
+def build_index(data: str | Path, metadata: str | Path | None = None, id_column: str | None = None,
+                label_column: str | None = None, group_column: str | None = None) -> DatasetIndex:
+    """Index `data`: class folders (`DATA/<class>/*`), or an image folder plus a metadata CSV."""
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise InputError(f"data folder {root} does not exist; pass the folder that holds your images")
+    if not root.is_dir():
+        raise InputError(f"data path {root} is a file, not a folder; pass the folder that holds your images "
+                         "(and a metadata CSV with --metadata)")
+    root = root.resolve()
+    if metadata is None and (id_column or label_column or group_column):
+        raise InputError("--id-column/--label-column/--group-column need --metadata CSV")
+    if metadata is None:
+        metadata = _find_known_csv(root)
+    if metadata is not None:
+        return _index_from_csv(root, Path(metadata).expanduser(), id_column, label_column, group_column)
+    return _index_from_folders(root)
+
+
+def _find_known_csv(root: Path) -> Path | None:
+    """A top-level CSV in a recognised format (e.g. HAM10000_metadata.csv) is used without --metadata,
+    so `bottleneck extract HAM10000/` does not mistake `HAM10000_images_part_1/` for a class."""
+    for csv in sorted(root.glob("*.csv")):
+        try:
+            with open(csv, encoding="utf-8-sig", errors="replace") as f:
+                header = {c.strip() for c in f.readline().split(",")}
+        except OSError:
+            continue
+        if _detect_format(header)[0] != "csv":
+            return csv
+    return None
+
+
+def _index_from_folders(root: Path) -> DatasetIndex:
+    children = [p for p in sorted(root.iterdir()) if not _is_hidden(p.name)]
+    if not children:
+        raise InputError(f"data folder {root} is empty; expected class subfolders ({root}/<class>/*.jpg) "
+                         "or an image folder with --metadata CSV")
+    class_dirs = [p for p in children if p.is_dir()]
+    top_files = [p for p in children if p.is_file()]
+    entries: list[Entry] = []
+    if class_dirs:
+        for cdir in class_dirs:
+            for path in _walk_files(cdir):
+                rel = path.relative_to(root).as_posix()
+                entries.append(Entry(rel, path, rel, cdir.name))
+        ignored = tuple(p.name for p in top_files)
+        source = "folders"
+    else:  # a flat folder of images: unlabeled (e.g. an external set to predict on)
+        entries = [Entry(p.name, p, p.name, None) for p in top_files]
+        ignored = ()
+        source = "unlabeled"
+    if not any(_looks_like_image(e.path) for e in entries):
+        raise InputError(f"no images found in {root}: expected class subfolders with image files "
+                         "(JPEG, PNG, BMP, ...) or --metadata CSV")
+    classes = tuple(sorted({e.label for e in entries if e.label is not None}))
+    return DatasetIndex(root, _safe_name(root.name), source, tuple(entries), classes, ignored_files=ignored)
+
+
+def _detect_format(columns: set[str]) -> tuple[str, dict]:
+    if {"lesion_id", "image_id", "dx"} <= columns:
+        return "ham10000", {"id": "image_id", "label": "dx", "group": "lesion_id"}
+    if "image" in columns and {"MEL", "NV", "BCC"} <= columns:
+        return "isic2019", {"id": "image", "label": None, "group": "lesion_id" if "lesion_id" in columns else None}
+    if {"image_name", "target"} <= columns:
+        label = "benign_malignant" if "benign_malignant" in columns else "target"
+        return "isic2020", {"id": "image_name", "label": label,
+                            "group": "patient_id" if "patient_id" in columns else None}
+    return "csv", {"id": None, "label": None, "group": None}
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    if not path.is_file():
+        raise InputError(f"metadata CSV {path} does not exist")
+    try:
+        # utf-8-sig strips a BOM; dtype=str and no NA parsing keep ids like "NA" or "00123" as written.
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"cannot read metadata CSV {path}: {exc}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if df.empty:
+        raise InputError(f"metadata CSV {path} has no rows")
+    return df.apply(lambda col: col.str.strip())
+
+
+def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column) -> DatasetIndex:
+    df = _read_csv(csv)
+    columns = set(df.columns)
+    source, cols = _detect_format(columns)
+    id_col = id_column or cols["id"]
+    lab_col = label_column or cols["label"]
+    grp_col = group_column or cols["group"]
+    if id_col is None:
+        raise InputError(f"cannot tell which column of {csv} holds image ids (columns: {', '.join(df.columns)}); "
+                         "pass --id-column and --label-column")
+    for opt, col in (("--id-column", id_col), ("--label-column", lab_col), ("--group-column", grp_col)):
+        if col is not None and col not in columns:
+            raise InputError(f"{csv} has no column {col!r} ({opt}); its columns are: {', '.join(df.columns)}")
+
+    ids = df[id_col]
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise InputError(f"duplicate image id {dup.iloc[0]!r} in {csv} ({len(dup)} duplicate rows); "
+                         "each row must name a different image")
+    if (ids == "").any():
+        raise InputError(f"{csv} has a row with an empty {id_col!r} (row {int((ids == '').values.argmax()) + 2})")
+
+    if lab_col is not None:
+        labels = [v or None for v in df[lab_col]]
+    elif source == "isic2019" and label_column is None:
+        onehot = [c for c in ISIC2019_CLASSES if c in columns]
+        values = df[onehot].apply(lambda c: c.map(lambda v: float(v or 0))).to_numpy()
+        labels = [onehot[int(r.argmax())] if r.max() > 0 else None for r in values]
+    else:
+        labels = [None] * len(df)
+    groups = list(df[grp_col]) if grp_col is not None else [""] * len(df)
+
+    finder = _ImageFinder(root)
+    entries, missing = [], []
+    for image_id, label, group in zip(ids, labels, groups):
+        path = finder.find(image_id, csv)
+        if path is None:
+            missing.append(image_id)
+            continue
+        entries.append(Entry(image_id, path, path.relative_to(root).as_posix(), label, group))
+    if not entries:
+        raise InputError(f"none of the {len(df)} ids in {csv} (column {id_col!r}) matches an image file under "
+                         f"{root}; check the image folder and --id-column")
+    used = {e.path for e in entries}
+    unlisted = tuple(p.relative_to(root).as_posix() for p in finder.images if p not in used)
+    classes = tuple(sorted({e.label for e in entries if e.label is not None}))
+    return DatasetIndex(root, _safe_name(root.name), source, tuple(entries), classes, csv.resolve(),
+                        tuple(missing), unlisted)
+
+
+class _ImageFinder:
+    """Find the file a CSV id names: a relative path, a file name, or a file stem, searched recursively."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.images = [p for p in _walk_files(root) if p.suffix.lower() in IMAGE_EXTENSIONS or not p.suffix]
+        self.by_name: dict[str, list[Path]] = {}
+        self.by_stem: dict[str, list[Path]] = {}
+        for p in self.images:
+            self.by_name.setdefault(p.name, []).append(p)
+            self.by_stem.setdefault(p.stem, []).append(p)
+
+    def find(self, image_id: str, csv: Path) -> Path | None:
+        parts = re.split(r"[\\/]", image_id)
+        if ".." in parts or image_id.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", image_id):
+            raise InputError(f"image id {image_id!r} in {csv} points outside the image folder {self.root}; "
+                             "ids must be file names or paths inside it")
+        if len(parts) > 1:
+            candidate = (self.root / image_id).resolve()
+            if not candidate.is_relative_to(self.root):
+                raise InputError(f"image id {image_id!r} in {csv} points outside the image folder {self.root}")
+            if candidate.is_file():
+                return candidate
+            matches = [p for p in self.by_stem.get(Path(image_id).name, []) if p.parent == candidate.parent]
+        else:
+            matches = self.by_name.get(image_id) or self.by_stem.get(image_id, [])
+        if len(matches) > 1:
+            shown = ", ".join(p.relative_to(self.root).as_posix() for p in matches[:3])
+            raise InputError(f"image id {image_id!r} in {csv} matches {len(matches)} files ({shown}); "
+                             "make ids unique or use relative paths as ids")
+        return matches[0] if matches else None
+
+
+def select_shard(index: DatasetIndex, shard: str) -> DatasetIndex:
+    """Keep shard I of N (`--shard I/N`, 0-based): a stable hash of the image id decides, so every machine
+    computes the same partition without talking to the others, and shards can be merged later."""
+    import hashlib
+    from dataclasses import replace
+
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise InputError(f"--shard should be I/N with 0 <= I < N, e.g. 0/4; received {shard!r}")
+    i, n = int(m.group(1)), int(m.group(2))
+
+    def bucket(image_id: str) -> int:
+        return int.from_bytes(hashlib.sha1(image_id.encode()).digest()[:8], "big") % n
+
+    entries = tuple(e for e in index.entries if bucket(e.image_id) == i)
+    return replace(index, entries=entries, name=f"{index.name}-shard{i}of{n}")

@@ -1,0 +1,484 @@
+"""A small synthetic dermoscopy-like image set, so `bottleneck demo` and the tests run without HAM10000.
+
+The project can neither ship nor download HAM10000, so the demo draws its own lesions with numpy and
+writes them as real JPEG files, laid out like HAM10000 (a metadata CSV, two image folders, several
+photos of one lesion) or as class folders. The classes follow the dermoscopy textbook closely enough
+that a CNN bottleneck plus a small head can learn them, but with overlapping sizes, colours and
+nuisances (hair, vignetting, skin tone) so that no single pixel statistic gives the answer:
+
+- nv (benign nevus): round or oval, symmetric, smooth regular border, uniform medium brown.
+- mel (melanoma): larger, asymmetric, ragged border, several colours (dark brown, black,
+  blue-grey, red patches).
+- bcc (basal cell carcinoma): pink and pearly, translucent, thin red branching vessels
+  (telangiectasia), sometimes blue-grey ovoid nests.
+
+Class sizes follow HAM10000's imbalance in miniature: nv, the majority class, gets twice
+`images_per_class`; bcc and mel get `images_per_class` each.
+
+Everything random comes from `numpy.random.default_rng` seeded by `seed`, so one seed gives the same
+JPEG bytes every time (with the same numpy, Pillow and libjpeg builds on the same machine).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+
+from .errors import InputError
+
+DEMO_CLASSES: tuple[str, ...] = ("bcc", "mel", "nv")
+LAYOUTS: tuple[str, ...] = ("ham10000", "folders")
+HAM10000_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
+METADATA_NAME = "HAM10000_metadata.csv"
+MARKER_NAME = "demo.json"
+_PARTS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
+# Bump when the drawing or the layout changes: a folder made by older code then no longer counts as
+# "the same dataset" and is not silently reused.
+_FORMAT = 1
+_JPEG_QUALITY = 90
+# The lesion is drawn on a larger canvas and each photo is a rotated, shifted crop of it, so that
+# re-photographing never reveals an empty corner: 1.45 covers a 15 degree turn plus a 5% shift.
+_CANVAS = 1.45
+_MAX_TURN_DEG = 15.0
+_MAX_SHIFT = 0.05
+# Images per lesion in the HAM10000 layout: 1, 2 or 3 (mean 1.55; the real set has 1.34).
+_PHOTOS_P = (0.6, 0.25, 0.15)
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    root: Path  # the folder to pass to `bottleneck extract`
+    metadata: Path | None  # HAM10000_metadata.csv, or None for class folders
+    n_images: int
+    n_lesions: int
+    class_counts: dict[str, int]  # images per class, in DEMO_CLASSES order
+
+
+@dataclass(frozen=True)
+class _Look:
+    """Every per-class number in one place: shape, opacity and the metadata that goes with the class."""
+
+    share: int  # images = share * images_per_class
+    radius: tuple[float, float]  # lesion radius range, as a fraction of the image side
+    aspect: float  # up to this much elongation of the ellipse
+    lobes: tuple[float, float]  # amplitude range of the 1st-4th border harmonics: asymmetry
+    ragged: float  # strength of the 2-D noise that notches the border: an irregular, ragged border
+    edge: float  # border blur in lesion radii: nevi fade out smoothly
+    edge_wobble: float  # how much the blur changes around the border: melanoma is sharp here, fuzzy there
+    opacity: tuple[float, float]  # bcc is translucent, skin shows through
+    dx_type: tuple[tuple[str, float], ...]
+    age: tuple[float, float]  # mean, sd in years
+    localization: tuple[tuple[str, float], ...]
+
+
+_LOOKS = MappingProxyType({
+    "bcc": _Look(share=1, radius=(0.16, 0.27), aspect=0.3, lobes=(0.02, 0.08), ragged=0.06, edge=0.06,
+                 edge_wobble=0.3, opacity=(0.6, 0.85), dx_type=(("histo", 1.0),), age=(66.0, 12.0),
+                 localization=(("face", 0.3), ("back", 0.25), ("trunk", 0.12), ("neck", 0.08), ("scalp", 0.07),
+                               ("upper extremity", 0.1), ("chest", 0.08))),
+    "mel": _Look(share=1, radius=(0.2, 0.32), aspect=0.35, lobes=(0.05, 0.15), ragged=0.22, edge=0.035,
+                 edge_wobble=0.6, opacity=(0.9, 0.98), dx_type=(("histo", 0.9), ("consensus", 0.05), ("confocal", 0.05)),
+                 age=(61.0, 15.0),
+                 localization=(("back", 0.3), ("lower extremity", 0.2), ("upper extremity", 0.15), ("trunk", 0.1),
+                               ("face", 0.1), ("chest", 0.08), ("abdomen", 0.07))),
+    "nv": _Look(share=2, radius=(0.14, 0.26), aspect=0.25, lobes=(0.0, 0.03), ragged=0.02, edge=0.07,
+                edge_wobble=0.2, opacity=(0.85, 0.97), dx_type=(("follow_up", 0.55), ("histo", 0.3), ("consensus", 0.15)),
+                age=(45.0, 15.0),
+                localization=(("back", 0.25), ("lower extremity", 0.2), ("trunk", 0.2), ("abdomen", 0.12),
+                              ("upper extremity", 0.12), ("chest", 0.06), ("foot", 0.05))),
+})
+
+# RGB colours, 0-255.
+_SKIN_TONES = np.array([[232, 186, 162], [222, 165, 140], [240, 202, 182], [205, 146, 120], [226, 176, 160]],
+                       np.float32)
+_HAIR = np.array([62, 44, 36], np.float32)
+_VESSEL = np.array([178, 32, 44], np.float32)
+
+
+@dataclass(frozen=True)
+class _Lesion:
+    lesion_id: str
+    dx: str
+    dx_type: str
+    age: str
+    sex: str
+    localization: str
+    image_ids: tuple[str, ...]
+    seed: tuple[int, int]  # (dataset seed, lesion number): this lesion's own random stream
+
+
+def make_demo_dataset(out_dir, *, images_per_class: int = 40, image_size: int = 128, seed: int = 0,
+                      layout: str = "ham10000") -> DemoDataset:
+    """Write a synthetic labelled dermoscopy-like JPEG set into `out_dir` and describe it.
+
+    `layout="ham10000"` writes HAM10000_metadata.csv and HAM10000_images_part_{1,2}/ISIC_*.jpg with
+    one to three photos per lesion; `layout="folders"` writes `<class>/ISIC_*.jpg` with one photo per
+    lesion (class folders carry no lesion id, so repeated photos would leak across a split).
+    A folder that already holds the same dataset (same parameters, see demo.json) is returned as is.
+
+    Example: `ds = make_demo_dataset("demo_data"); build_index(ds.root, ds.metadata)`.
+    """
+    _check_int("images_per_class", images_per_class, 1)
+    _check_int("image_size", image_size, 32)
+    _check_int("seed", seed, 0)
+    if layout not in LAYOUTS:
+        raise InputError(f"The `layout` argument should be one of {', '.join(map(repr, LAYOUTS))}. "
+                         f"Received: layout={layout!r}")
+    out = Path(out_dir).expanduser()
+    params = {"format": _FORMAT, "images_per_class": images_per_class, "image_size": image_size,
+              "seed": seed, "layout": layout}
+    existing = _existing_dataset(out, params)
+    if existing is not None:
+        return existing
+
+    lesions = _plan(images_per_class, seed, multi_photo=(layout == "ham10000"))
+    files = _file_names(lesions, layout)
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in sorted({Path(f).parent for f in files.values()}):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+
+    from PIL import Image
+
+    for lesion in lesions:
+        rng = np.random.default_rng(lesion.seed)
+        base = Image.fromarray(_to_uint8(_draw_lesion(rng, lesion.dx, image_size)))
+        for image_id in lesion.image_ids:
+            photo = _photograph(rng, base, image_size)
+            photo.save(out / files[image_id], format="JPEG", quality=_JPEG_QUALITY)
+
+    metadata = None
+    if layout == "ham10000":
+        metadata = out / METADATA_NAME
+        _write_metadata(metadata, lesions)
+    counts = {c: sum(len(les.image_ids) for les in lesions if les.dx == c) for c in DEMO_CLASSES}
+    dataset = DemoDataset(out.resolve(), metadata.resolve() if metadata else None,
+                          sum(counts.values()), len(lesions), counts)
+    # The marker goes last and atomically: its presence means every file above was written.
+    marker = {"params": params, "n_images": dataset.n_images, "n_lesions": dataset.n_lesions,
+              "class_counts": counts, "metadata": METADATA_NAME if metadata else None,
+              "files": sorted(files.values())}
+    tmp = out / (MARKER_NAME + ".partial")
+    tmp.write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MARKER_NAME)
+    return dataset
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"`{name}` should be an integer >= {minimum}. Received: {name}={value!r}")
+
+
+def _existing_dataset(out: Path, params: dict) -> DemoDataset | None:
+    """The dataset already in `out` when it was made with `params`; None when `out` is new or empty."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise InputError(f"demo output {out} is a file; pass an empty or new folder")
+    # Hidden files (.DS_Store and the like) do not make a folder "not empty".
+    if not any(not p.name.startswith(".") for p in out.iterdir()):
+        return None
+    marker = out / MARKER_NAME
+    if not marker.is_file():
+        raise InputError(f"demo output folder {out} is not empty and holds no demo dataset (no {MARKER_NAME}); "
+                         "pass an empty or new folder (a half-written demo folder can be deleted)")
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        made_with, files = info["params"], list(info["files"])
+        counts = {str(k): int(v) for k, v in info["class_counts"].items()}
+        n_images, n_lesions, meta_name = int(info["n_images"]), int(info["n_lesions"]), info["metadata"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"cannot read the demo marker {marker} ({exc!r}); pass an empty or new folder") from None
+    if made_with != params:
+        raise InputError(f"{out} holds a demo dataset made with {_describe(made_with)}, not {_describe(params)}; "
+                         "pass the same parameters to reuse it, or an empty or new folder")
+    missing = [f for f in files + ([meta_name] if meta_name else []) if not (out / f).is_file()]
+    if missing:
+        raise InputError(f"the demo dataset in {out} is incomplete: {len(missing)} files are missing "
+                         f"(e.g. {missing[0]}); delete the folder or pass an empty or new one")
+    metadata = (out / meta_name).resolve() if meta_name else None
+    return DemoDataset(out.resolve(), metadata, n_images, n_lesions, counts)
+
+
+def _describe(params) -> str:
+    if not isinstance(params, dict):
+        return repr(params)
+    return ", ".join(f"{k}={v!r}" for k, v in params.items())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plan: which lesions, how many photos each, ids and metadata. Cheap; no pixels.
+
+
+def _plan(images_per_class: int, seed: int, multi_photo: bool) -> list[_Lesion]:
+    rng = np.random.default_rng(seed)
+    drafts = []  # (dx, n_photos)
+    for dx in DEMO_CLASSES:
+        left = _LOOKS[dx].share * images_per_class
+        while left > 0:
+            n = int(rng.choice(len(_PHOTOS_P), p=_PHOTOS_P)) + 1 if multi_photo else 1
+            drafts.append((dx, min(n, left)))
+            left -= drafts[-1][1]
+    # Shuffled ids, so neither the lesion id nor the image id gives away the class, and the photos of
+    # one lesion get scattered image ids as in HAM10000.
+    drafts = [drafts[i] for i in rng.permutation(len(drafts))]
+    image_numbers = iter(rng.permutation(sum(n for _, n in drafts)) + 1)
+    lesions = []
+    for number, (dx, n) in enumerate(drafts, start=1):
+        look = _LOOKS[dx]
+        lesions.append(_Lesion(
+            lesion_id=f"HAM_{number:07d}",
+            dx=dx,
+            dx_type=_pick(rng, look.dx_type),
+            # HAM10000 records age in steps of five years, written as a float.
+            age=f"{float(np.clip(5 * round(rng.normal(*look.age) / 5), 5, 85)):.1f}",
+            sex=str(rng.choice(("male", "female"))),
+            localization=_pick(rng, look.localization),
+            image_ids=tuple(sorted(f"ISIC_{next(image_numbers):07d}" for _ in range(n))),
+            seed=(seed, number),
+        ))
+    return lesions
+
+
+def _pick(rng: np.random.Generator, weighted: tuple[tuple[str, float], ...]) -> str:
+    names, weights = zip(*weighted)
+    p = np.asarray(weights, float)
+    return names[int(rng.choice(len(names), p=p / p.sum()))]
+
+
+def _file_names(lesions: list[_Lesion], layout: str) -> dict[str, str]:
+    """image id -> POSIX path relative to the dataset root."""
+    if layout == "folders":
+        return {i: f"{les.dx}/{i}.jpg" for les in lesions for i in les.image_ids}
+    ids = sorted(i for les in lesions for i in les.image_ids)
+    half = (len(ids) + 1) // 2  # like HAM10000: the lower ids in part 1, the rest in part 2
+    return {i: f"{_PARTS[k >= half]}/{i}.jpg" for k, i in enumerate(ids)}
+
+
+def _write_metadata(path: Path, lesions: list[_Lesion]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(HAM10000_COLUMNS)
+        for les in lesions:  # already in lesion-id order; a lesion's photos stay together as in HAM10000
+            for image_id in les.image_ids:
+                writer.writerow((les.lesion_id, image_id, les.dx, les.dx_type, les.age, les.sex, les.localization))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Drawing. All fields are (B, B) or (B, B, 3) float32 on a canvas of side B = _CANVAS * image_size.
+
+
+def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def _canvas_side(size: int) -> int:
+    return int(math.ceil(size * _CANVAS / 2)) * 2
+
+
+def _smooth_noise(rng: np.random.Generator, side: int, cells: int) -> np.ndarray:
+    """(side, side) float32 value noise, mean 0 and sd 1: random values on a (cells+1)^2 grid,
+    smoothstep-interpolated. Two octaves, so blotches have soft but not perfectly round edges."""
+    out = np.zeros((side, side), np.float32)
+    for octave, weight in ((cells, 1.0), (cells * 2, 0.5)):
+        grid = rng.standard_normal((octave + 1, octave + 1)).astype(np.float32)
+        t = np.linspace(0, octave, side, dtype=np.float32)
+        i0 = np.minimum(t.astype(np.int32), octave - 1)
+        f = t - i0
+        f = f * f * (3 - 2 * f)
+        rows = grid[i0] * (1 - f)[:, None] + grid[i0 + 1] * f[:, None]  # (side, octave+1)
+        out += weight * (rows[:, i0] * (1 - f)[None, :] + rows[:, i0 + 1] * f[None, :])
+    out -= out.mean()
+    return out / (out.std() + 1e-6)
+
+
+def _harmonics(rng: np.random.Generator, ks: np.ndarray, amps: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    phases = rng.uniform(0, 2 * np.pi, len(ks))
+    return (amps[:, None] * np.cos(np.outer(ks, angles) + phases[:, None])).sum(axis=0)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(x, -30, 30)))
+
+
+def _blend(under: np.ndarray, colour, weight: np.ndarray) -> np.ndarray:
+    return under * (1 - weight[..., None]) + np.asarray(colour, np.float32) * weight[..., None]
+
+
+def _draw_lesion(rng: np.random.Generator, dx: str, size: int) -> np.ndarray:
+    """The base drawing of one lesion on skin: (B, B, 3) float32 RGB. Every photo of the lesion is cut from it."""
+    look = _LOOKS[dx]
+    side = _canvas_side(size)
+    skin = _draw_skin(rng, side)
+
+    # Geometry in the lesion's own frame: rotated, stretched into an ellipse, border a radial function.
+    centre = side / 2 + rng.uniform(-0.08, 0.08, 2) * size
+    radius = rng.uniform(*look.radius) * size
+    turn, aspect = rng.uniform(0, 2 * np.pi), 1 + rng.uniform(0, look.aspect)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    dx_, dy_ = xx - centre[0], yy - centre[1]
+    along = (dx_ * np.cos(turn) + dy_ * np.sin(turn)) / aspect
+    across = -dx_ * np.sin(turn) + dy_ * np.cos(turn)
+    rho, theta = np.hypot(along, across), np.arctan2(across, along)
+
+    # The border as a table over 720 angles: low harmonics make it lopsided; 2-D noise then notches it.
+    angles = np.linspace(-np.pi, np.pi, 720, endpoint=False)
+    low = np.arange(1, 5)
+    border = np.maximum(1 + _harmonics(rng, low, rng.uniform(*look.lobes, len(low)), angles), 0.35)
+    edge = look.edge * np.exp(look.edge_wobble * _harmonics(rng, low, np.full(4, 0.5), angles))
+    k = ((theta + np.pi) * (720 / (2 * np.pi))).astype(np.int32) % 720
+    notches = np.exp(look.ragged * rng.uniform(0.5, 1.0) * _smooth_noise(rng, side, 7))
+    u = (rho / (radius * border[k]) * notches).astype(np.float32)  # < 1 inside the lesion
+    alpha = rng.uniform(*look.opacity) * _sigmoid((1 - u) / edge[k]).astype(np.float32)
+    axis = rng.uniform(0, 2 * np.pi)  # a direction for colours that gather on one side (asymmetry)
+    side_pos = ((dx_ * np.cos(axis) + dy_ * np.sin(axis)) / radius).astype(np.float32)
+
+    if dx == "nv":
+        colour = _nevus_colour(rng, u, side)
+    elif dx == "mel":
+        colour = _melanoma_colour(rng, u, side_pos, side)
+    else:
+        colour = _bcc_colour(rng, u, radius, centre, side)
+    image = skin * (1 - alpha[..., None]) + colour * alpha[..., None]
+    if dx == "bcc":
+        vessels = _vessels(rng, centre, radius, side) * _sigmoid((1.1 - u) / 0.05)
+        image = _blend(image, _VESSEL * rng.uniform(0.85, 1.1), 0.85 * vessels)
+    if rng.uniform() < 0.3:  # hair crosses lesions of every class
+        image = _blend(image, _HAIR * rng.uniform(0.7, 1.3), 0.85 * _hairs(rng, side))
+    return image
+
+
+def _draw_skin(rng: np.random.Generator, side: int) -> np.ndarray:
+    tone = _SKIN_TONES[rng.integers(len(_SKIN_TONES))] + rng.normal(0, 6, 3).astype(np.float32)
+    shade = 1 + 0.04 * _smooth_noise(rng, side, 3)  # uneven illumination and skin thickness
+    redness = 6 * _smooth_noise(rng, side, 4)  # patchy erythema
+    grain = 2.5 * _smooth_noise(rng, side, max(4, side // 6)) + rng.normal(0, 2.5, (side, side)).astype(np.float32)
+    skin = tone * shade[..., None] + grain[..., None]
+    skin[..., 0] += redness
+    skin[..., 1:] -= 0.4 * redness[..., None]
+    return skin
+
+
+def _hue_jitter(rng: np.random.Generator, colour, brightness: tuple[float, float]) -> np.ndarray:
+    return np.asarray(colour, np.float32) * rng.uniform(*brightness) * (1 + rng.normal(0, 0.04, 3)).astype(np.float32)
+
+
+def _nevus_colour(rng, u, side) -> np.ndarray:
+    """Uniform medium brown; a little darker or lighter towards the centre, faint texture."""
+    brown = _hue_jitter(rng, (150, 100, 70), (0.68, 1.1))
+    centre_shift = rng.uniform(-0.12, 0.12) * (1 - np.clip(u, 0, 1))
+    texture = 0.05 * _smooth_noise(rng, side, 5)
+    return brown * (1 + centre_shift + texture)[..., None]
+
+
+def _melanoma_colour(rng, u, side_pos, side) -> np.ndarray:
+    """Dark brown with patches of light brown, black, blue-grey and red; not every melanoma has all."""
+    colour = _hue_jitter(rng, (112, 70, 50), (0.75, 1.1)) * (1 + 0.1 * _smooth_noise(rng, side, 5))[..., None]
+    lopsided = rng.uniform(0.6, 1.4)
+    zones = (  # (colour, chance present, bias field, threshold)
+        ((168, 120, 86), 0.6, 0.0, 0.6),
+        ((38, 26, 26), 0.85, lopsided * side_pos, 0.3),  # black gathers on one side
+        ((112, 120, 134), 0.6, -0.8 * u, 0.4),  # blue-grey veil, towards the centre
+        ((176, 72, 70), 0.5, 1.2 * (u - 0.7), 0.4),  # red, towards the rim
+    )
+    for zone_colour, chance, bias, threshold in zones:
+        present = float(rng.uniform() < chance)
+        weight = present * 0.9 * _sigmoid((_smooth_noise(rng, side, 4) + bias - threshold) / 0.25)
+        colour = _blend(colour, _hue_jitter(rng, zone_colour, (0.85, 1.1)), weight.astype(np.float32))
+    return colour
+
+
+def _bcc_colour(rng, u, radius, centre, side) -> np.ndarray:
+    """Pearly pink with white sheen; sometimes blue-grey ovoid nests or a small dark-red ulcer."""
+    colour = _hue_jitter(rng, (236, 158, 168), (0.9, 1.04)) * (1 + 0.04 * _smooth_noise(rng, side, 5))[..., None]
+    sheen = 0.7 * _sigmoid((_smooth_noise(rng, side, 6) - 1.0) / 0.2)
+    colour = _blend(colour, (252, 238, 236), sheen.astype(np.float32))
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    n_nests = rng.integers(1, 5) if rng.uniform() < 0.35 else 0
+    for _ in range(n_nests):
+        r, a = rng.uniform(0, 0.6) * radius, rng.uniform(0, 2 * np.pi)
+        cx, cy = centre[0] + r * np.cos(a), centre[1] + r * np.sin(a)
+        size = rng.uniform(0.08, 0.16) * radius
+        blob = np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * size**2)))
+        colour = _blend(colour, (98, 108, 134), (0.85 * blob).astype(np.float32))
+    if rng.uniform() < 0.2:
+        size = rng.uniform(0.12, 0.25) * radius
+        ulcer = np.exp(-(((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * size**2)))
+        colour = _blend(colour, (122, 52, 46), (0.8 * ulcer).astype(np.float32))
+    return colour
+
+
+def _line_mask(side: int, polylines: list[tuple[list[tuple[float, float]], int]]) -> np.ndarray:
+    """Draw polylines at twice the resolution and box-downsample: thin anti-aliased lines, (side, side) 0..1."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (2 * side, 2 * side), 0)
+    draw = ImageDraw.Draw(img)
+    for points, width in polylines:
+        draw.line([(2 * x, 2 * y) for x, y in points], fill=255, width=width, joint="curve")
+    small = img.resize((side, side), Image.Resampling.BOX)
+    return np.asarray(small, np.float32) / 255
+
+
+def _vessels(rng, centre, radius, side) -> np.ndarray:
+    """Arborising telangiectasia: a few random walks from the rim inwards that fork as they go."""
+    lines: list[tuple[list[tuple[float, float]], int]] = []
+    n_roots = 0 if rng.uniform() < 0.1 else int(rng.integers(2, 5))
+    stack = []
+    for _ in range(n_roots):
+        a = rng.uniform(0, 2 * np.pi)
+        r = rng.uniform(0.5, 0.9) * radius
+        start = (centre[0] + r * np.cos(a), centre[1] + r * np.sin(a))
+        stack.append((start, a + np.pi + rng.normal(0, 0.6), int(rng.integers(6, 12)), 2))
+    while stack and len(lines) < 40:
+        (x, y), heading, steps, width = stack.pop()
+        points = [(x, y)]
+        for _ in range(steps):
+            heading += rng.normal(0, 0.35)
+            step = rng.uniform(0.07, 0.13) * radius
+            x, y = x + step * np.cos(heading), y + step * np.sin(heading)
+            points.append((float(x), float(y)))
+            if steps > 2 and rng.uniform() < 0.25:
+                fork = heading + rng.choice((-1, 1)) * rng.uniform(0.4, 0.9)
+                stack.append(((x, y), fork, steps // 2, width))
+        lines.append((points, width))
+    return _line_mask(side, lines)
+
+
+def _hairs(rng, side) -> np.ndarray:
+    """One to three thin dark hairs: quadratic curves from one canvas edge to another."""
+    lines = []
+    for _ in range(int(rng.integers(1, 4))):
+        p0, p2 = rng.uniform(0, side, 2), rng.uniform(0, side, 2)
+        p0[rng.integers(2)] = 0  # start on the left or top edge
+        p2[rng.integers(2)] = side  # end on the right or bottom edge
+        p1 = rng.uniform(0, side, 2)
+        t = np.linspace(0, 1, 24)[:, None]
+        curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # (24, 2)
+        lines.append(([(float(x), float(y)) for x, y in curve], int(rng.integers(2, 4))))
+    return _line_mask(side, lines)
+
+
+def _photograph(rng: np.random.Generator, base, size: int):
+    """One photo of the lesion: the base drawing turned and shifted a little, with its own exposure,
+    white balance, vignetting and sensor noise. Returns a (size, size) RGB PIL image."""
+    from PIL import Image
+
+    side = base.size[0]
+    turned = base.rotate(rng.uniform(-_MAX_TURN_DEG, _MAX_TURN_DEG), resample=Image.Resampling.BICUBIC,
+                         translate=tuple(float(t) for t in rng.uniform(-_MAX_SHIFT, _MAX_SHIFT, 2) * size))
+    o = (side - size) // 2
+    rgb = np.asarray(turned.crop((o, o, o + size, o + size)), np.float32)  # (size, size, 3)
+    rgb = rgb * rng.uniform(0.92, 1.08) * (1 + rng.normal(0, 0.02, 3)).astype(np.float32)
+    # Dermatoscope vignetting: darker towards the corners, by a different amount in each photo.
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    corner = ((xx - size / 2) ** 2 + (yy - size / 2) ** 2) / (size**2 / 2)  # 0 at the centre, 1 in the corners
+    rgb = rgb * (1 - rng.uniform(0.15, 0.45) * corner**1.25)[..., None]
+    rgb = rgb + rng.normal(0, 1.5, rgb.shape).astype(np.float32)
+    return Image.fromarray(_to_uint8(rgb))

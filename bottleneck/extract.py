@@ -1,0 +1,219 @@
+"""Extraction: run every image once through the truncated backbone and commit the vectors to the cache.
+
+    dataset index -> hash pass (SHA-256, skip what is cached) -> tf.data (parallel decode + resize,
+    batch, prefetch) -> backbone (B, S, S, 3) -> (B, D) -> journaled batch -> atomic commit
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .backbones import POOLINGS, create_backbone, get_spec, parse_weights, resolve_size
+from .cache import CacheConfig, CacheWriter, read_attrs
+from .dataset import DatasetIndex, Entry
+from .errors import ImageDecodeError, InputError
+from .images import load_image
+
+DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    backbone: str = "inception_v3"
+    weights: str = "imagenet"
+    image_size: int | None = None
+    pooling: str = "avg"
+    batch_size: int = 32
+    seed: int = 0
+    dtype: str = "float16"
+    strict: bool = False
+    cache: Path | None = None
+    cache_dir: Path = Path("cache")
+    progress: bool = True
+
+
+@dataclass
+class ExtractSummary:
+    cache: Path
+    total: int  # images in the index
+    extracted: int = 0  # features computed by the backbone in this run
+    already_cached: int = 0  # same image id and bytes already in the cache
+    reused: int = 0  # same bytes cached under another id: vector copied, no inference
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    seconds: float = 0.0
+    rows: int = 0  # rows in the cache after the run
+    rows_without_image: int = 0
+    images_without_row: int = 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.extracted / self.seconds if self.seconds > 0 else 0.0
+
+
+def make_config(opts: ExtractOptions) -> CacheConfig:
+    spec = get_spec(opts.backbone)
+    if opts.dtype not in DTYPES:
+        raise InputError(f"--dtype should be one of {', '.join(DTYPES)}; received {opts.dtype!r}")
+    if opts.batch_size < 1:
+        raise InputError(f"--batch-size should be a positive integer; received {opts.batch_size}")
+    if opts.pooling not in POOLINGS:
+        raise InputError(f"--pooling should be one of {', '.join(POOLINGS)}; received {opts.pooling!r}")
+    ref = parse_weights(opts.weights)
+    return CacheConfig(backbone=spec.name, weights=ref.label, weights_sha256=ref.sha256, seed=int(opts.seed),
+                       input_size=resolve_size(spec, opts.image_size), pooling=opts.pooling,
+                       preprocessing=spec.preprocessing, dtype=opts.dtype, num_features=spec.num_features)
+
+
+def default_cache_path(index: DatasetIndex, config: CacheConfig, cache_dir: Path = Path("cache")) -> Path:
+    ref = parse_weights(config.weights)
+    weights = f"none-s{config.seed}" if ref.kind == "none" else ref.tag
+    return cache_dir / f"{index.name}-{config.backbone}-{weights}-{config.input_size}-{config.pooling}.h5"
+
+
+def _sha256(path: Path) -> tuple[str, str]:
+    """(sha256, "") or ("", reason) when the file cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest(), ""
+    except OSError as exc:
+        return "", f"cannot read file: {exc.strerror or exc}"
+
+
+def _row(entry: Entry, sha: str, size=(0, 0), has_features=True) -> dict:
+    return dict(image_id=entry.image_id, path=entry.rel_path, label=entry.label, group=entry.group,
+                sha256=sha, width=int(size[0]), height=int(size[1]), has_features=has_features)
+
+
+def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> ExtractSummary:
+    """Extract bottlenecks for every image of `index` not already cached; return what happened."""
+    config = make_config(opts)
+    path = Path(opts.cache) if opts.cache else default_cache_path(index, config, opts.cache_dir)
+    info = dict(dataset=index.name, root=str(index.root), source=index.source,
+                metadata=str(index.metadata or ""), rows_without_image=len(index.rows_without_image),
+                images_without_row=len(index.images_without_row))
+    summary = ExtractSummary(cache=path, total=len(index.entries),
+                             rows_without_image=len(index.rows_without_image),
+                             images_without_row=len(index.images_without_row))
+    with CacheWriter(path, config, info, index.class_names) as writer:
+        existing = writer.existing_rows()
+        by_sha = {v["sha256"]: v["row"] for v in existing.values()}
+        with ThreadPoolExecutor(8) as pool:  # hashing is I/O bound; threads overlap reads
+            hashes = list(tqdm(pool.map(_sha256, [e.path for e in index.entries]), total=len(index.entries),
+                               desc="hashing", unit="img", disable=not opts.progress, leave=False))
+        todo: list[tuple[Entry, str]] = []
+        updates, reused, unreadable = [], [], []
+        for entry, (sha, err) in zip(index.entries, hashes):
+            if err:
+                unreadable.append((entry.rel_path, err, ""))
+                continue
+            old = existing.get(entry.image_id)
+            if old is not None and old["sha256"] == sha:
+                summary.already_cached += 1
+                if (old["label"], old["group"], old["path"]) != (entry.label, entry.group, entry.rel_path):
+                    updates.append(_row(entry, sha, has_features=False))
+            elif sha in by_sha and old is None:
+                reused.append((entry, sha))
+            else:
+                todo.append((entry, sha))
+        if opts.strict and unreadable:
+            raise ImageDecodeError(f"{unreadable[0][0]}: {unreadable[0][1]} (--strict)")
+        _journal_metadata(writer, updates, reused, unreadable, existing)
+        summary.reused = len(reused)
+        summary.failed.extend((p, r) for p, r, _ in unreadable)
+        if todo:
+            start = time.perf_counter()
+            _run_backbone(writer, todo, config, opts, summary)
+            summary.seconds = time.perf_counter() - start
+    summary.rows = int(read_attrs(path)["n_rows"]) if path.exists() else 0
+    return summary
+
+
+def _journal_metadata(writer: CacheWriter, updates, reused, unreadable, existing) -> None:
+    """Rows that need no inference: label/group changes, and images whose bytes are cached under another id."""
+    rows, feats = list(updates), [np.zeros(writer.config.num_features, np.float32)] * len(updates)
+    by_sha = {v["sha256"]: v for v in existing.values()}
+    for entry, sha in reused:
+        src = by_sha[sha]
+        rows.append(_row(entry, sha))
+        feats.append(writer.cached_features(src["row"]).astype(np.float32))
+    if rows or unreadable:
+        writer.write_batch(rows, np.stack(feats) if feats else None, unreadable)
+
+
+def _run_backbone(writer: CacheWriter, todo, config: CacheConfig, opts: ExtractOptions, summary) -> None:
+    import tensorflow as tf
+
+    spec = get_spec(config.backbone)
+    model = create_backbone(config.backbone, opts.weights, config.input_size, config.pooling, config.seed)
+    preprocess = spec.preprocess_fn()
+    size, bs = config.input_size, opts.batch_size
+    paths = [str(e.path) for e, _ in todo]
+
+    def load(i):
+        try:
+            pixels, (w, h) = load_image(paths[int(i)], size)
+            return pixels, np.int32(w), np.int32(h), b""
+        except ImageDecodeError as exc:
+            return np.zeros((size, size, 3), np.uint8), np.int32(0), np.int32(0), str(exc).encode()
+
+    def tf_load(i):
+        pixels, w, h, err = tf.numpy_function(load, [i], [tf.uint8, tf.int32, tf.int32, tf.string],
+                                              stateful=False)
+        pixels.set_shape((size, size, 3))
+        return pixels, w, h, err
+
+    ds = (tf.data.Dataset.range(len(todo))
+          .map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .batch(bs)
+          .prefetch(tf.data.AUTOTUNE))
+
+    @tf.function(reduce_retracing=True)
+    def infer(x):  # (B, S, S, 3) uint8 -> (B, D) float32
+        return model(preprocess(tf.cast(x, tf.float32)), training=False)
+
+    bar = tqdm(total=len(todo), desc=f"extract {config.backbone}", unit="img", disable=not opts.progress,
+               smoothing=0.1)
+    done = 0
+    for pixels, w, h, err in ds:
+        n = int(pixels.shape[0])
+        if n < bs:  # pad the last batch so every call has one shape: no retrace, same numerics
+            pixels = tf.concat([pixels, tf.zeros((bs - n, size, size, 3), tf.uint8)], axis=0)
+        feats = infer(pixels).numpy()[:n]
+        if not done:
+            _check_dtype_range(feats, config)
+        rows, keep, failed = [], [], []
+        for j in range(n):
+            entry, sha = todo[done + j]
+            reason = err[j].numpy().decode()
+            if reason:
+                failed.append((entry.rel_path, reason, sha))
+            else:
+                rows.append(_row(entry, sha, (int(w[j]), int(h[j]))))
+                keep.append(j)
+        writer.write_batch(rows, feats[keep] if keep else None, failed)
+        summary.extracted += len(rows)
+        summary.failed.extend((p, r) for p, r, _ in failed)
+        done += n
+        bar.update(n)
+        if opts.strict and failed:
+            bar.close()
+            raise ImageDecodeError(f"{failed[0][0]}: {failed[0][1]} (--strict: stopping at the first bad image)")
+    bar.close()
+
+
+def _check_dtype_range(feats: np.ndarray, config: CacheConfig) -> None:
+    """Refuse to store features that float16 would flatten to zero (some randomly initialised backbones
+    produce ~1e-12 activations): silent information loss is worse than a clear error."""
+    if config.dtype != "float16":
+        return
+    nonzero = feats[feats != 0]
+    if nonzero.size and np.mean(nonzero.astype(np.float16) == 0) > 0.01:
+        raise InputError(
+            f"features of {config.backbone} with weights {config.weights_identity} are too small for float16 "
+            f"(largest |value| {np.abs(nonzero).max():.2g}); pass --dtype float32")
