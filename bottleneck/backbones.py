@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .tfimport import tensorflow
 from .errors import InputError, WeightsError
 
 POOLINGS = ("avg", "max")
@@ -32,6 +34,7 @@ class BackboneSpec:
 
     def preprocess_fn(self) -> Callable:
         """`preprocess_input` of the architecture: raw RGB floats in 0..255 -> what the network expects."""
+        tensorflow()
         import keras
 
         return getattr(keras.applications, self.module).preprocess_input
@@ -124,6 +127,7 @@ def create_backbone(name: str, weights: WeightsRef | str = "imagenet", image_siz
     Weights are never silently replaced: if ImageNet weights cannot be downloaded, or a weights file
     does not fit, a `WeightsError` says so and names the alternatives.
     """
+    tensorflow()
     import keras
 
     spec = get_spec(name)
@@ -148,8 +152,12 @@ def create_backbone(name: str, weights: WeightsRef | str = "imagenet", image_siz
         model = build(weights=None, **kwargs)
         if ref.kind == "file":
             try:
-                model.load_weights(ref.path)
-            except (ValueError, OSError, KeyError) as exc:
+                # Keras only warns when part of a file does not match and keeps those layers random;
+                # a partly random backbone is exactly the silent fallback we refuse, so warnings are errors.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", UserWarning)
+                    model.load_weights(ref.path)
+            except (ValueError, OSError, KeyError, UserWarning) as exc:
                 raise WeightsError(
                     f"weights file {ref.path} does not fit {name} at {size}px with include_top=False "
                     f"({exc}); pass a weights file saved from this backbone, or --weights none") from None

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .tfimport import tensorflow
 from .errors import CacheError, CacheLockedError, CacheMismatchError
 
 SCHEMA_VERSION = 1
@@ -67,8 +68,8 @@ class CacheConfig:
 
 def library_versions() -> dict[str, str]:
     import h5py
+    tf = tensorflow()
     import keras
-    import tensorflow as tf
 
     from . import __version__
 

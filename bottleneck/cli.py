@@ -84,7 +84,8 @@ def extract(
     typer.echo(f"images: {s.total} indexed, {s.extracted} extracted, {s.already_cached} already cached, "
                f"{s.reused} reused (same bytes), {len(s.failed)} failed")
     if s.extracted:
-        typer.echo(f"time: {s.seconds:.1f} s, {s.images_per_s:.1f} images/s")
+        typer.echo(f"time: {s.seconds:.1f} s ({s.build_seconds:.1f} s building the backbone), "
+                   f"{s.images_per_s:.1f} images/s")
     typer.echo(f"rows in cache: {s.rows}")
     if s.rows_without_image:
         typer.echo(f"metadata rows with no image: {s.rows_without_image} "

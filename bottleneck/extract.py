@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .backbones import POOLINGS, create_backbone, get_spec, parse_weights, resolve_size
 from .cache import CacheConfig, CacheWriter, read_attrs
 from .dataset import DatasetIndex, Entry
+from .tfimport import tensorflow
 from .errors import ImageDecodeError, InputError
 from .images import load_image
 
@@ -47,14 +48,16 @@ class ExtractSummary:
     already_cached: int = 0  # same image id and bytes already in the cache
     reused: int = 0  # same bytes cached under another id: vector copied, no inference
     failed: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
-    seconds: float = 0.0
+    seconds: float = 0.0  # whole backbone stage, model construction included
+    build_seconds: float = 0.0  # building the backbone (and loading its weights)
     rows: int = 0  # rows in the cache after the run
     rows_without_image: int = 0
     images_without_row: int = 0
 
     @property
     def images_per_s(self) -> float:
-        return self.extracted / self.seconds if self.seconds > 0 else 0.0
+        busy = self.seconds - self.build_seconds
+        return self.extracted / busy if busy > 0 else 0.0
 
 
 def make_config(opts: ExtractOptions) -> CacheConfig:
@@ -127,6 +130,7 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
         summary.reused = len(reused)
         summary.failed.extend((p, r) for p, r, _ in unreadable)
         if todo:
+            tensorflow()  # its import (seconds) is start-up, not extraction time
             start = time.perf_counter()
             _run_backbone(writer, todo, config, opts, summary)
             summary.seconds = time.perf_counter() - start
@@ -147,10 +151,12 @@ def _journal_metadata(writer: CacheWriter, updates, reused, unreadable, existing
 
 
 def _run_backbone(writer: CacheWriter, todo, config: CacheConfig, opts: ExtractOptions, summary) -> None:
-    import tensorflow as tf
+    tf = tensorflow()
 
     spec = get_spec(config.backbone)
+    start = time.perf_counter()
     model = create_backbone(config.backbone, opts.weights, config.input_size, config.pooling, config.seed)
+    summary.build_seconds = time.perf_counter() - start
     preprocess = spec.preprocess_fn()
     size, bs = config.input_size, opts.batch_size
     paths = [str(e.path) for e, _ in todo]
