@@ -131,6 +131,85 @@ def info(cache: Path = typer.Argument(..., help="A cache written by `bottleneck 
         typer.echo(f"  ... and {len(d['failed']) - 20} more")
 
 
+@app.command("train-head")
+@handle_errors
+def train_head(
+    cache: Path = typer.Argument(..., help="A cache written by `bottleneck extract`."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/<cache>-<time>)."),
+    hidden: str = typer.Option("512,512", help="Hidden layer sizes, comma-separated."),
+    dropout: float = typer.Option(0.5, help="Dropout after each hidden layer."),
+    optimizer: str = typer.Option("rmsprop", help="rmsprop, adam or sgd."),
+    lr: float = typer.Option(1e-3, help="Initial learning rate."),
+    decay_rate: float = typer.Option(0.94, help="Exponential learning-rate decay factor ..."),
+    decay_steps: int = typer.Option(100, help="... applied every this many steps."),
+    batch_size: int = typer.Option(128, help="Batch size."),
+    epochs: int = typer.Option(60, help="Maximum epochs (early stopping on validation loss)."),
+    patience: int = typer.Option(10, help="Epochs without validation-loss improvement before stopping."),
+    class_weight: str = typer.Option("balanced", help="balanced or none."),
+    seed: int = typer.Option(0, help="Seed of the split, the initialisation, dropout and shuffling."),
+    val: float = typer.Option(0.15, help="Validation fraction."),
+    test: float = typer.Option(0.15, help="Test fraction (the rest trains)."),
+    split_from: Optional[Path] = typer.Option(None, help="Reuse the split of an earlier run directory."),
+    augment: bool = typer.Option(False, help="Train on stored augmented views (needs extract --views)."),
+    tta: bool = typer.Option(False, help="Average predictions over stored views (needs extract --views)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Train a classifier head off a cache in seconds; write metrics, plots and a report to a run directory.
+
+    Example: bottleneck train-head cache/HAM10000-inception_v3-imagenet-299-avg.h5 --out runs/baseline
+    """
+    from .heads import HeadConfig, parse_hidden
+    from .metrics import format_table
+    from .runs import RunOptions, train_head_run
+    from .splits import SplitSpec
+
+    if augment or tta:
+        fail(f"--augment/--tta need augmented views in the cache, and {cache} has none; "
+             "views are not available in this version")
+    head = HeadConfig(hidden=parse_hidden(hidden), dropout=dropout, optimizer=optimizer, lr=lr,
+                      decay_rate=decay_rate, decay_steps=decay_steps, batch_size=batch_size, epochs=epochs,
+                      patience=patience, class_weight=class_weight, seed=seed)
+    opts = RunOptions(out=out, split=SplitSpec(round(1 - val - test, 10), val, test, seed), split_from=split_from,
+                      overwrite=overwrite, progress=not quiet)
+    # The full command with every option spelled out, so config.json reruns it even if defaults change.
+    command = ["bottleneck", "train-head", str(cache), "--out", "<out>" if out is None else str(out),
+               "--hidden", ",".join(map(str, head.hidden)) or "0", "--dropout", str(dropout), "--optimizer", optimizer,
+               "--lr", str(lr), "--decay-rate", str(decay_rate), "--decay-steps", str(decay_steps),
+               "--batch-size", str(batch_size), "--epochs", str(epochs), "--patience", str(patience),
+               "--class-weight", class_weight, "--seed", str(seed), "--val", str(val), "--test", str(test)]
+    if split_from:
+        command += ["--split-from", str(split_from)]
+    r = train_head_run(cache, head, opts, command=command)
+    sizes = ", ".join(f"{s} {r.split_sizes[s]['images']}" for s in ("train", "val", "test"))
+    typer.echo(f"split: {sizes}; best epoch {r.best_epoch}, {r.seconds:.1f} s of training")
+    typer.echo(format_table({s: r.metrics[s] for s in ("val", "test")}))
+    typer.echo(f"run: {r.run_dir}  (report: {r.run_dir / 'report.md'})")
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    run: Path = typer.Argument(..., help="A run directory made by train-head."),
+    cache: Optional[Path] = typer.Option(None, help="Another cache of the same backbone configuration."),
+):
+    """Evaluate a run's head on its own test split, or on another (external) cache.
+
+    Example: bottleneck evaluate runs/baseline --cache cache/isic2019-inception_v3-imagenet-299-avg.h5
+    """
+    from .evaluate import evaluate_run
+    from .metrics import format_table
+
+    r = evaluate_run(run, cache)
+    for note in r.notes:
+        typer.echo(f"note: {note}")
+    if r.unmapped:
+        typer.echo("classes of the cache the run does not know (left out): "
+                   + ", ".join(f"{k} ({v} images)" for k, v in r.unmapped.items()))
+    typer.echo(format_table({"external" if r.external else "test": r.metrics}))
+    typer.echo(f"written: {r.out_dir}")
+
+
 @app.command()
 def backbones():
     """List the registered backbones with their input size and feature width."""
@@ -145,23 +224,34 @@ def backbones():
 def demo(
     out: Path = typer.Option(Path("demo_data"), help="Where to write the synthetic images."),
     images_per_class: int = typer.Option(40, help="Images per minority class (nv gets twice as many)."),
-    backbone: str = typer.Option("mobilenet_v2", help="Backbone for the demo (small: runs in seconds on CPU)."),
+    backbone: str = typer.Option("resnet50", help="Backbone for the demo."),
     weights: str = typer.Option("none", help="none works offline; imagenet if this machine is online."),
-    image_size: int = typer.Option(96, help="Input side in pixels."),
+    image_size: int = typer.Option(96, help="Input side in pixels (small: the demo runs in seconds on CPU)."),
+    run: Path = typer.Option(Path("runs/demo"), help="Run directory of the demo head (replaced each time)."),
     seed: int = typer.Option(0),
 ):
-    """Generate a small HAM10000-style dermoscopy-like dataset and run the pipeline on it."""
+    """Generate a small HAM10000-style dermoscopy-like dataset, extract it, train a head, point to the report.
+
+    Offline by default (--weights none: a seeded random backbone, whose features still separate the
+    synthetic classes); with ImageNet weights the same commands run on real data.
+    """
     from .demo import make_demo_dataset
 
     ds = make_demo_dataset(out, images_per_class=images_per_class, seed=seed)
     typer.echo(f"demo data: {ds.n_images} JPEG images of {ds.n_lesions} lesions in {ds.root} "
                f"({', '.join(f'{k}: {v}' for k, v in ds.class_counts.items())})")
     cache = Path("cache") / f"demo-{backbone}-{weights}-{image_size}.h5"
+    typer.echo(f"\n$ bottleneck extract {out} --backbone {backbone} --weights {weights} --image-size {image_size} "
+               f"--cache {cache}")
     extract(ds.root, metadata=ds.metadata, id_column=None, label_column=None, group_column=None,
             backbone=backbone, weights=weights, image_size=image_size, pooling="avg", batch_size=32, views=0,
             seed=seed, dtype="float16", cache=cache, strict=False, shard=None, engine="local", quiet=False)
-    typer.echo("")
+    typer.echo(f"\n$ bottleneck info {cache}")
     info(cache)
+    typer.echo(f"\n$ bottleneck train-head {cache} --out {run} --overwrite")
+    train_head(cache, out=run, hidden="512,512", dropout=0.5, optimizer="rmsprop", lr=1e-3, decay_rate=0.94,
+               decay_steps=100, batch_size=128, epochs=60, patience=10, class_weight="balanced", seed=seed,
+               val=0.15, test=0.15, split_from=None, augment=False, tta=False, overwrite=True, quiet=False)
 
 
 def main():  # pragma: no cover

@@ -84,13 +84,13 @@ _LOOKS = MappingProxyType({
                  localization=(("face", 0.3), ("back", 0.25), ("trunk", 0.12), ("neck", 0.08), ("scalp", 0.07),
                                ("upper extremity", 0.1), ("chest", 0.08))),
     "mel": _Look(share=1, radius=(0.2, 0.32), aspect=0.35, lobes=(0.05, 0.15), ragged=0.18, edge=0.035,
-                 edge_wobble=0.6, opacity=(0.9, 0.98), dx_type=(("histo", 0.9), ("consensus", 0.05), ("confocal", 0.05)),
-                 age=(61.0, 15.0),
+                 edge_wobble=0.6, opacity=(0.9, 0.98), age=(61.0, 15.0),
+                 dx_type=(("histo", 0.9), ("consensus", 0.05), ("confocal", 0.05)),
                  localization=(("back", 0.3), ("lower extremity", 0.2), ("upper extremity", 0.15), ("trunk", 0.1),
                                ("face", 0.1), ("chest", 0.08), ("abdomen", 0.07))),
     "nv": _Look(share=2, radius=(0.14, 0.26), aspect=0.25, lobes=(0.0, 0.03), ragged=0.02, edge=0.07,
-                edge_wobble=0.2, opacity=(0.85, 0.97), dx_type=(("follow_up", 0.55), ("histo", 0.3), ("consensus", 0.15)),
-                age=(45.0, 15.0),
+                edge_wobble=0.2, opacity=(0.85, 0.97), age=(45.0, 15.0),
+                dx_type=(("follow_up", 0.55), ("histo", 0.3), ("consensus", 0.15)),
                 localization=(("back", 0.25), ("lower extremity", 0.2), ("trunk", 0.2), ("abdomen", 0.12),
                               ("upper extremity", 0.12), ("chest", 0.06), ("foot", 0.05))),
 })
@@ -125,9 +125,9 @@ def make_demo_dataset(out_dir, *, images_per_class: int = 40, image_size: int = 
 
     Example: `ds = make_demo_dataset("demo_data"); build_index(ds.root, ds.metadata)`.
     """
-    _check_int("images_per_class", images_per_class, 1)
-    _check_int("image_size", image_size, 32)
-    _check_int("seed", seed, 0)
+    images_per_class = _check_int("images_per_class", images_per_class, 1, 100_000)
+    image_size = _check_int("image_size", image_size, 32, 2048)
+    seed = _check_int("seed", seed, 0, 2**63 - 1)
     if layout not in LAYOUTS:
         raise InputError(f"The `layout` argument should be one of {', '.join(map(repr, LAYOUTS))}. "
                          f"Received: layout={layout!r}")
@@ -148,8 +148,9 @@ def make_demo_dataset(out_dir, *, images_per_class: int = 40, image_size: int = 
     for lesion in lesions:
         rng = np.random.default_rng(lesion.seed)
         base = _to_image(_draw_lesion(rng, lesion.dx, canvas))
+        vignetting = rng.uniform(0.15, 0.45)  # one dermatoscope per lesion: its photos darken alike
         for image_id in lesion.image_ids:
-            photo = _photograph(rng, base, canvas)
+            photo = _photograph(rng, base, canvas, vignetting)
             photo.save(out / files[image_id], format="JPEG", quality=_JPEG_QUALITY)
 
     metadata = None
@@ -169,9 +170,10 @@ def make_demo_dataset(out_dir, *, images_per_class: int = 40, image_size: int = 
     return dataset
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"`{name}` should be an integer >= {minimum}. Received: {name}={value!r}")
+def _check_int(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise InputError(f"`{name}` should be an integer from {low} to {high}. Received: {name}={value!r}")
+    return int(value)  # a plain int, so it goes into demo.json as is
 
 
 def _existing_dataset(out: Path, params: dict) -> DemoDataset | None:
@@ -493,7 +495,7 @@ def _hairs(rng, side) -> np.ndarray:
     return _line_mask(side, lines)
 
 
-def _photograph(rng: np.random.Generator, base, canvas: _Canvas):
+def _photograph(rng: np.random.Generator, base, canvas: _Canvas, vignetting: float):
     """One photo of the lesion: the base drawing turned and shifted a little, with its own exposure,
     white balance, vignetting and sensor noise. Returns a (size, size) RGB PIL image."""
     from PIL import Image
@@ -508,8 +510,8 @@ def _photograph(rng: np.random.Generator, base, canvas: _Canvas):
     matrix = (c, -s, side / 2 - c * ox + s * oy, s, c, side / 2 - s * ox - c * oy)
     crop = base.transform((size, size), Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR)
     rgb = np.stack([np.asarray(plane, np.float32) for plane in crop.split()])  # (3, size, size)
-    exposure = rng.uniform(0.92, 1.08) * (1 + 0.02 * rng.standard_normal(3, np.float32))  # and white balance
-    # Dermatoscope vignetting: darker towards the corners, by a different amount in each photo.
-    light = 1 - rng.uniform(0.15, 0.45) * canvas.corner**1.25
+    exposure = rng.uniform(0.95, 1.05) * (1 + 0.015 * rng.standard_normal(3, np.float32))  # and white balance
+    # Dermatoscope vignetting: darker towards the corners, a little differently in each photo.
+    light = 1 - (vignetting + rng.uniform(-0.03, 0.03)) * canvas.corner**1.25
     rgb = rgb * light * exposure.reshape(3, 1, 1) + 1.5 * rng.standard_normal(rgb.shape, np.float32)
     return _to_image(rgb)

@@ -60,3 +60,27 @@ def make_ham(root, n_lesions=6, images_per_lesion=2, crlf=False, bom=False, extr
     text = ("\r\n" if crlf else "\n").join(lines) + ("\r\n" if crlf else "\n")
     (root / "HAM10000_metadata.csv").write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
     return root
+
+
+def feature_cache(path, counts=None, dim=32, images_per_group=2, seed=0, backbone="vgg16", separation=1.5,
+                  class_names=None):
+    """A real cache written through the library's writer, with synthetic class-dependent features:
+    train-head tests need no CNN pass. counts: {class name: images}; groups of `images_per_group`."""
+    from bottleneck.cache import CacheConfig, CacheWriter
+
+    counts = counts or {"bcc": 60, "mel": 60, "nv": 120}
+    rng = np.random.default_rng(seed)
+    config = CacheConfig(backbone=backbone, weights="none", weights_sha256="", seed=0, input_size=32,
+                         pooling="avg", preprocessing="test", dtype="float16", num_features=dim)
+    centers = rng.normal(0, separation, size=(len(counts), dim))
+    rows, feats, k = [], [], 0
+    for c, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            group = f"L{c}-{i // images_per_group}" if images_per_group else ""
+            rows.append(dict(image_id=f"img{k:05d}", path=f"{name}/img{k:05d}.jpg", label=name, group=group,
+                             sha256=f"{k:064x}", width=40, height=30))
+            feats.append(centers[c] + rng.normal(0, 1, dim))
+            k += 1
+    with CacheWriter(path, config, {"dataset": "synthetic"}, tuple(class_names or sorted(counts))) as w:
+        w.write_batch(rows, np.array(feats, dtype=np.float32))
+    return path

@@ -1,0 +1,97 @@
+"""`bottleneck evaluate RUN [--cache OTHER]`: a trained head on its own test split or on an external cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cache import CacheConfig, load_cache
+from .errors import CacheMismatchError, InputError
+from .heads import predict_proba
+from .runs import _predictions_frame, load_run, sha256_file
+from .splits import load_split
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    metrics: dict
+    cache: Path
+    external: bool
+    unmapped: dict = field(default_factory=dict)  # class name in the cache -> images left out
+    notes: list = field(default_factory=list)
+
+
+def map_classes(run_classes: list[str], cache_classes: list[str]) -> tuple[np.ndarray, dict]:
+    """Index map cache class -> run class (-1 when none), by exact name, then case-insensitively."""
+    exact = {n: i for i, n in enumerate(run_classes)}
+    folded = {n.casefold(): i for i, n in enumerate(run_classes)}
+    mapping = np.array([exact.get(n, folded.get(n.casefold(), -1)) for n in cache_classes], dtype=np.int64)
+    return mapping, {n: i for n, i in zip(cache_classes, mapping) if i < 0}
+
+
+def evaluate_run(run_dir: str | Path, cache: str | Path | None = None) -> EvalResult:
+    from .metrics import compute_metrics
+    from .plots import plot_confusion
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"run {run_dir} does not exist; pass a directory made by `bottleneck train-head`")
+    config, model = load_run(run_dir)
+    names = config["cache"]["class_names"]
+    trained_on = CacheConfig(**config["cache"]["config"])
+    own = Path(config["cache"]["path"])
+    path = Path(cache) if cache else own
+    data = load_cache(path)
+    diff = trained_on.mismatch(data.config)
+    if diff:
+        raise CacheMismatchError(f"cache {path} comes from another backbone configuration than run {run_dir}: "
+                                 f"{diff.replace('(cache)', f'({path.name})').replace('(this run)', '(run)')}; "
+                                 "extract that data with the run's configuration first")
+    external = cache is not None and path.resolve() != own.resolve()
+    notes, unmapped_counts = [], {}
+    y_train = None
+    if external:
+        mapping, unmapped = map_classes(names, data.class_names)
+        y = np.where(data.labels >= 0, mapping[np.maximum(data.labels, 0)], -1)
+        rows = np.flatnonzero(y >= 0)
+        unmapped_counts = {n: int((data.labels == data.class_names.index(n)).sum()) for n in unmapped}
+        split = np.full(len(y), "external", dtype=object)
+        if len(rows) == 0:
+            raise InputError(f"no labeled image of {path} has a class the run knows ({', '.join(names)}); "
+                             f"its classes are {', '.join(data.class_names) or 'none'}")
+    else:
+        if sha256_file(path) != config["cache"]["sha256"]:
+            notes.append("the cache changed since the run was trained (new rows or labels); "
+                         "the test split is the run's own, by image id")
+        split, _ = load_split(run_dir, data.image_ids)
+        y = data.labels
+        rows = np.flatnonzero((split == "test") & (y >= 0))
+        y_train = y[(split == "train") & (y >= 0)]
+    proba = predict_proba(model, data.features[rows])
+    metrics = compute_metrics(y[rows], proba, names, train_labels=y_train)
+
+    out = run_dir / ("eval-" + (path.stem if external else "test"))
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    (tmp / "metrics.json").write_text(json.dumps({"cache": str(path.resolve()), "external": external,
+                                                 "unmapped_classes": unmapped_counts, "notes": notes,
+                                                 "metrics": metrics}, indent=2))
+    shown = data if not external else _relabel(data, y)
+    _predictions_frame(shown, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)
+    plot_confusion(metrics["confusion_matrix"], names, tmp / "confusion.png",
+                   title=f"{'external: ' + path.stem if external else 'test split'}, {metrics['n']} images")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return EvalResult(out, metrics, path, external, unmapped_counts, notes)
+
+
+def _relabel(data, y):
+    from dataclasses import replace
+
+    return replace(data, labels=y.astype(np.int32))

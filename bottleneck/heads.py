@@ -1,0 +1,133 @@
+"""The classifier head trained on cached bottlenecks: D -> 512 -> 512 -> classes, as the method describes.
+
+Everything here works on in-memory feature arrays; no image is ever opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .tfimport import tensorflow
+
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+CLASS_WEIGHTS = ("balanced", "none")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    hidden: tuple[int, ...] = (512, 512)
+    dropout: float = 0.5
+    optimizer: str = "rmsprop"
+    lr: float = 1e-3
+    decay_rate: float = 0.94
+    decay_steps: int = 100
+    batch_size: int = 128
+    epochs: int = 60
+    patience: int = 10  # early stopping on validation loss; the best epoch's weights are restored
+    class_weight: str = "balanced"
+    seed: int = 0
+
+    def validate(self) -> HeadConfig:
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer should be one of {', '.join(OPTIMIZERS)}; received {self.optimizer!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise InputError(f"--class-weight should be balanced or none; received {self.class_weight!r}")
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"--dropout should be in [0, 1); received {self.dropout}")
+        if any(h < 1 for h in self.hidden):
+            raise InputError(f"--hidden sizes should be positive integers; received {self.hidden}")
+        for name in ("lr", "decay_rate"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"--{name.replace('_', '-')} should be positive; received {getattr(self, name)}")
+        for name in ("decay_steps", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} should be a positive integer; "
+                                 f"received {getattr(self, name)}")
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """"512,512" -> (512, 512); "" or "0" -> () (a linear head)."""
+    text = text.strip()
+    if text in ("", "0", "none"):
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise InputError(f"--hidden should be comma-separated layer sizes like 512,512; received {text!r}") from None
+
+
+def build_head(num_features: int, num_classes: int, cfg: HeadConfig):
+    tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    layers = [keras.Input((num_features,), name="bottleneck")]
+    for i, units in enumerate(cfg.hidden):
+        layers += [keras.layers.Dense(units, activation="relu", name=f"dense_{i}"),
+                   keras.layers.Dropout(cfg.dropout, seed=cfg.seed + i, name=f"dropout_{i}")]
+    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="probabilities"))
+    model = keras.Sequential(layers, name="head")
+    schedule = keras.optimizers.schedules.ExponentialDecay(cfg.lr, cfg.decay_steps, cfg.decay_rate)
+    optimizer = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
+                 "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9)}[cfg.optimizer]
+    model.compile(optimizer=optimizer(learning_rate=schedule), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def class_weights(y: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
+    """"balanced": n / (k * count) per class, as scikit-learn defines it; classes absent from y get 1."""
+    if mode == "none":
+        return None
+    counts = np.bincount(y, minlength=num_classes)
+    present = counts > 0
+    w = np.ones(num_classes)
+    w[present] = len(y) / (present.sum() * counts[present])
+    return {i: float(v) for i, v in enumerate(w)}
+
+
+@dataclass
+class TrainedHead:
+    model: object  # keras.Model
+    history: dict  # Keras history: loss, accuracy, val_loss, val_accuracy per epoch
+    best_epoch: int  # 1-based epoch whose weights were restored
+    seconds: float
+
+
+def train_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, verbose: int = 0,
+               callbacks=()) -> TrainedHead:
+    """Fit a head with early stopping on validation loss; same seed and machine give the same weights."""
+    import time
+
+    tensorflow()
+    import keras
+
+    cfg.validate()
+    model = build_head(x_train.shape[1], num_classes, cfg)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
+    start = time.perf_counter()
+    hist = model.fit(x_train, y_train, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                     validation_data=(x_val, y_val), shuffle=True, verbose=verbose,
+                     class_weight=class_weights(y_train, num_classes, cfg.class_weight),
+                     callbacks=[stop, *callbacks])
+    seconds = time.perf_counter() - start
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    best = int(np.argmin(history["val_loss"])) + 1
+    return TrainedHead(model, history, best, seconds)
+
+
+def predict_proba(model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """(N, D) features -> (N, C) probabilities, float64 so that rows sum to 1 for the metrics."""
+    if len(x) == 0:
+        return np.zeros((0, model.output_shape[-1]))
+    p = model.predict(x, batch_size=batch_size, verbose=0).astype(np.float64)
+    return p / p.sum(axis=1, keepdims=True)

@@ -1,0 +1,74 @@
+"""`report.md`: the short human-readable summary of a run, written from its config and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return lines
+
+
+def write_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
+    cache, head, split = config["cache"], config["head"], config["split"]
+    cc = cache["config"]
+    names = cache["class_names"]
+    sizes = split["sizes"]
+    weights = cc["weights"] if cc["weights"] in ("imagenet", "none") else f"file {cc['weights_sha256'][:12]}"
+    lines = [f"# Head run `{name}`", "",
+             "## Data",
+             f"- cache: `{cache['path']}` (sha256 `{cache['sha256'][:12]}`, {cache['rows']} rows)",
+             f"- backbone: {cc['backbone']}, weights {weights}, {cc['input_size']} px, {cc['pooling']} pooling, "
+             f"{cc['num_features']} features ({cc['dtype']})",
+             f"- classes: {', '.join(names)}", ""]
+    n_groups = sum(sizes[s]["groups"] for s in sizes)
+    how = (f"grouped by lesion/patient ({n_groups} groups, none in two splits)" if n_groups
+           else "no group ids in the cache: each image is its own group")
+    origin = f"reused from `{split['from']}`" if split.get("from") else (
+        f"fractions {'/'.join(str(f) for f in split['fractions'])}, seed {split['seed']}")
+    lines += ["## Split", f"Stratified by class, {how}; {origin}.", ""]
+    lines += _table(["split", "images", "groups", *names],
+                    [[s, sizes[s]["images"], sizes[s]["groups"], *[sizes[s]["per_class"][n] for n in names]]
+                     for s in ("train", "val", "test")])
+    lines += ["", "## Results",
+              "Balanced accuracy (mean recall over classes, the ISIC 2018 metric) is the headline number; the "
+              "majority-class baseline always predicts the most frequent training class.", ""]
+    rows = []
+    for s in ("val", "test"):
+        if s not in metrics:
+            continue
+        m = metrics[s]
+        base = m["majority_baseline"]
+        mel = m.get("melanoma") or {}
+        rows.append([s, m["n"], _fmt(m["accuracy"]), _fmt(m["balanced_accuracy"]), _fmt(m["roc_auc_macro"]),
+                     _fmt(base["accuracy"]), _fmt(base["balanced_accuracy"]),
+                     _fmt(mel.get("sensitivity")), _fmt(mel.get("specificity"))])
+    lines += _table(["split", "n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
+                     "melanoma sens", "melanoma spec"], rows)
+    test = metrics["test"]
+    lines += ["", "### Class-wise results on the test split", ""]
+    lines += _table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
+                    [[n, test["per_class"][n]["support"], _fmt(test["per_class"][n]["precision"]),
+                      _fmt(test["per_class"][n]["recall"]), _fmt(test["per_class"][n]["f1"]),
+                      _fmt(test["roc_auc_per_class"].get(n))] for n in names])
+    hidden = " -> ".join(str(h) for h in head["hidden"]) or "none"
+    lines += ["", "## Training",
+              f"- head: {cc['num_features']} -> {hidden} -> {len(names)}, dropout {head['dropout']}, "
+              f"{head['optimizer']} lr {head['lr']} (x{head['decay_rate']} every {head['decay_steps']} steps), "
+              f"batch {head['batch_size']}, class weight {head['class_weight']}, seed {head['seed']}",
+              f"- early stopping on validation loss (patience {head['patience']}): best epoch "
+              f"{config['best_epoch']} of {config['epochs_run']} run, restored; {config['train_seconds']:.1f} s",
+              f"- training accuracy {_fmt(metrics['train']['accuracy'])} (compare with validation for overfitting)",
+              "", "![training curves](curves.png)", "", "![confusion matrix, test split](confusion.png)", "",
+              "## Files",
+              "`config.json` (how to rerun), `split.csv`, `history.csv`, `metrics.json`, `predictions.csv`, "
+              "`curves.png`, `confusion.png`, `head.keras`.", "",
+              f"Rerun: `{' '.join(config['command'])}`", ""]
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,211 @@
+"""`train-head` and `evaluate`: a head trained off a cache, its split, metrics and report in `runs/<name>/`.
+
+A run directory is written whole or not at all: artifacts go to a hidden temporary folder that is renamed
+into place at the end, so a failed or interrupted command never leaves a half run or damages an old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cache import CacheData, load_cache, library_versions
+from .errors import InputError
+from .heads import HeadConfig, predict_proba, train_head
+from .splits import SPLITS, SplitSpec, check_split, load_split, make_split, save_split
+from .tfimport import tensorflow
+
+EVAL_SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path | None = None
+    runs_dir: Path = Path("runs")
+    split: SplitSpec = SplitSpec()
+    split_from: Path | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict  # split -> compute_metrics dict
+    split_sizes: dict
+    best_epoch: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _epoch_bar(total: int, enabled: bool):
+    """A tqdm bar over epochs (with epochs/s) showing the current losses."""
+    tensorflow()
+    import keras
+    from tqdm.auto import tqdm
+
+    class EpochBar(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = tqdm(total=total, desc="train-head", unit="epoch", disable=not enabled, leave=False)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            self.bar.set_postfix(loss=f"{logs.get('loss', 0):.3f}", val_loss=f"{logs.get('val_loss', 0):.3f}")
+            self.bar.update(1)
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return EpochBar()
+
+
+def _prepare_dir(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not overwrite:
+        raise InputError(f"run directory {out} already exists; pass --overwrite to replace it or another --out")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _finish_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _check_usable(data: CacheData) -> None:
+    if len(data.labels) == 0:
+        raise InputError(f"cache {data.path} is empty (0 rows); run `bottleneck extract` into it first")
+
+
+def _cache_record(data: CacheData) -> dict:
+    return {"path": str(data.path.resolve()), "sha256": sha256_file(data.path), "config": asdict(data.config),
+            "rows": int(len(data.labels)), "class_names": data.class_names,
+            "dataset": data.attrs.get("dataset", ""), "root": data.attrs.get("root", "")}
+
+
+def _predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, rows: np.ndarray, class_names):
+    import pandas as pd
+
+    labels = data.labels[rows]
+    df = pd.DataFrame({"image_id": data.image_ids[rows], "path": data.paths[rows], "group": data.groups[rows],
+                       "split": split[rows],
+                       "true": [class_names[i] if i >= 0 else "" for i in labels],
+                       "predicted": [class_names[i] for i in proba.argmax(axis=1)]})
+    for j, name in enumerate(class_names):
+        df[f"p_{name}"] = np.round(proba[:, j], 6)
+    return df
+
+
+def _evaluate_splits(y: np.ndarray, proba: np.ndarray, split_of_rows: np.ndarray, class_names, y_train) -> dict:
+    from .metrics import compute_metrics
+
+    out = {}
+    for s in EVAL_SPLITS:
+        m = split_of_rows == s
+        if m.any():
+            out[s] = compute_metrics(y[m], proba[m], class_names, train_labels=y_train)
+    return out
+
+
+def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: RunOptions = RunOptions(),
+                   command: list[str] | None = None) -> RunResult:
+    """Train a head off `cache`, evaluate it on validation and test, and write a run directory."""
+    from .plots import plot_confusion, plot_curves
+    from .report import write_report
+
+    head.validate()
+    cache = Path(cache)
+    out = Path(opts.out) if opts.out else opts.runs_dir / f"{cache.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not opts.overwrite:  # before loading anything: fail fast and touch nothing
+        raise InputError(f"run directory {out} already exists; pass --overwrite to replace it or another --out")
+    data = load_cache(cache)
+    _check_usable(data)
+    names = data.class_names
+    extra = {}
+    if opts.split_from:
+        split, extra = load_split(opts.split_from, data.image_ids)
+        split[data.labels < 0] = ""
+    else:
+        split = make_split(data.labels, data.groups, data.image_ids, names, opts.split)
+    check_split(split, data.labels, data.groups, names)
+    idx = {s: np.flatnonzero(split == s) for s in SPLITS}
+    x, y = data.features, data.labels
+
+    tmp = _prepare_dir(out, opts.overwrite)
+    try:
+        trained = train_head(x[idx["train"]], y[idx["train"]], x[idx["val"]], y[idx["val"]], len(names), head,
+                             callbacks=[_epoch_bar(head.epochs, opts.progress)])
+        rows = np.concatenate([idx[s] for s in SPLITS])
+        proba = predict_proba(trained.model, x[rows])
+        metrics = _evaluate_splits(y[rows], proba, split[rows], names, y[idx["train"]])
+        metrics["train"] = {"n": int(len(idx["train"])),
+                            "accuracy": float((proba[split[rows] == "train"].argmax(1) == y[idx["train"]]).mean())}
+        sizes = {s: {"images": int(len(idx[s])), "groups": int(len({g for g in data.groups[idx[s]] if g})),
+                     "per_class": {n: int((y[idx[s]] == c).sum()) for c, n in enumerate(names)}} for s in SPLITS}
+
+        save_split(tmp / "split.csv", data.image_ids, split)
+        _write_history(tmp / "history.csv", trained.history)
+        _predictions_frame(data, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        command = [str(out) if c == "<out>" else c for c in (command or ["bottleneck", "train-head", str(cache)])]
+        config = {"command": command, "cache": _cache_record(data),
+                  "head": head.to_dict(),
+                  "split": {"fractions": [opts.split.train, opts.split.val, opts.split.test],
+                            "seed": opts.split.seed, "from": str(opts.split_from) if opts.split_from else None,
+                            "sizes": sizes, **extra},
+                  "best_epoch": trained.best_epoch, "epochs_run": len(trained.history["loss"]),
+                  "train_seconds": round(trained.seconds, 3), "library_versions": library_versions(),
+                  "python": sys.version.split()[0], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        trained.model.save(tmp / "head.keras")
+        plot_curves(trained.history, tmp / "curves.png")
+        plot_confusion(metrics["test"]["confusion_matrix"], names, tmp / "confusion.png",
+                       title=f"test split, {metrics['test']['n']} images")
+        write_report(tmp / "report.md", config, metrics, out.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _finish_dir(tmp, out)
+    return RunResult(out, metrics, sizes, trained.best_epoch, trained.seconds, extra)
+
+
+def _write_history(path: Path, history: dict) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame(history)
+    df.insert(0, "epoch", np.arange(1, len(df) + 1))
+    df.to_csv(path, index=False)
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, object]:
+    """(config.json, the head model) of a run directory."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file() or not (run_dir / "head.keras").is_file():
+        raise InputError(f"{run_dir} is not a train-head run (no config.json / head.keras there)")
+    tensorflow()
+    import keras
+
+    return json.loads(cfg_path.read_text()), keras.saving.load_model(run_dir / "head.keras")

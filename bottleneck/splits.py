@@ -1,0 +1,127 @@
+"""Train/validation/test splits: grouped, stratified, deterministic, saved with every run.
+
+HAM10000 holds several images of one lesion; a split that puts one image of a lesion in train and another
+in test measures memory, not skill. So whole groups (lesions, patients) go to one split, each class is
+spread over the splits in proportion, and the assignment depends only on the seed and the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+
+    def fractions(self) -> np.ndarray:
+        f = np.array([self.train, self.val, self.test], dtype=float)
+        if (f <= 0).any() or abs(f.sum() - 1) > 1e-6:
+            raise InputError(f"split fractions should be positive and sum to 1; received train={self.train}, "
+                             f"val={self.val}, test={self.test}")
+        return f
+
+
+def make_split(labels: np.ndarray, groups: np.ndarray, image_ids: np.ndarray, class_names: list[str],
+               spec: SplitSpec = SplitSpec()) -> np.ndarray:
+    """Assign each row to "train", "val" or "test" ("" for unlabeled rows, which no split can use).
+
+    Rows sharing a non-empty group move together; a row without a group is its own group. A group is
+    stratified under the rarest class it contains, so groups holding minority classes are spread too.
+    Fails, naming the class, when a class has too few groups to appear in all three splits.
+    """
+    fractions = spec.fractions()
+    labels = np.asarray(labels)
+    out = np.full(len(labels), "", dtype=object)
+    labeled = np.flatnonzero(labels >= 0)
+    if len(labeled) == 0:
+        raise InputError("the cache has no labeled images; train-head needs labels (extract with class "
+                         "folders or --label-column)")
+    present = np.unique(labels[labeled])
+    if len(present) < 2:
+        raise InputError(f"the cache holds a single class ({class_names[present[0]]!r}); a classifier needs "
+                         "at least two")
+
+    # Group key: the group id when there is one, else the image id (sorted: independent of row order).
+    keys = np.array([f"g:{g}" if g else f"i:{i}" for g, i in zip(groups[labeled], image_ids[labeled])])
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    counts = np.bincount(labels[labeled], minlength=len(class_names))
+    members: list[list[int]] = [[] for _ in uniq]
+    for row, k in zip(labeled, inverse):
+        members[k].append(row)
+    stratum = np.array([min(labels[m], key=lambda c: (counts[c], c)) for m in members])
+
+    rng = np.random.default_rng(spec.seed)
+    for c in np.unique(stratum):
+        gids = np.flatnonzero(stratum == c)
+        if len(gids) < 3:
+            n_img = sum(len(members[g]) for g in gids)
+            unit = "groups" if any(keys[g].startswith("g:") for g in gids) else "images"
+            raise InputError(f"class {class_names[c]!r} has only {len(gids)} {unit} ({n_img} images); each class "
+                             "needs at least 3 to appear in train, validation and test. Add images, merge or "
+                             "drop the class")
+        gids = gids[rng.permutation(len(gids))]
+        sizes = np.array([len(members[g]) for g in gids])
+        assigned = np.zeros(3)
+        # One group to each split first (test, val, train), so every class is in every split; then each
+        # group goes where the split is furthest below its share of what has been assigned so far.
+        for j, (g, size) in enumerate(zip(gids, sizes)):
+            if j < 3:
+                s = 2 - j
+            else:
+                s = int(np.argmax(fractions * (assigned.sum() + size) - assigned))
+            assigned[s] += size
+            out[members[g]] = SPLITS[s]
+    return out
+
+
+def save_split(path: Path, image_ids: np.ndarray, split: np.ndarray) -> None:
+    import pandas as pd
+
+    keep = split != ""
+    pd.DataFrame({"image_id": image_ids[keep], "split": split[keep]}).to_csv(path, index=False)
+
+
+def load_split(run_dir: Path, image_ids: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Reuse the split of an earlier run. Returns (split per cache row, counts of mismatches)."""
+    import pandas as pd
+
+    path = Path(run_dir) / "split.csv"
+    if not path.is_file():
+        raise InputError(f"--split-from {run_dir}: no split.csv there; pass a run directory made by train-head")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(df.columns[:2]) != ["image_id", "split"] or not set(df["split"]) <= set(SPLITS):
+        raise InputError(f"{path} is not a split manifest (expected columns image_id,split with train/val/test)")
+    mapping = dict(zip(df["image_id"], df["split"]))
+    split = np.array([mapping.get(i, "") for i in image_ids], dtype=object)
+    cached = set(image_ids)
+    missing = [i for i in df["image_id"] if i not in cached]
+    if missing:
+        raise InputError(f"{len(missing)} images of {path} are not in this cache (e.g. {missing[0]!r}); a reused "
+                         "split must refer to the same images")
+    return split, {"not_in_split": int(sum(1 for i in image_ids if i not in mapping))}
+
+
+def check_split(split: np.ndarray, labels: np.ndarray, groups: np.ndarray, class_names: list[str]) -> None:
+    """Every class in every split, and no group in two splits (also checked on reused splits)."""
+    for s in SPLITS:
+        have = set(labels[split == s])
+        for c, name in enumerate(class_names):
+            if (labels == c).any() and c not in have:
+                raise InputError(f"class {name!r} has no images in the {s} split; it has "
+                                 f"{int((labels == c).sum())} images in all")
+    seen: dict[str, str] = {}
+    for g, s in zip(groups, split):
+        if g and s:
+            if seen.setdefault(g, s) != s:
+                raise InputError(f"group {g!r} has images in both the {seen[g]} and {s} splits")

@@ -1,0 +1,169 @@
+"""train-head and evaluate on real caches: artifacts, grouped splits, reproducibility, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from bottleneck.cache import load_cache
+from bottleneck.cli import app
+from bottleneck.dataset import build_index
+from bottleneck.errors import CacheMismatchError, InputError
+from bottleneck.evaluate import evaluate_run
+from bottleneck.extract import ExtractOptions, extract
+from bottleneck.heads import HeadConfig
+from bottleneck.runs import RunOptions, load_run, train_head_run
+from conftest import TINY, feature_cache, make_ham
+
+FAST = HeadConfig(epochs=15, patience=5)
+runner = CliRunner()
+
+
+def run_cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return feature_cache(tmp_path / "feat.h5")
+
+
+def test_a_run_leaves_every_artifact_and_they_agree(tmp_path, cache):
+    r = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False))
+    d = r.run_dir
+    for name in ("config.json", "split.csv", "history.csv", "metrics.json", "predictions.csv", "curves.png",
+                 "confusion.png", "report.md", "head.keras"):
+        assert (d / name).is_file(), name
+    for png in ("curves.png", "confusion.png"):
+        assert Image.open(d / png).size[0] > 100
+    config = json.loads((d / "config.json").read_text())
+    assert config["cache"]["sha256"] and config["head"]["hidden"] == [512, 512]
+    assert config["command"][:3] == ["bottleneck", "train-head", str(cache)]
+    metrics = json.loads((d / "metrics.json").read_text())
+    test = metrics["test"]
+    assert {"accuracy", "balanced_accuracy", "per_class", "roc_auc_macro", "confusion_matrix",
+            "majority_baseline", "melanoma"} <= set(test)
+    assert test["melanoma"]["class"] == "mel" and test["melanoma"]["sensitivity"] is not None
+    assert test["balanced_accuracy"] > test["majority_baseline"]["balanced_accuracy"]  # it learned something
+    preds = pd.read_csv(d / "predictions.csv", keep_default_na=False)
+    split = pd.read_csv(d / "split.csv")
+    assert len(preds) == len(split) == 240
+    probs = preds[["p_bcc", "p_mel", "p_nv"]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
+    t = preds[preds.split == "test"]
+    assert (t["true"] == t["predicted"]).mean() == pytest.approx(test["accuracy"])
+    history = pd.read_csv(d / "history.csv")
+    assert list(history.columns[:2]) == ["epoch", "accuracy"] or "val_loss" in history.columns
+    assert len(history) == config["epochs_run"]
+    # the saved head reproduces the saved predictions
+    _, head = load_run(d)
+    data = load_cache(cache)
+    rows = [list(data.image_ids).index(i) for i in t["image_id"]]
+    np.testing.assert_allclose(head.predict(data.features[rows], verbose=0),
+                               t[["p_bcc", "p_mel", "p_nv"]].to_numpy(), atol=1e-4)
+    report = (d / "report.md").read_text()
+    assert "baseline" in report and "melanoma sens" in report and "| test |" in report
+
+
+def test_groups_stay_in_one_split(tmp_path):
+    cache = feature_cache(tmp_path / "g.h5", images_per_group=3)
+    r = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False))
+    split = pd.read_csv(r.run_dir / "split.csv").set_index("image_id")["split"]
+    data = load_cache(cache)
+    df = pd.DataFrame({"group": data.groups, "split": split.loc[list(data.image_ids)].to_numpy()})
+    assert (df.groupby("group")["split"].nunique() == 1).all()
+    assert df.groupby("group").size().max() == 3  # groups really hold several images
+
+
+def test_same_seed_same_metrics_other_seed_other_split(tmp_path, cache):
+    a = train_head_run(cache, FAST, RunOptions(out=tmp_path / "a", progress=False))
+    b = train_head_run(cache, FAST, RunOptions(out=tmp_path / "b", progress=False))
+    assert (a.run_dir / "metrics.json").read_text() == (b.run_dir / "metrics.json").read_text()
+    assert (a.run_dir / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()
+    from bottleneck.splits import SplitSpec
+
+    c = train_head_run(cache, HeadConfig(epochs=15, patience=5, seed=1),
+                       RunOptions(out=tmp_path / "c", split=SplitSpec(seed=1), progress=False))
+    assert (a.run_dir / "split.csv").read_text() != (c.run_dir / "split.csv").read_text()
+
+
+def test_split_from_reuses_the_test_set(tmp_path, cache):
+    a = train_head_run(cache, FAST, RunOptions(out=tmp_path / "a", progress=False))
+    b = train_head_run(cache, HeadConfig(epochs=5, optimizer="adam", seed=5),
+                       RunOptions(out=tmp_path / "b", split_from=a.run_dir, progress=False))
+    assert (a.run_dir / "split.csv").read_text() == (b.run_dir / "split.csv").read_text()
+    assert json.loads((b.run_dir / "config.json").read_text())["split"]["from"] == str(a.run_dir)
+
+
+def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, cache):
+    out = tmp_path / "run"
+    train_head_run(cache, FAST, RunOptions(out=out, progress=False))
+    before = (out / "metrics.json").read_text()
+    with pytest.raises(InputError, match="already exists; pass --overwrite"):
+        train_head_run(cache, HeadConfig(epochs=3, seed=9), RunOptions(out=out, progress=False))
+    assert (out / "metrics.json").read_text() == before
+    train_head_run(cache, HeadConfig(epochs=3, seed=9), RunOptions(out=out, overwrite=True, progress=False))
+    assert json.loads((out / "config.json").read_text())["head"]["seed"] == 9
+    assert not list(tmp_path.glob(".run*"))  # no temporary folders left behind
+
+
+def test_train_head_never_opens_an_image(tmp_path):
+    """From real JPEGs through a real backbone, then the images are deleted before training."""
+    root = make_ham(tmp_path / "HAM", n_lesions=30, images_per_lesion=2)
+    cache = tmp_path / "ham.h5"
+    extract(build_index(root), ExtractOptions(**TINY, cache=cache, progress=False))
+    shutil.rmtree(root)
+    r = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False))
+    assert r.metrics["test"]["n"] > 0
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "is empty (0 rows)"),
+    ("one_class", "single class ('nv')"),
+    ("too_small", "class 'df' has only 1 groups (2 images)"),
+])
+def test_bad_caches_are_refused_with_the_reason(tmp_path, kind, message):
+    counts = {"empty": {}, "one_class": {"nv": 30}, "too_small": {"df": 2, "nv": 40, "mel": 20}}[kind]
+    cache = feature_cache(tmp_path / "c.h5", counts=counts)
+    r = run_cli("train-head", cache, "--out", tmp_path / "run", "--quiet")
+    assert r.exit_code == 1 and message in r.output, r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_train_head_prints_the_table_and_evaluate_matches(tmp_path, cache):
+    out = tmp_path / "run"
+    r = run_cli("train-head", cache, "--out", out, "--epochs", "10", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "balanced" in r.output and str(out) in r.output
+    r = run_cli("evaluate", out)
+    assert r.exit_code == 0, r.output
+    own = json.loads((out / "metrics.json").read_text())["test"]
+    ev = json.loads((out / "eval-test" / "metrics.json").read_text())["metrics"]
+    assert ev["balanced_accuracy"] == pytest.approx(own["balanced_accuracy"])
+    assert ev["confusion_matrix"] == own["confusion_matrix"]
+
+
+def test_evaluate_on_an_external_cache_maps_classes_by_name(tmp_path, cache):
+    run = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False)).run_dir
+    # same backbone configuration, class names in another case and order, one class the run never saw
+    other = feature_cache(tmp_path / "other.h5", counts={"MEL": 10, "NV": 10, "vasc": 4}, seed=0)
+    r = evaluate_run(run, other)
+    assert r.external and r.unmapped == {"vasc": 4}
+    assert r.metrics["n"] == 20
+    saved = json.loads((run / f"eval-other" / "metrics.json").read_text())
+    assert saved["unmapped_classes"] == {"vasc": 4}
+
+
+def test_evaluate_refuses_another_backbone_and_unknown_runs(tmp_path, cache):
+    run = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False)).run_dir
+    other = feature_cache(tmp_path / "other.h5", backbone="resnet50")
+    with pytest.raises(CacheMismatchError, match=r"backbone resnet50 \(other.h5\) vs vgg16 \(run\)"):
+        evaluate_run(run, other)
+    r = run_cli("evaluate", tmp_path / "nope")
+    assert r.exit_code == 1 and "does not exist" in r.output

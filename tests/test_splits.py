@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from bottleneck.errors import InputError
+from bottleneck.splits import SplitSpec, check_split, load_split, make_split, save_split
+
+
+def ham_like(n_lesions=300, seed=0):
+    """Lesions with 1-3 images each, one label per lesion, imbalanced like HAM10000."""
+    rng = np.random.default_rng(seed)
+    labels, groups, ids = [], [], []
+    for les in range(n_lesions):
+        c = rng.choice(3, p=[0.67, 0.2, 0.13])
+        for j in range(rng.integers(1, 4)):
+            labels.append(c)
+            groups.append(f"HAM_{les}")
+            ids.append(f"ISIC_{len(ids)}")
+    return np.array(labels), np.array(groups, dtype=object), np.array(ids, dtype=object)
+
+
+def test_groups_never_cross_splits_and_classes_are_stratified():
+    y, g, ids = ham_like()
+    split = make_split(y, g, ids, ["nv", "mel", "bkl"], SplitSpec(seed=1))
+    for group in set(g):
+        assert len(set(split[g == group])) == 1
+    for c in range(3):
+        share = np.array([((split == s) & (y == c)).sum() for s in ("train", "val", "test")]) / (y == c).sum()
+        np.testing.assert_allclose(share, [0.7, 0.15, 0.15], atol=0.06)
+    check_split(split, y, g, ["nv", "mel", "bkl"])
+
+
+def test_split_is_deterministic_from_the_seed_and_independent_of_row_order():
+    y, g, ids = ham_like()
+    a = make_split(y, g, ids, ["a", "b", "c"], SplitSpec(seed=3))
+    b = make_split(y, g, ids, ["a", "b", "c"], SplitSpec(seed=3))
+    c = make_split(y, g, ids, ["a", "b", "c"], SplitSpec(seed=4))
+    assert list(a) == list(b) and list(a) != list(c)
+    perm = np.random.default_rng(0).permutation(len(y))
+    shuffled = make_split(y[perm], g[perm], ids[perm], ["a", "b", "c"], SplitSpec(seed=3))
+    assert list(shuffled) == list(a[perm])
+
+
+def test_rows_without_groups_are_their_own_groups_and_unlabeled_rows_are_left_out():
+    y = np.array([0] * 10 + [1] * 10 + [-1] * 3)
+    g = np.array([""] * 23, dtype=object)
+    ids = np.array([f"i{k}" for k in range(23)], dtype=object)
+    split = make_split(y, g, ids, ["a", "b"])
+    assert set(split[:20]) == {"train", "val", "test"} and set(split[20:]) == {""}
+
+
+def test_a_class_too_small_to_split_is_named():
+    y = np.array([0] * 20 + [1] * 4)
+    g = np.array([f"L{k}" for k in range(20)] + ["X", "X", "Y", "Y"], dtype=object)
+    ids = np.array([f"i{k}" for k in range(24)], dtype=object)
+    with pytest.raises(InputError, match="class 'rare' has only 2 groups \\(4 images\\)"):
+        make_split(y, g, ids, ["common", "rare"])
+
+
+def test_one_class_and_no_labels_are_refused():
+    ids = np.array(["a", "b", "c"], dtype=object)
+    g = np.array(["", "", ""], dtype=object)
+    with pytest.raises(InputError, match=r"single class \('only'\)"):
+        make_split(np.array([0, 0, 0]), g, ids, ["only"])
+    with pytest.raises(InputError, match="no labeled images"):
+        make_split(np.array([-1, -1, -1]), g, ids, [])
+
+
+def test_bad_fractions_are_refused():
+    with pytest.raises(InputError, match="sum to 1"):
+        SplitSpec(0.8, 0.15, 0.15).fractions()
+
+
+def test_saved_split_round_trips_and_must_match_the_cache(tmp_path):
+    y, g, ids = ham_like(60)
+    split = make_split(y, g, ids, ["a", "b", "c"])
+    save_split(tmp_path / "split.csv", ids, split)
+    again, info = load_split(tmp_path, ids)
+    assert list(again) == list(split) and info["not_in_split"] == 0
+    with pytest.raises(InputError, match="not in this cache"):
+        load_split(tmp_path, ids[:-5])
+    with pytest.raises(InputError, match="no split.csv"):
+        load_split(tmp_path / "nowhere", ids)
+
+
+def test_check_split_catches_a_group_in_two_splits():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    g = np.array(["A", "A", "B", "C", "D", "E"], dtype=object)
+    split = np.array(["train", "test", "train", "val", "val", "test"], dtype=object)
+    with pytest.raises(InputError, match="group 'A' has images in both"):
+        check_split(split, y, g, ["x", "y"])
