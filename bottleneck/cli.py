@@ -211,6 +211,30 @@ def evaluate(
 
 
 @app.command()
+@handle_errors
+def bench(
+    rows: int = typer.Option(10_000, help="Rows of the synthetic cache."),
+    dim: int = typer.Option(2048, help="Feature width (2048: InceptionV3/ResNet)."),
+    epochs: int = typer.Option(5, help="Epochs timed for the per-epoch figure."),
+    backbone: str = typer.Option("inception_v3", help="Backbone of the extraction figure."),
+    image_size: Optional[int] = typer.Option(None, help="Its input size (default: the backbone's)."),
+    images: int = typer.Option(64, help="Images extracted to measure images/s."),
+    part: List[str] = typer.Option(["head", "run", "extract"], help="Which parts: head, run, extract."),
+):
+    """Measure head speed against one backbone pass; prints figures (see docs/benchmarks.md).
+
+    Example: bottleneck bench --rows 10000 --backbone inception_v3
+    """
+    from .bench import BenchOptions, format_results, run_bench
+
+    unknown = set(part) - {"head", "run", "extract"}
+    if unknown:
+        fail(f"--part should be head, run or extract; received {', '.join(sorted(unknown))}")
+    opts = BenchOptions(rows=rows, dim=dim, epochs=epochs, backbone=backbone, image_size=image_size, images=images)
+    typer.echo(format_results(run_bench(opts, tuple(part)), opts))
+
+
+@app.command()
 def backbones():
     """List the registered backbones with their input size and feature width."""
     from .backbones import REGISTRY

@@ -68,7 +68,7 @@ def feature_cache(path, counts=None, dim=32, images_per_group=2, seed=0, backbon
     train-head tests need no CNN pass. counts: {class name: images}; groups of `images_per_group`."""
     from bottleneck.cache import CacheConfig, CacheWriter
 
-    counts = counts or {"bcc": 60, "mel": 60, "nv": 120}
+    counts = {"bcc": 60, "mel": 60, "nv": 120} if counts is None else counts
     rng = np.random.default_rng(seed)
     config = CacheConfig(backbone=backbone, weights="none", weights_sha256="", seed=0, input_size=32,
                          pooling="avg", preprocessing="test", dtype="float16", num_features=dim)

@@ -21,7 +21,7 @@ from bottleneck.heads import HeadConfig
 from bottleneck.runs import RunOptions, load_run, train_head_run
 from conftest import TINY, feature_cache, make_ham
 
-FAST = HeadConfig(epochs=15, patience=5)
+FAST = HeadConfig(epochs=8, patience=4)
 runner = CliRunner()
 
 
@@ -88,7 +88,7 @@ def test_same_seed_same_metrics_other_seed_other_split(tmp_path, cache):
     assert (a.run_dir / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()
     from bottleneck.splits import SplitSpec
 
-    c = train_head_run(cache, HeadConfig(epochs=15, patience=5, seed=1),
+    c = train_head_run(cache, HeadConfig(epochs=8, patience=4, seed=1),
                        RunOptions(out=tmp_path / "c", split=SplitSpec(seed=1), progress=False))
     assert (a.run_dir / "split.csv").read_text() != (c.run_dir / "split.csv").read_text()
 
@@ -131,7 +131,7 @@ def test_train_head_never_opens_an_image(tmp_path):
 def test_bad_caches_are_refused_with_the_reason(tmp_path, kind, message):
     counts = {"empty": {}, "one_class": {"nv": 30}, "too_small": {"df": 2, "nv": 40, "mel": 20}}[kind]
     cache = feature_cache(tmp_path / "c.h5", counts=counts)
-    r = run_cli("train-head", cache, "--out", tmp_path / "run", "--quiet")
+    r = run_cli("train-head", cache, "--out", tmp_path / "run", "--quiet", "--epochs", "3")
     assert r.exit_code == 1 and message in r.output, r.output
     assert not (tmp_path / "run").exists()
 

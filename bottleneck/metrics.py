@@ -1,0 +1,165 @@
+"""Imbalance-aware metrics of a classifier head, as a JSON-ready dict, and a compact text table of them.
+
+Skin-lesion data sets are dominated by one class (nevi are ~67% of HAM10000), so plain accuracy flatters a
+model that ignores the rare, dangerous classes. Every result therefore carries balanced accuracy (the ISIC 2018
+metric), per-class numbers, the majority-class baseline to beat and melanoma sensitivity/specificity.
+Pure numpy/scikit-learn: no TensorFlow here, so metrics can be recomputed from `predictions.csv` alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+from .errors import InputError
+
+MELANOMA_NAMES = ("mel", "melanoma", "MEL")  # match case-insensitively on the class name
+_MELANOMA_FOLDED = {n.casefold() for n in MELANOMA_NAMES}
+
+
+def _check_inputs(y_true, proba, class_names) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    p = np.asarray(proba, dtype=np.float64)
+    c = len(class_names)
+    if c < 2:
+        raise InputError(f"need at least 2 class names to compute metrics, got {list(class_names)!r}")
+    if y.ndim != 1:
+        raise InputError(f"y_true must be 1-D class indices of shape (N,), got shape {y.shape}; "
+                         "pass labels, not one-hot rows (use .argmax(axis=1) on one-hot labels)")
+    if len(y) == 0:
+        raise InputError("y_true is empty: no labeled images to evaluate; check the split or the cache's labels")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise InputError(f"y_true must hold integer class indices, got dtype {y.dtype}")
+    if p.shape != (len(y), c):
+        raise InputError(f"proba must have shape (N, C) = ({len(y)}, {c}) for {len(y)} labels and {c} class names, "
+                         f"got {p.shape}; pass the head's softmax output for the same rows")
+    bad = y[(y < 0) | (y >= c)]
+    if len(bad):
+        raise InputError(f"y_true holds class index {int(bad[0])} outside 0..{c - 1} ({c} class names); "
+                         "drop unlabeled rows (-1) before computing metrics")
+    if not np.isfinite(p).all():
+        raise InputError("proba contains NaN or infinite values; the head diverged or the features are broken")
+    return y.astype(np.int64), p
+
+
+def _majority_class(train_labels, y: np.ndarray, c: int) -> int:
+    if train_labels is None:
+        ref = y
+    else:
+        t = np.asarray(train_labels)
+        if t.ndim != 1 or not np.issubdtype(t.dtype, np.integer):
+            raise InputError(f"train_labels must be 1-D integer class indices, got shape {t.shape} dtype {t.dtype}")
+        ref = t[t >= 0]  # -1 marks an unlabeled image in the cache: it has no class to count
+        if len(ref) == 0:
+            raise InputError("train_labels has no labeled entry; pass train_labels=None to take the majority "
+                             "class from y_true instead")
+        if ref.max() >= c:
+            raise InputError(f"train_labels holds class index {int(ref.max())} outside 0..{c - 1} ({c} class names)")
+    return int(np.bincount(ref, minlength=c).argmax())  # ties go to the lowest index, deterministically
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    # Mean recall over the classes present in y_true, as sklearn's balanced_accuracy_score and ISIC 2018 define
+    # it; computed directly because sklearn warns whenever a prediction names a class absent from y_true.
+    present = np.unique(y)
+    return float(np.mean([(pred[y == k] == k).mean() for k in present]))
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> float | None:
+    # One-vs-rest AUC is undefined without both positives and negatives; None keeps the JSON NaN-free.
+    if positive.all() or not positive.any():
+        return None
+    return float(roc_auc_score(positive, score))
+
+
+def _melanoma(y: np.ndarray, pred: np.ndarray, class_names: list[str]) -> dict | None:
+    idx = next((i for i, n in enumerate(class_names) if n.casefold() in _MELANOMA_FOLDED), None)
+    if idx is None:
+        return None
+    is_mel = y == idx
+    others = ~is_mel
+    return {"class": class_names[idx],
+            "sensitivity": float((pred[is_mel] == idx).mean()) if is_mel.any() else None,
+            "specificity": float((pred[others] != idx).mean()) if others.any() else None,
+            "support": int(is_mel.sum())}
+
+
+def compute_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str],
+                    train_labels: np.ndarray | None = None) -> dict:
+    """Metrics of softmax outputs `proba` (N, C) against class indices `y_true` (N,), as a JSON-ready dict.
+
+    Undefined values (AUC of a class absent from y_true, melanoma sensitivity without melanoma cases) are None,
+    never NaN. The majority baseline predicts the most frequent class of `train_labels` (of y_true when None).
+    """
+    class_names = list(class_names)
+    y, p = _check_inputs(y_true, proba, class_names)
+    c = len(class_names)
+    labels = list(range(c))
+    pred = p.argmax(axis=1)  # (N,) predicted class index
+
+    prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    per_class = {n: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                     "support": int(sup[i])} for i, n in enumerate(class_names)}
+
+    auc = {n: _auc(y == i, p[:, i]) for i, n in enumerate(class_names)}
+    if c == 2:
+        macro = auc[class_names[1]]  # binary: the positive class's AUC (class 0's is the same when rows sum to 1)
+    else:
+        defined = [v for v in auc.values() if v is not None]
+        macro = float(np.mean(defined)) if len(defined) >= 2 else None
+
+    maj = _majority_class(train_labels, y, c)
+    baseline_pred = np.full_like(y, maj)
+
+    return {"n": int(len(y)),
+            "accuracy": float((pred == y).mean()),
+            "balanced_accuracy": _balanced_accuracy(y, pred),
+            "per_class": per_class,
+            "roc_auc_macro": macro,
+            "roc_auc_per_class": auc,
+            "confusion_matrix": confusion_matrix(y, pred, labels=labels).astype(int).tolist(),
+            "majority_baseline": {"class": class_names[maj],
+                                  "accuracy": float((y == maj).mean()),
+                                  "balanced_accuracy": _balanced_accuracy(y, baseline_pred)},
+            "melanoma": _melanoma(y, pred, class_names)}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """A fixed-width summary: one row per split (headline metrics and the baseline), then per-class recall.
+
+    `results` maps a split name ("val", "test", ...) to a `compute_metrics` dict; missing values print as "-".
+    """
+    header = ["split", "n", "accuracy", "balanced acc", "macro AUC", "mel sens", "mel spec", "majority bal acc"]
+    rows = []
+    for split, m in results.items():
+        mel = m.get("melanoma") or {}
+        base = m.get("majority_baseline") or {}
+        rows.append([str(split), str(m.get("n", "-")), _fmt(m.get("accuracy")), _fmt(m.get("balanced_accuracy")),
+                     _fmt(m.get("roc_auc_macro")), _fmt(mel.get("sensitivity")), _fmt(mel.get("specificity")),
+                     _fmt(base.get("balanced_accuracy"))])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        # Split names read left-aligned, numbers right-aligned so their decimal points line up.
+        return "  ".join([r[0].ljust(widths[0]), *(v.rjust(w) for v, w in zip(r[1:], widths[1:]))])
+
+    out = [line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]]
+
+    classes = list(dict.fromkeys(n for m in results.values() for n in (m.get("per_class") or {})))
+    if classes:
+        splits = [str(s) for s in results]
+        cw = max(len("recall by class"), *(len(n) for n in classes))
+        sw = [max(len(s), 5) for s in splits]
+        out += ["", "recall by class".ljust(cw) + "  " + "  ".join(s.rjust(w) for s, w in zip(splits, sw))]
+        for name in classes:
+            cells = []
+            for m, w in zip(results.values(), sw):
+                pc = (m.get("per_class") or {}).get(name)
+                # Recall of a class with no cases is undefined; sklearn's 0.0 would read as a total miss.
+                cells.append(("-" if pc is None or not pc.get("support") else _fmt(pc.get("recall"))).rjust(w))
+            out.append(name.ljust(cw) + "  " + "  ".join(cells))
+    return "\n".join(out)

@@ -1,0 +1,117 @@
+"""PNG figures of a run: training curves and the confusion matrix, drawn off-screen.
+
+Figures are built as `matplotlib.figure.Figure` on an Agg canvas, never through pyplot: pyplot would open a
+window on a desktop, and `matplotlib.use("Agg")` would switch the backend of a notebook that calls us.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # Constrained layout keeps the colour bar and long rotated class names inside the saved image.
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # attaches itself to fig: savefig renders with Agg whatever the global backend is
+    return fig
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, format="png")
+    fig.clear()  # a pyplot-free figure has no registry to close it from; dropping its artists frees them now
+    return path
+
+
+def plot_curves(history: dict[str, list[float]], path) -> Path:
+    """Loss and accuracy per epoch (train and, when present, validation), best validation-loss epoch dashed."""
+    from matplotlib.ticker import MaxNLocator
+
+    loss = list(history.get("loss") or [])
+    if not loss:
+        raise InputError(f"history has no 'loss' values (keys: {sorted(history) or 'none'}); "
+                         "pass the Keras History.history dict of a fit that ran at least one epoch")
+    epochs = np.arange(1, len(loss) + 1)
+    style = dict(marker="o", markersize=3) if len(loss) <= 30 else {}  # a single epoch is otherwise invisible
+
+    val_loss = np.asarray(history.get("val_loss") or [], dtype=float)
+    best = None
+    if val_loss.size and np.isfinite(val_loss).any():  # a diverged fit logs NaN losses; nanargmin skips them
+        best = int(np.nanargmin(val_loss)) + 1
+
+    fig = _figure(11, 4.2)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    panels = ((ax_loss, "loss", "loss (cross-entropy)"), (ax_acc, "accuracy", "accuracy"))
+    for ax, key, ylabel in panels:
+        drawn = False
+        for name, label in ((key, "train"), (f"val_{key}", "validation")):
+            values = history.get(name)
+            if values:
+                ax.plot(np.arange(1, len(values) + 1), values, label=label, **style)
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, f"no {key} recorded", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        if best is not None:
+            ax.axvline(best, color="0.3", linestyle="--", linewidth=1, label=f"best (epoch {best})")
+        ax.set_title(ylabel.split(" ")[0].capitalize() + " per epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(0.5, len(epochs) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.grid(True, alpha=0.3)
+        if drawn:
+            ax.legend(loc="best", fontsize=9)
+    # Keras logs accuracy as a fraction: a fixed 0..1 axis makes runs comparable at a glance.
+    if history.get("accuracy") or history.get("val_accuracy"):
+        ax_acc.set_ylim(0, 1.02)
+    fig.suptitle("Training curves" + (f" (best validation loss at epoch {best})" if best else " (no validation)"))
+    return _save(fig, path)
+
+
+def plot_confusion(matrix: list[list[int]], class_names: list[str], path, title: str = "",
+                   normalize: bool = True) -> Path:
+    """Confusion matrix heatmap, rows = true class; each cell shows its count and its share of the row.
+
+    With `normalize` the colour is the row share (the recall per true class, comparable across imbalanced
+    classes); without it the colour is the raw count.
+    """
+    m = np.asarray(matrix, dtype=np.int64)
+    c = len(class_names)
+    if m.shape != (c, c):
+        raise InputError(f"confusion matrix has shape {m.shape} but there are {c} class names; "
+                         f"pass a ({c}, {c}) matrix with rows = true class, columns = predicted class")
+    totals = m.sum(axis=1, keepdims=True)  # (C, 1) support per true class
+    # A class without cases has an all-zero row: show 0 rather than dividing by zero.
+    share = np.divide(m, totals, out=np.zeros(m.shape, dtype=float), where=totals > 0)
+    colour = share if normalize else m.astype(float)
+
+    side = max(4.5, 0.75 * c + 2.5)
+    fig = _figure(side + 1.0, side)
+    ax = fig.subplots()
+    vmax = 1.0 if normalize else max(1.0, float(m.max()))
+    im = ax.imshow(colour, cmap="Blues", vmin=0.0, vmax=vmax)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar.set_label("share of true class (recall on the diagonal)" if normalize else "images")
+
+    fontsize = 9 if c <= 8 else 7 if c <= 14 else 5
+    for i in range(c):
+        for j in range(c):
+            dark = colour[i, j] > 0.55 * vmax  # white text where the cell is dark enough to need it
+            ax.text(j, i, f"{m[i, j]}\n{100 * share[i, j]:.0f}%", ha="center", va="center", fontsize=fontsize,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(c))
+    ax.set_yticks(range(c))
+    ax.set_xticklabels(class_names, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticklabels([f"{n} ({t})" for n, t in zip(class_names, totals[:, 0])])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (images)")
+    ax.set_title(title or "Confusion matrix")
+    return _save(fig, path)
