@@ -146,6 +146,7 @@ def train_head(
     epochs: int = typer.Option(60, help="Maximum epochs (early stopping on validation loss)."),
     patience: int = typer.Option(10, help="Epochs without validation-loss improvement before stopping."),
     class_weight: str = typer.Option("balanced", help="balanced or none."),
+    standardize: bool = typer.Option(True, help="Standardise inputs with training-split mean/std (in the head)."),
     seed: int = typer.Option(0, help="Seed of the split, the initialisation, dropout and shuffling."),
     val: float = typer.Option(0.15, help="Validation fraction."),
     test: float = typer.Option(0.15, help="Test fraction (the rest trains)."),
@@ -169,7 +170,7 @@ def train_head(
              "views are not available in this version")
     head = HeadConfig(hidden=parse_hidden(hidden), dropout=dropout, optimizer=optimizer, lr=lr,
                       decay_rate=decay_rate, decay_steps=decay_steps, batch_size=batch_size, epochs=epochs,
-                      patience=patience, class_weight=class_weight, seed=seed)
+                      patience=patience, class_weight=class_weight, standardize=standardize, seed=seed)
     opts = RunOptions(out=out, split=SplitSpec(round(1 - val - test, 10), val, test, seed), split_from=split_from,
                       overwrite=overwrite, progress=not quiet)
     # The full command with every option spelled out, so config.json reruns it even if defaults change.
@@ -177,7 +178,8 @@ def train_head(
                "--hidden", ",".join(map(str, head.hidden)) or "0", "--dropout", str(dropout), "--optimizer", optimizer,
                "--lr", str(lr), "--decay-rate", str(decay_rate), "--decay-steps", str(decay_steps),
                "--batch-size", str(batch_size), "--epochs", str(epochs), "--patience", str(patience),
-               "--class-weight", class_weight, "--seed", str(seed), "--val", str(val), "--test", str(test)]
+               "--class-weight", class_weight, "--standardize" if standardize else "--no-standardize",
+               "--seed", str(seed), "--val", str(val), "--test", str(test)]
     if split_from:
         command += ["--split-from", str(split_from)]
     r = train_head_run(cache, head, opts, command=command)
@@ -274,7 +276,8 @@ def demo(
     info(cache)
     typer.echo(f"\n$ bottleneck train-head {cache} --out {run} --overwrite")
     train_head(cache, out=run, hidden="512,512", dropout=0.5, optimizer="rmsprop", lr=1e-3, decay_rate=0.94,
-               decay_steps=100, batch_size=128, epochs=60, patience=10, class_weight="balanced", seed=seed,
+               decay_steps=100, batch_size=128, epochs=60, patience=10, class_weight="balanced", standardize=True,
+               seed=seed,
                val=0.15, test=0.15, split_from=None, augment=False, tta=False, overwrite=True, quiet=False)
 
 

@@ -28,6 +28,7 @@ class HeadConfig:
     epochs: int = 60
     patience: int = 10  # early stopping on validation loss; the best epoch's weights are restored
     class_weight: str = "balanced"
+    standardize: bool = True  # scale inputs by the training split's mean/std (kept inside the head)
     seed: int = 0
 
     def validate(self) -> HeadConfig:
@@ -65,12 +66,20 @@ def parse_hidden(text: str) -> tuple[int, ...]:
         raise InputError(f"--hidden should be comma-separated layer sizes like 512,512; received {text!r}") from None
 
 
-def build_head(num_features: int, num_classes: int, cfg: HeadConfig):
+def build_head(num_features: int, num_classes: int, cfg: HeadConfig, x_train: np.ndarray | None = None):
     tensorflow()
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
     layers = [keras.Input((num_features,), name="bottleneck")]
+    if cfg.standardize:
+        # Bottleneck scales differ by backbone and weights (ImageNet InceptionV3 ~0-5, a random ResNet ~0-30);
+        # standardising with training-split statistics only (no leak from val/test) makes one learning rate
+        # fit all. The statistics are weights of the head, so head.keras carries them.
+        norm = keras.layers.Normalization(name="standardize")
+        if x_train is not None:
+            norm.adapt(x_train)
+        layers.append(norm)
     for i, units in enumerate(cfg.hidden):
         layers += [keras.layers.Dense(units, activation="relu", name=f"dense_{i}"),
                    keras.layers.Dropout(cfg.dropout, seed=cfg.seed + i, name=f"dropout_{i}")]
@@ -112,7 +121,7 @@ def train_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig
     import keras
 
     cfg.validate()
-    model = build_head(x_train.shape[1], num_classes, cfg)
+    model = build_head(x_train.shape[1], num_classes, cfg, x_train)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
     start = time.perf_counter()
     hist = model.fit(x_train, y_train, batch_size=cfg.batch_size, epochs=cfg.epochs,

@@ -59,7 +59,8 @@ def write_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
                       _fmt(test["roc_auc_per_class"].get(n))] for n in names])
     hidden = " -> ".join(str(h) for h in head["hidden"]) or "none"
     lines += ["", "## Training",
-              f"- head: {cc['num_features']} -> {hidden} -> {len(names)}, dropout {head['dropout']}, "
+              f"- head: {cc['num_features']} -> {'standardise (train mean/std) -> ' if head.get('standardize') else ''}"
+              f"{hidden} -> {len(names)}, dropout {head['dropout']}, "
               f"{head['optimizer']} lr {head['lr']} (x{head['decay_rate']} every {head['decay_steps']} steps), "
               f"batch {head['batch_size']}, class weight {head['class_weight']}, seed {head['seed']}",
               f"- early stopping on validation loss (patience {head['patience']}): best epoch "
