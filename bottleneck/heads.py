@@ -122,15 +122,18 @@ def train_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig
 
     cfg.validate()
     model = build_head(x_train.shape[1], num_classes, cfg, x_train)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
+    # Without validation data (a final fit on train+val) there is nothing to stop on: exactly cfg.epochs.
+    validation = None if x_val is None else (x_val, y_val)
+    stop = [] if validation is None else [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)]
     start = time.perf_counter()
     hist = model.fit(x_train, y_train, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                     validation_data=(x_val, y_val), shuffle=True, verbose=verbose,
+                     validation_data=validation, shuffle=True, verbose=verbose,
                      class_weight=class_weights(y_train, num_classes, cfg.class_weight),
-                     callbacks=[stop, *callbacks])
+                     callbacks=[*stop, *callbacks])
     seconds = time.perf_counter() - start
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    best = int(np.argmin(history["val_loss"])) + 1
+    best = int(np.argmin(history["val_loss"])) + 1 if "val_loss" in history else len(history["loss"])
     return TrainedHead(model, history, best, seconds)
 
 

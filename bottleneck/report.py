@@ -63,8 +63,10 @@ def write_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
               f"{hidden} -> {len(names)}, dropout {head['dropout']}, "
               f"{head['optimizer']} lr {head['lr']} (x{head['decay_rate']} every {head['decay_steps']} steps), "
               f"batch {head['batch_size']}, class weight {head['class_weight']}, seed {head['seed']}",
-              f"- early stopping on validation loss (patience {head['patience']}): best epoch "
-              f"{config['best_epoch']} of {config['epochs_run']} run, restored; {config['train_seconds']:.1f} s",
+              (f"- trained on train+val for {config['epochs_run']} epochs (the epoch count chosen on validation), "
+               f"no early stopping; {config['train_seconds']:.1f} s" if config.get("trained_on") == "train+val" else
+               f"- early stopping on validation loss (patience {head['patience']}): best epoch "
+               f"{config['best_epoch']} of {config['epochs_run']} run, restored; {config['train_seconds']:.1f} s"),
               f"- training accuracy {_fmt(metrics['train']['accuracy'])} (compare with validation for overfitting)",
               "", "![training curves](curves.png)", "", "![confusion matrix, test split](confusion.png)", "",
               "## Files",

@@ -118,11 +118,12 @@ def _predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, ro
     return df
 
 
-def _evaluate_splits(y: np.ndarray, proba: np.ndarray, split_of_rows: np.ndarray, class_names, y_train) -> dict:
+def _evaluate_splits(y: np.ndarray, proba: np.ndarray, split_of_rows: np.ndarray, class_names, y_train,
+                     splits=EVAL_SPLITS) -> dict:
     from .metrics import compute_metrics
 
     out = {}
-    for s in EVAL_SPLITS:
+    for s in splits:
         m = split_of_rows == s
         if m.any():
             out[s] = compute_metrics(y[m], proba[m], class_names, train_labels=y_train)
@@ -132,36 +133,60 @@ def _evaluate_splits(y: np.ndarray, proba: np.ndarray, split_of_rows: np.ndarray
 def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: RunOptions = RunOptions(),
                    command: list[str] | None = None) -> RunResult:
     """Train a head off `cache`, evaluate it on validation and test, and write a run directory."""
-    from .plots import plot_confusion, plot_curves
-    from .report import write_report
-
     head.validate()
     cache = Path(cache)
     out = Path(opts.out) if opts.out else opts.runs_dir / f"{cache.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not opts.overwrite:  # before loading anything: fail fast and touch nothing
         raise InputError(f"run directory {out} already exists; pass --overwrite to replace it or another --out")
     data = load_cache(cache)
+    split, split_info = resolve_split(data, opts.split, opts.split_from)
+    command = [str(out) if c == "<out>" else c for c in (command or ["bottleneck", "train-head", str(cache)])]
+    return fit_and_write(data, split, split_info, head, out, overwrite=opts.overwrite, progress=opts.progress,
+                         command=command)
+
+
+def resolve_split(data: CacheData, spec: SplitSpec, split_from: Path | None) -> tuple[np.ndarray, dict]:
+    """The split of a run: made from the seed, or reused from an earlier run; checked either way."""
     _check_usable(data)
-    names = data.class_names
-    extra = {}
-    if opts.split_from:
-        split, extra = load_split(opts.split_from, data.image_ids)
+    info = {"fractions": [spec.train, spec.val, spec.test], "seed": spec.seed,
+            "from": str(split_from) if split_from else None}
+    if split_from:
+        split, extra = load_split(split_from, data.image_ids)
         split[data.labels < 0] = ""
+        info.update(extra)
     else:
-        split = make_split(data.labels, data.groups, data.image_ids, names, opts.split)
-    check_split(split, data.labels, data.groups, names)
+        split = make_split(data.labels, data.groups, data.image_ids, data.class_names, spec)
+    check_split(split, data.labels, data.groups, data.class_names)
+    return split, info
+
+
+def fit_and_write(data: CacheData, split: np.ndarray, split_info: dict, head: HeadConfig, out: Path, *,
+                  overwrite: bool = False, progress: bool = True, command: list[str] = (),
+                  final: bool = False, extra_config: dict | None = None) -> RunResult:
+    """Fit a head on the split and write the whole run directory atomically.
+
+    final=False: train on train, early-stop on val, report val and test. final=True (a sweep's winner):
+    train on train+val for exactly `head.epochs` epochs, report test only: val no longer held out.
+    """
+    from .plots import plot_confusion, plot_curves
+    from .report import write_report
+
+    names = data.class_names
     idx = {s: np.flatnonzero(split == s) for s in SPLITS}
     x, y = data.features, data.labels
-
-    tmp = _prepare_dir(out, opts.overwrite)
+    fit_rows = np.concatenate([idx["train"], idx["val"]]) if final else idx["train"]
+    tmp = _prepare_dir(out, overwrite)
     try:
-        trained = train_head(x[idx["train"]], y[idx["train"]], x[idx["val"]], y[idx["val"]], len(names), head,
-                             callbacks=[_epoch_bar(head.epochs, opts.progress)])
+        trained = train_head(x[fit_rows], y[fit_rows], None if final else x[idx["val"]],
+                             None if final else y[idx["val"]], len(names), head,
+                             callbacks=[_epoch_bar(head.epochs, progress)])
         rows = np.concatenate([idx[s] for s in SPLITS])
         proba = predict_proba(trained.model, x[rows])
-        metrics = _evaluate_splits(y[rows], proba, split[rows], names, y[idx["train"]])
-        metrics["train"] = {"n": int(len(idx["train"])),
-                            "accuracy": float((proba[split[rows] == "train"].argmax(1) == y[idx["train"]]).mean())}
+        metrics = _evaluate_splits(y[rows], proba, split[rows], names, y[fit_rows],
+                                   splits=("test",) if final else EVAL_SPLITS)
+        fitted = np.isin(rows, fit_rows)
+        metrics["train"] = {"n": int(len(fit_rows)),
+                            "accuracy": float((proba[fitted].argmax(1) == y[rows][fitted]).mean())}
         sizes = {s: {"images": int(len(idx[s])), "groups": int(len({g for g in data.groups[idx[s]] if g})),
                      "per_class": {n: int((y[idx[s]] == c).sum()) for c, n in enumerate(names)}} for s in SPLITS}
 
@@ -169,15 +194,12 @@ def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: Run
         _write_history(tmp / "history.csv", trained.history)
         _predictions_frame(data, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        command = [str(out) if c == "<out>" else c for c in (command or ["bottleneck", "train-head", str(cache)])]
-        config = {"command": command, "cache": _cache_record(data),
-                  "head": head.to_dict(),
-                  "split": {"fractions": [opts.split.train, opts.split.val, opts.split.test],
-                            "seed": opts.split.seed, "from": str(opts.split_from) if opts.split_from else None,
-                            "sizes": sizes, **extra},
+        config = {"command": list(command), "cache": _cache_record(data), "head": head.to_dict(),
+                  "split": {**split_info, "sizes": sizes}, "trained_on": "train+val" if final else "train",
                   "best_epoch": trained.best_epoch, "epochs_run": len(trained.history["loss"]),
                   "train_seconds": round(trained.seconds, 3), "library_versions": library_versions(),
-                  "python": sys.version.split()[0], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                  "python": sys.version.split()[0], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  **(extra_config or {})}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         trained.model.save(tmp / "head.keras")
         plot_curves(trained.history, tmp / "curves.png")
@@ -188,7 +210,7 @@ def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: Run
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _finish_dir(tmp, out)
-    return RunResult(out, metrics, sizes, trained.best_epoch, trained.seconds, extra)
+    return RunResult(out, metrics, sizes, trained.best_epoch, trained.seconds, split_info)
 
 
 def _write_history(path: Path, history: dict) -> None:
