@@ -214,6 +214,71 @@ def evaluate(
 
 @app.command()
 @handle_errors
+def sweep(
+    cache: Path = typer.Argument(..., help="A cache written by `bottleneck extract`."),
+    grid: Optional[Path] = typer.Option(None, help="TOML grid file (keys: " + ", ".join(
+        ["hidden", "dropout", "optimizer", "lr", "decay_rate", "decay_steps", "batch_size", "class_weight",
+         "seed", "epochs", "patience", "standardize"]) + ")."),
+    hidden: Optional[List[str]] = typer.Option(None, help="Hidden sizes of one architecture; repeat for more."),
+    dropout: Optional[str] = typer.Option(None, help="Comma-separated values, e.g. 0.3,0.5."),
+    optimizer: Optional[str] = typer.Option(None, help="Comma-separated: rmsprop,adam,sgd."),
+    lr: Optional[str] = typer.Option(None, help="Comma-separated initial learning rates."),
+    decay_rate: Optional[str] = typer.Option(None, help="Comma-separated decay rates."),
+    decay_steps: Optional[str] = typer.Option(None, help="Comma-separated decay steps."),
+    batch_size: Optional[str] = typer.Option(None, help="Comma-separated batch sizes."),
+    class_weight: Optional[str] = typer.Option(None, help="Comma-separated: balanced,none."),
+    seed: Optional[str] = typer.Option(None, help="Comma-separated head seeds (init, dropout, shuffling)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs of every configuration."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience of every configuration."),
+    folds: int = typer.Option(0, help="K-fold grouped, stratified CV on train+val (0: score on the val split)."),
+    metric: str = typer.Option("balanced_accuracy", help="Ranking metric: balanced_accuracy, accuracy, "
+                               "roc_auc_macro, melanoma_sensitivity."),
+    out: Optional[Path] = typer.Option(None, help="Sweep directory (default: runs/sweep-<cache>); rerun to resume."),
+    split_from: Optional[Path] = typer.Option(None, help="Reuse the split of an earlier run directory."),
+    split_seed: int = typer.Option(0, help="Seed of the sweep's split and folds."),
+    val: float = typer.Option(0.15, help="Validation fraction."),
+    test: float = typer.Option(0.15, help="Test fraction."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Train many heads off one cache load and rank them; retrain the best on train+val, test it once.
+
+    Example: bottleneck sweep cache/HAM10000-inception_v3-imagenet-299-avg.h5 --lr 1e-3,3e-4 --dropout 0.3,0.5
+    --hidden 512,512 --hidden 1024 --folds 5
+    """
+    from .splits import SplitSpec
+    from .sweep import SweepOptions, expand_grid, format_leaderboard, load_grid_toml, parse_values, run_sweep
+    from .sweep import split_list
+
+    values = load_grid_toml(grid) if grid else {}
+    listed = {"dropout": dropout, "optimizer": optimizer, "lr": lr, "decay_rate": decay_rate,
+              "decay_steps": decay_steps, "batch_size": batch_size, "class_weight": class_weight, "seed": seed}
+    for key, text in listed.items():
+        if text is not None:
+            values[key] = parse_values(key, split_list(text))
+    if hidden:
+        values["hidden"] = parse_values("hidden", hidden)
+    for key, single in (("epochs", epochs), ("patience", patience)):
+        if single is not None:
+            values[key] = parse_values(key, [single])
+    configs = expand_grid(values)
+    opts = SweepOptions(out=out or Path("runs") / f"sweep-{cache.stem}", folds=folds, metric=metric,
+                        split=SplitSpec(round(1 - val - test, 10), val, test, split_seed), split_from=split_from,
+                        progress=not quiet)
+    r = run_sweep(cache, configs, opts)
+    typer.echo(f"{len(configs)} configurations: {r.computed} trained, {r.skipped} already done "
+               f"({'%d-fold CV on train+val' % folds if folds else 'scored on the val split'})")
+    typer.echo(format_leaderboard(r.leaderboard, metric, top=20))
+    typer.echo(f"leaderboard: {r.out / 'leaderboard.csv'}")
+    if r.best_dir:
+        from .metrics import format_table
+
+        typer.echo(f"\nbest ({r.leaderboard[0]['id']}) retrained on train+val, evaluated once on test:")
+        typer.echo(format_table({"test": r.best_metrics["test"]}))
+        typer.echo(f"best run: {r.best_dir}  (report: {r.best_dir / 'report.md'})")
+
+
+@app.command()
+@handle_errors
 def bench(
     rows: int = typer.Option(10_000, help="Rows of the synthetic cache."),
     dim: int = typer.Option(2048, help="Feature width (2048: InceptionV3/ResNet)."),

@@ -88,8 +88,10 @@ def build_head(num_features: int, num_classes: int, cfg: HeadConfig, x_train: np
     schedule = keras.optimizers.schedules.ExponentialDecay(cfg.lr, cfg.decay_steps, cfg.decay_rate)
     optimizer = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
                  "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9)}[cfg.optimizer]
+    # Several steps per tf.function call: the head is so small that per-step Python overhead is a
+    # large share of an epoch (measured ~15% faster on 2 cores, see docs/benchmarks.md).
     model.compile(optimizer=optimizer(learning_rate=schedule), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], steps_per_execution=8)
     return model
 
 

@@ -65,7 +65,7 @@ def _epoch_bar(total: int, enabled: bool):
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            self.bar.set_postfix(loss=f"{logs.get('loss', 0):.3f}", val_loss=f"{logs.get('val_loss', 0):.3f}")
+            self.bar.set_postfix({k: f"{logs[k]:.3f}" for k in ("loss", "val_loss") if k in logs})
             self.bar.update(1)
 
         def on_train_end(self, logs=None):

@@ -19,6 +19,8 @@ def tensorflow():
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # device discovery prints its own notices; do it here
+            # Each head of a sweep is a new model, so Keras' "retracing" advice is expected, not a problem.
+            tf.get_logger().setLevel("ERROR")
     finally:
         os.dup2(saved, 2)
         os.close(saved)

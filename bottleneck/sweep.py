@@ -1,0 +1,300 @@
+"""`bottleneck sweep`: many heads off one cache load, in one process, with one split and a leaderboard.
+
+Selection only ever looks at validation data (the val split, or K grouped folds of train+val); the
+test split is used once, by the winner, after it is retrained on train+val.
+
+    out/sweep.json            what the sweep is bound to (cache SHA-256, split, folds, metric)
+    out/split.csv             the one split of the whole sweep
+    out/configs/<id>/         result.json (+ history.csv) per configuration: the unit of resumption
+    out/leaderboard.csv|.md   ranked by the chosen metric
+    out/best/                 the winner retrained on train+val, evaluated on test: a full run directory
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import time
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from .cache import CacheData, load_cache
+from .errors import InputError
+from .heads import HeadConfig, parse_hidden, predict_proba, train_head
+from .runs import _write_history, fit_and_write, resolve_split, sha256_file
+from .splits import SplitSpec, load_split, save_split
+
+METRICS = ("balanced_accuracy", "accuracy", "roc_auc_macro", "melanoma_sensitivity")
+
+
+def _bool(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    if str(v).lower() in ("true", "1", "yes"):
+        return True
+    if str(v).lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(v)
+
+
+def _hidden(v) -> tuple[int, ...]:
+    if isinstance(v, str):
+        return parse_hidden(v)
+    if isinstance(v, int):
+        return (v,)
+    return tuple(int(x) for x in v)
+
+
+# Grid keys and how one value is read; every other HeadConfig field is fixed for the whole sweep.
+GRID_KEYS = {"hidden": _hidden, "dropout": float, "optimizer": str, "lr": float, "decay_rate": float,
+             "decay_steps": int, "batch_size": int, "class_weight": str, "seed": int, "epochs": int,
+             "patience": int, "standardize": _bool}
+
+
+def parse_values(key: str, values: list) -> list:
+    """Convert and validate one grid key's values; errors name the key and the bad value."""
+    if key not in GRID_KEYS:
+        raise InputError(f"unknown grid key {key!r}; known keys: {', '.join(GRID_KEYS)}")
+    out = []
+    for v in values:
+        try:
+            out.append(GRID_KEYS[key](v))
+        except (ValueError, TypeError, InputError):
+            raise InputError(f"grid key {key!r}: cannot read value {v!r}") from None
+    if not out:
+        raise InputError(f"grid key {key!r} has no values")
+    return out
+
+
+def split_list(text: str) -> list[str]:
+    """"1e-3,3e-4" -> ["1e-3", "3e-4"] (for every option but --hidden, whose commas are layer sizes)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def load_grid_toml(path: Path) -> dict[str, list]:
+    """A TOML grid: `lr = [1e-3, 3e-4]`, `dropout = 0.5`, `hidden = [[512, 512], [1024]]` or `["512,512"]`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"grid file {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"grid file {path} is not valid TOML: {exc}") from None
+    grid = {}
+    for key, value in raw.items():
+        if key == "hidden" and isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+            value = [value]  # hidden = [512, 512] is one architecture, not two
+        grid[key] = parse_values(key, value if isinstance(value, list) else [value])
+    return grid
+
+
+def expand_grid(grid: dict[str, list], base: HeadConfig = HeadConfig()) -> list[HeadConfig]:
+    """Cartesian product of the grid over `base`, each configuration validated, duplicates dropped."""
+    keys = list(grid)
+    configs, seen = [], set()
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        cfg = replace(base, **dict(zip(keys, combo))).validate()
+        if config_id(cfg) not in seen:
+            seen.add(config_id(cfg))
+            configs.append(cfg)
+    return configs
+
+
+def config_id(cfg: HeadConfig) -> str:
+    return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _score(metrics: dict, metric: str) -> float | None:
+    if metric == "melanoma_sensitivity":
+        return (metrics.get("melanoma") or {}).get("sensitivity")
+    return metrics.get(metric)
+
+
+def make_folds(data: CacheData, split: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold number (0..k-1) for each train+val row, -1 elsewhere: grouped and stratified."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    dev = np.flatnonzero(np.isin(split, ("train", "val")))
+    y = data.labels[dev]
+    groups = np.array([g or f"i:{i}" for g, i in zip(data.groups[dev], data.image_ids[dev])])
+    for c in np.unique(y):
+        n_groups = len(set(groups[y == c]))
+        if n_groups < k:
+            raise InputError(f"--folds {k}: class {data.class_names[c]!r} has only {n_groups} groups in train+val; "
+                             f"use --folds {max(2, n_groups)} or fewer")
+    folds = np.full(len(split), -1)
+    skf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, held) in enumerate(skf.split(np.zeros(len(dev)), y, groups)):
+        folds[dev[held]] = f
+    return folds
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    out: Path
+    folds: int = 0
+    metric: str = "balanced_accuracy"
+    split: SplitSpec = SplitSpec()
+    split_from: Path | None = None
+    progress: bool = True
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, np.ndarray | None]:
+    """Create or reopen the sweep directory; a directory made for another cache or protocol is refused."""
+    identity = {"cache": str(data.path.resolve()), "cache_sha256": sha256_file(data.path), "folds": opts.folds,
+                "split_seed": opts.split.seed, "fractions": list(opts.split.fractions()),
+                "split_from": str(opts.split_from) if opts.split_from else None}
+    meta = out / "sweep.json"
+    if meta.is_file():
+        old = json.loads(meta.read_text())
+        diff = [k for k in identity if old.get(k) != identity[k]]
+        if diff:
+            raise InputError(f"sweep directory {out} was made with another {', '.join(diff)} "
+                             f"({old.get(diff[0])!r} there, {identity[diff[0]]!r} now); pass another --out")
+        split, _ = load_split(out, data.image_ids)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        split, _ = resolve_split(data, opts.split, opts.split_from)
+        save_split(out / "split.csv", data.image_ids, split)
+        _atomic_json(meta, identity)
+    folds = make_folds(data, split, opts.folds, opts.split.seed) if opts.folds else None
+    return split, folds
+
+
+def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None, cfg: HeadConfig) -> dict:
+    """Validation scores of one configuration: on the val split, or mean/std over the K folds."""
+    from .metrics import compute_metrics
+
+    x, y = data.features, data.labels
+    if folds is None:
+        parts = [(np.flatnonzero(split == "train"), np.flatnonzero(split == "val"))]
+    else:
+        parts = [(np.flatnonzero((folds >= 0) & (folds != f)), np.flatnonzero(folds == f))
+                 for f in range(folds.max() + 1)]
+    per_fold, history = [], None
+    start = time.perf_counter()
+    for fit, held in parts:
+        trained = train_head(x[fit], y[fit], x[held], y[held], len(data.class_names), cfg)
+        history = history or trained.history
+        m = compute_metrics(y[held], predict_proba(trained.model, x[held]), data.class_names, train_labels=y[fit])
+        per_fold.append({"n": m["n"], "best_epoch": trained.best_epoch,
+                         **{k: _score(m, k) for k in METRICS}})
+    summary = {}
+    for k in METRICS + ("best_epoch",):
+        vals = [p[k] for p in per_fold if p[k] is not None]
+        summary[k] = {"mean": float(np.mean(vals)) if vals else None,
+                      "std": float(np.std(vals)) if len(vals) > 1 else None}  # no spread from one score
+    return {"id": config_id(cfg), "config": cfg.to_dict(), "folds": per_fold, "summary": summary,
+            "seconds": time.perf_counter() - start, "history": history}
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    leaderboard: list[dict]
+    computed: int
+    skipped: int
+    best_dir: Path | None
+    best_metrics: dict | None
+
+
+def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) -> SweepResult:
+    from tqdm.auto import tqdm
+
+    if opts.metric not in METRICS:
+        raise InputError(f"--metric should be one of {', '.join(METRICS)}; received {opts.metric!r}")
+    if opts.folds == 1 or opts.folds < 0:
+        raise InputError(f"--folds should be 0 (use the val split) or at least 2; received {opts.folds}")
+    if not configs:
+        raise InputError("the grid is empty; give values with --lr/--dropout/... or --grid FILE.toml")
+    data = load_cache(cache)  # once for the whole sweep
+    out = Path(opts.out)
+    split, folds = _bind(out, data, opts)
+    results, computed, skipped = [], 0, 0
+    for cfg in tqdm(configs, desc="sweep", unit="config", disable=not opts.progress):
+        cdir = out / "configs" / config_id(cfg)
+        done = cdir / "result.json"
+        if done.is_file():
+            results.append(json.loads(done.read_text()))
+            skipped += 1
+            continue
+        res = evaluate_config(data, split, folds, cfg)
+        cdir.mkdir(parents=True, exist_ok=True)
+        _write_history(cdir / "history.csv", res.pop("history"))
+        _atomic_json(done, res)  # written last: a config is finished exactly when this file exists
+        results.append(res)
+        computed += 1
+
+    board = _leaderboard(results, opts.metric, out)
+    best_dir, best_metrics = None, None
+    if board and board[0]["score"] is not None:
+        best_dir, best_metrics = _final_fit(data, split, out, results, board[0]["id"], opts)
+    return SweepResult(out, board, computed, skipped, best_dir, best_metrics)
+
+
+def _leaderboard(results: list[dict], metric: str, out: Path) -> list[dict]:
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        s = r["summary"]
+        cfg = r["config"]
+        rows.append({"id": r["id"], "score": s[metric]["mean"], "std": s[metric]["std"],
+                     **{f"{k}": s[k]["mean"] for k in METRICS if k != metric},
+                     "best_epoch": s["best_epoch"]["mean"], "seconds": round(r["seconds"], 2),
+                     **{k: (",".join(map(str, v)) if k == "hidden" else v) for k, v in cfg.items()},
+                     "run_dir": str(out / "configs" / r["id"])})
+    rows.sort(key=lambda r: (r["score"] is None, -(r["score"] or 0), r["id"]))
+    for rank, r in enumerate(rows, 1):
+        r["rank"] = rank
+    df = pd.DataFrame(rows)
+    if len(df):
+        df = df[["rank", *[c for c in df.columns if c != "rank"]]]
+    df.rename(columns={"score": metric, "std": f"{metric}_std"}).to_csv(out / "leaderboard.csv", index=False)
+    (out / "leaderboard.md").write_text(format_leaderboard(rows, metric) + "\n")
+    return rows
+
+
+def format_leaderboard(rows: list[dict], metric: str, top: int | None = None) -> str:
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    head = f"| rank | {metric}{' (mean ± std)' if any(r['std'] is not None for r in rows) else ''} | hidden | dropout | optimizer | lr | decay | batch | class weight | seed | epochs | id |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows[:top]:
+        score = f(r["score"]) + ("" if r["std"] is None else f" ± {f(r['std'])}")
+        epochs = "-" if r["best_epoch"] is None else f"{r['best_epoch']:.0f}"
+        lines.append(f"| {r['rank']} | {score} | {r['hidden'] or '0'} | {r['dropout']} | "
+                     f"{r['optimizer']} | {r['lr']:g} | {r['decay_rate']:g}/{r['decay_steps']} | {r['batch_size']} | "
+                     f"{r['class_weight']} | {r['seed']} | {epochs} | "
+                     f"{r['id']} |")
+    return "\n".join(lines)
+
+
+def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions):
+    """Retrain the winner on train+val for its mean best epoch count, evaluate once on test."""
+    best = next(r for r in results if r["id"] == best_id)
+    best_dir = out / "best"
+    cfg_path = best_dir / "config.json"
+    if cfg_path.is_file() and json.loads(cfg_path.read_text()).get("sweep_config_id") == best_id:
+        return best_dir, json.loads((best_dir / "metrics.json").read_text())
+    cfg = HeadConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in best["config"].items()
+                        if k in {f.name for f in fields(HeadConfig)}})
+    epochs = max(1, int(round(best["summary"]["best_epoch"]["mean"])))
+    r = fit_and_write(data, split, json.loads((out / "sweep.json").read_text()) | {"from": str(out)},
+                      replace(cfg, epochs=epochs), best_dir, overwrite=True, progress=opts.progress,
+                      command=["bottleneck", "sweep", str(data.path), "--out", str(out)], final=True,
+                      extra_config={"sweep_config_id": best_id, "selected_by": opts.metric,
+                                    "validation": best["summary"]})
+    return r.run_dir, r.metrics

@@ -1,0 +1,131 @@
+"""Sweeps: grid parsing, grouped CV folds, resumption, and a test split that selection never sees."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bottleneck.cache import load_cache
+from bottleneck.cli import app
+from bottleneck.errors import InputError
+from bottleneck.heads import HeadConfig
+from bottleneck.runs import resolve_split
+from bottleneck.splits import SplitSpec
+from bottleneck.sweep import SweepOptions, expand_grid, load_grid_toml, make_folds, parse_values, run_sweep
+from conftest import feature_cache
+
+runner = CliRunner()
+SMALL = dict(epochs=[6], patience=[3])
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return feature_cache(tmp_path / "feat.h5", images_per_group=3)
+
+
+def test_toml_grid_and_its_errors(tmp_path):
+    f = tmp_path / "sweep.toml"
+    f.write_text('lr = [1e-3, 3e-4]\ndropout = 0.5\nhidden = [[512, 512], [1024]]\noptimizer = ["adam"]\n')
+    grid = load_grid_toml(f)
+    assert grid == {"lr": [1e-3, 3e-4], "dropout": [0.5], "hidden": [(512, 512), (1024,)], "optimizer": ["adam"]}
+    configs = expand_grid(grid)
+    assert len(configs) == 4 and {c.hidden for c in configs} == {(512, 512), (1024,)}
+    f.write_text("hidden = [256, 256]\n")  # a flat list is one architecture
+    assert load_grid_toml(f) == {"hidden": [(256, 256)]}
+    f.write_text("learning_rate = [0.1]\n")
+    with pytest.raises(InputError, match="unknown grid key 'learning_rate'; known keys: hidden, dropout"):
+        load_grid_toml(f)
+    f.write_text('lr = ["fast"]\n')
+    with pytest.raises(InputError, match="grid key 'lr': cannot read value 'fast'"):
+        load_grid_toml(f)
+    f.write_text("lr = [\n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_grid_toml(f)
+    f.write_text('optimizer = ["adamw"]\n')
+    with pytest.raises(InputError, match="--optimizer should be one of rmsprop, adam, sgd; received 'adamw'"):
+        expand_grid(load_grid_toml(f))
+
+
+def test_grid_values_are_validated_and_duplicates_dropped():
+    assert parse_values("hidden", ["512,512", "1024"]) == [(512, 512), (1024,)]
+    with pytest.raises(InputError, match="--dropout should be in"):
+        expand_grid({"dropout": [1.5]})
+    assert len(expand_grid({"lr": [1e-3, 0.001]})) == 1
+
+
+def test_cv_folds_keep_groups_together_and_leave_test_out(cache):
+    data = load_cache(cache)
+    split, _ = resolve_split(data, SplitSpec(), None)
+    folds = make_folds(data, split, 3, seed=0)
+    assert set(folds[split == "test"]) == {-1}
+    assert set(folds[split != "test"]) == {0, 1, 2}
+    df = pd.DataFrame({"g": data.groups, "f": folds})
+    assert (df.groupby("g")["f"].nunique() == 1).all()
+    with pytest.raises(InputError, match="--folds 50: class 'bcc' has only"):
+        make_folds(data, split, 50, seed=0)
+
+
+def test_sweep_resumes_and_leaves_a_best_run(tmp_path, cache):
+    out = tmp_path / "sweep"
+    configs = expand_grid({"lr": [1e-3, 3e-4], **SMALL})
+    r = run_sweep(cache, configs, SweepOptions(out=out, progress=False))
+    assert (r.computed, r.skipped) == (2, 0)
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert list(board["rank"]) == [1, 2] and board["balanced_accuracy"].is_monotonic_decreasing
+    assert all((out / "configs" / i / "result.json").is_file() for i in board["id"])
+    best = json.loads((out / "best" / "config.json").read_text())
+    assert best["trained_on"] == "train+val" and best["sweep_config_id"] == board["id"][0]
+    assert set(json.loads((out / "best" / "metrics.json").read_text())) == {"test", "train"}
+    assert (out / "best" / "report.md").is_file() and (out / "best" / "head.keras").is_file()
+    best_mtime = (out / "best" / "head.keras").stat().st_mtime
+
+    again = run_sweep(cache, configs, SweepOptions(out=out, progress=False))
+    assert (again.computed, again.skipped) == (0, 2)
+    assert (out / "best" / "head.keras").stat().st_mtime == best_mtime  # nothing retrained
+    # an interrupted sweep: the config in flight never wrote result.json, so only it runs again
+    (out / "configs" / board["id"][1] / "result.json").unlink()
+    more = run_sweep(cache, configs + expand_grid({"lr": [1e-4], **SMALL}), SweepOptions(out=out, progress=False))
+    assert (more.computed, more.skipped) == (2, 1)
+
+
+def test_a_sweep_directory_is_bound_to_its_cache_and_protocol(tmp_path, cache):
+    out = tmp_path / "sweep"
+    configs = expand_grid(SMALL)
+    run_sweep(cache, configs, SweepOptions(out=out, progress=False))
+    with pytest.raises(InputError, match="another folds"):
+        run_sweep(cache, configs, SweepOptions(out=out, folds=3, progress=False))
+
+
+def test_the_test_split_never_influences_selection(tmp_path, cache):
+    """Scramble every test row's features: the leaderboard (validation scores) must not move."""
+    configs = expand_grid({"dropout": [0.3], **SMALL})
+    first = run_sweep(cache, configs, SweepOptions(out=tmp_path / "a", folds=2, progress=False))
+    split = pd.read_csv(tmp_path / "a" / "split.csv").set_index("image_id")["split"]
+    scrambled = tmp_path / "scrambled.h5"
+    shutil.copy(cache, scrambled)
+    with h5py.File(scrambled, "r+") as f:
+        ids = [i.decode() for i in f["image_id"][:]]
+        test_rows = np.flatnonzero([split.get(i) == "test" for i in ids])
+        f["features"][test_rows] = np.random.default_rng(1).normal(0, 5, (len(test_rows), f["features"].shape[1]))
+    second = run_sweep(scrambled, configs, SweepOptions(out=tmp_path / "b", folds=2, split_from=tmp_path / "a",
+                                                       progress=False))
+    assert [(r["id"], r["score"]) for r in first.leaderboard] == [(r["id"], r["score"]) for r in second.leaderboard]
+    assert first.best_metrics["test"]["balanced_accuracy"] != second.best_metrics["test"]["balanced_accuracy"]
+
+
+def test_cli_sweep_with_options_prints_a_leaderboard(tmp_path, cache):
+    out = tmp_path / "sw"
+    r = runner.invoke(app, ["sweep", str(cache), "--lr", "1e-3,3e-4", "--hidden", "64", "--hidden", "32,32",
+                            "--epochs", "4", "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert len(board) == 4 and set(board["hidden"].astype(str)) == {"64", "32,32"}
+    assert "| rank |" in r.output
+    r = runner.invoke(app, ["sweep", str(cache), "--dropout", "0.3,lots", "--out", str(out), "--quiet"])
+    assert r.exit_code == 1 and "grid key 'dropout': cannot read value 'lots'" in r.output
