@@ -30,6 +30,7 @@ class BenchOptions:
     backbone: str = "inception_v3"
     image_size: int | None = None
     images: int = 64
+    sweep_epochs: int = 3  # per configuration in the sweep benchmark (fixed: no early stopping)
     seed: int = 0
 
 
@@ -115,7 +116,41 @@ def bench_extraction(opts: BenchOptions, workdir: Path) -> dict:
             "build_s": s.build_seconds}
 
 
-def run_bench(opts: BenchOptions = BenchOptions(), parts=("head", "run", "extract")) -> dict:
+def bench_sweep(opts: BenchOptions, workdir: Path, commands: int = 2) -> dict:
+    """A 16-configuration sweep against 16 x one in-process head and 16 separate `train-head` commands
+    (`commands` of them are run and timed; the figure is their mean x 16)."""
+    import subprocess
+    import sys
+
+    from .heads import HeadConfig
+    from .runs import RunOptions, train_head_run
+    from .sweep import SweepOptions, expand_grid, run_sweep
+
+    cache = workdir / "bench.h5"
+    if not cache.exists():
+        write_synthetic_cache(cache, opts)
+    e = opts.sweep_epochs
+    grid = {"lr": [1e-3, 3e-4], "dropout": [0.3, 0.5], "hidden": [(512, 512), (1024,)], "batch_size": [128, 256],
+            "epochs": [e], "patience": [e + 1]}
+    configs = expand_grid(grid)
+    start = time.perf_counter()
+    run_sweep(cache, configs, SweepOptions(out=workdir / "sweep", progress=False))
+    sweep_s = time.perf_counter() - start
+    start = time.perf_counter()
+    train_head_run(cache, HeadConfig(epochs=e, patience=e + 1), RunOptions(out=workdir / "one", progress=False))
+    one_s = time.perf_counter() - start
+    cmd_s = []
+    for k in range(commands):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "bottleneck", "train-head", str(cache), "--epochs", str(e),
+                        "--patience", str(e + 1), "--out", str(workdir / f"cmd{k}"), "--quiet"],
+                       check=True, capture_output=True)
+        cmd_s.append(time.perf_counter() - start)
+    return {"configs": len(configs), "epochs": e, "sweep_s": sweep_s, "in_process_x16_s": 16 * one_s,
+            "commands_x16_s": 16 * float(np.mean(cmd_s)), "commands_timed": commands}
+
+
+def run_bench(opts: BenchOptions = BenchOptions(), parts=("head", "run", "extract", "sweep")) -> dict:
     tf = tensorflow()
     import os
 
@@ -129,6 +164,8 @@ def run_bench(opts: BenchOptions = BenchOptions(), parts=("head", "run", "extrac
             results["run"] = bench_train_head_run(opts, tmp)
         if "extract" in parts:
             results["extract"] = bench_extraction(opts, tmp)
+        if "sweep" in parts:
+            results["sweep"] = bench_sweep(opts, tmp)
     if "extract" in results:
         one_pass = opts.rows / results["extract"]["images_per_s"]
         results["backbone_pass_s"] = one_pass
@@ -156,4 +193,9 @@ def format_results(r: dict, opts: BenchOptions) -> str:
         lines.append(f"one head epoch = {100 * r['epoch_vs_pass']:.3f}% of one backbone pass")
     if "run_vs_pass" in r:
         lines.append(f"whole train-head run = {100 * r['run_vs_pass']:.2f}% of one backbone pass")
+    if "sweep" in r:
+        w = r["sweep"]
+        lines.append(f"sweep of {w['configs']} configurations ({w['epochs']} epochs each): {w['sweep_s']:.1f} s; "
+                     f"16 x one in-process head: {w['in_process_x16_s']:.1f} s; 16 separate train-head commands: "
+                     f"{w['commands_x16_s']:.1f} s (mean of {w['commands_timed']} timed, x16)")
     return "\n".join(lines)

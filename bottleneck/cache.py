@@ -92,6 +92,11 @@ class CacheData:
     sha256: np.ndarray
     sizes: np.ndarray  # (N, 2) int32 width, height
     attrs: dict = field(default_factory=dict)
+    views_ok: np.ndarray | None = None  # (N,) bool: row has all `n_views` stored views
+
+    @property
+    def n_views(self) -> int:
+        return int(self.attrs.get("views", 0))
 
     @property
     def root(self) -> Path:
@@ -144,7 +149,25 @@ def load_cache(path: str | Path, dtype=np.float32, features: bool = True) -> Cac
             path=path, config=CacheConfig.from_attrs(attrs), class_names=json.loads(attrs["class_names"]),
             features=(f["features"][:n] if features else np.zeros((0, f["features"].shape[1]))).astype(dtype), labels=f["label"][:n].astype(np.int32),
             image_ids=_decode(f["image_id"][:n]), paths=_decode(f["path"][:n]), groups=_decode(f["group"][:n]),
-            sha256=_decode(f["sha256"][:n]), sizes=f["orig_size"][:n].astype(np.int32), attrs=attrs)
+            sha256=_decode(f["sha256"][:n]), sizes=f["orig_size"][:n].astype(np.int32), attrs=attrs,
+            views_ok=f["views_ok"][:n].astype(bool) if "views_ok" in f else np.zeros(n, bool))
+
+
+def read_views(path: str | Path, rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
+    """Stored views (len(rows), V, D) of the given rows (all rows when None), read in row order."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "views" not in f:
+            raise CacheError(f"cache {path} holds no augmented views; extract with --views N to add them")
+        ds = f["views"]
+        if rows is None:
+            return ds[: int(f.attrs["n_rows"])].astype(dtype)
+        rows = np.asarray(rows)
+        order = np.argsort(rows)
+        out = np.empty((len(rows), ds.shape[1], ds.shape[2]), dtype)
+        out[order] = ds[rows[order]] if len(rows) else out[order]  # h5py reads increasing indices
+        return out
 
 
 def read_failed(path: str | Path) -> list[tuple[str, str]]:
@@ -248,9 +271,14 @@ class CacheWriter:
             return {}
         data = load_cache(self.path, features=False)
         names = data.class_names
-        return {i: {"sha256": s, "label": names[l] if l >= 0 else None, "group": g, "path": p, "row": r}
-                for r, (i, s, l, g, p) in enumerate(zip(data.image_ids, data.sha256, data.labels,
-                                                        data.groups, data.paths))}
+        views = np.where(data.views_ok, data.n_views, 0)
+        return {i: {"sha256": s, "label": names[l] if l >= 0 else None, "group": g, "path": p, "row": r,
+                    "views": int(v)}
+                for r, (i, s, l, g, p, v) in enumerate(zip(data.image_ids, data.sha256, data.labels,
+                                                           data.groups, data.paths, views))}
+
+    def existing_views(self) -> int:
+        return int(read_attrs(self.path).get("views", 0)) if self.path.exists() else 0
 
     def cached_features(self, row: int) -> np.ndarray:
         import h5py
@@ -259,10 +287,12 @@ class CacheWriter:
             return f["features"][row]
 
     # -- writing --------------------------------------------------------------------------------
-    def write_batch(self, rows: list[dict], features: np.ndarray | None, failed: list[tuple[str, str, str]] = ()):
+    def write_batch(self, rows: list[dict], features: np.ndarray | None, failed: list[tuple[str, str, str]] = (),
+                    views: np.ndarray | None = None, view_lo: int = 0):
         """Journal one batch durably. rows: dicts with image_id, path, label (name|None), group, sha256,
         width, height, has_features; features: (len(rows), D) aligned with rows (ignored where
-        has_features is False); failed: (path, reason, sha256)."""
+        has_features is False); failed: (path, reason, sha256); views: (len(rows), V, D) of which views
+        view_lo..V (1-based) are new, or None."""
         j = journal_dir(self.path)
         if not j.is_dir():
             j.mkdir(parents=True)
@@ -279,6 +309,9 @@ class CacheWriter:
             has_features=np.array([r.get("has_features", True) for r in rows], dtype=bool),
             features=np.asarray(features, dtype=self.config.dtype).reshape(n, self.config.num_features),
             failed=np.array([list(x) for x in failed], dtype=str).reshape(len(failed), 3),
+            view_lo=np.array(view_lo if views is not None else 0),
+            views=(np.zeros((n, 0, self.config.num_features), self.config.dtype) if views is None
+                   else np.asarray(views, dtype=self.config.dtype)),
         )
         target = j / f"batch-{self._seq:08d}.npz"
         tmp = target.with_suffix(".tmp.npz")
@@ -382,6 +415,8 @@ def _apply_batches(path: Path, batches: list[Path], info: dict, class_names: tup
                 _append(f["features"], b["features"][sel])
                 n += len(new_rows)
                 added += len(new_rows)
+            if int(b["view_lo"]) > 0:
+                _store_views(f, n, [index[str(i)] for i in b["image_id"]], b["views"], int(b["view_lo"]))
             for fpath, reason, sha in b["failed"]:
                 failed[str(fpath)] = (str(reason), str(sha))
         for name, col in (("path", list(failed)), ("reason", [v[0] for v in failed.values()]),
@@ -390,6 +425,11 @@ def _apply_batches(path: Path, batches: list[Path], info: dict, class_names: tup
             ds.resize(len(col), axis=0)
             if col:
                 ds[:] = col
+        if "views" in f and f["views"].shape[0] < n:  # rows added without views (they get them next run)
+            grow = f["views"].shape[0]
+            f["views"].resize(n, axis=0)
+            f["views_ok"].resize(n, axis=0)
+            f["views_ok"][grow:] = False
         f.attrs.update(n_rows=n, class_names=json.dumps(classes), updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         f.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in info.items()})
     return added
@@ -397,6 +437,8 @@ def _apply_batches(path: Path, batches: list[Path], info: dict, class_names: tup
 
 def describe_cache(path: str | Path) -> dict:
     """What `bottleneck info` shows: configuration, counts per class, failed images, pending batches."""
+    from .views import view_names
+
     path = Path(path)
     if not path.exists() and pending_batches(path):
         raise CacheError(f"cache {path} has only journaled batches from an interrupted first run; "
@@ -406,5 +448,40 @@ def describe_cache(path: str | Path) -> dict:
     counts = {name: int((labels == i).sum()) for i, name in enumerate(data.class_names)}
     return {"config": asdict(data.config), "attrs": data.attrs, "rows": len(labels),
             "groups": len({g for g in data.groups if g}), "class_counts": counts,
-            "unlabeled": int((labels < 0).sum()), "failed": read_failed(path),
+            "unlabeled": int((labels < 0).sum()), "failed": read_failed(path), "views": data.n_views,
+            "view_names": view_names(data.n_views), "rows_with_views": int(data.views_ok.sum()),
             "pending_batches": len(pending_batches(path))}
+
+
+def _store_views(f, n: int, rows: list[int], views: np.ndarray, lo: int) -> None:
+    """Write views lo..V of `rows`, growing the (N, V, D) dataset when the cache gains rows or views.
+
+    Chunks are one row's views: training with --augment reads random rows, each read one chunk."""
+    want = views.shape[1]
+    d = views.shape[2]
+    if "views" not in f or f["views"].shape[1] < want:
+        old = f["views"][:] if "views" in f else None
+        ok = f["views_ok"][:] if "views_ok" in f else np.zeros(0, bool)
+        for name in ("views", "views_ok"):
+            if name in f:
+                del f[name]
+        ds = f.create_dataset("views", (n, want, d), maxshape=(None, want, d), dtype=views.dtype,
+                              chunks=(1, want, d), fillvalue=0)
+        okd = f.create_dataset("views_ok", (n,), maxshape=(None,), dtype=bool, chunks=(4096,), fillvalue=False)
+        if old is not None:
+            ds[: old.shape[0], : old.shape[1]] = old
+            # rows had every view of the old count; the new ones still missing: not complete any more
+        okd[: len(ok)] = False if old is not None and old.shape[1] < want else ok
+    ds, okd = f["views"], f["views_ok"]
+    if ds.shape[0] < n:
+        grow = ds.shape[0]
+        ds.resize(n, axis=0)
+        okd.resize(n, axis=0)
+        okd[grow:] = False
+    order = np.argsort(rows)
+    sorted_rows = np.asarray(rows)[order]
+    block = ds[sorted_rows]
+    block[:, lo - 1:want] = views[order, lo - 1:want]
+    ds[sorted_rows] = block
+    okd[sorted_rows] = True
+    f.attrs["views"] = want

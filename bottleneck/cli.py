@@ -53,7 +53,7 @@ def extract(
     image_size: Optional[int] = typer.Option(None, help="Input side in pixels (default: the backbone's own)."),
     pooling: str = typer.Option("avg", help="Global pooling: avg or max."),
     batch_size: int = typer.Option(32, help="Images per inference batch (also the commit unit)."),
-    views: int = typer.Option(0, help="Extra augmented views per image (not available yet: 0)."),
+    views: int = typer.Option(0, help="Extra views per image: 1-7 flips/rotations, then seeded crops+jitter."),
     seed: int = typer.Option(0, help="Seed of --weights none initialisation, recorded in the cache."),
     dtype: str = typer.Option("float16", help="Storage dtype of features: float16 or float32."),
     cache: Optional[Path] = typer.Option(None, help="Cache file (default: cache/<dataset>-<config>.h5)."),
@@ -69,8 +69,6 @@ def extract(
     from .dataset import build_index, select_shard
     from .extract import ExtractOptions, extract as run_extract
 
-    if views:
-        fail(f"--views {views}: augmented views are not available in this version; use --views 0")
     if engine != "local":
         fail(f"--engine {engine!r} is not available; use --engine local (shard with --shard I/N for many machines)")
     index = build_index(data, metadata, id_column, label_column, group_column)
@@ -78,7 +76,7 @@ def extract(
         index = select_shard(index, shard)
     opts = ExtractOptions(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                           batch_size=batch_size, seed=seed, dtype=dtype, strict=strict, cache=cache,
-                          progress=not quiet)
+                          progress=not quiet, views=views)
     s = run_extract(index, opts)
     typer.echo(f"cache: {s.cache}")
     typer.echo(f"images: {s.total} indexed, {s.extracted} extracted, {s.already_cached} already cached, "
@@ -86,7 +84,9 @@ def extract(
     if s.extracted:
         typer.echo(f"time: {s.seconds:.1f} s ({s.build_seconds:.1f} s building the backbone), "
                    f"{s.images_per_s:.1f} images/s")
-    typer.echo(f"rows in cache: {s.rows}")
+    typer.echo(f"rows in cache: {s.rows}" + (f", {s.views} augmented views each" if s.views else ""))
+    if s.views_added:
+        typer.echo(f"views added to {s.views_added} cached images (their plain vectors kept)")
     if s.rows_without_image:
         typer.echo(f"metadata rows with no image: {s.rows_without_image} "
                    f"(e.g. {', '.join(index.rows_without_image[:3])})")
@@ -116,6 +116,9 @@ def info(cache: Path = typer.Argument(..., help="A cache written by `bottleneck 
         if d["attrs"].get(key) not in (None, ""):
             typer.echo(f"  {key}: {d['attrs'][key]}")
     typer.echo(f"rows: {d['rows']} ({d['groups']} groups)" if d["groups"] else f"rows: {d['rows']}")
+    if d["views"]:
+        typer.echo(f"views: {d['views']} per image besides the plain one ({', '.join(d['view_names'])}); "
+                   f"{d['rows_with_views']} rows complete")
     typer.echo("classes:")
     for name, count in d["class_counts"].items():
         typer.echo(f"  {name}: {count}")
@@ -165,14 +168,11 @@ def train_head(
     from .runs import RunOptions, train_head_run
     from .splits import SplitSpec
 
-    if augment or tta:
-        fail(f"--augment/--tta need augmented views in the cache, and {cache} has none; "
-             "views are not available in this version")
     head = HeadConfig(hidden=parse_hidden(hidden), dropout=dropout, optimizer=optimizer, lr=lr,
                       decay_rate=decay_rate, decay_steps=decay_steps, batch_size=batch_size, epochs=epochs,
                       patience=patience, class_weight=class_weight, standardize=standardize, seed=seed)
     opts = RunOptions(out=out, split=SplitSpec(round(1 - val - test, 10), val, test, seed), split_from=split_from,
-                      overwrite=overwrite, progress=not quiet)
+                      overwrite=overwrite, progress=not quiet, augment=augment, tta=tta)
     # The full command with every option spelled out, so config.json reruns it even if defaults change.
     command = ["bottleneck", "train-head", str(cache), "--out", "<out>" if out is None else str(out),
                "--hidden", ",".join(map(str, head.hidden)) or "0", "--dropout", str(dropout), "--optimizer", optimizer,
@@ -182,10 +182,14 @@ def train_head(
                "--seed", str(seed), "--val", str(val), "--test", str(test)]
     if split_from:
         command += ["--split-from", str(split_from)]
+    command += ["--augment"] * augment + ["--tta"] * tta
     r = train_head_run(cache, head, opts, command=command)
     sizes = ", ".join(f"{s} {r.split_sizes[s]['images']}" for s in ("train", "val", "test"))
     typer.echo(f"split: {sizes}; best epoch {r.best_epoch}, {r.seconds:.1f} s of training")
     typer.echo(format_table({s: r.metrics[s] for s in ("val", "test")}))
+    for name, m in r.metrics.get("views_comparison", {}).items():
+        t = m["test"]
+        typer.echo(f"  {name}: test balanced acc {t['balanced_accuracy']:.3f}, accuracy {t['accuracy']:.3f}")
     typer.echo(f"run: {r.run_dir}  (report: {r.run_dir / 'report.md'})")
 
 
@@ -194,6 +198,7 @@ def train_head(
 def evaluate(
     run: Path = typer.Argument(..., help="A run directory made by train-head."),
     cache: Optional[Path] = typer.Option(None, help="Another cache of the same backbone configuration."),
+    tta: bool = typer.Option(False, help="Average predictions over the cache's stored views."),
 ):
     """Evaluate a run's head on its own test split, or on another (external) cache.
 
@@ -202,7 +207,7 @@ def evaluate(
     from .evaluate import evaluate_run
     from .metrics import format_table
 
-    r = evaluate_run(run, cache)
+    r = evaluate_run(run, cache, tta=tta)
     for note in r.notes:
         typer.echo(f"note: {note}")
     if r.unmapped:
@@ -238,6 +243,7 @@ def sweep(
     split_seed: int = typer.Option(0, help="Seed of the sweep's split and folds."),
     val: float = typer.Option(0.15, help="Validation fraction."),
     test: float = typer.Option(0.15, help="Test fraction."),
+    tta: bool = typer.Option(False, help="Score with predictions averaged over the cache's stored views."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train many heads off one cache load and rank them; retrain the best on train+val, test it once.
@@ -263,7 +269,7 @@ def sweep(
     configs = expand_grid(values)
     opts = SweepOptions(out=out or Path("runs") / f"sweep-{cache.stem}", folds=folds, metric=metric,
                         split=SplitSpec(round(1 - val - test, 10), val, test, split_seed), split_from=split_from,
-                        progress=not quiet)
+                        progress=not quiet, tta=tta)
     r = run_sweep(cache, configs, opts)
     typer.echo(f"{len(configs)} configurations: {r.computed} trained, {r.skipped} already done "
                f"({'%d-fold CV on train+val' % folds if folds else 'scored on the val split'})")
@@ -286,7 +292,8 @@ def bench(
     backbone: str = typer.Option("inception_v3", help="Backbone of the extraction figure."),
     image_size: Optional[int] = typer.Option(None, help="Its input size (default: the backbone's)."),
     images: int = typer.Option(64, help="Images extracted to measure images/s."),
-    part: List[str] = typer.Option(["head", "run", "extract"], help="Which parts: head, run, extract."),
+    part: List[str] = typer.Option(["head", "run", "extract", "sweep"],
+                                   help="Which parts: head, run, extract, sweep (repeat the option)."),
 ):
     """Measure head speed against one backbone pass; prints figures (see docs/benchmarks.md).
 
@@ -294,9 +301,9 @@ def bench(
     """
     from .bench import BenchOptions, format_results, run_bench
 
-    unknown = set(part) - {"head", "run", "extract"}
+    unknown = set(part) - {"head", "run", "extract", "sweep"}
     if unknown:
-        fail(f"--part should be head, run or extract; received {', '.join(sorted(unknown))}")
+        fail(f"--part should be head, run, extract or sweep; received {', '.join(sorted(unknown))}")
     opts = BenchOptions(rows=rows, dim=dim, epochs=epochs, backbone=backbone, image_size=image_size, images=images)
     typer.echo(format_results(run_bench(opts, tuple(part)), opts))
 

@@ -12,7 +12,7 @@ import numpy as np
 from .cache import CacheConfig, load_cache
 from .errors import CacheMismatchError, InputError
 from .heads import predict_proba
-from .runs import _predictions_frame, load_run, sha256_file
+from .runs import _predictions_frame, load_run, require_views, sha256_file, tta_proba
 from .splits import load_split
 
 
@@ -34,7 +34,7 @@ def map_classes(run_classes: list[str], cache_classes: list[str]) -> tuple[np.nd
     return mapping, {n: i for n, i in zip(cache_classes, mapping) if i < 0}
 
 
-def evaluate_run(run_dir: str | Path, cache: str | Path | None = None) -> EvalResult:
+def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool = False) -> EvalResult:
     from .metrics import compute_metrics
     from .plots import plot_confusion
 
@@ -73,13 +73,17 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None) -> EvalRe
         rows = np.flatnonzero((split == "test") & (y >= 0))
         y_train = y[(split == "train") & (y >= 0)]
     proba = predict_proba(model, data.features[rows])
+    if tta:
+        require_views(data, rows)
+        proba = tta_proba(model, data, rows, proba)
+        notes.append(f"probabilities averaged over the plain view and {data.n_views} stored views (TTA)")
     metrics = compute_metrics(y[rows], proba, names, train_labels=y_train)
 
     out = run_dir / ("eval-" + (path.stem if external else "test"))
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    (tmp / "metrics.json").write_text(json.dumps({"cache": str(path.resolve()), "external": external,
+    (tmp / "metrics.json").write_text(json.dumps({"cache": str(path.resolve()), "external": external, "tta": tta,
                                                  "unmapped_classes": unmapped_counts, "notes": notes,
                                                  "metrics": metrics}, indent=2))
     shown = data if not external else _relabel(data, y)

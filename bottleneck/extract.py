@@ -21,6 +21,7 @@ from .dataset import DatasetIndex, Entry
 from .tfimport import tensorflow
 from .errors import ImageDecodeError, InputError
 from .images import load_image
+from .views import apply_view, check_views, seeds_for
 
 DTYPES = ("float16", "float32")
 
@@ -38,6 +39,7 @@ class ExtractOptions:
     cache: Path | None = None
     cache_dir: Path = Path("cache")
     progress: bool = True
+    views: int = 0  # extra augmented views per image (see views.py); a cache never loses views it has
 
 
 @dataclass
@@ -47,6 +49,8 @@ class ExtractSummary:
     extracted: int = 0  # features computed by the backbone in this run
     already_cached: int = 0  # same image id and bytes already in the cache
     reused: int = 0  # same bytes cached under another id: vector copied, no inference
+    views: int = 0  # views per image the cache holds after the run
+    views_added: int = 0  # cached images that got (more) views in this run, plain vector not recomputed
     failed: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     seconds: float = 0.0  # whole backbone stage, model construction included
     build_seconds: float = 0.0  # building the backbone (and loading its weights)
@@ -103,13 +107,17 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
     summary = ExtractSummary(cache=path, total=len(index.entries),
                              rows_without_image=len(index.rows_without_image),
                              images_without_row=len(index.images_without_row))
+    check_views(opts.views)
     with CacheWriter(path, config, info, index.class_names) as writer:
         existing = writer.existing_rows()
+        n_views = max(opts.views, writer.existing_views())  # new rows get every view the cache has
+        summary.views = n_views
         by_sha = {v["sha256"]: v["row"] for v in existing.values()}
         with ThreadPoolExecutor(8) as pool:  # hashing is I/O bound; threads overlap reads
             hashes = list(tqdm(pool.map(_sha256, [e.path for e in index.entries]), total=len(index.entries),
                                desc="hashing", unit="img", disable=not opts.progress, leave=False))
         todo: list[tuple[Entry, str]] = []
+        view_todo: dict[int, list[tuple[Entry, str]]] = {}  # first missing view -> cached rows lacking views
         updates, reused, unreadable = [], [], []
         for entry, (sha, err) in zip(index.entries, hashes):
             if err:
@@ -120,7 +128,9 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
                 summary.already_cached += 1
                 if (old["label"], old["group"], old["path"]) != (entry.label, entry.group, entry.rel_path):
                     updates.append(_row(entry, sha, has_features=False))
-            elif sha in by_sha and old is None:
+                if old["views"] < n_views:
+                    view_todo.setdefault(old["views"] + 1, []).append((entry, sha))
+            elif sha in by_sha and old is None and n_views == 0:
                 reused.append((entry, sha))
             else:
                 todo.append((entry, sha))
@@ -129,10 +139,15 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
         _journal_metadata(writer, updates, reused, unreadable, existing)
         summary.reused = len(reused)
         summary.failed.extend((p, r) for p, r, _ in unreadable)
-        if todo:
+        if todo or view_todo:
             tensorflow()  # its import (seconds) is start-up, not extraction time
             start = time.perf_counter()
-            _run_backbone(writer, todo, config, opts, summary)
+            model = _build(config, opts, summary)
+            if todo:
+                _run_backbone(writer, model, todo, tuple(range(n_views + 1)), config, opts, summary)
+            for first, items in sorted(view_todo.items()):
+                _run_backbone(writer, model, items, tuple(range(first, n_views + 1)), config, opts, summary)
+                summary.views_added += len(items)
             summary.seconds = time.perf_counter() - start
     summary.rows = int(read_attrs(path)["n_rows"]) if path.exists() else 0
     return summary
@@ -150,14 +165,22 @@ def _journal_metadata(writer: CacheWriter, updates, reused, unreadable, existing
         writer.write_batch(rows, np.stack(feats) if feats else None, unreadable)
 
 
-def _run_backbone(writer: CacheWriter, todo, config: CacheConfig, opts: ExtractOptions, summary) -> None:
-    tf = tensorflow()
-
-    spec = get_spec(config.backbone)
+def _build(config: CacheConfig, opts: ExtractOptions, summary):
     start = time.perf_counter()
     model = create_backbone(config.backbone, opts.weights, config.input_size, config.pooling, config.seed)
     summary.build_seconds = time.perf_counter() - start
+    return model
+
+
+def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config: CacheConfig,
+                  opts: ExtractOptions, summary) -> None:
+    """Decode `todo`'s images once and run views `ks` of each (0 = plain) through the backbone in one pass."""
+    tf = tensorflow()
+
+    spec = get_spec(config.backbone)
     preprocess = spec.preprocess_fn()
+    plain = ks[0] == 0
+    n_views = ks[-1] if ks[-1] > 0 else 0
     size, bs = config.input_size, opts.batch_size
     paths = [str(e.path) for e, _ in todo]
 
@@ -180,8 +203,11 @@ def _run_backbone(writer: CacheWriter, todo, config: CacheConfig, opts: ExtractO
           .prefetch(tf.data.AUTOTUNE))
 
     @tf.function(reduce_retracing=True)
-    def infer(x):  # (B, S, S, 3) uint8 -> (B, D) float32
-        return model(preprocess(tf.cast(x, tf.float32)), training=False)
+    def infer(x, seeds):  # (B, S, S, 3) uint8 -> (B, len(ks), D) float32: every view in one backbone call
+        x = tf.cast(x, tf.float32)
+        batch = tf.concat([x if k == 0 else apply_view(x, k, seeds) for k in ks], axis=0)
+        out = model(preprocess(batch), training=False)
+        return tf.transpose(tf.reshape(out, (len(ks), -1, out.shape[-1])), (1, 0, 2))
 
     bar = tqdm(total=len(todo), desc=f"extract {config.backbone}", unit="img", disable=not opts.progress,
                smoothing=0.1)
@@ -190,9 +216,10 @@ def _run_backbone(writer: CacheWriter, todo, config: CacheConfig, opts: ExtractO
         n = int(pixels.shape[0])
         if n < bs:  # pad the last batch so every call has one shape: no retrace, same numerics
             pixels = tf.concat([pixels, tf.zeros((bs - n, size, size, 3), tf.uint8)], axis=0)
-        feats = infer(pixels).numpy()[:n]
+        seeds = seeds_for([todo[done + j][1] for j in range(n)] + ["0"] * (bs - n), config.seed)
+        out = infer(pixels, seeds).numpy()[:n]  # (n, len(ks), D)
         if not done:
-            _check_dtype_range(feats, config)
+            _check_dtype_range(out, config)
         rows, keep, failed = [], [], []
         for j in range(n):
             entry, sha = todo[done + j]
@@ -200,10 +227,15 @@ def _run_backbone(writer: CacheWriter, todo, config: CacheConfig, opts: ExtractO
             if reason:
                 failed.append((entry.rel_path, reason, sha))
             else:
-                rows.append(_row(entry, sha, (int(w[j]), int(h[j]))))
+                rows.append(_row(entry, sha, (int(w[j]), int(h[j])), has_features=plain))
                 keep.append(j)
-        writer.write_batch(rows, feats[keep] if keep else None, failed)
-        summary.extracted += len(rows)
+        views = None
+        if n_views:
+            views = np.zeros((len(keep), n_views, config.num_features), np.float32)
+            views[:, ks[1 if plain else 0] - 1:] = out[keep][:, 1 if plain else 0:]
+        writer.write_batch(rows, out[keep, 0] if keep and plain else None, failed, views=views,
+                           view_lo=(ks[1] if plain and len(ks) > 1 else ks[0]) if n_views else 0)
+        summary.extracted += len(rows) if plain else 0
         summary.failed.extend((p, r) for p, r, _ in failed)
         done += n
         bar.update(n)

@@ -115,8 +115,11 @@ class TrainedHead:
 
 
 def train_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, verbose: int = 0,
-               callbacks=()) -> TrainedHead:
-    """Fit a head with early stopping on validation loss; same seed and machine give the same weights."""
+               callbacks=(), batches=None) -> TrainedHead:
+    """Fit a head with early stopping on validation loss; same seed and machine give the same weights.
+
+    `batches`: a Keras PyDataset to train from instead of (x_train, y_train), e.g. one that draws stored
+    augmented views; x_train still provides the standardisation statistics (plain training features)."""
     import time
 
     tensorflow()
@@ -129,8 +132,9 @@ def train_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig
     stop = [] if validation is None else [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)]
     start = time.perf_counter()
-    hist = model.fit(x_train, y_train, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                     validation_data=validation, shuffle=True, verbose=verbose,
+    inputs = dict(x=x_train, y=y_train, batch_size=cfg.batch_size, shuffle=True) if batches is None else \
+        dict(x=batches)
+    hist = model.fit(**inputs, epochs=cfg.epochs, validation_data=validation, verbose=verbose,
                      class_weight=class_weights(y_train, num_classes, cfg.class_weight),
                      callbacks=[*stop, *callbacks])
     seconds = time.perf_counter() - start

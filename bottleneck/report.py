@@ -57,6 +57,20 @@ def write_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
                     [[n, test["per_class"][n]["support"], _fmt(test["per_class"][n]["precision"]),
                       _fmt(test["per_class"][n]["recall"]), _fmt(test["per_class"][n]["f1"]),
                       _fmt(test["roc_auc_per_class"].get(n))] for n in names])
+    views = config.get("views") or {}
+    if views.get("augment") or views.get("tta"):
+        lines += ["", "### Augmented views",
+                  f"The cache stores {views['stored']} augmented views per image besides the plain one. "
+                  f"Training {'drew one view per image per epoch (--augment)' if views['augment'] else 'used the plain view'}; "
+                  f"evaluation {'averaged probabilities over all views (--tta)' if views['tta'] else 'used the plain view'}. "
+                  "The effect, on the same split:", ""]
+        comp = metrics.get("views_comparison", {})
+        lines += _table(["variant", "test balanced acc", "test accuracy", "test macro AUC", "melanoma sens"],
+                        [[name, _fmt(m["test"]["balanced_accuracy"]), _fmt(m["test"]["accuracy"]),
+                          _fmt(m["test"]["roc_auc_macro"]), _fmt((m["test"].get("melanoma") or {}).get("sensitivity"))]
+                         for name, m in comp.items()])
+    else:
+        lines += ["", "Augmented views: not used (plain view for training and evaluation)."]
     hidden = " -> ".join(str(h) for h in head["hidden"]) or "none"
     lines += ["", "## Training",
               f"- head: {cc['num_features']} -> {'standardise (train mean/std) -> ' if head.get('standardize') else ''}"

@@ -33,6 +33,9 @@ class RunOptions:
     split_from: Path | None = None
     overwrite: bool = False
     progress: bool = True
+    augment: bool = False  # train on stored views, one drawn per image per epoch
+    tta: bool = False  # evaluate with probabilities averaged over the stored views
+    views_memory_gb: float = 2.0  # views larger than this are streamed from the cache, not loaded
 
 
 @dataclass
@@ -142,7 +145,8 @@ def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: Run
     split, split_info = resolve_split(data, opts.split, opts.split_from)
     command = [str(out) if c == "<out>" else c for c in (command or ["bottleneck", "train-head", str(cache)])]
     return fit_and_write(data, split, split_info, head, out, overwrite=opts.overwrite, progress=opts.progress,
-                         command=command)
+                         command=command, augment=opts.augment, tta=opts.tta,
+                         views_memory_gb=opts.views_memory_gb)
 
 
 def resolve_split(data: CacheData, spec: SplitSpec, split_from: Path | None) -> tuple[np.ndarray, dict]:
@@ -162,7 +166,8 @@ def resolve_split(data: CacheData, spec: SplitSpec, split_from: Path | None) -> 
 
 def fit_and_write(data: CacheData, split: np.ndarray, split_info: dict, head: HeadConfig, out: Path, *,
                   overwrite: bool = False, progress: bool = True, command: list[str] = (),
-                  final: bool = False, extra_config: dict | None = None) -> RunResult:
+                  final: bool = False, extra_config: dict | None = None, augment: bool = False,
+                  tta: bool = False, views_memory_gb: float = 2.0) -> RunResult:
     """Fit a head on the split and write the whole run directory atomically.
 
     final=False: train on train, early-stop on val, report val and test. final=True (a sweep's winner):
@@ -175,15 +180,32 @@ def fit_and_write(data: CacheData, split: np.ndarray, split_info: dict, head: He
     idx = {s: np.flatnonzero(split == s) for s in SPLITS}
     x, y = data.features, data.labels
     fit_rows = np.concatenate([idx["train"], idx["val"]]) if final else idx["train"]
+    rows = np.concatenate([idx[s] for s in SPLITS])
+    eval_splits = ("test",) if final else EVAL_SPLITS
+    if augment or tta:
+        require_views(data, fit_rows if augment else rows)
     tmp = _prepare_dir(out, overwrite)
     try:
+        batches = (view_batches(data, fit_rows, head, views_memory_gb) if augment else None)
         trained = train_head(x[fit_rows], y[fit_rows], None if final else x[idx["val"]],
                              None if final else y[idx["val"]], len(names), head,
-                             callbacks=[_epoch_bar(head.epochs, progress)])
-        rows = np.concatenate([idx[s] for s in SPLITS])
-        proba = predict_proba(trained.model, x[rows])
-        metrics = _evaluate_splits(y[rows], proba, split[rows], names, y[fit_rows],
-                                   splits=("test",) if final else EVAL_SPLITS)
+                             callbacks=[_epoch_bar(head.epochs, progress)], batches=batches)
+        plain_proba = predict_proba(trained.model, x[rows])
+        proba = tta_proba(trained.model, data, rows, plain_proba) if tta else plain_proba
+        metrics = _evaluate_splits(y[rows], proba, split[rows], names, y[fit_rows], splits=eval_splits)
+        if augment or tta:  # the effect of views, on the same split
+            compare = {}
+            if augment:
+                base = train_head(x[fit_rows], y[fit_rows], None if final else x[idx["val"]],
+                                  None if final else y[idx["val"]], len(names), head)
+                compare["plain head (no views)"] = _evaluate_splits(
+                    y[rows], predict_proba(base.model, x[rows]), split[rows], names, y[fit_rows], eval_splits)
+            name = "this head" + (" (augment)" if augment else "")
+            compare[f"{name}, plain view only"] = _evaluate_splits(y[rows], plain_proba, split[rows], names,
+                                                                   y[fit_rows], eval_splits)
+            if tta:
+                compare[f"{name}, TTA over {data.n_views + 1} views"] = metrics_copy(metrics, eval_splits)
+            metrics["views_comparison"] = compare
         fitted = np.isin(rows, fit_rows)
         metrics["train"] = {"n": int(len(fit_rows)),
                             "accuracy": float((proba[fitted].argmax(1) == y[rows][fitted]).mean())}
@@ -196,6 +218,7 @@ def fit_and_write(data: CacheData, split: np.ndarray, split_info: dict, head: He
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         config = {"command": list(command), "cache": _cache_record(data), "head": head.to_dict(),
                   "split": {**split_info, "sizes": sizes}, "trained_on": "train+val" if final else "train",
+                  "views": {"stored": data.n_views, "augment": augment, "tta": tta},
                   "best_epoch": trained.best_epoch, "epochs_run": len(trained.history["loss"]),
                   "train_seconds": round(trained.seconds, 3), "library_versions": library_versions(),
                   "python": sys.version.split()[0], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -211,6 +234,46 @@ def fit_and_write(data: CacheData, split: np.ndarray, split_info: dict, head: He
         raise
     _finish_dir(tmp, out)
     return RunResult(out, metrics, sizes, trained.best_epoch, trained.seconds, split_info)
+
+
+def metrics_copy(metrics: dict, splits) -> dict:
+    return {s: metrics[s] for s in splits if s in metrics}
+
+
+def require_views(data: CacheData, rows: np.ndarray) -> None:
+    if data.n_views == 0:
+        raise InputError(f"cache {data.path} holds no augmented views; add them with "
+                         f"`bottleneck extract DATA --views 7 --cache {data.path}` (the plain vectors are kept)")
+    missing = int((~data.views_ok[rows]).sum())
+    if missing:
+        raise InputError(f"{missing} images of cache {data.path} lack their {data.n_views} views (added after "
+                         "the views were extracted); rerun the same extract command to complete them")
+
+
+def view_batches(data: CacheData, rows: np.ndarray, head: HeadConfig, memory_gb: float):
+    """--augment batches; the views are read into memory when they fit in `memory_gb`, else streamed."""
+    import h5py
+
+    from .cache import read_views
+    from .views import view_sampler
+
+    need = len(data.labels) * data.n_views * data.config.num_features * 4
+    if need <= memory_gb * 2**30:
+        views = read_views(data.path)
+    else:  # the file stays open for the life of the sampler; each batch reads its own rows
+        views = h5py.File(data.path, "r")["views"]
+    return view_sampler(data.features, views, rows, data.labels, head.batch_size, head.seed)
+
+
+def tta_proba(model, data: CacheData, rows: np.ndarray, plain_proba: np.ndarray) -> np.ndarray:
+    """Mean probabilities over the plain view and every stored view of `rows`."""
+    from .cache import read_views
+
+    total = plain_proba.copy()
+    views = read_views(data.path, rows)  # (n, V, D)
+    for k in range(views.shape[1]):
+        total += predict_proba(model, views[:, k])
+    return total / (views.shape[1] + 1)
 
 
 def _write_history(path: Path, history: dict) -> None:

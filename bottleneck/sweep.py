@@ -142,6 +142,7 @@ class SweepOptions:
     split: SplitSpec = SplitSpec()
     split_from: Path | None = None
     progress: bool = True
+    tta: bool = False  # score validation with probabilities averaged over the stored views
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -154,7 +155,7 @@ def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, n
     """Create or reopen the sweep directory; a directory made for another cache or protocol is refused."""
     identity = {"cache": str(data.path.resolve()), "cache_sha256": sha256_file(data.path), "folds": opts.folds,
                 "split_seed": opts.split.seed, "fractions": list(opts.split.fractions()),
-                "split_from": str(opts.split_from) if opts.split_from else None}
+                "split_from": str(opts.split_from) if opts.split_from else None, "tta": opts.tta}
     meta = out / "sweep.json"
     if meta.is_file():
         old = json.loads(meta.read_text())
@@ -172,7 +173,8 @@ def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, n
     return split, folds
 
 
-def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None, cfg: HeadConfig) -> dict:
+def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None, cfg: HeadConfig,
+                    views: np.ndarray | None = None) -> dict:
     """Validation scores of one configuration: on the val split, or mean/std over the K folds."""
     from .metrics import compute_metrics
 
@@ -187,7 +189,11 @@ def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None
     for fit, held in parts:
         trained = train_head(x[fit], y[fit], x[held], y[held], len(data.class_names), cfg)
         history = history or trained.history
-        m = compute_metrics(y[held], predict_proba(trained.model, x[held]), data.class_names, train_labels=y[fit])
+        proba = predict_proba(trained.model, x[held])
+        if views is not None:  # TTA: mean over the plain view and every stored view
+            proba = (proba + sum(predict_proba(trained.model, views[held, k]) for k in range(views.shape[1]))) \
+                / (views.shape[1] + 1)
+        m = compute_metrics(y[held], proba, data.class_names, train_labels=y[fit])
         per_fold.append({"n": m["n"], "best_epoch": trained.best_epoch,
                          **{k: _score(m, k) for k in METRICS}})
     summary = {}
@@ -221,6 +227,13 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
     data = load_cache(cache)  # once for the whole sweep
     out = Path(opts.out)
     split, folds = _bind(out, data, opts)
+    views = None
+    if opts.tta:
+        from .cache import read_views
+        from .runs import require_views
+
+        require_views(data, np.flatnonzero(split != ""))
+        views = read_views(data.path)  # (N, V, D), once for the whole sweep
     results, computed, skipped = [], 0, 0
     for cfg in tqdm(configs, desc="sweep", unit="config", disable=not opts.progress):
         cdir = out / "configs" / config_id(cfg)
@@ -229,7 +242,7 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
             results.append(json.loads(done.read_text()))
             skipped += 1
             continue
-        res = evaluate_config(data, split, folds, cfg)
+        res = evaluate_config(data, split, folds, cfg, views)
         cdir.mkdir(parents=True, exist_ok=True)
         _write_history(cdir / "history.csv", res.pop("history"))
         _atomic_json(done, res)  # written last: a config is finished exactly when this file exists
@@ -294,7 +307,7 @@ def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions
     epochs = max(1, int(round(best["summary"]["best_epoch"]["mean"])))
     r = fit_and_write(data, split, json.loads((out / "sweep.json").read_text()) | {"from": str(out)},
                       replace(cfg, epochs=epochs), best_dir, overwrite=True, progress=opts.progress,
-                      command=["bottleneck", "sweep", str(data.path), "--out", str(out)], final=True,
+                      command=["bottleneck", "sweep", str(data.path), "--out", str(out)], final=True, tta=opts.tta,
                       extra_config={"sweep_config_id": best_id, "selected_by": opts.metric,
                                     "validation": best["summary"]})
     return r.run_dir, r.metrics
