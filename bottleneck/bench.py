@@ -150,7 +150,27 @@ def bench_sweep(opts: BenchOptions, workdir: Path, commands: int = 2) -> dict:
             "commands_x16_s": 16 * float(np.mean(cmd_s)), "commands_timed": commands}
 
 
-def run_bench(opts: BenchOptions = BenchOptions(), parts=("head", "run", "extract", "sweep")) -> dict:
+def bench_views(opts: BenchOptions, workdir: Path, n_views: int = 7) -> dict:
+    """Extraction cost of N stored views relative to the plain view alone, and disk size per view."""
+    from .dataset import build_index
+    from .demo import make_demo_dataset
+    from .extract import ExtractOptions, extract
+
+    ds = make_demo_dataset(workdir / "view-images", images_per_class=max(1, opts.images // 4), image_size=600,
+                           seed=opts.seed)
+    index = build_index(ds.root)
+    out = {}
+    for v in (0, n_views):
+        path = workdir / f"views{v}.h5"
+        s = extract(index, ExtractOptions(backbone=opts.backbone, weights="none", image_size=opts.image_size,
+                                          cache=path, progress=False, views=v))
+        out[v] = (s.seconds - s.build_seconds, path.stat().st_size, s.extracted)
+    (t0, size0, n), (tv, sizev, _) = out[0], out[n_views]
+    return {"views": n_views, "images": n, "plain_s": t0, "views_s": tv, "cost_ratio": tv / t0,
+            "bytes_per_view_per_image": (sizev - size0) / (n * n_views)}
+
+
+def run_bench(opts: BenchOptions = BenchOptions(), parts=("head", "run", "extract", "sweep", "views")) -> dict:
     tf = tensorflow()
     import os
 
@@ -166,6 +186,8 @@ def run_bench(opts: BenchOptions = BenchOptions(), parts=("head", "run", "extrac
             results["extract"] = bench_extraction(opts, tmp)
         if "sweep" in parts:
             results["sweep"] = bench_sweep(opts, tmp)
+        if "views" in parts:
+            results["views"] = bench_views(opts, tmp)
     if "extract" in results:
         one_pass = opts.rows / results["extract"]["images_per_s"]
         results["backbone_pass_s"] = one_pass
@@ -198,4 +220,10 @@ def format_results(r: dict, opts: BenchOptions) -> str:
         lines.append(f"sweep of {w['configs']} configurations ({w['epochs']} epochs each): {w['sweep_s']:.1f} s; "
                      f"16 x one in-process head: {w['in_process_x16_s']:.1f} s; 16 separate train-head commands: "
                      f"{w['commands_x16_s']:.1f} s (mean of {w['commands_timed']} timed, x16)")
+    if "views" in r:
+        v = r["views"]
+        lines.append(f"extracting {v['views']} views besides the plain one ({v['images']} images, {opts.backbone}): "
+                     f"{v['views_s']:.1f} s vs {v['plain_s']:.1f} s plain = {v['cost_ratio']:.1f}x; disk "
+                     f"{v['bytes_per_view_per_image'] / 1024:.1f} KiB per view per image "
+                     f"({v['bytes_per_view_per_image'] * opts.rows / 2**20:.0f} MiB per view for {opts.rows} images)")
     return "\n".join(lines)

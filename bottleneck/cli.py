@@ -292,8 +292,8 @@ def bench(
     backbone: str = typer.Option("inception_v3", help="Backbone of the extraction figure."),
     image_size: Optional[int] = typer.Option(None, help="Its input size (default: the backbone's)."),
     images: int = typer.Option(64, help="Images extracted to measure images/s."),
-    part: List[str] = typer.Option(["head", "run", "extract", "sweep"],
-                                   help="Which parts: head, run, extract, sweep (repeat the option)."),
+    part: List[str] = typer.Option(["head", "run", "extract", "sweep", "views"],
+                                   help="Which parts: head, run, extract, sweep, views (repeat the option)."),
 ):
     """Measure head speed against one backbone pass; prints figures (see docs/benchmarks.md).
 
@@ -301,9 +301,9 @@ def bench(
     """
     from .bench import BenchOptions, format_results, run_bench
 
-    unknown = set(part) - {"head", "run", "extract", "sweep"}
+    unknown = set(part) - {"head", "run", "extract", "sweep", "views"}
     if unknown:
-        fail(f"--part should be head, run, extract or sweep; received {', '.join(sorted(unknown))}")
+        fail(f"--part should be head, run, extract, sweep or views; received {', '.join(sorted(unknown))}")
     opts = BenchOptions(rows=rows, dim=dim, epochs=epochs, backbone=backbone, image_size=image_size, images=images)
     typer.echo(format_results(run_bench(opts, tuple(part)), opts))
 
