@@ -86,7 +86,7 @@ def extract(
                    f"{s.images_per_s:.1f} images/s")
     typer.echo(f"rows in cache: {s.rows}" + (f", {s.views} augmented views each" if s.views else ""))
     if s.views_added:
-        typer.echo(f"views added to {s.views_added} cached images (their plain vectors kept)")
+        typer.echo(f"views added to {s.views_added} cached images (their plain vectors kept) in {s.seconds:.1f} s")
     if s.rows_without_image:
         typer.echo(f"metadata rows with no image: {s.rows_without_image} "
                    f"(e.g. {', '.join(index.rows_without_image[:3])})")
