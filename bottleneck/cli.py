@@ -309,6 +309,25 @@ def bench(
 
 
 @app.command()
+@handle_errors
+def merge(
+    shards: List[Path] = typer.Argument(..., help="Caches of one configuration, e.g. from extract --shard I/N."),
+    out: Path = typer.Option(..., help="The merged cache (created, or completed if it exists)."),
+    virtual: bool = typer.Option(False, help="HDF5 virtual datasets instead of a copy (not available yet)."),
+):
+    """Merge shard caches (same backbone configuration) into one cache; rows are keyed by image id.
+
+    Example: bottleneck merge cache/ham-shard0of4.h5 cache/ham-shard1of4.h5 ... --out cache/ham.h5
+    """
+    from .cache import merge_caches
+
+    if virtual:
+        fail("--virtual is not available in this version; drop it to merge by copying (rows are keyed by id)")
+    rows = merge_caches(shards, out)
+    typer.echo(f"merged {len(shards)} caches into {out}: {rows} rows")
+
+
+@app.command()
 def backbones():
     """List the registered backbones with their input size and feature width."""
     from .backbones import REGISTRY

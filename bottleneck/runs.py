@@ -6,7 +6,6 @@ into place at the end, so a failed or interrupted command never leaves a half ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbones import file_sha256
 from .cache import CacheData, load_cache, library_versions
 from .errors import InputError
 from .heads import HeadConfig, predict_proba, train_head
@@ -48,12 +48,7 @@ class RunResult:
     extra: dict = field(default_factory=dict)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+sha256_file = file_sha256  # the cache's provenance in config.json, hashed like weights files
 
 
 def _epoch_bar(total: int, enabled: bool):

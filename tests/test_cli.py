@@ -2,6 +2,8 @@
 
 import hashlib
 
+import numpy as np
+
 import h5py
 import pytest
 from typer.testing import CliRunner
@@ -75,3 +77,28 @@ def test_failed_command_leaves_an_existing_cache_untouched(tmp_path, class_tree)
 
 def test_usage_error_exits_2(tmp_path):
     assert run("extract").exit_code == 2
+
+
+def test_shards_merge_into_the_same_cache_as_one_run(tmp_path, class_tree):
+    whole = tmp_path / "whole.h5"
+    assert run("extract", class_tree, *TINY_ARGS, "--cache", whole).exit_code == 0
+    parts = []
+    for i in range(3):
+        part = tmp_path / f"part{i}.h5"
+        r = run("extract", class_tree, *TINY_ARGS, "--shard", f"{i}/3", "--cache", part)
+        assert r.exit_code == 0, r.output
+        parts.append(part)
+    merged = tmp_path / "merged.h5"
+    r = run("merge", *parts, "--out", merged)
+    assert r.exit_code == 0, r.output
+    a, b = load_cache(whole), load_cache(merged)
+    order = {i: k for k, i in enumerate(b.image_ids)}
+    idx = [order[i] for i in a.image_ids]
+    assert len(b.image_ids) == 12 and b.class_names == a.class_names
+    np.testing.assert_allclose(b.features[idx], a.features, atol=1e-3)
+    np.testing.assert_array_equal(b.labels[idx], a.labels)
+    other = tmp_path / "other.h5"
+    assert run("extract", class_tree, "--backbone", "vgg16", "--weights", "none", "--image-size", "48", "--quiet",
+               "--cache", other).exit_code == 0
+    r = run("merge", whole, other, "--out", tmp_path / "bad.h5")
+    assert r.exit_code == 1 and "image size" in r.output and not (tmp_path / "bad.h5").exists()
