@@ -47,7 +47,8 @@ def synthetic_features(rows: int, dim: int, classes: int, seed: int = 0):
 
 
 def write_synthetic_cache(path: Path, opts: BenchOptions) -> Path:
-    from .cache import CacheConfig, CacheWriter
+    from .cache import CacheConfig
+    from .cache_write import CacheWriter
 
     x, y, groups = synthetic_features(opts.rows, opts.dim, opts.classes, opts.seed)
     names = [f"class{c}" for c in range(opts.classes)]

@@ -319,7 +319,7 @@ def merge(
 
     Example: bottleneck merge cache/ham-shard0of4.h5 cache/ham-shard1of4.h5 ... --out cache/ham.h5
     """
-    from .cache import merge_caches
+    from .cache_write import merge_caches
 
     if virtual:
         fail("--virtual is not available in this version; drop it to merge by copying (rows are keyed by id)")

@@ -16,7 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backbones import POOLINGS, create_backbone, get_spec, parse_weights, resolve_size
-from .cache import CacheConfig, CacheWriter, read_attrs
+from .cache import CacheConfig, read_attrs
+from .cache_write import CacheWriter
 from .dataset import DatasetIndex, Entry
 from .tfimport import tensorflow
 from .errors import ImageDecodeError, InputError

@@ -66,7 +66,8 @@ def feature_cache(path, counts=None, dim=32, images_per_group=2, seed=0, backbon
                   class_names=None):
     """A real cache written through the library's writer, with synthetic class-dependent features:
     train-head tests need no CNN pass. counts: {class name: images}; groups of `images_per_group`."""
-    from bottleneck.cache import CacheConfig, CacheWriter
+    from bottleneck.cache import CacheConfig
+    from bottleneck.cache_write import CacheWriter
 
     counts = {"bcc": 60, "mel": 60, "nv": 120} if counts is None else counts
     rng = np.random.default_rng(seed)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from bottleneck.backbones import create_backbone, get_spec
-from bottleneck.cache import CacheWriter, journal_dir, load_cache, read_failed
+from bottleneck.cache import journal_dir, load_cache, read_failed
+from bottleneck.cache_write import CacheWriter
 from bottleneck.dataset import build_index
 from bottleneck.errors import CacheLockedError, CacheMismatchError, ImageDecodeError
 from bottleneck.extract import ExtractOptions, extract, make_config

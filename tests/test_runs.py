@@ -156,7 +156,7 @@ def test_evaluate_on_an_external_cache_maps_classes_by_name(tmp_path, cache):
     r = evaluate_run(run, other)
     assert r.external and r.unmapped == {"vasc": 4}
     assert r.metrics["n"] == 20
-    saved = json.loads((run / f"eval-other" / "metrics.json").read_text())
+    saved = json.loads((run / "eval-other" / "metrics.json").read_text())
     assert saved["unmapped_classes"] == {"vasc": 4}
 
 

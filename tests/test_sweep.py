@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from bottleneck.cache import load_cache
 from bottleneck.cli import app
 from bottleneck.errors import InputError
-from bottleneck.heads import HeadConfig
 from bottleneck.runs import resolve_split
 from bottleneck.splits import SplitSpec
 from bottleneck.sweep import SweepOptions, expand_grid, load_grid_toml, make_folds, parse_values, run_sweep

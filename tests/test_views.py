@@ -7,7 +7,6 @@ import json
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 from bottleneck.backbones import create_backbone, get_spec
 from bottleneck.cache import load_cache, read_views
