@@ -102,3 +102,17 @@ def test_shards_merge_into_the_same_cache_as_one_run(tmp_path, class_tree):
                "--cache", other).exit_code == 0
     r = run("merge", whole, other, "--out", tmp_path / "bad.h5")
     assert r.exit_code == 1 and "image size" in r.output and not (tmp_path / "bad.h5").exists()
+
+
+def test_bench_prints_figures_for_a_small_cache():
+    r = run("bench", "--rows", "400", "--dim", "32", "--epochs", "2", "--part", "head", "--part", "run")
+    assert r.exit_code == 0, r.output
+    assert "head epoch (360 x 32" in r.output and "whole default train-head run (400 x 32 cache)" in r.output
+
+
+@pytest.mark.slow
+def test_bench_all_parts_run():
+    r = run("bench", "--rows", "400", "--dim", "32", "--epochs", "2", "--backbone", "vgg16", "--image-size", "32",
+            "--images", "8")
+    assert r.exit_code == 0, r.output
+    assert "sweep of 16 configurations" in r.output and "KiB per view per image" in r.output

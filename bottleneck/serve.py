@@ -1,0 +1,285 @@
+"""`predict` and `export`: a run served as one model that takes raw RGB images.
+
+    head run:      backbone rebuilt from the cache provenance + head.keras  \\
+                                                                              -> (B, S, S, 3) float 0..255 -> (B, C)
+    fine-tune run: model.keras                                             /
+
+Images are decoded with `load_image`, the decoder extraction used, so a cached image gets the same pixels here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BottleneckError, ImageDecodeError, InputError
+from .finetune import assemble_model, read_run
+from .images import load_image
+from .tfimport import tensorflow
+
+FORMATS = ("keras", "savedmodel", "tflite")
+# Probabilities of the exported model against the reference. A head run's reference is the head on the cached
+# features, stored as float16 (relative error ~5e-4 per feature), hence the loose bound; a fine-tune run's is
+# its own model.keras on the same float32 pixels, where only conversion (SavedModel/TFLite) can differ.
+HEAD_RUN_ATOL = 2e-2
+FINETUNE_RUN_ATOL = 1e-3
+DIHEDRAL_VIEWS = 8
+
+
+@dataclass
+class ServedModel:
+    model: object  # keras.Model: raw RGB (B, S, S, 3) float 0..255 -> probabilities (B, C)
+    class_names: list[str]
+    input_size: int
+    config: dict  # the run's config.json, or labels.json beside a bare .keras file
+    kind: str  # "head" | "finetune" | "keras"
+
+
+def load_served(model_or_run: str | Path) -> ServedModel:
+    """A head run, a fine-tune run, or a .keras file with labels.json (an export) beside it."""
+    tensorflow()
+    import keras
+
+    p = Path(model_or_run)
+    if not p.exists():
+        raise InputError(f"{p} does not exist; pass a run directory (train-head or fine-tune) or an exported "
+                         ".keras model")
+    if p.is_file():
+        labels = p.parent / "labels.json"
+        if p.suffix != ".keras" or not labels.is_file():
+            raise InputError(f"{p}: expected a run directory or a .keras model with labels.json beside it "
+                             "(as `bottleneck export --format keras` writes)")
+        info = json.loads(labels.read_text())
+        return ServedModel(keras.saving.load_model(p), info["class_names"], int(info["input_size"]), info, "keras")
+    if (p / "labels.json").is_file() and (p / "model.keras").is_file() and not (p / "config.json").is_file():
+        return load_served(p / "model.keras")
+    config = read_run(p)
+    cache = config["cache"]
+    size, names = int(cache["config"]["input_size"]), cache["class_names"]
+    if (p / "model.keras").is_file():
+        return ServedModel(keras.saving.load_model(p / "model.keras"), names, size, config, "finetune")
+    if (p / "head.keras").is_file():
+        head = keras.saving.load_model(p / "head.keras")
+        return ServedModel(assemble_model(cache["config"], head), names, size, config, "head")
+    raise InputError(f"{p} holds neither model.keras (fine-tune run) nor head.keras (train-head run)")
+
+
+def predict_images(model, paths: list[str], size: int, batch_size: int = 32, tta: bool = False):
+    """Probabilities (N, C) float64 (NaN rows where an image failed) and the reasons ("" when decoded).
+
+    tta: mean over the 8 dihedral views (identity, 3 rotations, their mirrors), as the cache's views 1-7."""
+    tf = tensorflow()
+    from .views import apply_view
+
+    errors = [""] * len(paths)
+
+    def load(i):
+        i = int(i)
+        try:
+            return load_image(paths[i], size)[0]
+        except ImageDecodeError as exc:
+            errors[i] = str(exc)
+            return np.zeros((size, size, 3), np.uint8)
+
+    def tf_load(i):
+        pixels = tf.numpy_function(load, [i], tf.uint8, stateful=False)
+        pixels.set_shape((size, size, 3))
+        return pixels
+
+    @tf.function(reduce_retracing=True)
+    def infer(x):  # (B, S, S, 3) uint8 -> (B, C)
+        x = tf.cast(x, tf.float32)
+        if not tta:
+            return model(x, training=False)
+        views = tf.concat([x] + [apply_view(x, k) for k in range(1, DIHEDRAL_VIEWS)], axis=0)
+        p = model(views, training=False)
+        return tf.reduce_mean(tf.reshape(p, (DIHEDRAL_VIEWS, -1, p.shape[-1])), axis=0)
+
+    ds = (tf.data.Dataset.range(len(paths)).map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    out = []
+    for x in ds:
+        n = int(x.shape[0])
+        if n < batch_size:  # one shape for every call: no retrace
+            x = tf.concat([x, tf.zeros((batch_size - n, size, size, 3), tf.uint8)], axis=0)
+        out.append(np.asarray(infer(x), np.float64)[:n])
+    proba = np.concatenate(out) if out else np.zeros((0, int(model.output_shape[-1])))
+    proba = proba / proba.sum(axis=1, keepdims=True)
+    proba[[bool(e) for e in errors]] = np.nan
+    return proba, errors
+
+
+def collect_files(inputs: list[str | Path]) -> list[Path]:
+    """Files given, plus every non-hidden file under folders given (recursively): non-images are listed as
+    failures by the decoder rather than silently passed over."""
+    from .dataset import _walk_files
+
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(_walk_files(item))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise InputError(f"{item} does not exist; pass image files or folders of images")
+    if not files:
+        raise InputError(f"no files found in {', '.join(map(str, inputs))}; pass image files or folders of images")
+    return list(dict.fromkeys(files))
+
+
+@dataclass
+class PredictResult:
+    frame: object  # pandas DataFrame: path, predicted, p_<class>..., error
+    class_names: list[str]
+    failed: list = field(default_factory=list)  # (path, reason)
+
+
+def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path | None = None,
+            batch_size: int = 32, tta: bool = False) -> PredictResult:
+    """Class probabilities of raw image files; unreadable files get an error and no probabilities."""
+    import pandas as pd
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size should be a positive integer; received {batch_size}")
+    files = collect_files(inputs)
+    served = load_served(model_or_run)
+    proba, errors = predict_images(served.model, [str(f) for f in files], served.input_size, batch_size, tta)
+    names = served.class_names
+    frame = pd.DataFrame({"path": [str(f) for f in files],
+                          "predicted": [names[int(np.argmax(p))] if not e else "" for p, e in zip(proba, errors)]})
+    for j, name in enumerate(names):
+        frame[f"p_{name}"] = np.round(proba[:, j], 6)
+    frame["error"] = errors
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False)
+    return PredictResult(frame, names, [(str(f), e) for f, e in zip(files, errors) if e])
+
+
+# --- export ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class ExportResult:
+    out: Path
+    format: str
+    worst_difference: float
+    tolerance: float
+    images_checked: int
+    files: list = field(default_factory=list)
+
+
+def export(run: str | Path, fmt: str = "keras", out: str | Path | None = None, data: str | Path | None = None,
+           sample: int = 16, overwrite: bool = False) -> ExportResult:
+    """Write one self-contained model (raw RGB in, probabilities out) plus labels.json, after a parity check."""
+    from .runs import _finish_dir
+
+    if fmt not in FORMATS:
+        raise InputError(f"--format should be one of {', '.join(FORMATS)}; received {fmt!r}")
+    run = Path(run)
+    if not run.is_dir():
+        raise InputError(f"run {run} does not exist; pass a directory made by train-head or fine-tune")
+    out = Path(out) if out else run.with_name(f"{run.name}-{fmt}")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists; pass --overwrite to replace it or another --out")
+    served = load_served(run)
+    if served.kind == "keras":
+        raise InputError(f"{run} is an export, not a run; export from the run directory it came from")
+    pixels, reference, atol = _parity_reference(served, run, data, sample)
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        exported = _write_artifact(served.model, fmt, tmp)
+        got = np.asarray(exported(pixels), np.float64)  # (n, C)
+        worst = float(np.abs(got - reference).max())
+        if not worst <= atol:  # also catches NaN
+            raise BottleneckError(f"export parity check failed: the {fmt} model's probabilities differ from the "
+                                  f"reference by up to {worst:.3g} (tolerance {atol}) on {len(pixels)} images of "
+                                  f"{run}; nothing was written")
+        cache = served.config["cache"]
+        labels = {"class_names": served.class_names, "input_size": served.input_size,
+                  "input": f"raw RGB float32 0..255, shape (batch, {served.input_size}, {served.input_size}, 3)",
+                  "output": "softmax probabilities in class_names order",
+                  "preprocessing": cache["config"]["preprocessing"] + " (inside the model)",
+                  "backbone": cache["config"]["backbone"], "source_run": str(run.resolve()), "format": fmt,
+                  "parity": {"images": len(pixels), "worst_difference": worst, "tolerance": atol,
+                             "reference": "head on cached features" if served.kind == "head" else "model.keras"}}
+        (tmp / "labels.json").write_text(json.dumps(labels, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _finish_dir(tmp, out)
+    return ExportResult(out, fmt, worst, atol, len(pixels), sorted(p.name for p in out.iterdir()))
+
+
+def _parity_reference(served: ServedModel, run: Path, data, sample: int):
+    """(pixels (n, S, S, 3) float32, reference probabilities (n, C), tolerance) for up to `sample` cached images."""
+    from .cache import load_cache
+    from .heads import predict_proba
+
+    cache = served.config["cache"]
+    path = Path(cache["path"])
+    if not path.is_file():
+        raise InputError(f"cache {path} of run {run} is missing; export needs cached images for its parity check")
+    cached = load_cache(path)
+    root = Path(data) if data else Path(cache["root"])
+    rows = np.unique(np.linspace(0, len(cached.paths) - 1, min(sample, len(cached.paths))).astype(int))
+    keep, pixels = [], []
+    for r in rows:
+        try:
+            pixels.append(load_image(root / cached.paths[r], served.input_size)[0])
+            keep.append(r)
+        except ImageDecodeError:
+            continue  # a moved or damaged image: check on the others
+    if not keep:
+        raise InputError(f"none of the {len(rows)} sample images of cache {path} could be read under {root}; "
+                         "pass --data DIR with the images the cache was extracted from")
+    x = np.stack(pixels).astype(np.float32)
+    if served.kind == "head":
+        head = served.model.layers[-1]  # the nested head Sequential
+        return x, predict_proba(head, cached.features[keep]), HEAD_RUN_ATOL
+    return x, np.asarray(served.model.predict(x, verbose=0), np.float64), FINETUNE_RUN_ATOL
+
+
+def _write_artifact(model, fmt: str, tmp: Path):
+    """Save `model` into `tmp` in `fmt`; return a function running the saved artifact, reloaded from disk."""
+    tf = tensorflow()
+    import keras
+
+    if fmt == "keras":
+        model.save(tmp / "model.keras")
+        reloaded = keras.saving.load_model(tmp / "model.keras")
+        return lambda x: reloaded.predict(x, verbose=0)
+    saved = tmp if fmt == "savedmodel" else tmp / "_savedmodel"
+    model.export(str(saved), format="tf_saved_model", verbose=False)
+    if fmt == "savedmodel":
+        loaded = tf.saved_model.load(str(saved))
+        return lambda x: loaded.serve(tf.constant(x)).numpy()
+    try:
+        flat = tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
+    except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError, ...
+        raise BottleneckError(f"the TFLite converter failed on this model ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); export --format savedmodel and "
+                              "convert it with a newer TensorFlow") from None
+    shutil.rmtree(saved)
+    (tmp / "model.tflite").write_bytes(flat)
+    return lambda x: _run_tflite(tmp / "model.tflite", x)
+
+
+def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+    tf = tensorflow()
+    with warnings.catch_warnings():  # tf.lite.Interpreter warns that it moves to ai_edge_litert
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x.astype(np.float32))
+    interpreter.invoke()
+    return interpreter.get_tensor(outp["index"])
