@@ -374,3 +374,9 @@ def demo(
 
 def main():  # pragma: no cover
     app()
+
+
+# fine-tune, predict and export live in cli_model.py; registered here so `app` has every command.
+from .cli_model import register  # noqa: E402
+
+register(app)

@@ -51,7 +51,7 @@ class RunResult:
 sha256_file = file_sha256  # the cache's provenance in config.json, hashed like weights files
 
 
-def _epoch_bar(total: int, enabled: bool):
+def _epoch_bar(total: int, enabled: bool, desc: str = "train-head"):
     """A tqdm bar over epochs (with epochs/s) showing the current losses."""
     tensorflow()
     import keras
@@ -59,7 +59,7 @@ def _epoch_bar(total: int, enabled: bool):
 
     class EpochBar(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.bar = tqdm(total=total, desc="train-head", unit="epoch", disable=not enabled, leave=False)
+            self.bar = tqdm(total=total, desc=desc, unit="epoch", disable=not enabled, leave=False)
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}

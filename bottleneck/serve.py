@@ -1,10 +1,12 @@
-"""`predict` and `export`: a run served as one model that takes raw RGB images.
+"""A run as one model that takes raw RGB images, and the commands serving it: `predict` and `export`.
 
     head run:      backbone rebuilt from the cache provenance + head.keras  \\
                                                                               -> (B, S, S, 3) float 0..255 -> (B, C)
     fine-tune run: model.keras                                             /
 
-Images are decoded with `load_image`, the decoder extraction used, so a cached image gets the same pixels here.
+The model assembly (backbone rebuilt from provenance, preprocessing layer, unfreezing) lives here because
+fine-tune, predict and export all build the same model. Images are decoded with `load_image`, the decoder
+extraction used, so a cached image gets the same pixels here.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BottleneckError, ImageDecodeError, InputError
-from .finetune import assemble_model, read_run
+from .backbones import create_backbone, file_sha256, get_spec, layer_groups
+from .errors import BottleneckError, ImageDecodeError, InputError, WeightsError
 from .images import load_image
 from .tfimport import tensorflow
 
@@ -29,6 +31,99 @@ FORMATS = ("keras", "savedmodel", "tflite")
 HEAD_RUN_ATOL = 2e-2
 FINETUNE_RUN_ATOL = 1e-3
 DIHEDRAL_VIEWS = 8
+
+
+def read_run(run: Path) -> dict:
+    if not (run / "config.json").is_file():
+        raise InputError(f"{run} is not a run directory (no config.json there); pass a directory made by "
+                         "`bottleneck train-head` or `bottleneck fine-tune`")
+    return json.loads((run / "config.json").read_text())
+
+
+# --- the model: backbone rebuilt from provenance + the run's head ----------------------------------------------
+
+def rebuild_backbone(cc: dict):
+    """The backbone exactly as the cache recorded it; a weights file must still have the recorded SHA-256."""
+    spec = get_spec(cc["backbone"])
+    if cc["preprocessing"] != spec.preprocessing:
+        raise WeightsError(f"the cache records preprocessing {cc['preprocessing']!r} for {spec.name} but this "
+                           f"bottleneck applies {spec.preprocessing!r}; re-extract the cache with this version")
+    weights = cc["weights"]
+    if weights not in ("imagenet", "none"):
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} recorded in the cache provenance is missing; put the same "
+                               "file back at that path")
+        sha = file_sha256(path)
+        if sha != cc["weights_sha256"]:
+            raise WeightsError(f"weights file {path} has sha256 {sha} but the cache was extracted with sha256 "
+                               f"{cc['weights_sha256']}; restore the original file or re-extract the cache")
+    return create_backbone(spec.name, weights, int(cc["input_size"]), cc["pooling"], int(cc["seed"]))
+
+
+def preprocess_layer(backbone: str):
+    """`preprocess_input` of the backbone as a frozen built-in Dense(3) applied per pixel.
+
+    Every registered preprocessing (caffe: RGB->BGR minus the ImageNet mean; tf: x/127.5 - 1; EfficientNet:
+    identity) is affine per pixel, so a 3x3 kernel plus bias reproduces it exactly, and the saved model needs no
+    custom code to load (Keras, SavedModel, TFLite). The affine map is measured from `preprocess_input` itself
+    and checked on random pixels, so it cannot drift from what extraction used."""
+    tensorflow()
+    import keras
+
+    fn = get_spec(backbone).preprocess_fn()
+    probe = np.concatenate([np.zeros((1, 3)), 255 * np.eye(3)]).astype(np.float32).reshape(4, 1, 1, 3)
+    out = np.asarray(fn(probe.copy()), np.float64).reshape(4, 3)  # copy: preprocess_input works in place
+    bias, kernel = out[0], (out[1:] - out[0]) / 255  # kernel[i, j]: input channel i -> output channel j
+    x = np.random.default_rng(0).uniform(0, 255, (64, 1, 1, 3)).astype(np.float32)
+    if not np.allclose(x.reshape(-1, 3) @ kernel + bias, np.asarray(fn(x.copy())).reshape(-1, 3), atol=1e-3):
+        raise WeightsError(f"preprocess_input of {backbone} is not affine per pixel; it needs its own layer "
+                           "before fine-tune/export can embed it")
+    layer = keras.layers.Dense(3, name="preprocess", trainable=False, dtype="float32")
+    layer.build((None, 3))
+    layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return layer
+
+
+def assemble_model(cc: dict, head, backbone=None):
+    """raw RGB (B, S, S, 3) float 0..255 -> probabilities (B, C): preprocessing, backbone and head in one model."""
+    tensorflow()
+    import keras
+
+    backbone = backbone if backbone is not None else rebuild_backbone(cc)
+    size = int(cc["input_size"])
+    inputs = keras.Input((size, size, 3), name="image")
+    x = preprocess_layer(cc["backbone"])(inputs)  # (B, S, S, 3) what the backbone expects
+    # training=False documents the intent; on its own it does not protect BN statistics in Keras 3 (fit's
+    # training=True overrides the recorded argument of nested models), so `unfreeze` also freezes every BN layer.
+    feats = backbone(x, training=False)  # (B, D)
+    return keras.Model(inputs, head(feats), name=f"{cc['backbone']}_classifier")
+
+
+def unfreeze(backbone, name: str, n: int | str) -> dict:
+    """Train the top `n` layer groups of the backbone; freeze the rest and every BatchNormalization layer.
+
+    A BN layer with trainable=False runs in inference mode in Keras 3: its moving statistics (ImageNet's) are
+    used and never updated by small, class-skewed fine-tuning batches (the known InceptionV3/ResNet failure)."""
+    tensorflow()
+    import keras
+
+    groups = layer_groups(backbone, get_spec(name))
+    k = len(groups) if n == "all" else int(n)
+    if k > len(groups):
+        raise InputError(f"--unfreeze {k} is more than the {len(groups)} layer groups of {name}; "
+                         f"pass at most {len(groups)} or 'all'")
+    backbone.trainable = True
+    for group in groups[:len(groups) - k]:
+        for layer in group:
+            layer.trainable = False
+    bn = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bn:
+        layer.trainable = False
+    top = groups[len(groups) - k:]
+    return {"groups": k, "of": len(groups), "frozen_batchnorm_layers": len(bn),
+            "first_unfrozen_layer": top[0][0].name if top else None,
+            "trainable_weights": int(sum(np.prod(w.shape) for w in backbone.trainable_weights))}
 
 
 @dataclass
