@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 from .cache import CacheConfig, load_cache
 from .errors import CacheMismatchError, InputError
 from .heads import predict_proba
-from .runs import _predictions_frame, load_run, require_views, sha256_file, tta_proba
+from .runs import _finish_dir, _predictions_frame, _prepare_dir, load_run, require_views, sha256_file, tta_proba
 from .splits import load_split
 
 
@@ -80,9 +79,7 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
     metrics = compute_metrics(y[rows], proba, names, train_labels=y_train)
 
     out = run_dir / ("eval-" + (path.stem if external else "test"))
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = _prepare_dir(out, overwrite=True)  # an evaluation is derived: the newest replaces the last
     (tmp / "metrics.json").write_text(json.dumps({"cache": str(path.resolve()), "external": external, "tta": tta,
                                                  "unmapped_classes": unmapped_counts, "notes": notes,
                                                  "metrics": metrics}, indent=2))
@@ -90,8 +87,7 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
     _predictions_frame(shown, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)
     plot_confusion(metrics["confusion_matrix"], names, tmp / "confusion.png",
                    title=f"{'external: ' + path.stem if external else 'test split'}, {metrics['n']} images")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    _finish_dir(tmp, out)
     return EvalResult(out, metrics, path, external, unmapped_counts, notes)
 
 
