@@ -132,12 +132,12 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
                 if old["views"] < n_views:
                     view_todo.setdefault(old["views"] + 1, []).append((entry, sha))
             elif sha in by_sha and old is None and n_views == 0:
-                reused.append((entry, sha))
+                reused.append((entry, sha, by_sha[sha]))
             else:
                 todo.append((entry, sha))
         if opts.strict and unreadable:
             raise ImageDecodeError(f"{unreadable[0][0]}: {unreadable[0][1]} (--strict)")
-        _journal_metadata(writer, updates, reused, unreadable, existing)
+        _journal_metadata(writer, updates, reused, unreadable)
         summary.reused = len(reused)
         summary.failed.extend((p, r) for p, r, _ in unreadable)
         if todo or view_todo:
@@ -154,14 +154,12 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
     return summary
 
 
-def _journal_metadata(writer: CacheWriter, updates, reused, unreadable, existing) -> None:
+def _journal_metadata(writer: CacheWriter, updates, reused, unreadable) -> None:
     """Rows that need no inference: label/group changes, and images whose bytes are cached under another id."""
     rows, feats = list(updates), [np.zeros(writer.config.num_features, np.float32)] * len(updates)
-    by_sha = {v["sha256"]: v for v in existing.values()}
-    for entry, sha in reused:
-        src = by_sha[sha]
+    for entry, sha, src_row in reused:
         rows.append(_row(entry, sha))
-        feats.append(writer.cached_features(src["row"]).astype(np.float32))
+        feats.append(writer.cached_features(src_row).astype(np.float32))
     if rows or unreadable:
         writer.write_batch(rows, np.stack(feats) if feats else None, unreadable)
 

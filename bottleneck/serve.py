@@ -23,6 +23,7 @@ from .backbones import create_backbone, file_sha256, get_spec, layer_groups
 from .errors import BottleneckError, ImageDecodeError, InputError, WeightsError
 from .images import load_image
 from .tfimport import tensorflow
+from .views import DIHEDRAL
 
 FORMATS = ("keras", "savedmodel", "tflite")
 # Probabilities of the exported model against the reference. A head run's reference is the head on the cached
@@ -30,7 +31,7 @@ FORMATS = ("keras", "savedmodel", "tflite")
 # its own model.keras on the same float32 pixels, where only conversion (SavedModel/TFLite) can differ.
 HEAD_RUN_ATOL = 2e-2
 FINETUNE_RUN_ATOL = 1e-3
-DIHEDRAL_VIEWS = 8
+DIHEDRAL_VIEWS = DIHEDRAL + 1  # identity plus the 7 stored-view transforms of views.py
 
 
 def read_run(run: Path) -> dict:
