@@ -6,15 +6,15 @@ layer groups fine-tuning may unfreeze) lives in one entry here; the rest of the 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .tfimport import tensorflow
 from .errors import InputError, WeightsError
+from .files import sha256_file
+from .tfimport import tensorflow
 
 POOLINGS = ("avg", "max")
 
@@ -92,14 +92,6 @@ class WeightsRef:
         return "imagenet"
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def parse_weights(value: str) -> WeightsRef:
     """Validate `--weights` first and echo the bad value, as Keras does."""
     low = value.strip().lower()
@@ -110,7 +102,7 @@ def parse_weights(value: str) -> WeightsRef:
         raise WeightsError(
             f"--weights should be 'imagenet', 'none' or the path to a weights file; received {value!r} "
             "(no such file)")
-    return WeightsRef("file", str(path.resolve()), file_sha256(path))
+    return WeightsRef("file", str(path.resolve()), sha256_file(path))
 
 
 def resolve_size(spec: BackboneSpec, image_size: int | None) -> int:

@@ -10,7 +10,10 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,7 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import CacheConfig
+from .cache_write import CacheWriter
+from .dataset import build_index
+from .demo import make_demo_dataset
+from .errors import InputError
+from .extract import ExtractOptions, extract
+from .heads import HeadConfig, fit_head
+from .runs import RunOptions, train_head_run
+from .sweep import SweepOptions, expand_grid, run_sweep
 from .tfimport import tensorflow
+
+
+PARTS = ("head", "run", "extract", "sweep", "views")
 
 
 @dataclass(frozen=True)
@@ -47,9 +62,6 @@ def synthetic_features(rows: int, dim: int, classes: int, seed: int = 0):
 
 
 def write_synthetic_cache(path: Path, opts: BenchOptions) -> Path:
-    from .cache import CacheConfig
-    from .cache_write import CacheWriter
-
     x, y, groups = synthetic_features(opts.rows, opts.dim, opts.classes, opts.seed)
     names = [f"class{c}" for c in range(opts.classes)]
     config = CacheConfig(backbone="synthetic", weights="none", weights_sha256="", seed=opts.seed, input_size=0,
@@ -66,9 +78,7 @@ def write_synthetic_cache(path: Path, opts: BenchOptions) -> Path:
 def bench_head_epoch(opts: BenchOptions) -> dict:
     """Median seconds per epoch of the default head (no early stop), first epoch (tracing) reported apart."""
     tensorflow()
-    import keras
-
-    from .heads import HeadConfig, train_head
+    import keras  # after tensorflow(): its import is the slow, noisy part of start-up
 
     x, y, _ = synthetic_features(opts.rows, opts.dim, opts.classes, opts.seed)
     x = x.astype(np.float32)
@@ -83,16 +93,13 @@ def bench_head_epoch(opts: BenchOptions) -> dict:
             times.append(time.perf_counter() - self.t)
 
     cfg = HeadConfig(epochs=opts.epochs, patience=opts.epochs + 1)
-    train_head(x[n_val:], y[n_val:], x[:n_val], y[:n_val], opts.classes, cfg, callbacks=[Timer()])
+    fit_head(x[n_val:], y[n_val:], x[:n_val], y[:n_val], opts.classes, cfg, callbacks=[Timer()])
     steady = times[1:] or times
     return {"rows": opts.rows - n_val, "dim": opts.dim, "epochs": len(times), "first_epoch_s": times[0],
             "epoch_s": float(np.median(steady))}
 
 
 def bench_train_head_run(opts: BenchOptions, workdir: Path) -> dict:
-    from .heads import HeadConfig
-    from .runs import RunOptions, train_head_run
-
     cache = write_synthetic_cache(workdir / "bench.h5", opts)
     start = time.perf_counter()
     r = train_head_run(cache, HeadConfig(), RunOptions(out=workdir / "run", progress=False))
@@ -104,10 +111,6 @@ def bench_train_head_run(opts: BenchOptions, workdir: Path) -> dict:
 def bench_extraction(opts: BenchOptions, workdir: Path) -> dict:
     """A real extraction of `images` synthetic 600x450 JPEGs (HAM10000's size) with a seeded random backbone
     (compute is the same as with ImageNet weights)."""
-    from .dataset import build_index
-    from .demo import make_demo_dataset
-    from .extract import ExtractOptions, extract
-
     per_class = max(1, opts.images // 4)  # the demo gives nv twice as many: 4 x per_class images
     ds = make_demo_dataset(workdir / "images", images_per_class=per_class, image_size=600, seed=opts.seed)
     index = build_index(ds.root)
@@ -120,13 +123,6 @@ def bench_extraction(opts: BenchOptions, workdir: Path) -> dict:
 def bench_sweep(opts: BenchOptions, workdir: Path, commands: int = 2) -> dict:
     """A 16-configuration sweep against 16 x one in-process head and 16 separate `train-head` commands
     (`commands` of them are run and timed; the figure is their mean x 16)."""
-    import subprocess
-    import sys
-
-    from .heads import HeadConfig
-    from .runs import RunOptions, train_head_run
-    from .sweep import SweepOptions, expand_grid, run_sweep
-
     cache = workdir / "bench.h5"
     if not cache.exists():
         write_synthetic_cache(cache, opts)
@@ -153,10 +149,6 @@ def bench_sweep(opts: BenchOptions, workdir: Path, commands: int = 2) -> dict:
 
 def bench_views(opts: BenchOptions, workdir: Path, n_views: int = 7) -> dict:
     """Extraction cost of N stored views relative to the plain view alone, and disk size per view."""
-    from .dataset import build_index
-    from .demo import make_demo_dataset
-    from .extract import ExtractOptions, extract
-
     ds = make_demo_dataset(workdir / "view-images", images_per_class=max(1, opts.images // 4), image_size=600,
                            seed=opts.seed)
     index = build_index(ds.root)
@@ -171,9 +163,12 @@ def bench_views(opts: BenchOptions, workdir: Path, n_views: int = 7) -> dict:
             "bytes_per_view_per_image": (sizev - size0) / (n * n_views)}
 
 
-def run_bench(opts: BenchOptions = BenchOptions(), parts=("head", "run", "extract", "sweep", "views")) -> dict:
+def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
+    """The figures of the chosen `parts` (see PARTS), measured in one temporary folder, plus the machine."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise InputError(f"--part should be head, run, extract, sweep or views; received {', '.join(sorted(unknown))}")
     tf = tensorflow()
-    import os
 
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
                                 f"{len(tf.config.list_physical_devices('GPU'))} GPU, TensorFlow {tf.__version__}"}

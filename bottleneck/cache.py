@@ -6,10 +6,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 
-from .tfimport import tensorflow
+from . import __version__
 from .errors import CacheError
+from .tfimport import tensorflow
+from .views import view_names
 
 SCHEMA_VERSION = 1
 ROW_FIELDS = ("image_id", "path", "group", "sha256")  # string columns, one per row
@@ -57,11 +60,8 @@ class CacheConfig:
 
 
 def library_versions() -> dict[str, str]:
-    import h5py
     tf = tensorflow()
-    import keras
-
-    from . import __version__
+    import keras  # after tensorflow(): its import is the slow, noisy part of start-up
 
     return {"bottleneck": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
             "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "numpy": np.__version__}
@@ -93,19 +93,15 @@ class CacheData:
         return Path(self.attrs.get("root", ""))
 
 
-def _str_dtype():
-    import h5py
-
-    return h5py.string_dtype("utf-8")
+STRING_DTYPE = h5py.string_dtype("utf-8")  # every string column of a cache
 
 
-def _decode(values) -> np.ndarray:
+def decode_strings(values) -> np.ndarray:
+    """An HDF5 string column (bytes or str) -> an object array of str."""
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
 
 def read_attrs(path: Path) -> dict:
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
@@ -113,7 +109,8 @@ def read_attrs(path: Path) -> dict:
         raise CacheError(f"cannot open cache {path}: {exc}; is it an HDF5 file written by bottleneck?") from None
 
 
-def _check_readable(path: Path) -> None:
+def check_readable(path: Path) -> None:
+    """Refuse a missing file, a file that is not a bottleneck cache, or one of a newer schema."""
     if not path.exists():
         raise CacheError(f"cache {path} does not exist; create it with `bottleneck extract DATA --cache {path}`")
     attrs = read_attrs(path)
@@ -128,25 +125,21 @@ def _check_readable(path: Path) -> None:
 def load_cache(path: str | Path, dtype=np.float32, features: bool = True) -> CacheData:
     """Read a whole cache into memory (features as `dtype`, or an empty (0, D) array when `features` is
     False, for callers that need only the rows); never touches an image."""
-    import h5py
-
     path = Path(path)
-    _check_readable(path)
+    check_readable(path)
     with h5py.File(path, "r") as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         n = int(attrs["n_rows"])
         return CacheData(
             path=path, config=CacheConfig.from_attrs(attrs), class_names=json.loads(attrs["class_names"]),
             features=(f["features"][:n] if features else np.zeros((0, f["features"].shape[1]))).astype(dtype), labels=f["label"][:n].astype(np.int32),
-            image_ids=_decode(f["image_id"][:n]), paths=_decode(f["path"][:n]), groups=_decode(f["group"][:n]),
-            sha256=_decode(f["sha256"][:n]), sizes=f["orig_size"][:n].astype(np.int32), attrs=attrs,
+            image_ids=decode_strings(f["image_id"][:n]), paths=decode_strings(f["path"][:n]), groups=decode_strings(f["group"][:n]),
+            sha256=decode_strings(f["sha256"][:n]), sizes=f["orig_size"][:n].astype(np.int32), attrs=attrs,
             views_ok=f["views_ok"][:n].astype(bool) if "views_ok" in f else np.zeros(n, bool))
 
 
 def read_views(path: str | Path, rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
     """Stored views (len(rows), V, D) of the given rows (all rows when None), read in row order."""
-    import h5py
-
     with h5py.File(path, "r") as f:
         if "views" not in f:
             raise CacheError(f"cache {path} holds no augmented views; extract with --views N to add them")
@@ -161,12 +154,11 @@ def read_views(path: str | Path, rows: np.ndarray | None = None, dtype=np.float3
 
 
 def read_failed(path: str | Path) -> list[tuple[str, str]]:
-    import h5py
-
+    """(relative path, reason) of every image the cache records as failed."""
     with h5py.File(path, "r") as f:
         if "failed" not in f:
             return []
-        return list(zip(_decode(f["failed/path"][:]), _decode(f["failed/reason"][:])))
+        return list(zip(decode_strings(f["failed/path"][:]), decode_strings(f["failed/reason"][:])))
 
 
 def journal_dir(path: Path) -> Path:
@@ -180,8 +172,6 @@ def pending_batches(path: Path) -> list[Path]:
 
 def describe_cache(path: str | Path) -> dict:
     """What `bottleneck info` shows: configuration, counts per class, failed images, pending batches."""
-    from .views import view_names
-
     path = Path(path)
     if not path.exists() and pending_batches(path):
         raise CacheError(f"cache {path} has only journaled batches from an interrupted first run; "

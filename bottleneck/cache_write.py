@@ -9,6 +9,7 @@ half-written file, plus journal batches that the next writer applies first.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -16,11 +17,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import h5py
 import numpy as np
 
-from .cache import (ROW_FIELDS, SCHEMA_VERSION, CacheConfig, _check_readable, _decode, _str_dtype, journal_dir,
-                    library_versions, load_cache, pending_batches, read_attrs, read_failed, read_views)
-from .errors import CacheError, CacheLockedError, CacheMismatchError
+from .cache import (ROW_FIELDS, SCHEMA_VERSION, STRING_DTYPE, CacheConfig, check_readable, decode_strings,
+                    journal_dir, library_versions, load_cache, pending_batches, read_attrs, read_failed, read_views)
+from .errors import CacheError, CacheLockedError, CacheMismatchError, InputError
+from .files import write_text_atomic
 
 
 class CacheWriter:
@@ -61,8 +64,6 @@ class CacheWriter:
         return self.path.with_name(self.path.name + ".lock")
 
     def _acquire_lock(self) -> None:
-        import fcntl
-
         lock = self._lock_path()
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -86,7 +87,7 @@ class CacheWriter:
     def check_config(self) -> None:
         existing = None
         if self.path.exists():
-            _check_readable(self.path)
+            check_readable(self.path)
             existing = CacheConfig.from_attrs(read_attrs(self.path))
         else:
             meta = journal_dir(self.path) / "config.json"
@@ -116,8 +117,6 @@ class CacheWriter:
         return int(read_attrs(self.path).get("views", 0)) if self.path.exists() else 0
 
     def cached_features(self, row: int) -> np.ndarray:
-        import h5py
-
         with h5py.File(self.path, "r") as f:
             return f["features"][row]
 
@@ -131,7 +130,7 @@ class CacheWriter:
         j = journal_dir(self.path)
         if not j.is_dir():
             j.mkdir(parents=True)
-            _atomic_write_text(j / "config.json", json.dumps(asdict(self.config)))
+            write_text_atomic(j / "config.json", json.dumps(asdict(self.config)))
         self._seq += 1  # the journal is empty on entry: __enter__ committed what an earlier run left
         n = len(rows)
         if features is None:
@@ -149,7 +148,7 @@ class CacheWriter:
                    else np.asarray(views, dtype=self.config.dtype)),
         )
         target = j / f"batch-{self._seq:08d}.npz"
-        tmp = target.with_suffix(".tmp.npz")
+        tmp = target.with_name(target.name + ".tmp")  # not matched by pending_batches' batch-*.npz
         with open(tmp, "wb") as fh:
             np.savez(fh, **payload)
             fh.flush()
@@ -176,29 +175,21 @@ class CacheWriter:
         return added
 
     def _create(self, path: Path) -> None:
-        import h5py
-
         d = self.config.num_features
         chunk_rows = max(1, min(1024, (1 << 20) // (d * np.dtype(self.config.dtype).itemsize)))  # ~1 MiB chunks
         with h5py.File(path, "w") as f:
             f.create_dataset("features", (0, d), maxshape=(None, d), dtype=self.config.dtype,
                              chunks=(chunk_rows, d))
             for name in ROW_FIELDS:
-                f.create_dataset(name, (0,), maxshape=(None,), dtype=_str_dtype(), chunks=(4096,))
+                f.create_dataset(name, (0,), maxshape=(None,), dtype=STRING_DTYPE, chunks=(4096,))
             f.create_dataset("label", (0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
             f.create_dataset("orig_size", (0, 2), maxshape=(None, 2), dtype=np.int32, chunks=(4096, 2))
             for name in ("path", "reason", "sha256"):
-                f.create_dataset(f"failed/{name}", (0,), maxshape=(None,), dtype=_str_dtype(), chunks=(1024,))
+                f.create_dataset(f"failed/{name}", (0,), maxshape=(None,), dtype=STRING_DTYPE, chunks=(1024,))
             f.attrs.update({k: v for k, v in asdict(self.config).items()})
             f.attrs.update(schema_version=SCHEMA_VERSION, n_rows=0, class_names="[]",
                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            library_versions=json.dumps(library_versions()))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _append(ds, values) -> None:
@@ -208,17 +199,15 @@ def _append(ds, values) -> None:
 
 
 def _apply_batches(path: Path, batches: list[Path], info: dict, class_names: tuple[str, ...]) -> int:
-    import h5py
-
     added = 0
     with h5py.File(path, "r+") as f:
         n = int(f.attrs["n_rows"])
         classes = json.loads(f.attrs["class_names"])
         # New class names are appended, never inserted, so label indices already stored stay valid.
         classes.extend(c for c in class_names if c not in classes)
-        index = {k: i for i, k in enumerate(_decode(f["image_id"][:n]))}
-        failed = dict(zip(_decode(f["failed/path"][:]), zip(_decode(f["failed/reason"][:]),
-                                                             _decode(f["failed/sha256"][:]))))
+        index = {k: i for i, k in enumerate(decode_strings(f["image_id"][:n]))}
+        failed = dict(zip(decode_strings(f["failed/path"][:]), zip(decode_strings(f["failed/reason"][:]),
+                                                             decode_strings(f["failed/sha256"][:]))))
         for batch in batches:
             with np.load(batch) as b:
                 b = {k: b[k] for k in b.files}
@@ -304,11 +293,14 @@ def _store_views(f, n: int, rows: list[int], views: np.ndarray, lo: int) -> None
     f.attrs["views"] = want
 
 
-def merge_caches(shards: list[str | Path], out: str | Path, batch_rows: int = 4096) -> int:
+def merge_caches(shards: list[str | Path], out: str | Path, batch_rows: int = 4096, virtual: bool = False) -> int:
     """Merge caches of one configuration (e.g. `extract --shard I/N` outputs) into `out`; returns its rows.
 
     Rows are keyed by image id, so merging the same shard twice, or into an existing cache, adds nothing
     twice. Views are merged when every shard has the same number."""
+    if virtual:
+        raise InputError("--virtual is not available in this version; drop it to merge by copying (rows are keyed "
+                         "by id)")
     shards = [Path(s) for s in shards]
     if not shards:
         raise CacheError("merge needs at least one shard cache")

@@ -6,12 +6,13 @@ reads its labels and groups from the cache, not from here.
 
 from __future__ import annotations
 
-import os
+import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import InputError
+from .files import is_hidden, walk_files
 from .images import IMAGE_EXTENSIONS, sniff_format
 
 ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
@@ -37,19 +38,6 @@ class DatasetIndex:
     rows_without_image: tuple[str, ...] = ()  # CSV ids with no image file
     images_without_row: tuple[str, ...] = ()  # image files (relative) no CSV row names
     ignored_files: tuple[str, ...] = field(default=())  # files outside class folders
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name in ("Thumbs.db", "desktop.ini", "__MACOSX")
-
-
-def _walk_files(root: Path) -> list[Path]:
-    """Every non-hidden regular file under root, in a stable order."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not _is_hidden(f))
-    return out
 
 
 def _looks_like_image(path: Path) -> bool:
@@ -100,7 +88,7 @@ def _find_known_csv(root: Path) -> Path | None:
 
 
 def _index_from_folders(root: Path) -> DatasetIndex:
-    children = [p for p in sorted(root.iterdir()) if not _is_hidden(p.name)]
+    children = [p for p in sorted(root.iterdir()) if not is_hidden(p.name)]
     if not children:
         raise InputError(f"data folder {root} is empty; expected class subfolders ({root}/<class>/*.jpg) "
                          "or an image folder with --metadata CSV")
@@ -109,7 +97,7 @@ def _index_from_folders(root: Path) -> DatasetIndex:
     entries: list[Entry] = []
     if class_dirs:
         for cdir in class_dirs:
-            for path in _walk_files(cdir):
+            for path in walk_files(cdir):
                 rel = path.relative_to(root).as_posix()
                 entries.append(Entry(rel, path, rel, cdir.name))
         ignored = tuple(p.name for p in top_files)
@@ -138,7 +126,7 @@ def _detect_format(columns: set[str]) -> tuple[str, dict]:
 
 
 def _read_csv(path: Path):
-    import pandas as pd
+    import pandas as pd  # 0.5 s of import: only indexing a CSV pays it, not every command's start-up
 
     if not path.is_file():
         raise InputError(f"metadata CSV {path} does not exist")
@@ -208,7 +196,7 @@ class _ImageFinder:
 
     def __init__(self, root: Path):
         self.root = root
-        self.images = [p for p in _walk_files(root) if p.suffix.lower() in IMAGE_EXTENSIONS or not p.suffix]
+        self.images = [p for p in walk_files(root) if p.suffix.lower() in IMAGE_EXTENSIONS or not p.suffix]
         self.by_name: dict[str, list[Path]] = {}
         self.by_stem: dict[str, list[Path]] = {}
         for p in self.images:
@@ -239,9 +227,6 @@ class _ImageFinder:
 def select_shard(index: DatasetIndex, shard: str) -> DatasetIndex:
     """Keep shard I of N (`--shard I/N`, 0-based): a stable hash of the image id decides, so every machine
     computes the same partition without talking to the others, and shards can be merged later."""
-    import hashlib
-    from dataclasses import replace
-
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
     if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
         raise InputError(f"--shard should be I/N with 0 <= I < N, e.g. 0/4; received {shard!r}")

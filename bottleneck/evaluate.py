@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .cache import CacheConfig, load_cache
 from .errors import CacheMismatchError, InputError
+from .files import sha256_file
 from .heads import predict_proba
-from .runs import _finish_dir, _predictions_frame, _prepare_dir, load_run, require_views, sha256_file, tta_proba
+from .metrics import compute_metrics
+from .plots import plot_confusion
+from .rundir import load_run, predictions_frame, staged, write_json
+from .runs import require_views, tta_proba
 from .splits import load_split
 
 
@@ -34,9 +37,8 @@ def map_classes(run_classes: list[str], cache_classes: list[str]) -> tuple[np.nd
 
 
 def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool = False) -> EvalResult:
-    from .metrics import compute_metrics
-    from .plots import plot_confusion
-
+    """The run's head on its own test split, or on every labeled image of another cache (external data);
+    written to RUN/eval-test/ or RUN/eval-<cache>/, replacing the previous evaluation of the same data."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run {run_dir} does not exist; pass a directory made by `bottleneck train-head`")
@@ -79,19 +81,11 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
     metrics = compute_metrics(y[rows], proba, names, train_labels=y_train)
 
     out = run_dir / ("eval-" + (path.stem if external else "test"))
-    tmp = _prepare_dir(out, overwrite=True)  # an evaluation is derived: the newest replaces the last
-    (tmp / "metrics.json").write_text(json.dumps({"cache": str(path.resolve()), "external": external, "tta": tta,
-                                                 "unmapped_classes": unmapped_counts, "notes": notes,
-                                                 "metrics": metrics}, indent=2))
-    shown = data if not external else _relabel(data, y)
-    _predictions_frame(shown, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)
-    plot_confusion(metrics["confusion_matrix"], names, tmp / "confusion.png",
-                   title=f"{'external: ' + path.stem if external else 'test split'}, {metrics['n']} images")
-    _finish_dir(tmp, out)
+    with staged(out, overwrite=True) as tmp:  # an evaluation is derived: the newest replaces the last
+        write_json(tmp / "metrics.json", {"cache": str(path.resolve()), "external": external, "tta": tta,
+                                          "unmapped_classes": unmapped_counts, "notes": notes, "metrics": metrics})
+        shown = data if not external else replace(data, labels=y.astype(np.int32))  # labels in the run's classes
+        predictions_frame(shown, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)
+        plot_confusion(metrics["confusion_matrix"], names, tmp / "confusion.png",
+                       title=f"{'external: ' + path.stem if external else 'test split'}, {metrics['n']} images")
     return EvalResult(out, metrics, path, external, unmapped_counts, notes)
-
-
-def _relabel(data, y):
-    from dataclasses import replace
-
-    return replace(data, labels=y.astype(np.int32))

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,12 +18,14 @@ from .backbones import POOLINGS, create_backbone, get_spec, parse_weights, resol
 from .cache import CacheConfig, read_attrs
 from .cache_write import CacheWriter
 from .dataset import DatasetIndex, Entry
-from .tfimport import tensorflow
 from .errors import ImageDecodeError, InputError
-from .images import load_image
+from .files import sha256_file
+from .image_data import inference_batches, pad_batch
+from .tfimport import tensorflow
 from .views import apply_view, check_views, seeds_for
 
 DTYPES = ("float16", "float32")
+ENGINES = ("local",)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,13 @@ class ExtractSummary:
         return self.extracted / busy if busy > 0 else 0.0
 
 
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise InputError(f"--engine {engine!r} is not available; use --engine local (shard with --shard I/N for "
+                         "many machines)")
+    return engine
+
+
 def make_config(opts: ExtractOptions) -> CacheConfig:
     spec = get_spec(opts.backbone)
     if opts.dtype not in DTYPES:
@@ -88,7 +96,7 @@ def default_cache_path(index: DatasetIndex, config: CacheConfig, cache_dir: Path
 def _sha256(path: Path) -> tuple[str, str]:
     """(sha256, "") or ("", reason) when the file cannot be read."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest(), ""
+        return sha256_file(path), ""
     except OSError as exc:
         return "", f"cannot read file: {exc.strerror or exc}"
 
@@ -181,25 +189,7 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
     plain = ks[0] == 0
     n_views = ks[-1] if ks[-1] > 0 else 0
     size, bs = config.input_size, opts.batch_size
-    paths = [str(e.path) for e, _ in todo]
-
-    def load(i):
-        try:
-            pixels, (w, h) = load_image(paths[int(i)], size)
-            return pixels, np.int32(w), np.int32(h), b""
-        except ImageDecodeError as exc:
-            return np.zeros((size, size, 3), np.uint8), np.int32(0), np.int32(0), str(exc).encode()
-
-    def tf_load(i):
-        pixels, w, h, err = tf.numpy_function(load, [i], [tf.uint8, tf.int32, tf.int32, tf.string],
-                                              stateful=False)
-        pixels.set_shape((size, size, 3))
-        return pixels, w, h, err
-
-    ds = (tf.data.Dataset.range(len(todo))
-          .map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .batch(bs)
-          .prefetch(tf.data.AUTOTUNE))
+    batches = inference_batches([str(e.path) for e, _ in todo], size, bs)
 
     @tf.function(reduce_retracing=True)
     def infer(x, seeds):  # (B, S, S, 3) uint8 -> (B, len(ks), D) float32: every view in one backbone call
@@ -211,12 +201,10 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
     bar = tqdm(total=len(todo), desc=f"extract {config.backbone}", unit="img", disable=not opts.progress,
                smoothing=0.1)
     done = 0
-    for pixels, w, h, err in ds:
+    for pixels, w, h, err in batches:
         n = int(pixels.shape[0])
-        if n < bs:  # pad the last batch so every call has one shape: no retrace, same numerics
-            pixels = tf.concat([pixels, tf.zeros((bs - n, size, size, 3), tf.uint8)], axis=0)
         seeds = seeds_for([todo[done + j][1] for j in range(n)] + ["0"] * (bs - n), config.seed)
-        out = infer(pixels, seeds).numpy()[:n]  # (n, len(ks), D)
+        out = infer(pad_batch(pixels, bs), seeds).numpy()[:n]  # (n, len(ks), D)
         if not done:
             _check_dtype_range(out, config)
         rows, keep, failed = [], [], []

@@ -5,6 +5,7 @@ Everything here works on in-memory feature arrays; no image is ever opened.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from .errors import InputError
 from .tfimport import tensorflow
 
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")  # of heads and of fine-tuning: see make_optimizer
 CLASS_WEIGHTS = ("balanced", "none")
 
 
@@ -86,13 +87,25 @@ def build_head(num_features: int, num_classes: int, cfg: HeadConfig, x_train: np
     layers.append(keras.layers.Dense(num_classes, activation="softmax", name="probabilities"))
     model = keras.Sequential(layers, name="head")
     schedule = keras.optimizers.schedules.ExponentialDecay(cfg.lr, cfg.decay_steps, cfg.decay_rate)
-    optimizer = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
-                 "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9)}[cfg.optimizer]
     # Several steps per tf.function call: the head is so small that per-step Python overhead is a
     # large share of an epoch (measured ~15% faster on 2 cores, see docs/benchmarks.md).
-    model.compile(optimizer=optimizer(learning_rate=schedule), loss="sparse_categorical_crossentropy",
+    model.compile(optimizer=make_optimizer(cfg.optimizer, schedule), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=8)
     return model
+
+
+def make_optimizer(name: str, learning_rate):
+    """A Keras optimizer by its `--optimizer` name; `learning_rate` is a float or a schedule."""
+    tensorflow()
+    import keras
+
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=learning_rate)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
+    raise InputError(f"--optimizer should be one of {', '.join(OPTIMIZERS)}; received {name!r}")
 
 
 def class_weights(y: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
@@ -114,14 +127,12 @@ class TrainedHead:
     seconds: float
 
 
-def train_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, verbose: int = 0,
-               callbacks=(), batches=None) -> TrainedHead:
+def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, verbose: int = 0,
+             callbacks=(), batches=None) -> TrainedHead:
     """Fit a head with early stopping on validation loss; same seed and machine give the same weights.
 
     `batches`: a Keras PyDataset to train from instead of (x_train, y_train), e.g. one that draws stored
     augmented views; x_train still provides the standardisation statistics (plain training features)."""
-    import time
-
     tensorflow()
     import keras
 

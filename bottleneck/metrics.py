@@ -9,9 +9,11 @@ Pure numpy/scikit-learn: no TensorFlow here, so metrics can be recomputed from `
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 from .errors import InputError
+
+# scikit-learn is imported inside the functions that use it: importing it costs ~1-2 s, which every command
+# (`bottleneck --help`, `info`) would otherwise pay at start-up through the CLI's imports.
 
 MELANOMA_NAMES = ("mel", "melanoma", "MEL")  # match case-insensitively on the class name
 _MELANOMA_FOLDED = {n.casefold() for n in MELANOMA_NAMES}
@@ -69,6 +71,8 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float | None:
     # One-vs-rest AUC is undefined without both positives and negatives; None keeps the JSON NaN-free.
     if positive.all() or not positive.any():
         return None
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(positive, score))
 
 
@@ -96,6 +100,7 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str
     c = len(class_names)
     labels = list(range(c))
     pred = p.argmax(axis=1)  # (N,) predicted class index
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     per_class = {n: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
@@ -124,8 +129,20 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str
             "melanoma": _melanoma(y, pred, class_names)}
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def fmt(v, digits: int = 3) -> str:
+    """A metric for a table: fixed decimals, "-" when undefined."""
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def evaluate_splits(y: np.ndarray, proba: np.ndarray, split_of_rows: np.ndarray, class_names, y_train,
+                    splits=("val", "test")) -> dict:
+    """`compute_metrics` per split name of `splits` that has rows; y, proba and split_of_rows are row-aligned."""
+    out = {}
+    for s in splits:
+        m = split_of_rows == s
+        if m.any():
+            out[s] = compute_metrics(y[m], proba[m], class_names, train_labels=y_train)
+    return out
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -138,9 +155,9 @@ def format_table(results: dict[str, dict]) -> str:
     for split, m in results.items():
         mel = m.get("melanoma") or {}
         base = m.get("majority_baseline") or {}
-        rows.append([str(split), str(m.get("n", "-")), _fmt(m.get("accuracy")), _fmt(m.get("balanced_accuracy")),
-                     _fmt(m.get("roc_auc_macro")), _fmt(mel.get("sensitivity")), _fmt(mel.get("specificity")),
-                     _fmt(base.get("balanced_accuracy"))])
+        rows.append([str(split), str(m.get("n", "-")), fmt(m.get("accuracy")), fmt(m.get("balanced_accuracy")),
+                     fmt(m.get("roc_auc_macro")), fmt(mel.get("sensitivity")), fmt(mel.get("specificity")),
+                     fmt(base.get("balanced_accuracy"))])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r: list[str]) -> str:
@@ -160,6 +177,6 @@ def format_table(results: dict[str, dict]) -> str:
             for m, w in zip(results.values(), sw):
                 pc = (m.get("per_class") or {}).get(name)
                 # Recall of a class with no cases is undefined; sklearn's 0.0 would read as a total miss.
-                cells.append(("-" if pc is None or not pc.get("support") else _fmt(pc.get("recall"))).rjust(w))
+                cells.append(("-" if pc is None or not pc.get("support") else fmt(pc.get("recall"))).rjust(w))
             out.append(name.ljust(cw) + "  " + "  ".join(cells))
     return "\n".join(out)

@@ -1,12 +1,11 @@
-"""`report.md`: the short human-readable summary of a run, written from its config and metrics."""
+"""`report.md`: the short human-readable summary of a run (a head run, or a fine-tune run against its head),
+written from its config and metrics."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-
-def _fmt(v, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+from .metrics import fmt
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -15,7 +14,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
-def write_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
+def write_head_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
     cache, head, split = config["cache"], config["head"], config["split"]
     cc = cache["config"]
     names = cache["class_names"]
@@ -46,17 +45,17 @@ def write_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
         m = metrics[s]
         base = m["majority_baseline"]
         mel = m.get("melanoma") or {}
-        rows.append([s, m["n"], _fmt(m["accuracy"]), _fmt(m["balanced_accuracy"]), _fmt(m["roc_auc_macro"]),
-                     _fmt(base["accuracy"]), _fmt(base["balanced_accuracy"]),
-                     _fmt(mel.get("sensitivity")), _fmt(mel.get("specificity"))])
+        rows.append([s, m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
+                     fmt(base["accuracy"]), fmt(base["balanced_accuracy"]),
+                     fmt(mel.get("sensitivity")), fmt(mel.get("specificity"))])
     lines += _table(["split", "n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
                      "melanoma sens", "melanoma spec"], rows)
     test = metrics["test"]
     lines += ["", "### Class-wise results on the test split", ""]
     lines += _table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
-                    [[n, test["per_class"][n]["support"], _fmt(test["per_class"][n]["precision"]),
-                      _fmt(test["per_class"][n]["recall"]), _fmt(test["per_class"][n]["f1"]),
-                      _fmt(test["roc_auc_per_class"].get(n))] for n in names])
+                    [[n, test["per_class"][n]["support"], fmt(test["per_class"][n]["precision"]),
+                      fmt(test["per_class"][n]["recall"]), fmt(test["per_class"][n]["f1"]),
+                      fmt(test["roc_auc_per_class"].get(n))] for n in names])
     views = config.get("views") or {}
     if views.get("augment") or views.get("tta"):
         lines += ["", "### Augmented views",
@@ -66,8 +65,8 @@ def write_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
                   "The effect, on the same split:", ""]
         comp = metrics.get("views_comparison", {})
         lines += _table(["variant", "test balanced acc", "test accuracy", "test macro AUC", "melanoma sens"],
-                        [[name, _fmt(m["test"]["balanced_accuracy"]), _fmt(m["test"]["accuracy"]),
-                          _fmt(m["test"]["roc_auc_macro"]), _fmt((m["test"].get("melanoma") or {}).get("sensitivity"))]
+                        [[name, fmt(m["test"]["balanced_accuracy"]), fmt(m["test"]["accuracy"]),
+                          fmt(m["test"]["roc_auc_macro"]), fmt((m["test"].get("melanoma") or {}).get("sensitivity"))]
                          for name, m in comp.items()])
     else:
         lines += ["", "Augmented views: not used (plain view for training and evaluation)."]
@@ -81,11 +80,42 @@ def write_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
                f"no early stopping; {config['train_seconds']:.1f} s" if config.get("trained_on") == "train+val" else
                f"- early stopping on validation loss (patience {head['patience']}): best epoch "
                f"{config['best_epoch']} of {config['epochs_run']} run, restored; {config['train_seconds']:.1f} s"),
-              f"- training accuracy {_fmt(metrics['train']['accuracy'])} (compare with validation for overfitting)",
+              f"- training accuracy {fmt(metrics['train']['accuracy'])} (compare with validation for overfitting)",
               "", "![training curves](curves.png)", "", "![confusion matrix, test split](confusion.png)", "",
               "## Files",
               "`config.json` (how to rerun), `split.csv`, `history.csv`, `metrics.json`, `predictions.csv`, "
               "`curves.png`, `confusion.png`, `head.keras`.", "",
+              f"Rerun: `{' '.join(config['command'])}`", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_finetune_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
+    """report.md: head only (the source run) against fine-tuned, on the same test split."""
+    o, u = config["options"], config["unfrozen"]
+
+    def row(label, m):
+        mel = m.get("melanoma") or {}
+        return (f"| {label} | {m['n']} | {fmt(m['accuracy'])} | {fmt(m['balanced_accuracy'])} | "
+                f"{fmt(m['roc_auc_macro'])} | {fmt(mel.get('sensitivity'))} | {fmt(mel.get('specificity'))} |")
+
+    lines = [f"# Fine-tune run `{name}`", "",
+             f"- source run: `{config['source_run']['path']}` (its head, its split)",
+             f"- backbone: {config['cache']['config']['backbone']} at {config['cache']['config']['input_size']} px, "
+             f"top {u['groups']} of {u['of']} layer groups trained, {u['frozen_batchnorm_layers']} BatchNorm layers "
+             "kept frozen (inference mode)",
+             f"- {o['optimizer']} lr {o['lr']}, batch {o['batch_size']}, augment {o['augment']}, early stopping on "
+             f"val loss (patience {o['patience']}): best epoch {config['best_epoch']} of {config['epochs_run']}",
+             "", "## Test split: head only against fine-tuned", "",
+             "| model | n | accuracy | balanced acc | macro AUC | melanoma sens | melanoma spec |",
+             "|---|---|---|---|---|---|---|"]
+    if "test" in metrics.get("head_only", {}):
+        lines.append(row("head only (cached features)", metrics["head_only"]["test"]))
+    lines += [row("fine-tuned (from images)", metrics["test"]), ""]
+    bad = [f for f in config["failed"] if f["split"] == "test"]
+    if bad:
+        lines += [f"{len(bad)} test images could not be read and are left out of the fine-tuned row.", ""]
+    lines += ["![training curves](curves.png)", "", "![confusion matrix, test split](confusion.png)", "",
               f"Rerun: `{' '.join(config['command'])}`", ""]
     path.write_text("\n".join(lines))
     return path

@@ -15,18 +15,21 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import time
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from .cache import CacheData, load_cache
+from .cache import CacheData, load_cache, read_views
 from .errors import InputError
-from .heads import HeadConfig, parse_hidden, predict_proba, train_head
-from .runs import _write_history, fit_and_write, resolve_split, sha256_file
+from .files import sha256_file, write_json_atomic
+from .heads import HeadConfig, fit_head, parse_hidden, predict_proba
+from .metrics import compute_metrics, fmt
+from .rundir import write_history
+from .runs import RunOptions, fit_and_write, require_views, resolve_split
 from .splits import SplitSpec, load_split, save_split
 
 METRICS = ("balanced_accuracy", "accuracy", "roc_auc_macro", "melanoma_sensitivity")
@@ -93,6 +96,24 @@ def load_grid_toml(path: Path) -> dict[str, list]:
     return grid
 
 
+def grid_from_options(grid_file: Path | None = None, listed: dict[str, str | None] | None = None,
+                      hidden: list[str] | None = None, single: dict[str, int | None] | None = None) -> dict[str, list]:
+    """The grid of `bottleneck sweep`: a TOML file's keys, then options, which win over the file.
+
+    listed: comma-separated values per key ("1e-3,3e-4"); hidden: one architecture per item ("512,512");
+    single: one value per key (epochs, patience); None means the option was not given."""
+    values = load_grid_toml(grid_file) if grid_file else {}
+    for key, text in (listed or {}).items():
+        if text is not None:
+            values[key] = parse_values(key, split_list(text))
+    if hidden:
+        values["hidden"] = parse_values("hidden", hidden)
+    for key, value in (single or {}).items():
+        if value is not None:
+            values[key] = parse_values(key, [value])
+    return values
+
+
 def expand_grid(grid: dict[str, list], base: HeadConfig = HeadConfig()) -> list[HeadConfig]:
     """Cartesian product of the grid over `base`, each configuration validated, duplicates dropped."""
     keys = list(grid)
@@ -136,19 +157,13 @@ def make_folds(data: CacheData, split: np.ndarray, k: int, seed: int) -> np.ndar
 
 @dataclass(frozen=True)
 class SweepOptions:
-    out: Path
+    out: Path | None = None  # default: runs/sweep-<cache name>
     folds: int = 0
     metric: str = "balanced_accuracy"
     split: SplitSpec = SplitSpec()
     split_from: Path | None = None
     progress: bool = True
     tta: bool = False  # score validation with probabilities averaged over the stored views
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, np.ndarray | None]:
@@ -168,7 +183,7 @@ def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, n
         out.mkdir(parents=True, exist_ok=True)
         split, _ = resolve_split(data, opts.split, opts.split_from)
         save_split(out / "split.csv", data.image_ids, split)
-        _atomic_json(meta, identity)
+        write_json_atomic(meta, identity)
     folds = make_folds(data, split, opts.folds, opts.split.seed) if opts.folds else None
     return split, folds
 
@@ -176,8 +191,6 @@ def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, n
 def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None, cfg: HeadConfig,
                     views: np.ndarray | None = None) -> dict:
     """Validation scores of one configuration: on the val split, or mean/std over the K folds."""
-    from .metrics import compute_metrics
-
     x, y = data.features, data.labels
     if folds is None:
         parts = [(np.flatnonzero(split == "train"), np.flatnonzero(split == "val"))]
@@ -187,7 +200,7 @@ def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None
     per_fold, history = [], None
     start = time.perf_counter()
     for fit, held in parts:
-        trained = train_head(x[fit], y[fit], x[held], y[held], len(data.class_names), cfg)
+        trained = fit_head(x[fit], y[fit], x[held], y[held], len(data.class_names), cfg)
         history = history or trained.history
         proba = predict_proba(trained.model, x[held])
         if views is not None:  # TTA: mean over the plain view and every stored view
@@ -216,8 +229,8 @@ class SweepResult:
 
 
 def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) -> SweepResult:
-    from tqdm.auto import tqdm
-
+    """Score every configuration off one cache load (resuming a sweep directory), rank them, and retrain the
+    winner on train+val to test it once."""
     if opts.metric not in METRICS:
         raise InputError(f"--metric should be one of {', '.join(METRICS)}; received {opts.metric!r}")
     if opts.folds == 1 or opts.folds < 0:
@@ -225,13 +238,10 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
     if not configs:
         raise InputError("the grid is empty; give values with --lr/--dropout/... or --grid FILE.toml")
     data = load_cache(cache)  # once for the whole sweep
-    out = Path(opts.out)
+    out = Path(opts.out) if opts.out else Path("runs") / f"sweep-{Path(cache).stem}"
     split, folds = _bind(out, data, opts)
     views = None
     if opts.tta:
-        from .cache import read_views
-        from .runs import require_views
-
         require_views(data, np.flatnonzero(split != ""))
         views = read_views(data.path)  # (N, V, D), once for the whole sweep
     results, computed, skipped = [], 0, 0
@@ -244,8 +254,8 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
             continue
         res = evaluate_config(data, split, folds, cfg, views)
         cdir.mkdir(parents=True, exist_ok=True)
-        _write_history(cdir / "history.csv", res.pop("history"))
-        _atomic_json(done, res)  # written last: a config is finished exactly when this file exists
+        write_history(cdir / "history.csv", res.pop("history"))
+        write_json_atomic(done, res)  # written last: a config is finished exactly when this file exists
         results.append(res)
         computed += 1
 
@@ -280,13 +290,10 @@ def _leaderboard(results: list[dict], metric: str, out: Path) -> list[dict]:
 
 
 def format_leaderboard(rows: list[dict], metric: str, top: int | None = None) -> str:
-    def f(v):
-        return "-" if v is None else f"{v:.3f}"
-
     head = f"| rank | {metric}{' (mean ± std)' if any(r['std'] is not None for r in rows) else ''} | hidden | dropout | optimizer | lr | decay | batch | class weight | seed | epochs | id |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows[:top]:
-        score = f(r["score"]) + ("" if r["std"] is None else f" ± {f(r['std'])}")
+        score = fmt(r["score"]) + ("" if r["std"] is None else f" ± {fmt(r['std'])}")
         epochs = "-" if r["best_epoch"] is None else f"{r['best_epoch']:.0f}"
         lines.append(f"| {r['rank']} | {score} | {r['hidden'] or '0'} | {r['dropout']} | "
                      f"{r['optimizer']} | {r['lr']:g} | {r['decay_rate']:g}/{r['decay_steps']} | {r['batch_size']} | "
@@ -305,9 +312,10 @@ def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions
     cfg = HeadConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in best["config"].items()
                         if k in {f.name for f in fields(HeadConfig)}})
     epochs = max(1, int(round(best["summary"]["best_epoch"]["mean"])))
+    run_opts = RunOptions(overwrite=True, progress=opts.progress, tta=opts.tta)
     r = fit_and_write(data, split, json.loads((out / "sweep.json").read_text()) | {"from": str(out)},
-                      replace(cfg, epochs=epochs), best_dir, overwrite=True, progress=opts.progress,
-                      command=["bottleneck", "sweep", str(data.path), "--out", str(out)], final=True, tta=opts.tta,
+                      replace(cfg, epochs=epochs), best_dir, run_opts,
+                      command=["bottleneck", "sweep", str(data.path), "--out", str(out)], final=True,
                       extra_config={"sweep_config_id": best_id, "selected_by": opts.metric,
                                     "validation": best["summary"]})
     return r.run_dir, r.metrics

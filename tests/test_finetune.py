@@ -4,27 +4,25 @@ resume, provenance checks and the CLI's bad-input paths."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import bottleneck.finetune as ft
+import bottleneck.image_data as image_data
 from bottleneck.backbones import REGISTRY, get_spec, layer_groups
 from bottleneck.cache import load_cache
 from bottleneck.cli import app
 from bottleneck.errors import InputError, WeightsError
-from bottleneck.runs import load_run
+from bottleneck.cache import CacheConfig
+from bottleneck.rundir import load_run
 from bottleneck.finetune import FineTuneOptions, fine_tune
-from bottleneck.serve import assemble_model, preprocess_layer, rebuild_backbone, unfreeze
+from bottleneck.classifier import assemble_model, preprocess_layer, rebuild_backbone, unfreeze
 from conftest import TINY, make_ham
 
 runner = CliRunner()
-if "fine-tune" not in [c.name for c in app.registered_commands]:
-    from bottleneck.cli_model import register
-
-    register(app)
 
 # lr 1e-5 as in the default: a random-init VGG16 diverges at 1e-4. No augmentation, so that losses compare.
 OPTS = dict(epochs=3, patience=3, lr=1e-5, batch_size=8, augment=False, progress=False)
@@ -68,16 +66,24 @@ def tuned(ham_run):
     bad_test = sorted(paths["test"])[0]
     with open(bad_test, "wb") as f:
         f.write(b"this is not a JPEG any more")
+    import keras
+
     read: list[str] = []
-    real = ft.load_image
+    training = [True]  # reads until training ends; evaluation, which reads every split, comes after
+    real = image_data.load_image
 
     def recording(path, size=None):
-        read.append(str(path))
+        if training[0]:
+            read.append(str(path))
         return real(path, size)
 
+    class EndOfTraining(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            training[0] = False
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ft, "load_image", recording)  # the training pipeline's loader; evaluation uses serve's
-        r = fine_tune(ham_run["run"], FineTuneOptions(out=ham_run["tmp"] / "ft", **OPTS))
+        mp.setattr(image_data, "load_image", recording)  # the one image pipeline's loader
+        r = fine_tune(ham_run["run"], FineTuneOptions(out=ham_run["tmp"] / "ft", **OPTS), callbacks=[EndOfTraining()])
     return {"result": r, "read": read, "bad_test": bad_test, "paths": paths}
 
 
@@ -117,7 +123,7 @@ def test_fine_tune_leaves_a_run_and_lowers_the_training_loss(ham_run, tuned):
     history = pd.read_csv(d / "history.csv")
     assert history["loss"].iloc[-1] < history["loss"].iloc[0] - 0.02  # it learns the training images
     _, head = load_run(ham_run["run"])
-    before = assemble_model(config["cache"]["config"], head)
+    before = assemble_model(CacheConfig(**config["cache"]["config"]), head)
     assert train_loss(before, ham_run, tuned["paths"]) == pytest.approx(history["loss"].iloc[0], abs=0.05)
 
 
@@ -125,7 +131,7 @@ def test_frozen_groups_stay_and_unfrozen_groups_change(ham_run, tuned):
     import keras
 
     config = json.loads((tuned["result"].run_dir / "config.json").read_text())
-    original = rebuild_backbone(config["cache"]["config"])  # seeded: the same initial weights as fine-tune's
+    original = rebuild_backbone(CacheConfig(**config["cache"]["config"]))  # seeded: the same initial weights as fine-tune's
     tuned_backbone = keras.saving.load_model(tuned["result"].run_dir / "model.keras").get_layer("vgg16")
     groups = layer_groups(original, get_spec("vgg16"))
     for i, group in enumerate(groups):
@@ -157,8 +163,9 @@ def test_batchnorm_statistics_do_not_move(tmp_path):
 
     from bottleneck.heads import HeadConfig, build_head
 
-    cc = dict(backbone="mobilenet_v2", weights="none", weights_sha256="", seed=0, input_size=32, pooling="avg",
-              preprocessing=get_spec("mobilenet_v2").preprocessing)
+    cc = CacheConfig(backbone="mobilenet_v2", weights="none", weights_sha256="", seed=0, input_size=32,
+                     pooling="avg", preprocessing=get_spec("mobilenet_v2").preprocessing, dtype="float32",
+                     num_features=1280)
     backbone = rebuild_backbone(cc)
     model = assemble_model(cc, build_head(1280, 3, HeadConfig(hidden=(4,), standardize=False)), backbone)
     info = unfreeze(backbone, "mobilenet_v2", "all")
@@ -174,9 +181,7 @@ def test_batchnorm_statistics_do_not_move(tmp_path):
     assert not np.array_equal(conv, backbone.get_layer("Conv1").kernel.numpy())  # the backbone did train
 
 
-def test_resume_continues_an_interrupted_fine_tune(ham_run, monkeypatch):
-    import bottleneck.runs as runs
-
+def test_resume_continues_an_interrupted_fine_tune(ham_run):
     import keras
 
     class Interrupt(keras.callbacks.Callback):
@@ -184,12 +189,10 @@ def test_resume_continues_an_interrupted_fine_tune(ham_run, monkeypatch):
             raise KeyboardInterrupt
 
     out = ham_run["tmp"] / "resumed"
-    monkeypatch.setattr(runs, "_epoch_bar", lambda total, enabled, desc="": Interrupt())
     with pytest.raises(KeyboardInterrupt):
-        fine_tune(ham_run["run"], FineTuneOptions(out=out, **{**OPTS, "epochs": 2}))
+        fine_tune(ham_run["run"], FineTuneOptions(out=out, **{**OPTS, "epochs": 2}), callbacks=[Interrupt()])
     tmp = out.with_name(f".{out.name}.tmp")
     assert json.loads((tmp / "progress.json").read_text())["epoch"] == 1 and not out.exists()
-    monkeypatch.undo()
     with pytest.raises(InputError, match="already exists|nothing to resume"):
         fine_tune(ham_run["run"], FineTuneOptions(out=ham_run["tmp"] / "never", resume=True, **OPTS))
     r = fine_tune(ham_run["run"], FineTuneOptions(out=out, resume=True, **{**OPTS, "epochs": 2}))
@@ -199,12 +202,12 @@ def test_resume_continues_an_interrupted_fine_tune(ham_run, monkeypatch):
 def test_a_weights_file_must_have_the_recorded_hash(tmp_path):
     weights = tmp_path / "w.h5"
     weights.write_bytes(b"not the weights the cache was made with")
-    cc = dict(backbone="vgg16", weights=str(weights), weights_sha256="ab" * 32, seed=0, input_size=32,
-              pooling="avg", preprocessing=get_spec("vgg16").preprocessing)
+    cc = CacheConfig(backbone="vgg16", weights=str(weights), weights_sha256="ab" * 32, seed=0, input_size=32,
+                     pooling="avg", preprocessing=get_spec("vgg16").preprocessing, dtype="float16", num_features=512)
     with pytest.raises(WeightsError, match="ab" * 32):
         rebuild_backbone(cc)
     with pytest.raises(WeightsError, match="missing"):
-        rebuild_backbone({**cc, "weights": str(tmp_path / "gone.h5")})
+        rebuild_backbone(replace(cc, weights=str(tmp_path / "gone.h5")))
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

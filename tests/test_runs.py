@@ -18,7 +18,8 @@ from bottleneck.errors import CacheMismatchError, InputError
 from bottleneck.evaluate import evaluate_run
 from bottleneck.extract import ExtractOptions, extract
 from bottleneck.heads import HeadConfig
-from bottleneck.runs import RunOptions, load_run, train_head_run
+from bottleneck.rundir import load_run
+from bottleneck.runs import RunOptions, train_head_run
 from conftest import TINY, feature_cache, make_ham
 
 FAST = HeadConfig(epochs=8, patience=4)

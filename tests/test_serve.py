@@ -12,7 +12,7 @@ import bottleneck.serve as serve
 from bottleneck.cache import load_cache
 from bottleneck.errors import BottleneckError
 from bottleneck.heads import predict_proba
-from bottleneck.runs import load_run
+from bottleneck.rundir import load_run
 from bottleneck.serve import export, predict
 from conftest import write_image
 from test_finetune import ham_run, run_cli, tuned  # noqa: F401  (session fixtures shared with fine-tune tests)

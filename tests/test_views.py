@@ -16,7 +16,8 @@ from bottleneck.evaluate import evaluate_run
 from bottleneck.extract import ExtractOptions, extract
 from bottleneck.heads import HeadConfig, predict_proba
 from bottleneck.images import load_image
-from bottleneck.runs import RunOptions, load_run, train_head_run, tta_proba
+from bottleneck.rundir import load_run
+from bottleneck.runs import RunOptions, train_head_run, tta_proba
 from bottleneck.views import view_sampler
 from conftest import TINY, make_ham, write_image
 

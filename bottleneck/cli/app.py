@@ -1,0 +1,42 @@
+"""The typer app and the one way errors leave it: each command parses options, calls one library function and
+echoes its summary; a `BottleneckError` becomes `error: <message>` and exit 1 (usage errors exit 2, from typer),
+Ctrl-C exit 130 without a traceback."""
+
+from __future__ import annotations
+
+import functools
+
+import typer
+
+from ..errors import BottleneckError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Extract CNN bottlenecks once into an HDF5 cache, then train heads off it in seconds.")
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+
+
+def handle_errors(fn=None, *, interrupted: str = "interrupted; finished batches are kept in the cache"):
+    """Map the library's errors to `error: ...` and exit 1; Ctrl-C to `interrupted` and exit 130."""
+    if fn is None:
+        return functools.partial(handle_errors, interrupted=interrupted)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BottleneckError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            typer.echo(interrupted, err=True)
+            raise typer.Exit(130)
+
+    return wrapper

@@ -1,0 +1,76 @@
+"""Cache commands: `extract`, `info`, `merge`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..cache import describe_cache
+from ..cache_write import merge_caches
+from ..dataset import build_index, select_shard
+from ..extract import ExtractOptions, check_engine, extract
+from ..summaries import extract_lines, info_lines
+from .app import app, echo_lines, handle_errors
+
+
+@app.command("extract")
+@handle_errors
+def extract_command(
+    data: Path = typer.Argument(..., help="Image folder: class subfolders, or images plus --metadata CSV."),
+    metadata: Optional[Path] = typer.Option(None, help="Metadata CSV (HAM10000, ISIC 2019/2020 or any CSV)."),
+    id_column: Optional[str] = typer.Option(None, help="CSV column with image ids (file names or stems)."),
+    label_column: Optional[str] = typer.Option(None, help="CSV column with class labels."),
+    group_column: Optional[str] = typer.Option(None, help="CSV column with lesion/patient ids for grouped splits."),
+    backbone: str = typer.Option("inception_v3", help="Backbone name; see `bottleneck backbones`."),
+    weights: str = typer.Option("imagenet", help="imagenet | none (seeded random init) | PATH to a weights file."),
+    image_size: Optional[int] = typer.Option(None, help="Input side in pixels (default: the backbone's own)."),
+    pooling: str = typer.Option("avg", help="Global pooling: avg or max."),
+    batch_size: int = typer.Option(32, help="Images per inference batch (also the commit unit)."),
+    views: int = typer.Option(0, help="Extra views per image: 1-7 flips/rotations, then seeded crops+jitter."),
+    seed: int = typer.Option(0, help="Seed of --weights none initialisation, recorded in the cache."),
+    dtype: str = typer.Option("float16", help="Storage dtype of features: float16 or float32."),
+    cache: Optional[Path] = typer.Option(None, help="Cache file (default: cache/<dataset>-<config>.h5)."),
+    strict: bool = typer.Option(False, help="Stop at the first unreadable image instead of listing it."),
+    shard: Optional[str] = typer.Option(None, help="I/N: extract only shard I of N (deterministic by image id)."),
+    engine: str = typer.Option("local", help="local (this process)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Run every image once through a pretrained CNN and store its bottleneck vector in an HDF5 cache.
+
+    Example: bottleneck extract data/HAM10000 --backbone inception_v3 --weights imagenet
+    """
+    check_engine(engine)
+    index = build_index(data, metadata, id_column, label_column, group_column)
+    if shard:
+        index = select_shard(index, shard)
+    opts = ExtractOptions(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
+                          batch_size=batch_size, seed=seed, dtype=dtype, strict=strict, cache=cache,
+                          progress=not quiet, views=views)
+    echo_lines(extract_lines(extract(index, opts), index))
+
+
+@app.command("info")
+@handle_errors
+def info_command(cache: Path = typer.Argument(..., help="A cache written by `bottleneck extract`.")):
+    """Show a cache's configuration, row count, class counts and failed images.
+
+    Example: bottleneck info cache/HAM10000-inception_v3-imagenet-299-avg.h5
+    """
+    echo_lines(info_lines(cache, describe_cache(cache)))
+
+
+@app.command("merge")
+@handle_errors
+def merge_command(
+    shards: List[Path] = typer.Argument(..., help="Caches of one configuration, e.g. from extract --shard I/N."),
+    out: Path = typer.Option(..., help="The merged cache (created, or completed if it exists)."),
+    virtual: bool = typer.Option(False, help="HDF5 virtual datasets instead of a copy (not available yet)."),
+):
+    """Merge shard caches (same backbone configuration) into one cache; rows are keyed by image id.
+
+    Example: bottleneck merge cache/ham-shard0of4.h5 cache/ham-shard1of4.h5 ... --out cache/ham.h5
+    """
+    rows = merge_caches(shards, out, virtual=virtual)
+    typer.echo(f"merged {len(shards)} caches into {out}: {rows} rows")

@@ -1,0 +1,111 @@
+"""Head commands, all off a cache: `train-head`, `evaluate`, `sweep`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..evaluate import evaluate_run
+from ..heads import HeadConfig, parse_hidden
+from ..runs import RunOptions, train_head_run
+from ..splits import SplitSpec
+from ..summaries import evaluate_lines, sweep_lines, train_head_lines
+from ..sweep import GRID_KEYS, SweepOptions, expand_grid, grid_from_options, run_sweep
+from .app import app, echo_lines, handle_errors
+
+
+def _split(val: float, test: float, seed: int) -> SplitSpec:
+    return SplitSpec(round(1 - val - test, 10), val, test, seed)
+
+
+@app.command("train-head")
+@handle_errors
+def train_head_command(
+    cache: Path = typer.Argument(..., help="A cache written by `bottleneck extract`."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/<cache>-<time>)."),
+    hidden: str = typer.Option("512,512", help="Hidden layer sizes, comma-separated."),
+    dropout: float = typer.Option(0.5, help="Dropout after each hidden layer."),
+    optimizer: str = typer.Option("rmsprop", help="rmsprop, adam or sgd."),
+    lr: float = typer.Option(1e-3, help="Initial learning rate."),
+    decay_rate: float = typer.Option(0.94, help="Exponential learning-rate decay factor ..."),
+    decay_steps: int = typer.Option(100, help="... applied every this many steps."),
+    batch_size: int = typer.Option(128, help="Batch size."),
+    epochs: int = typer.Option(60, help="Maximum epochs (early stopping on validation loss)."),
+    patience: int = typer.Option(10, help="Epochs without validation-loss improvement before stopping."),
+    class_weight: str = typer.Option("balanced", help="balanced or none."),
+    standardize: bool = typer.Option(True, help="Standardise inputs with training-split mean/std (in the head)."),
+    seed: int = typer.Option(0, help="Seed of the split, the initialisation, dropout and shuffling."),
+    val: float = typer.Option(0.15, help="Validation fraction."),
+    test: float = typer.Option(0.15, help="Test fraction (the rest trains)."),
+    split_from: Optional[Path] = typer.Option(None, help="Reuse the split of an earlier run directory."),
+    augment: bool = typer.Option(False, help="Train on stored augmented views (needs extract --views)."),
+    tta: bool = typer.Option(False, help="Average predictions over stored views (needs extract --views)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Train a classifier head off a cache in seconds; write metrics, plots and a report to a run directory.
+
+    Example: bottleneck train-head cache/HAM10000-inception_v3-imagenet-299-avg.h5 --out runs/baseline
+    """
+    head = HeadConfig(hidden=parse_hidden(hidden), dropout=dropout, optimizer=optimizer, lr=lr,
+                      decay_rate=decay_rate, decay_steps=decay_steps, batch_size=batch_size, epochs=epochs,
+                      patience=patience, class_weight=class_weight, standardize=standardize, seed=seed)
+    opts = RunOptions(out=out, split=_split(val, test, seed), split_from=split_from, overwrite=overwrite,
+                      progress=not quiet, augment=augment, tta=tta)
+    echo_lines(train_head_lines(train_head_run(cache, head, opts)))
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_command(
+    run: Path = typer.Argument(..., help="A run directory made by train-head."),
+    cache: Optional[Path] = typer.Option(None, help="Another cache of the same backbone configuration."),
+    tta: bool = typer.Option(False, help="Average predictions over the cache's stored views."),
+):
+    """Evaluate a run's head on its own test split, or on another (external) cache.
+
+    Example: bottleneck evaluate runs/baseline --cache cache/isic2019-inception_v3-imagenet-299-avg.h5
+    """
+    echo_lines(evaluate_lines(evaluate_run(run, cache, tta=tta)))
+
+
+@app.command("sweep")
+@handle_errors
+def sweep_command(
+    cache: Path = typer.Argument(..., help="A cache written by `bottleneck extract`."),
+    grid: Optional[Path] = typer.Option(None, help=f"TOML grid file (keys: {', '.join(GRID_KEYS)})."),
+    hidden: Optional[List[str]] = typer.Option(None, help="Hidden sizes of one architecture; repeat for more."),
+    dropout: Optional[str] = typer.Option(None, help="Comma-separated values, e.g. 0.3,0.5."),
+    optimizer: Optional[str] = typer.Option(None, help="Comma-separated: rmsprop,adam,sgd."),
+    lr: Optional[str] = typer.Option(None, help="Comma-separated initial learning rates."),
+    decay_rate: Optional[str] = typer.Option(None, help="Comma-separated decay rates."),
+    decay_steps: Optional[str] = typer.Option(None, help="Comma-separated decay steps."),
+    batch_size: Optional[str] = typer.Option(None, help="Comma-separated batch sizes."),
+    class_weight: Optional[str] = typer.Option(None, help="Comma-separated: balanced,none."),
+    seed: Optional[str] = typer.Option(None, help="Comma-separated head seeds (init, dropout, shuffling)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs of every configuration."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience of every configuration."),
+    folds: int = typer.Option(0, help="K-fold grouped, stratified CV on train+val (0: score on the val split)."),
+    metric: str = typer.Option("balanced_accuracy", help="Ranking metric: balanced_accuracy, accuracy, "
+                               "roc_auc_macro, melanoma_sensitivity."),
+    out: Optional[Path] = typer.Option(None, help="Sweep directory (default: runs/sweep-<cache>); rerun to resume."),
+    split_from: Optional[Path] = typer.Option(None, help="Reuse the split of an earlier run directory."),
+    split_seed: int = typer.Option(0, help="Seed of the sweep's split and folds."),
+    val: float = typer.Option(0.15, help="Validation fraction."),
+    test: float = typer.Option(0.15, help="Test fraction."),
+    tta: bool = typer.Option(False, help="Score with predictions averaged over the cache's stored views."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Train many heads off one cache load and rank them; retrain the best on train+val, test it once.
+
+    Example: bottleneck sweep cache/HAM10000-inception_v3-imagenet-299-avg.h5 --lr 1e-3,3e-4 --dropout 0.3,0.5
+    --hidden 512,512 --hidden 1024 --folds 5
+    """
+    listed = {"dropout": dropout, "optimizer": optimizer, "lr": lr, "decay_rate": decay_rate,
+              "decay_steps": decay_steps, "batch_size": batch_size, "class_weight": class_weight, "seed": seed}
+    configs = expand_grid(grid_from_options(grid, listed, hidden, {"epochs": epochs, "patience": patience}))
+    opts = SweepOptions(out=out, folds=folds, metric=metric, split=_split(val, test, split_seed),
+                        split_from=split_from, progress=not quiet, tta=tta)
+    echo_lines(sweep_lines(run_sweep(cache, configs, opts), len(configs), folds, metric))

@@ -1,0 +1,74 @@
+"""Model commands, from a run to a model and its use: `fine-tune`, `predict`, `export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..finetune import FineTuneOptions, fine_tune, parse_unfreeze
+from ..serve import export, predict
+from ..summaries import export_lines, fine_tune_lines, predict_lines
+from .app import app, echo_lines, handle_errors
+
+
+@app.command("fine-tune")
+@handle_errors(interrupted="interrupted; finished epochs are kept: rerun the same command with --resume")
+def fine_tune_command(
+    run: Path = typer.Argument(..., help="A run directory made by train-head (its head and split are used)."),
+    data: Optional[Path] = typer.Option(None, help="Image root replacing the one recorded in the cache."),
+    unfreeze: str = typer.Option("2", help="Top layer groups of the backbone to train, or 'all'."),
+    lr: float = typer.Option(1e-5, help="Learning rate (low: the backbone is pretrained)."),
+    epochs: int = typer.Option(10, help="Maximum epochs (early stopping on validation loss)."),
+    patience: int = typer.Option(3, help="Epochs without validation-loss improvement before stopping."),
+    optimizer: str = typer.Option("rmsprop", help="rmsprop, adam or sgd."),
+    batch_size: int = typer.Option(32, help="Images per training batch."),
+    augment: bool = typer.Option(True, help="Random flips, 90-degree rotations, brightness/contrast jitter."),
+    seed: int = typer.Option(0, help="Seed of shuffling and augmentation."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: RUN-finetune next to RUN)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted fine-tune into the same --out."),
+    mixed_precision: bool = typer.Option(False, help="float16 compute on GPU (refused on CPU)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Reattach a run's head to its backbone and train both end to end from the images at a low rate.
+
+    Example: bottleneck fine-tune runs/baseline --unfreeze 2 --lr 1e-5 --epochs 10
+    """
+    opts = FineTuneOptions(data=data, unfreeze=parse_unfreeze(unfreeze), lr=lr, epochs=epochs, patience=patience,
+                           optimizer=optimizer, batch_size=batch_size, out=out, resume=resume, overwrite=overwrite,
+                           mixed_precision=mixed_precision, augment=augment, seed=seed, progress=not quiet)
+    echo_lines(fine_tune_lines(fine_tune(run, opts)))
+
+
+@app.command("predict")
+@handle_errors
+def predict_command(
+    model: Path = typer.Argument(..., help="A fine-tune run, a train-head run, or an exported .keras model."),
+    paths: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    out: Path = typer.Option(Path("predictions.csv"), help="CSV: path, predicted, p_<class>..., error."),
+    tta: bool = typer.Option(False, help="Average over the 8 flips/rotations of each image."),
+    batch_size: int = typer.Option(32, help="Images per batch."),
+):
+    """Class probabilities and the top class of each image; unreadable files are listed, not fatal.
+
+    Example: bottleneck predict runs/baseline-finetune new_images/ --out predictions.csv --tta
+    """
+    echo_lines(predict_lines(predict(model, paths, out=out, batch_size=batch_size, tta=tta), out, tta))
+
+
+@app.command("export")
+@handle_errors
+def export_command(
+    run: Path = typer.Argument(..., help="A train-head or fine-tune run directory."),
+    format: str = typer.Option("keras", "--format", help="keras, savedmodel or tflite."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN-<format> next to RUN)."),
+    data: Optional[Path] = typer.Option(None, help="Image root for the parity check, if the images moved."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+):
+    """Write one model taking raw RGB images (preprocessing inside) plus labels.json, after a parity check.
+
+    Example: bottleneck export runs/baseline-finetune --format savedmodel --out exported/ham
+    """
+    echo_lines(export_lines(export(run, format, out=out, data=data, overwrite=overwrite)))

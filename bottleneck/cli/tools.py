@@ -1,0 +1,59 @@
+"""Tool commands: `bench`, `demo`, `backbones`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..backbones import REGISTRY
+from ..bench import PARTS, BenchOptions, format_results, run_bench
+from ..demo import run_demo
+from .app import app, handle_errors
+
+
+@app.command("bench")
+@handle_errors
+def bench_command(
+    rows: int = typer.Option(10_000, help="Rows of the synthetic cache."),
+    dim: int = typer.Option(2048, help="Feature width (2048: InceptionV3/ResNet)."),
+    epochs: int = typer.Option(5, help="Epochs timed for the per-epoch figure."),
+    backbone: str = typer.Option("inception_v3", help="Backbone of the extraction figure."),
+    image_size: Optional[int] = typer.Option(None, help="Its input size (default: the backbone's)."),
+    images: int = typer.Option(64, help="Images extracted to measure images/s."),
+    part: List[str] = typer.Option(list(PARTS), help="Which parts: head, run, extract, sweep, views (repeat the option)."),
+):
+    """Measure head speed against one backbone pass; prints figures (see docs/benchmarks.md).
+
+    Example: bottleneck bench --rows 10000 --backbone inception_v3
+    """
+    opts = BenchOptions(rows=rows, dim=dim, epochs=epochs, backbone=backbone, image_size=image_size, images=images)
+    typer.echo(format_results(run_bench(opts, tuple(part)), opts))
+
+
+@app.command("backbones")
+def backbones_command():
+    """List the registered backbones with their input size and feature width."""
+    for spec in REGISTRY.values():
+        typer.echo(f"{spec.name:16s} {spec.input_size:4d}px  {spec.num_features:5d}-d  {spec.preprocessing}")
+
+
+@app.command("demo")
+@handle_errors
+def demo_command(
+    out: Path = typer.Option(Path("demo_data"), help="Where to write the synthetic images."),
+    images_per_class: int = typer.Option(40, help="Images per minority class (nv gets twice as many)."),
+    backbone: str = typer.Option("resnet50", help="Backbone for the demo."),
+    weights: str = typer.Option("none", help="none works offline; imagenet if this machine is online."),
+    image_size: int = typer.Option(96, help="Input side in pixels (small: the demo runs in seconds on CPU)."),
+    run: Path = typer.Option(Path("runs/demo"), help="Run directory of the demo head (replaced each time)."),
+    seed: int = typer.Option(0),
+):
+    """Generate a small HAM10000-style dermoscopy-like dataset, extract it, train a head, point to the report.
+
+    Offline by default (--weights none: a seeded random backbone, whose features still separate the
+    synthetic classes); with ImageNet weights the same commands run on real data.
+    """
+    run_demo(out, images_per_class=images_per_class, backbone=backbone, weights=weights, image_size=image_size,
+             run=run, seed=seed, echo=typer.echo)

@@ -1,0 +1,104 @@
+"""The one image pipeline: image files -> decoded, resized uint8 RGB -> batches, for extract, fine-tune and predict.
+
+    paths -> tf.data (parallel `load_image` in a numpy_function) -> (S, S, 3) uint8 + original size + error
+          -> inference: batch -> prefetch, in file order, unreadable images marked by their error
+          -> training:  shuffle -> drop unreadable (recorded) -> float32 -> augment -> batch -> prefetch
+
+Every command decodes with `load_image`, so an image gives the same pixels, and a cached image the same
+bottleneck, whichever command read it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ImageDecodeError
+from .images import load_image
+from .tfimport import tensorflow
+
+
+def _decoder(paths: list[str], size: int, failures: dict | None = None):
+    """A tf.data map function: index -> (pixels (S, S, 3) uint8, width, height, error bytes; b"" if decoded).
+
+    An unreadable image gives black pixels and its reason, also recorded in `failures` (path -> reason)
+    when given: in a training pipeline it is filtered out before it could reach Python."""
+    tf = tensorflow()
+
+    def load(i):
+        path = paths[int(i)]
+        try:
+            pixels, (w, h) = load_image(path, size)
+            return pixels, np.int32(w), np.int32(h), b""
+        except ImageDecodeError as exc:
+            if failures is not None:
+                failures[path] = str(exc)
+            return np.zeros((size, size, 3), np.uint8), np.int32(0), np.int32(0), str(exc).encode()
+
+    def decode(i):
+        pixels, w, h, err = tf.numpy_function(load, [i], [tf.uint8, tf.int32, tf.int32, tf.string], stateful=False)
+        pixels.set_shape((size, size, 3))
+        return pixels, w, h, err
+
+    return decode
+
+
+def inference_batches(paths: list[str], size: int, batch_size: int):
+    """tf.data of (pixels (B, S, S, 3) uint8, width (B,), height (B,), error (B,) bytes), in the order of `paths`;
+    decoding runs in parallel ahead of the consumer. The last batch may be short: see `pad_batch`."""
+    tf = tensorflow()
+    return (tf.data.Dataset.range(len(paths))
+            .map(_decoder(paths, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def pad_batch(x, batch_size: int):
+    """(n, ...) -> (batch_size, ...) with zero rows: one shape for every call of a traced model, so the last
+    short batch neither retraces it nor gets other numerics."""
+    tf = tensorflow()
+    n = int(x.shape[0])
+    if n >= batch_size:
+        return x
+    return tf.concat([x, tf.zeros((batch_size - n, *x.shape[1:]), x.dtype)], axis=0)
+
+
+def augment_image(x):
+    """(S, S, 3) float 0..255 -> a random dihedral view (dermoscopy has no up) with small photometric jitter."""
+    tf = tensorflow()
+    x = tf.image.random_flip_left_right(x)
+    x = tf.image.random_flip_up_down(x)
+    x = tf.image.rot90(x, tf.random.uniform((), 0, 4, tf.int32))
+    x = tf.image.random_brightness(x, 0.05 * 255)
+    x = tf.image.random_contrast(x, 0.9, 1.1)
+    return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def training_batches(paths: list[str], labels: np.ndarray, weights: np.ndarray, size: int, batch_size: int,
+                     failures: dict, *, augment: bool, shuffle: bool, seed: int = 0):
+    """tf.data of (x (B, S, S, 3) float32 0..255, y (B,), sample weight (B,)). Unreadable images are dropped and
+    recorded in `failures` (path -> reason); `shuffle` reshuffles every epoch from `seed`."""
+    tf = tensorflow()
+    decode = _decoder(paths, size, failures)
+
+    def load(i, y, w):
+        pixels, _, _, err = decode(i)
+        return tf.cast(pixels, tf.float32), y, w, tf.equal(tf.strings.length(err), 0)
+
+    def readable(x, y, w, ok):
+        return ok
+
+    def drop_flag(x, y, w, ok):
+        return x, y, w
+
+    def augmented(x, y, w):
+        return augment_image(x), y, w
+
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), labels.astype(np.int32),
+                                             weights.astype(np.float32)))
+    if shuffle:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    ds = ds.filter(readable).map(drop_flag)
+    if augment:
+        ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

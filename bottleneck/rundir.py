@@ -1,0 +1,130 @@
+"""A run directory (`runs/<name>/`): written whole or not at all, read back, and the artifacts all runs share.
+
+Every command that writes a directory of results (train-head, sweep's best, evaluate, fine-tune, export)
+writes into a hidden staging folder beside the target (`.NAME.tmp`) and renames it into place at the end,
+so a failed or interrupted command never leaves half a run and never damages an older one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .cache import CacheData
+from .errors import InputError
+from .files import sha256_file
+from .tfimport import tensorflow
+
+
+def check_free(out: Path, overwrite: bool, what: str = "run directory") -> None:
+    """Refuse to replace an existing directory unless asked: checked before any work, so nothing is touched."""
+    if out.exists() and not overwrite:
+        raise InputError(f"{what + ' ' if what else ''}{out} already exists; pass --overwrite to replace it or "
+                         "another --out")
+
+
+def staging_dir(out: Path) -> Path:
+    """The hidden folder a run is written into before it is renamed to `out`."""
+    return out.with_name(f".{out.name}.tmp")
+
+
+def stage(out: Path, overwrite: bool, what: str = "run directory") -> Path:
+    """A fresh, empty staging folder for `out` (a leftover from a crashed run is discarded)."""
+    check_free(out, overwrite, what)
+    tmp = staging_dir(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Rename the finished staging folder to `out`, replacing an older run only once the new one is whole."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+@contextmanager
+def staged(out: Path, overwrite: bool, what: str = "run directory") -> Iterator[Path]:
+    """`with staged(out, overwrite) as tmp:` write into tmp; published on success, removed on any error."""
+    tmp = stage(out, overwrite, what)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish(tmp, out)
+
+
+# --- reading a run ----------------------------------------------------------------------------------------------
+
+def read_config(run: Path) -> dict:
+    """config.json of a train-head or fine-tune run."""
+    run = Path(run)
+    if not (run / "config.json").is_file():
+        raise InputError(f"{run} is not a run directory (no config.json there); pass a directory made by "
+                         "`bottleneck train-head` or `bottleneck fine-tune`")
+    return json.loads((run / "config.json").read_text())
+
+
+def load_keras(path: Path):
+    tensorflow()
+    import keras  # after tensorflow(): its import is the slow, noisy part of start-up
+
+    return keras.saving.load_model(path)
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, object]:
+    """(config.json, the head model) of a train-head run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file() or not (run_dir / "head.keras").is_file():
+        raise InputError(f"{run_dir} is not a train-head run (no config.json / head.keras there)")
+    return json.loads((run_dir / "config.json").read_text()), load_keras(run_dir / "head.keras")
+
+
+# --- artifacts --------------------------------------------------------------------------------------------------
+
+def write_json(path: Path, obj) -> None:
+    """A JSON artifact of a run (inside the staging folder, whose rename is what makes the run atomic)."""
+    path.write_text(json.dumps(obj, indent=2))
+
+
+def write_history(path: Path, history: dict) -> None:
+    """history.csv: one row per epoch, 1-based, with every logged quantity."""
+    import pandas as pd  # 0.5 s of import: only commands that write runs pay it
+
+    df = pd.DataFrame(history)
+    df.insert(0, "epoch", np.arange(1, len(df) + 1))
+    df.to_csv(path, index=False)
+
+
+def predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, rows: np.ndarray, class_names):
+    """predictions.csv's rows: image id, path, group, split, true and predicted class, p_<class> per class."""
+    import pandas as pd
+
+    labels = data.labels[rows]
+    df = pd.DataFrame({"image_id": data.image_ids[rows], "path": data.paths[rows], "group": data.groups[rows],
+                       "split": split[rows],
+                       "true": [class_names[i] if i >= 0 else "" for i in labels],
+                       "predicted": [class_names[i] for i in proba.argmax(axis=1)]})
+    for j, name in enumerate(class_names):
+        df[f"p_{name}"] = np.round(proba[:, j], 6)
+    return df
+
+
+def cache_record(data: CacheData) -> dict:
+    """The cache a run was trained on, as config.json records it: enough to find, check and rebuild it."""
+    return {"path": str(data.path.resolve()), "sha256": sha256_file(data.path), "config": asdict(data.config),
+            "rows": int(len(data.labels)), "class_names": data.class_names,
+            "dataset": data.attrs.get("dataset", ""), "root": data.attrs.get("root", "")}

@@ -1,0 +1,121 @@
+"""What each command prints: its result as lines of text, so the CLI (and the demo, which runs the same
+steps) only echoes them. Everything a command writes to disk is its real output; these are the short summaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .dataset import DatasetIndex
+from .evaluate import EvalResult
+from .extract import ExtractSummary
+from .finetune import FineTuneResult
+from .metrics import format_table
+from .runs import RunResult
+from .serve import ExportResult, PredictResult
+from .sweep import SweepResult, format_leaderboard
+
+INFO_CONFIG_KEYS = ("backbone", "weights", "input_size", "pooling", "preprocessing", "dtype", "num_features")
+INFO_ATTR_KEYS = ("dataset", "source", "root", "created", "updated", "schema_version")
+
+
+def _more(items: list, shown: int, tail: str) -> list[str]:
+    return [f"  ... and {len(items) - shown} more{tail}"] if len(items) > shown else []
+
+
+def extract_lines(s: ExtractSummary, index: DatasetIndex) -> list[str]:
+    lines = [f"cache: {s.cache}",
+             f"images: {s.total} indexed, {s.extracted} extracted, {s.already_cached} already cached, "
+             f"{s.reused} reused (same bytes), {len(s.failed)} failed"]
+    if s.extracted:
+        lines.append(f"time: {s.seconds:.1f} s ({s.build_seconds:.1f} s building the backbone), "
+                     f"{s.images_per_s:.1f} images/s")
+    lines.append(f"rows in cache: {s.rows}" + (f", {s.views} augmented views each" if s.views else ""))
+    if s.views_added:
+        lines.append(f"views added to {s.views_added} cached images (their plain vectors kept) in {s.seconds:.1f} s")
+    if s.rows_without_image:
+        lines.append(f"metadata rows with no image: {s.rows_without_image} "
+                     f"(e.g. {', '.join(index.rows_without_image[:3])})")
+    if s.images_without_row:
+        lines.append(f"images with no metadata row: {s.images_without_row} "
+                     f"(e.g. {', '.join(index.images_without_row[:3])})")
+    lines += [f"  failed: {path}: {reason}" for path, reason in s.failed[:10]]
+    return lines + _more(s.failed, 10, f" (bottleneck info {s.cache})")
+
+
+def info_lines(cache: Path, d: dict) -> list[str]:
+    """`d` is `describe_cache(cache)`."""
+    lines = [f"cache: {cache}"]
+    lines += [f"  {key}: {d['config'][key]}" for key in INFO_CONFIG_KEYS]
+    lines += [f"  {key}: {d['attrs'][key]}" for key in INFO_ATTR_KEYS if d["attrs"].get(key) not in (None, "")]
+    lines.append(f"rows: {d['rows']} ({d['groups']} groups)" if d["groups"] else f"rows: {d['rows']}")
+    if d["views"]:
+        lines.append(f"views: {d['views']} per image besides the plain one ({', '.join(d['view_names'])}); "
+                     f"{d['rows_with_views']} rows complete")
+    lines.append("classes:")
+    lines += [f"  {name}: {count}" for name, count in d["class_counts"].items()]
+    if d["unlabeled"]:
+        lines.append(f"  (unlabeled): {d['unlabeled']}")
+    if d["pending_batches"]:
+        lines.append(f"pending: {d['pending_batches']} journaled batches from an interrupted run; "
+                     "rerun extract to complete the cache")
+    lines.append(f"failed images: {len(d['failed'])}")
+    lines += [f"  {path}: {reason}" for path, reason in d["failed"][:20]]
+    return lines + _more(d["failed"], 20, "")
+
+
+def train_head_lines(r: RunResult) -> list[str]:
+    sizes = ", ".join(f"{s} {r.split_sizes[s]['images']}" for s in ("train", "val", "test"))
+    lines = [f"split: {sizes}; best epoch {r.best_epoch}, {r.seconds:.1f} s of training",
+             format_table({s: r.metrics[s] for s in ("val", "test")})]
+    for name, m in r.metrics.get("views_comparison", {}).items():
+        t = m["test"]
+        lines.append(f"  {name}: test balanced acc {t['balanced_accuracy']:.3f}, accuracy {t['accuracy']:.3f}")
+    return lines + [f"run: {r.run_dir}  (report: {r.run_dir / 'report.md'})"]
+
+
+def evaluate_lines(r: EvalResult) -> list[str]:
+    lines = [f"note: {note}" for note in r.notes]
+    if r.unmapped:
+        lines.append("classes of the cache the run does not know (left out): "
+                     + ", ".join(f"{k} ({v} images)" for k, v in r.unmapped.items()))
+    return lines + [format_table({"external" if r.external else "test": r.metrics}), f"written: {r.out_dir}"]
+
+
+def sweep_lines(r: SweepResult, n_configs: int, folds: int, metric: str) -> list[str]:
+    lines = [f"{n_configs} configurations: {r.computed} trained, {r.skipped} already done "
+             f"({'%d-fold CV on train+val' % folds if folds else 'scored on the val split'})",
+             format_leaderboard(r.leaderboard, metric, top=20),
+             f"leaderboard: {r.out / 'leaderboard.csv'}"]
+    if r.best_dir:
+        lines += [f"\nbest ({r.leaderboard[0]['id']}) retrained on train+val, evaluated once on test:",
+                  format_table({"test": r.best_metrics["test"]}),
+                  f"best run: {r.best_dir}  (report: {r.best_dir / 'report.md'})"]
+    return lines
+
+
+def fine_tune_lines(r: FineTuneResult) -> list[str]:
+    shown = {"head only (test)": r.metrics["head_only"]["test"]} if "test" in r.metrics["head_only"] else {}
+    lines = [f"best epoch {r.best_epoch} of {r.epochs_run}, {r.seconds:.1f} s of training",
+             format_table({**shown, "fine-tuned (val)": r.metrics["val"], "fine-tuned (test)": r.metrics["test"]})]
+    lines += [f"  unreadable ({f['stage']}, {f['split']}): {f['path']}: {f['reason']}" for f in r.failed[:10]]
+    lines += _more(r.failed, 10, " (config.json lists them)")
+    return lines + [f"run: {r.run_dir}  (report: {r.run_dir / 'report.md'})"]
+
+
+def predict_lines(r: PredictResult, out: Path, tta: bool) -> list[str]:
+    ok = r.frame[r.frame["error"] == ""]
+    lines = [f"{len(ok)} images predicted{' (8-view TTA)' if tta else ''}, {len(r.failed)} unreadable"]
+    width = min(60, max([len(p) for p in ok["path"].head(20)] + [4]))
+    lines += [f"  {row['path'][-width:]:<{width}}  {row['predicted']}  {row['p_' + row['predicted']]:.3f}"
+              for _, row in ok.head(20).iterrows()]
+    if len(ok) > 20:
+        lines.append(f"  ... and {len(ok) - 20} more")
+    lines += [f"  unreadable: {path}: {reason}" for path, reason in r.failed[:10]]
+    lines += _more(r.failed, 10, " (see the error column)")
+    return lines + [f"written: {out}"]
+
+
+def export_lines(r: ExportResult) -> list[str]:
+    return [f"parity: worst probability difference {r.worst_difference:.2g} on {r.images_checked} cached "
+            f"images (tolerance {r.tolerance})",
+            f"exported: {r.out} ({', '.join(r.files)})"]
