@@ -31,8 +31,8 @@ from .image_data import training_batches
 from .metrics import evaluate_splits
 from .plots import plot_confusion, plot_curves
 from .report import write_finetune_report
-from .rundir import check_free, load_keras, predictions_frame, publish, read_config, staging_dir, write_history, \
-    write_json
+from .rundir import (check_free, load_keras, predictions_frame, publish, read_config, staging_dir, write_history,
+                     write_json)
 from .splits import SPLITS, load_split
 from .tfimport import tensorflow
 
@@ -137,13 +137,13 @@ class FineTuneJob:
         """Check the run, the output and the images before any model is built; load a resumable state."""
         if not run.is_dir():
             raise InputError(f"run {run} does not exist; pass a directory made by `bottleneck train-head`")
+        command = rerun_command(run, opts)  # as asked, before a resume restores the recorded options
+        out = Path(opts.out) if opts.out else run.with_name(f"{run.name}-finetune")
         source = read_config(run)
         if not (run / "head.keras").is_file():
             raise InputError(f"{run} has no head.keras; fine-tune starts from a `bottleneck train-head` run")
-        command = rerun_command(run, opts)
-        out = Path(opts.out) if opts.out else run.with_name(f"{run.name}-finetune")
-        tmp = staging_dir(out)
         check_free(out, opts.overwrite)
+        tmp = staging_dir(out)
         state = None
         if opts.resume:
             state, opts = _resume_state(run, tmp, opts)
