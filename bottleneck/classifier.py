@@ -92,9 +92,9 @@ def unfreeze(backbone, name: str, n: int | str) -> dict:
         raise InputError(f"--unfreeze {k} is more than the {len(groups)} layer groups of {name}; "
                          f"pass at most {len(groups)} or 'all'")
     backbone.trainable = True
-    for group in groups[:len(groups) - k]:
+    for i, group in enumerate(groups):  # every layer set, so a second call on the same backbone also holds
         for layer in group:
-            layer.trainable = False
+            layer.trainable = i >= len(groups) - k
     bn = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in bn:
         layer.trainable = False

@@ -45,7 +45,8 @@ def is_hidden(name: str) -> bool:
 
 
 def walk_files(root: Path) -> list[Path]:
-    """Every non-hidden regular file under root, in a stable (sorted) order."""
+    """Every non-hidden regular file under root, in a stable order: a folder's files (sorted), then its
+    subfolders' (sorted by name, depth first)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))

@@ -1,8 +1,11 @@
-"""Shared fixtures: small real image trees written with Pillow, tiny backbones with weights=None."""
+"""Shared fixtures and helpers: small real image trees written with Pillow, tiny backbones with weights=None,
+the CLI runner, and the session-scoped head run and fine-tune that fine-tune and serve tests share."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -85,3 +88,117 @@ def feature_cache(path, counts=None, dim=32, images_per_group=2, seed=0, backbon
     with CacheWriter(path, config, {"dataset": "synthetic"}, tuple(class_names or sorted(counts))) as w:
         w.write_batch(rows, np.array(feats, dtype=np.float32))
     return path
+
+
+# --- shared by extraction and cache-writer tests -----------------------------------------------------------------
+
+def extract_opts(tmp_path, **kw):
+    """ExtractOptions of the tiny backbone writing tmp_path/c.h5, in batches of 4, quietly."""
+    from bottleneck.extract import ExtractOptions
+
+    base = dict(TINY, cache=tmp_path / "c.h5", batch_size=4, progress=False)
+    base.update(kw)
+    return ExtractOptions(**base)
+
+
+def file_digest(path) -> str:
+    """SHA-256 of a file computed here with hashlib (independent of the library's own helper)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --- the CLI -----------------------------------------------------------------------------------------------------
+
+TINY_ARGS = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--quiet"]
+
+
+def run_cli(*args):
+    """The real CLI through typer's CliRunner; arguments may be paths or numbers."""
+    from typer.testing import CliRunner
+
+    from bottleneck.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+# --- a real head run and one fine-tune of it: session fixtures shared by fine-tune and serve tests ----------------
+
+# lr 1e-5 as in the default: a random-init VGG16 diverges at 1e-4. No augmentation, so that losses compare.
+OPTS = dict(epochs=3, patience=3, lr=1e-5, batch_size=8, augment=False, progress=False)
+
+
+@pytest.fixture(scope="session")
+def ham_run(tmp_path_factory):
+    """A HAM10000-style tree (9 lesions x 2 images, 3 classes), its vgg16/32px cache and a head run."""
+    from bottleneck.dataset import build_index
+    from bottleneck.extract import ExtractOptions, extract
+    from bottleneck.heads import HeadConfig
+    from bottleneck.runs import RunOptions, train_head_run
+
+    tmp = tmp_path_factory.mktemp("ham")
+    root = make_ham(tmp / "ham", n_lesions=9, images_per_lesion=2)
+    extract(build_index(root), ExtractOptions(**TINY, cache=tmp / "c.h5", progress=False))
+    # No standardisation, no dropout: a random-init VGG's features vary by ~1e-3 between images, and standardising
+    # them turns any backbone update into huge logits; without dropout the training loss is a clean signal.
+    train_head_run(tmp / "c.h5", HeadConfig(epochs=3, patience=2, hidden=(16,), standardize=False, dropout=0.0),
+                   RunOptions(out=tmp / "run", progress=False))
+    return {"root": root, "cache": tmp / "c.h5", "run": tmp / "run", "tmp": tmp}
+
+
+def split_paths(ham_run) -> dict[str, set[str]]:
+    """Absolute image paths of ham_run's train/val/test splits."""
+    import pandas as pd
+
+    from bottleneck.cache import load_cache
+
+    data = load_cache(ham_run["cache"], features=False)
+    split = pd.read_csv(ham_run["run"] / "split.csv").set_index("image_id")["split"]
+    out: dict[str, set[str]] = {"train": set(), "val": set(), "test": set()}
+    for image_id, rel in zip(data.image_ids, data.paths):
+        out[split[image_id]].add(str(ham_run["root"] / rel))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tuned(ham_run):
+    """One fine-tune, with one test image corrupted first and every image the training pipeline reads recorded."""
+    import keras
+
+    import bottleneck.image_data as image_data
+    from bottleneck.finetune import FineTuneOptions, fine_tune
+
+    paths = split_paths(ham_run)
+    bad_test = sorted(paths["test"])[0]
+    with open(bad_test, "wb") as f:
+        f.write(b"this is not a JPEG any more")
+
+    read: list[str] = []
+    training = [True]  # reads until training ends; evaluation, which reads every split, comes after
+    real = image_data.load_image
+
+    def recording(path, size=None):
+        if training[0]:
+            read.append(str(path))
+        return real(path, size)
+
+    class EndOfTraining(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            training[0] = False
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(image_data, "load_image", recording)  # the one image pipeline's loader
+        r = fine_tune(ham_run["run"], FineTuneOptions(out=ham_run["tmp"] / "ft", **OPTS), callbacks=[EndOfTraining()])
+    return {"result": r, "read": read, "bad_test": bad_test, "paths": paths}
+
+
+def train_loss(model, ham_run, paths) -> float:
+    """Mean cross-entropy of `model` (raw images in) on ham_run's training images."""
+    from bottleneck.cache import load_cache
+    from bottleneck.images import load_image
+
+    data = load_cache(ham_run["cache"], features=False)
+    label = {str(ham_run["root"] / p): y for p, y in zip(data.paths, data.labels)}
+    files = sorted(paths["train"])
+    x = np.stack([load_image(p, 32)[0] for p in files]).astype(np.float32)
+    p = model.predict(x, verbose=0)
+    y = np.array([label[f] for f in files])
+    return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean())

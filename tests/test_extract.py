@@ -1,38 +1,21 @@
-"""Extraction end to end on real files: real Keras backbone (weights=None), real HDF5 through h5py."""
+"""Extraction end to end on real files: real Keras backbone (weights=None), real HDF5 through h5py.
+The writer's own guarantees (lock, journal, crash safety, refusing a mixed cache, merge) are in test_cache_write.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 from bottleneck.backbones import create_backbone, get_spec
-from bottleneck.cache import journal_dir, load_cache, read_failed
-from bottleneck.cache_write import CacheWriter
+from bottleneck.cache import load_cache, read_failed
 from bottleneck.dataset import build_index
-from bottleneck.errors import CacheLockedError, CacheMismatchError, ImageDecodeError
-from bottleneck.extract import ExtractOptions, extract, make_config
+from bottleneck.errors import ImageDecodeError
+from bottleneck.extract import ExtractOptions, extract
 from bottleneck.images import load_image
-from conftest import TINY, make_ham, write_image
-
-
-def opts(tmp_path, **kw):
-    base = dict(TINY, cache=tmp_path / "c.h5", batch_size=4, progress=False)
-    base.update(kw)
-    return ExtractOptions(**base)
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from conftest import TINY_ARGS, extract_opts, file_digest, make_ham, run_cli, write_image
 
 
 def model_features(o: ExtractOptions, paths) -> np.ndarray:
@@ -45,7 +28,7 @@ def model_features(o: ExtractOptions, paths) -> np.ndarray:
 
 def test_ham10000_cache_contents(tmp_path):
     root = make_ham(tmp_path / "HAM")
-    o = opts(tmp_path)
+    o = extract_opts(tmp_path)
     s = extract(build_index(root), o)
     assert (s.extracted, s.already_cached, len(s.failed), s.rows) == (12, 0, 0, 12)
     c = load_cache(o.cache)
@@ -73,19 +56,19 @@ def test_weights_file_features_equal_in_process_model(tmp_path, class_tree):
     donor = create_backbone("vgg16", "none", 32, "avg", seed=123)
     wfile = tmp_path / "donor.weights.h5"
     donor.save_weights(wfile)
-    o = opts(tmp_path, weights=str(wfile), seed=0)  # another seed: only the file may decide the weights
+    o = extract_opts(tmp_path, weights=str(wfile), seed=0)  # another seed: only the file may decide the weights
     extract(build_index(class_tree), o)
     c = load_cache(o.cache)
     assert c.attrs["weights_sha256"] == file_digest(wfile)
     x = np.stack([load_image(class_tree / p, 32)[0] for p in c.paths]).astype(np.float32)
     expected = donor.predict(get_spec("vgg16").preprocess_fn()(x), verbose=0)
     np.testing.assert_allclose(c.features, expected, rtol=1e-2, atol=1e-2)
-    random_init = model_features(opts(tmp_path, seed=0), [class_tree / p for p in c.paths])
+    random_init = model_features(extract_opts(tmp_path, seed=0), [class_tree / p for p in c.paths])
     assert not np.allclose(c.features, random_init, atol=1e-2)
 
 
 def test_rerun_skips_cached_and_adds_only_new_images(tmp_path, class_tree):
-    o = opts(tmp_path)
+    o = extract_opts(tmp_path)
     extract(build_index(class_tree), o)
     before = load_cache(o.cache)
     s = extract(build_index(class_tree), o)
@@ -102,7 +85,7 @@ def test_rerun_skips_cached_and_adds_only_new_images(tmp_path, class_tree):
 
 
 def test_identical_bytes_under_another_id_reuse_the_vector(tmp_path, class_tree):
-    o = opts(tmp_path)
+    o = extract_opts(tmp_path)
     extract(build_index(class_tree), o)
     (class_tree / "bcc" / "copy.jpg").write_bytes((class_tree / "bcc" / "img0.jpg").read_bytes())
     s = extract(build_index(class_tree), o)
@@ -120,7 +103,7 @@ def test_bad_files_are_listed_and_the_run_goes_on(tmp_path, class_tree):
     write_image(class_tree / "mel" / "really_png.jpg", seed=5, fmt="PNG")  # decoded by content
     write_image(class_tree / "mel" / "gray.jpg", seed=6, mode="L")
     write_image(class_tree / "mel" / "cmyk.jpg", seed=7, mode="CMYK")
-    o = opts(tmp_path)
+    o = extract_opts(tmp_path)
     s = extract(build_index(class_tree), o)
     failed = dict(read_failed(o.cache))
     assert set(failed) == {"mel/truncated.jpg", "mel/empty.png", "mel/notes.txt"}
@@ -135,35 +118,12 @@ def test_bad_files_are_listed_and_the_run_goes_on(tmp_path, class_tree):
 def test_strict_makes_a_bad_file_fatal(tmp_path, class_tree):
     (class_tree / "mel" / "empty.jpg").write_bytes(b"")
     with pytest.raises(ImageDecodeError, match="mel/empty.jpg: empty file"):
-        extract(build_index(class_tree), opts(tmp_path, strict=True))
-
-
-@pytest.mark.parametrize("change, named", [
-    (dict(backbone="mobilenet_v2"), "backbone vgg16 (cache) vs mobilenet_v2 (this run)"),
-    (dict(image_size=48), "image size 32 (cache) vs 48 (this run)"),
-    (dict(pooling="max"), "pooling avg (cache) vs max (this run)"),
-    (dict(seed=1), "weights none (seed 0) (cache) vs none (seed 1) (this run)")])
-def test_a_cache_is_never_mixed(tmp_path, class_tree, change, named):
-    o = opts(tmp_path)
-    extract(build_index(class_tree), o)
-    digest = file_digest(o.cache)
-    write_image(class_tree / "mel" / "new.jpg", seed=50)
-    with pytest.raises(CacheMismatchError) as err:
-        extract(build_index(class_tree), opts(tmp_path, **change))
-    assert named in str(err.value)
-    assert file_digest(o.cache) == digest and not journal_dir(o.cache).exists()
-
-
-def test_a_second_writer_is_refused(tmp_path, class_tree):
-    o = opts(tmp_path)
-    with CacheWriter(o.cache, make_config(o)):
-        with pytest.raises(CacheLockedError, match=f"pid {os.getpid()}"):
-            extract(build_index(class_tree), o)
+        extract(build_index(class_tree), extract_opts(tmp_path, strict=True))
 
 
 def test_label_fix_in_metadata_updates_rows_without_inference(tmp_path):
     root = make_ham(tmp_path / "HAM")
-    o = opts(tmp_path)
+    o = extract_opts(tmp_path)
     extract(build_index(root), o)
     csv = root / "HAM10000_metadata.csv"
     csv.write_text(csv.read_text().replace("HAM_0000000,ISIC_0000000,mel", "HAM_0000000,ISIC_0000000,bkl"))
@@ -173,39 +133,10 @@ def test_label_fix_in_metadata_updates_rows_without_inference(tmp_path):
     assert c.class_names[c.labels[0]] == "bkl"
 
 
-RESUME_SCRIPT = """
-import sys
-from pathlib import Path
-from bottleneck.dataset import build_index
-from bottleneck.extract import ExtractOptions, extract
-extract(build_index(sys.argv[1]), ExtractOptions(backbone="vgg16", weights="none", image_size=32,
-        batch_size=4, cache=Path(sys.argv[2]), progress=False))
-"""
-
-
-def test_sigkill_loses_at_most_the_batch_in_flight_and_rerun_completes(tmp_path):
-    root = tmp_path / "data"
-    for i in range(160):
-        write_image(root / ("mel" if i % 2 else "nv") / f"{i:03d}.png", seed=i, size=(96, 96))
-    killed = tmp_path / "killed.h5"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[1]))
-    proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, str(root), str(killed)], env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(journal_dir(killed).glob("batch-*.npz"))) < 3:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    journaled = list(journal_dir(killed).glob("batch-*.npz"))
-    assert journaled, "the extraction never committed a batch before it was killed"
-    assert not killed.exists() or load_cache(killed).features.shape[0] < 160
-
-    o = opts(tmp_path, cache=killed)
-    s = extract(build_index(root), o)
-    assert s.already_cached >= 4 * len(journaled) - 4 and s.extracted == 160 - s.already_cached
-    full = tmp_path / "full.h5"
-    extract(build_index(root), opts(tmp_path, cache=full))
-    a, b = load_cache(killed), load_cache(full)
-    order = np.argsort(a.image_ids)
-    assert list(a.image_ids[order]) == list(b.image_ids)
-    np.testing.assert_allclose(a.features[order], b.features, rtol=1e-3, atol=1e-3)
-    np.testing.assert_array_equal(a.labels[order], b.labels)
+def test_default_cache_name_under_cache_dir(tmp_path, class_tree, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("extract", class_tree, *TINY_ARGS)
+    assert r.exit_code == 0, r.output
+    path = tmp_path / "cache" / "data-vgg16-none-s0-32-avg.h5"
+    with h5py.File(path) as f:
+        assert int(f.attrs["n_rows"]) == 12

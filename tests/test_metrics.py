@@ -1,4 +1,4 @@
-"""compute_metrics and format_table against hand-computed cases; plots written as valid PNGs."""
+"""compute_metrics and format_table against hand-computed cases."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from bottleneck.errors import InputError
 from bottleneck.metrics import compute_metrics, format_table
-from bottleneck.plots import plot_confusion, plot_curves
 
 
 def onehot_proba(pred, c: int, conf: float = 0.8) -> np.ndarray:
@@ -161,34 +159,3 @@ def test_format_table_shows_each_split_and_dashes_for_missing_values():
     assert rows["val"][7] == "0.333"  # always "nv": 1 of 3 present classes recalled
     assert max(len(line) for line in lines) <= 100
     assert any(line.split()[:1] == ["bkl"] and line.split()[1:] == ["-", "1.000", "-"] for line in lines)
-
-
-# --- plots -------------------------------------------------------------------------------------------------
-
-def assert_png(path):
-    assert path.exists() and path.stat().st_size > 0
-    with Image.open(path) as img:
-        assert img.format == "PNG" and img.size[0] > 0 and img.size[1] > 0
-
-
-def test_plot_curves_with_and_without_validation(tmp_path):
-    full = {"loss": [1.2, 0.8, 0.6, 0.5], "val_loss": [1.3, 0.9, 1.0, 1.1],
-            "accuracy": [0.4, 0.6, 0.7, 0.8], "val_accuracy": [0.35, 0.55, 0.5, 0.5]}
-    out = plot_curves(full, tmp_path / "curves.png")
-    assert out == tmp_path / "curves.png"
-    assert_png(out)
-    assert_png(plot_curves({"loss": [1.0, 0.7], "accuracy": [0.5, 0.6]}, tmp_path / "sub" / "train_only.png"))
-    assert_png(plot_curves({"loss": [1.0]}, tmp_path / "one_epoch.png"))
-    with pytest.raises(InputError, match="no 'loss'"):
-        plot_curves({"val_loss": [1.0]}, tmp_path / "x.png")
-
-
-def test_plot_confusion_with_a_zero_row(tmp_path, recwarn):
-    m = [[5, 1, 0], [0, 0, 0], [2, 0, 3]]
-    out = plot_confusion(m, ["nv", "mel", "bcc"], tmp_path / "confusion.png", title="test split, 11 images")
-    assert out == tmp_path / "confusion.png"
-    assert_png(out)
-    assert_png(plot_confusion(m, ["nv", "mel", "bcc"], tmp_path / "raw.png", normalize=False))
-    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no 0/0 on the empty row
-    with pytest.raises(InputError, match=r"shape \(3, 3\) but there are 2 class names"):
-        plot_confusion(m, ["nv", "mel"], tmp_path / "bad.png")

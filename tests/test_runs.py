@@ -1,4 +1,4 @@
-"""train-head and evaluate on real caches: artifacts, grouped splits, reproducibility, bad input."""
+"""train-head on real caches: artifacts, grouped splits, reproducibility, overwriting, bad input."""
 
 from __future__ import annotations
 
@@ -9,25 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from bottleneck.cache import load_cache
-from bottleneck.cli import app
 from bottleneck.dataset import build_index
-from bottleneck.errors import CacheMismatchError, InputError
-from bottleneck.evaluate import evaluate_run
+from bottleneck.errors import InputError
 from bottleneck.extract import ExtractOptions, extract
 from bottleneck.heads import HeadConfig
 from bottleneck.rundir import load_run
 from bottleneck.runs import RunOptions, train_head_run
-from conftest import TINY, feature_cache, make_ham
+from conftest import TINY, feature_cache, make_ham, run_cli
 
 FAST = HeadConfig(epochs=8, patience=4)
-runner = CliRunner()
-
-
-def run_cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -135,36 +127,3 @@ def test_bad_caches_are_refused_with_the_reason(tmp_path, kind, message):
     r = run_cli("train-head", cache, "--out", tmp_path / "run", "--quiet", "--epochs", "3")
     assert r.exit_code == 1 and message in r.output, r.output
     assert not (tmp_path / "run").exists()
-
-
-def test_cli_train_head_prints_the_table_and_evaluate_matches(tmp_path, cache):
-    out = tmp_path / "run"
-    r = run_cli("train-head", cache, "--out", out, "--epochs", "10", "--quiet")
-    assert r.exit_code == 0, r.output
-    assert "balanced" in r.output and str(out) in r.output
-    r = run_cli("evaluate", out)
-    assert r.exit_code == 0, r.output
-    own = json.loads((out / "metrics.json").read_text())["test"]
-    ev = json.loads((out / "eval-test" / "metrics.json").read_text())["metrics"]
-    assert ev["balanced_accuracy"] == pytest.approx(own["balanced_accuracy"])
-    assert ev["confusion_matrix"] == own["confusion_matrix"]
-
-
-def test_evaluate_on_an_external_cache_maps_classes_by_name(tmp_path, cache):
-    run = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False)).run_dir
-    # same backbone configuration, class names in another case and order, one class the run never saw
-    other = feature_cache(tmp_path / "other.h5", counts={"MEL": 10, "NV": 10, "vasc": 4}, seed=0)
-    r = evaluate_run(run, other)
-    assert r.external and r.unmapped == {"vasc": 4}
-    assert r.metrics["n"] == 20
-    saved = json.loads((run / "eval-other" / "metrics.json").read_text())
-    assert saved["unmapped_classes"] == {"vasc": 4}
-
-
-def test_evaluate_refuses_another_backbone_and_unknown_runs(tmp_path, cache):
-    run = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False)).run_dir
-    other = feature_cache(tmp_path / "other.h5", backbone="resnet50")
-    with pytest.raises(CacheMismatchError, match=r"backbone resnet50 \(other.h5\) vs vgg16 \(run\)"):
-        evaluate_run(run, other)
-    r = run_cli("evaluate", tmp_path / "nope")
-    assert r.exit_code == 1 and "does not exist" in r.output

@@ -14,8 +14,7 @@ from bottleneck.errors import BottleneckError
 from bottleneck.heads import predict_proba
 from bottleneck.rundir import load_run
 from bottleneck.serve import export, predict
-from conftest import write_image
-from test_finetune import ham_run, run_cli, tuned  # noqa: F401  (session fixtures shared with fine-tune tests)
+from conftest import run_cli, write_image  # the session fixtures ham_run and tuned come from conftest.py
 
 
 def head_on_cache(ham_run) -> dict[str, np.ndarray]:

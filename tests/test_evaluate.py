@@ -1,0 +1,62 @@
+"""evaluate: a head run on its own test split (matching what train-head reported) or on an external cache,
+classes mapped by name; other backbone configurations and unknown runs refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bottleneck.errors import CacheMismatchError
+from bottleneck.evaluate import evaluate_run, map_classes
+from bottleneck.heads import HeadConfig
+from bottleneck.runs import RunOptions, train_head_run
+from conftest import feature_cache, run_cli
+
+FAST = HeadConfig(epochs=8, patience=4)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return feature_cache(tmp_path / "feat.h5")
+
+
+def test_cli_train_head_prints_the_table_and_evaluate_matches(tmp_path, cache):
+    out = tmp_path / "run"
+    r = run_cli("train-head", cache, "--out", out, "--epochs", "10", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "balanced" in r.output and str(out) in r.output
+    r = run_cli("evaluate", out)
+    assert r.exit_code == 0, r.output
+    own = json.loads((out / "metrics.json").read_text())["test"]
+    ev = json.loads((out / "eval-test" / "metrics.json").read_text())["metrics"]
+    assert ev["balanced_accuracy"] == pytest.approx(own["balanced_accuracy"])
+    assert ev["confusion_matrix"] == own["confusion_matrix"]
+
+
+def test_evaluate_on_an_external_cache_maps_classes_by_name(tmp_path, cache):
+    run = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False)).run_dir
+    # same backbone configuration, class names in another case and order, one class the run never saw
+    other = feature_cache(tmp_path / "other.h5", counts={"MEL": 10, "NV": 10, "vasc": 4}, seed=0)
+    r = evaluate_run(run, other)
+    assert r.external and r.unmapped == {"vasc": 4}
+    assert r.metrics["n"] == 20
+    saved = json.loads((run / "eval-other" / "metrics.json").read_text())
+    assert saved["unmapped_classes"] == {"vasc": 4}
+
+
+def test_evaluate_refuses_another_backbone_and_unknown_runs(tmp_path, cache):
+    run = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False)).run_dir
+    other = feature_cache(tmp_path / "other.h5", backbone="resnet50")
+    with pytest.raises(CacheMismatchError, match=r"backbone resnet50 \(other.h5\) vs vgg16 \(run\)"):
+        evaluate_run(run, other)
+    r = run_cli("evaluate", tmp_path / "nope")
+    assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def test_map_classes_by_exact_name_then_case_insensitively():
+    mapping, unmapped = map_classes(["mel", "nv", "MEL"], ["MEL", "Nv", "vasc", "mel"])
+    assert mapping.tolist() == [2, 1, -1, 0]  # an exact match wins over a case-folded one
+    assert unmapped == {"vasc": -1}
+    mapping, unmapped = map_classes(["a"], [])
+    assert mapping.tolist() == [] and unmapped == {}

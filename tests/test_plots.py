@@ -1,0 +1,38 @@
+"""Training curves and confusion matrices written as valid PNGs, edge cases included."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from bottleneck.errors import InputError
+from bottleneck.plots import plot_confusion, plot_curves
+
+
+def assert_png(path):
+    assert path.exists() and path.stat().st_size > 0
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] > 0 and img.size[1] > 0
+
+
+def test_plot_curves_with_and_without_validation(tmp_path):
+    full = {"loss": [1.2, 0.8, 0.6, 0.5], "val_loss": [1.3, 0.9, 1.0, 1.1],
+            "accuracy": [0.4, 0.6, 0.7, 0.8], "val_accuracy": [0.35, 0.55, 0.5, 0.5]}
+    out = plot_curves(full, tmp_path / "curves.png")
+    assert out == tmp_path / "curves.png"
+    assert_png(out)
+    assert_png(plot_curves({"loss": [1.0, 0.7], "accuracy": [0.5, 0.6]}, tmp_path / "sub" / "train_only.png"))
+    assert_png(plot_curves({"loss": [1.0]}, tmp_path / "one_epoch.png"))
+    with pytest.raises(InputError, match="no 'loss'"):
+        plot_curves({"val_loss": [1.0]}, tmp_path / "x.png")
+
+
+def test_plot_confusion_with_a_zero_row(tmp_path, recwarn):
+    m = [[5, 1, 0], [0, 0, 0], [2, 0, 3]]
+    out = plot_confusion(m, ["nv", "mel", "bcc"], tmp_path / "confusion.png", title="test split, 11 images")
+    assert out == tmp_path / "confusion.png"
+    assert_png(out)
+    assert_png(plot_confusion(m, ["nv", "mel", "bcc"], tmp_path / "raw.png", normalize=False))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no 0/0 on the empty row
+    with pytest.raises(InputError, match=r"shape \(3, 3\) but there are 2 class names"):
+        plot_confusion(m, ["nv", "mel"], tmp_path / "bad.png")
