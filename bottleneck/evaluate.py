@@ -9,11 +9,11 @@ import numpy as np
 
 from .cache import CacheConfig, load_cache
 from .errors import CacheMismatchError, InputError
-from .files import sha256_file
+from .files import sha256_file, write_json_atomic
 from .heads import predict_proba
 from .metrics import compute_metrics
 from .plots import plot_confusion
-from .rundir import load_run, predictions_frame, staged, write_json
+from .rundir import load_run, predictions_frame, staged
 from .runs import require_views, tta_proba
 from .splits import load_split
 
@@ -82,8 +82,9 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
 
     out = run_dir / ("eval-" + (path.stem if external else "test"))
     with staged(out, overwrite=True) as tmp:  # an evaluation is derived: the newest replaces the last
-        write_json(tmp / "metrics.json", {"cache": str(path.resolve()), "external": external, "tta": tta,
-                                          "unmapped_classes": unmapped_counts, "notes": notes, "metrics": metrics})
+        write_json_atomic(tmp / "metrics.json", {"cache": str(path.resolve()), "external": external, "tta": tta,
+                                                 "unmapped_classes": unmapped_counts, "notes": notes,
+                                                 "metrics": metrics})
         shown = data if not external else replace(data, labels=y.astype(np.int32))  # labels in the run's classes
         predictions_frame(shown, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)
         plot_confusion(metrics["confusion_matrix"], names, tmp / "confusion.png",

@@ -31,8 +31,7 @@ from .image_data import training_batches
 from .metrics import evaluate_splits
 from .plots import plot_confusion, plot_curves
 from .report import write_finetune_report
-from .rundir import (check_free, load_keras, predictions_frame, publish, read_config, staging_dir, write_history,
-                     write_json)
+from .rundir import check_free, load_keras, predictions_frame, publish, read_config, staging_dir, write_history
 from .splits import SPLITS, load_split
 from .tfimport import tensorflow
 
@@ -255,9 +254,9 @@ class FineTuneJob:
         shutil.copy(run / "split.csv", tmp / "split.csv")
         write_history(tmp / "history.csv", state["history"])
         predictions_frame(data, split, proba[ok], good, names).to_csv(tmp / "predictions.csv", index=False)
-        write_json(tmp / "metrics.json", metrics)
+        write_json_atomic(tmp / "metrics.json", metrics)
         config = self._config(failed)
-        write_json(tmp / "config.json", config)
+        write_json_atomic(tmp / "config.json", config)
         plot_curves(state["history"], tmp / "curves.png")
         plot_confusion(metrics["test"]["confusion_matrix"], names, tmp / "confusion.png",
                        title=f"test split, {metrics['test']['n']} images (fine-tuned)")

@@ -95,11 +95,6 @@ def load_run(run_dir: str | Path) -> tuple[dict, object]:
 
 # --- artifacts --------------------------------------------------------------------------------------------------
 
-def write_json(path: Path, obj) -> None:
-    """A JSON artifact of a run (inside the staging folder, whose rename is what makes the run atomic)."""
-    path.write_text(json.dumps(obj, indent=2))
-
-
 def write_history(path: Path, history: dict) -> None:
     """history.csv: one row per epoch, 1-based, with every logged quantity."""
     import pandas as pd  # 0.5 s of import: only commands that write runs pay it

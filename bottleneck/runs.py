@@ -23,7 +23,8 @@ from .heads import HeadConfig, TrainedHead, fit_head, predict_proba
 from .metrics import evaluate_splits
 from .plots import plot_confusion, plot_curves
 from .report import write_head_report
-from .rundir import cache_record, check_free, predictions_frame, staged, write_history, write_json
+from .files import write_json_atomic
+from .rundir import cache_record, check_free, predictions_frame, staged, write_history
 from .splits import SPLITS, SplitSpec, check_split, load_split, make_split, save_split
 from .views import view_sampler
 
@@ -168,8 +169,8 @@ def write_head_run(tmp: Path, data: CacheData, split: np.ndarray, fit: HeadFit, 
     save_split(tmp / "split.csv", data.image_ids, split)
     write_history(tmp / "history.csv", fit.trained.history)
     predictions_frame(data, split, fit.proba, fit.rows, names).to_csv(tmp / "predictions.csv", index=False)
-    write_json(tmp / "metrics.json", fit.metrics)
-    write_json(tmp / "config.json", config)
+    write_json_atomic(tmp / "metrics.json", fit.metrics)
+    write_json_atomic(tmp / "config.json", config)
     fit.trained.model.save(tmp / "head.keras")
     plot_curves(fit.trained.history, tmp / "curves.png")
     plot_confusion(fit.metrics["test"]["confusion_matrix"], names, tmp / "confusion.png",

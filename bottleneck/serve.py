@@ -21,7 +21,7 @@ import numpy as np
 from .cache import CacheConfig, load_cache
 from .classifier import assemble_model, predict_images
 from .errors import BottleneckError, ImageDecodeError, InputError
-from .files import walk_files
+from .files import walk_files, write_json_atomic
 from .heads import predict_proba
 from .images import load_image
 from .rundir import check_free, load_keras, read_config, staged
@@ -157,7 +157,7 @@ def export(run: str | Path, fmt: str = "keras", out: str | Path | None = None, d
                   "backbone": cache["config"]["backbone"], "source_run": str(run.resolve()), "format": fmt,
                   "parity": {"images": len(pixels), "worst_difference": worst, "tolerance": atol,
                              "reference": "head on cached features" if served.kind == "head" else "model.keras"}}
-        (tmp / "labels.json").write_text(json.dumps(labels, indent=2))
+        write_json_atomic(tmp / "labels.json", labels)
     return ExportResult(out, fmt, worst, atol, len(pixels), sorted(p.name for p in out.iterdir()))
 
 

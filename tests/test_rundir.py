@@ -12,7 +12,7 @@ import pytest
 from bottleneck.cache import load_cache
 from bottleneck.errors import InputError
 from bottleneck.rundir import (check_free, predictions_frame, publish, read_config, stage, staged, staging_dir,
-                               write_history, write_json)
+                               write_history)
 from conftest import feature_cache
 
 
@@ -107,8 +107,6 @@ def test_write_history_has_a_one_based_epoch_column(tmp_path):
     assert list(df.columns) == ["epoch", "loss", "accuracy", "val_loss"]
     assert df["epoch"].tolist() == [1, 2, 3]
     np.testing.assert_allclose(df["val_loss"], history["val_loss"])
-    write_json(tmp_path / "m.json", {"a": 1})
-    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
 
 
 def test_predictions_frame_columns(tmp_path):
