@@ -19,7 +19,7 @@ from bottleneck.cache_write import CacheWriter
 from bottleneck.dataset import build_index
 from bottleneck.errors import CacheLockedError, CacheMismatchError
 from bottleneck.extract import extract, make_config
-from conftest import TINY_ARGS, extract_opts, file_digest, run_cli, write_image
+from conftest import TINY_ARGS, extract_opts, feature_cache, file_digest, run_cli, write_image
 
 
 @pytest.mark.parametrize("change, named", [
@@ -116,3 +116,35 @@ def test_shards_merge_into_the_same_cache_as_one_run(tmp_path, class_tree):
                    "--cache", other).exit_code == 0
     r = run_cli("merge", whole, other, "--out", tmp_path / "bad.h5")
     assert r.exit_code == 1 and "image size" in r.output and not (tmp_path / "bad.h5").exists()
+
+
+WRITE_CUT_OFF = """
+import resource, signal, sys
+import numpy as np
+from bottleneck.cache import CacheConfig, read_attrs
+from bottleneck.cache_write import CacheWriter
+path = sys.argv[1]
+config = CacheConfig.from_attrs(read_attrs(path))
+with CacheWriter(path, config) as w:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises OSError, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    rows = [dict(image_id=f"big{i}", path=f"big{i}.jpg", label="mel", group="", sha256=f"{i:064x}", width=1,
+                 height=1) for i in range(4000)]
+    w.write_batch(rows, np.ones((4000, config.num_features), np.float32))
+"""
+
+
+def test_a_batch_cut_off_while_being_written_is_never_applied(tmp_path):
+    """A write error (disk full, quota) in the middle of journaling a batch leaves a partial file in the journal;
+    the next writer must not read it as a batch, and the committed rows stay as they were."""
+    cache = feature_cache(tmp_path / "c.h5", counts={"bcc": 4, "mel": 4}, dim=32)
+    before = load_cache(cache)
+    run = subprocess.run([sys.executable, "-c", WRITE_CUT_OFF, str(cache)], capture_output=True, text=True)
+    assert run.returncode != 0 and "File too large" in run.stderr  # the write was really cut off
+    assert any(journal_dir(cache).iterdir())  # ... and left its partial file behind
+    with CacheWriter(cache, before.config) as w:  # a rerun: commits what the journal holds
+        w.write_batch([dict(image_id="after", path="after.jpg", label="bcc", group="", sha256="f" * 64, width=1,
+                            height=1)], np.zeros((1, 32), np.float32))
+    after = load_cache(cache)
+    assert list(after.image_ids) == list(before.image_ids) + ["after"]
+    np.testing.assert_array_equal(after.features[:8], before.features)
