@@ -154,7 +154,7 @@ def run_demo(out: Path = Path("demo_data"), *, images_per_class: int = 40, backb
         echo(line)
     echo(f"\n$ bottleneck train-head {cache} --out {run} --overwrite")
     result = train_head_run(cache, HeadConfig(seed=seed),
-                            RunOptions(out=run, split=SplitSpec(0.7, 0.15, 0.15, seed), overwrite=True))
+                            RunOptions(out=run, split=SplitSpec.held_out(0.15, 0.15, seed), overwrite=True))
     for line in train_head_lines(result):
         echo(line)
     return result.run_dir

@@ -181,7 +181,7 @@ class FineTuneJob:
         keras.utils.set_random_seed(self.opts.seed)
         with _compute_policy(self.opts.mixed_precision), strategy.scope():
             if self.state is not None:
-                return keras.saving.load_model(self.tmp / "last.keras")
+                return load_keras(self.tmp / "last.keras")
             backbone = rebuild_backbone(self.provenance)
             model = assemble_model(self.provenance, load_keras(self.run / "head.keras"), backbone)
             unfrozen = unfreeze(backbone, self.provenance.backbone, parse_unfreeze(self.opts.unfreeze))  # may refuse

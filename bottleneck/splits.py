@@ -24,6 +24,11 @@ class SplitSpec:
     test: float = 0.15
     seed: int = 0
 
+    @classmethod
+    def held_out(cls, val: float, test: float, seed: int = 0) -> SplitSpec:
+        """The split `--val F --test F` asks for: the rest trains."""
+        return cls(round(1 - val - test, 10), val, test, seed)
+
     def fractions(self) -> np.ndarray:
         f = np.array([self.train, self.val, self.test], dtype=float)
         if (f <= 0).any() or abs(f.sum() - 1) > 1e-6:

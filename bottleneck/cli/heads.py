@@ -16,10 +16,6 @@ from ..sweep import GRID_KEYS, SweepOptions, expand_grid, grid_from_options, run
 from .app import app, echo_lines, handle_errors
 
 
-def _split(val: float, test: float, seed: int) -> SplitSpec:
-    return SplitSpec(round(1 - val - test, 10), val, test, seed)
-
-
 @app.command("train-head")
 @handle_errors
 def train_head_command(
@@ -52,7 +48,7 @@ def train_head_command(
     head = HeadConfig(hidden=parse_hidden(hidden), dropout=dropout, optimizer=optimizer, lr=lr,
                       decay_rate=decay_rate, decay_steps=decay_steps, batch_size=batch_size, epochs=epochs,
                       patience=patience, class_weight=class_weight, standardize=standardize, seed=seed)
-    opts = RunOptions(out=out, split=_split(val, test, seed), split_from=split_from, overwrite=overwrite,
+    opts = RunOptions(out=out, split=SplitSpec.held_out(val, test, seed), split_from=split_from, overwrite=overwrite,
                       progress=not quiet, augment=augment, tta=tta)
     echo_lines(train_head_lines(train_head_run(cache, head, opts)))
 
@@ -106,6 +102,6 @@ def sweep_command(
     listed = {"dropout": dropout, "optimizer": optimizer, "lr": lr, "decay_rate": decay_rate,
               "decay_steps": decay_steps, "batch_size": batch_size, "class_weight": class_weight, "seed": seed}
     configs = expand_grid(grid_from_options(grid, listed, hidden, {"epochs": epochs, "patience": patience}))
-    opts = SweepOptions(out=out, folds=folds, metric=metric, split=_split(val, test, split_seed),
+    opts = SweepOptions(out=out, folds=folds, metric=metric, split=SplitSpec.held_out(val, test, split_seed),
                         split_from=split_from, progress=not quiet, tta=tta)
     echo_lines(sweep_lines(run_sweep(cache, configs, opts), len(configs), folds, metric))
