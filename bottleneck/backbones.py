@@ -14,6 +14,7 @@ from typing import Callable
 
 from .errors import InputError, WeightsError
 from .files import sha256_file
+from .precision import compute_policy
 from .tfimport import tensorflow
 
 POOLINGS = ("avg", "max")
@@ -113,8 +114,9 @@ def resolve_size(spec: BackboneSpec, image_size: int | None) -> int:
 
 
 def create_backbone(name: str, weights: WeightsRef | str = "imagenet", image_size: int | None = None,
-                    pooling: str = "avg", seed: int = 0):
-    """Build `name` truncated at its global pooling layer: (B, S, S, 3) preprocessed -> (B, num_features).
+                    pooling: str = "avg", seed: int = 0, precision: str = "float32"):
+    """Build `name` truncated at its global pooling layer: (B, S, S, 3) preprocessed -> (B, num_features),
+    computing in `precision` (see precision.py; its output is then bfloat16/float16 too).
 
     Weights are never silently replaced: if ImageNet weights cannot be downloaded, or a weights file
     does not fit, a `WeightsError` says so and names the alternatives.
@@ -131,6 +133,13 @@ def create_backbone(name: str, weights: WeightsRef | str = "imagenet", image_siz
     # Seeding before construction makes `--weights none` a fixed function of the seed, so a resumed or
     # incremental extraction computes the same features as the first run.
     keras.utils.set_random_seed(seed)
+    with compute_policy(precision):
+        model = _construct(build, name, ref, size, pooling)
+    model.trainable = False
+    return model
+
+
+def _construct(build, name: str, ref: WeightsRef, size: int, pooling: str):
     kwargs = dict(include_top=False, input_shape=(size, size, 3), pooling=pooling)
     if ref.kind == "imagenet":
         try:
@@ -153,7 +162,6 @@ def create_backbone(name: str, weights: WeightsRef | str = "imagenet", image_siz
                 raise WeightsError(
                     f"weights file {ref.path} does not fit {name} at {size}px with include_top=False "
                     f"({exc}); pass a weights file saved from this backbone, or --weights none") from None
-    model.trainable = False
     return model
 
 

@@ -3,12 +3,21 @@
 - head: seconds per epoch of the default head on an N x D cache (default 10,000 x 2048);
 - run: a whole default `train-head` run on that cache (load, split, train with early stopping, metrics,
   plots, report);
-- extraction: images/s of a real `extract` (JPEG decode + resize + backbone) over synthetic
-  HAM-sized images, extrapolated to N images, to compare the head's cost with one pass of the CNN.
+- extract: steady-state images/s of a real `extract` over HAM-sized JPEGs against the pure forward pass at the
+  same precision and batch size (their ratio is the pipeline's efficiency), decode alone, each native precision
+  against float32, and the forward pass's FLOP/s against a matrix product's (the machine's own limit);
+- batch1: a one-image-at-a-time loop against `extract`; load: the cache against one text file per image;
+- rerun: a rerun with nothing new and with 1% new images, as fractions of the full extraction;
+- memory: peak RSS of an `extract` process at N and 8N images;
+- sweep and views: a 16-head sweep against 16 runs; the cost and disk of stored views.
+
+Rates are differences or steady-state windows, never whole runs with start-up in them, and each ratio compares
+two ways measured in the same run: the machines are shared and drift between runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -21,19 +30,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheConfig
+from .backbones import create_backbone
+from .cache import CacheConfig, library_versions, load_cache
 from .cache_write import CacheWriter
 from .dataset import build_index
 from .demo import make_demo_dataset
 from .errors import InputError
-from .extract import ExtractOptions, extract
+from .extract import ExtractOptions, extract, make_config, make_forward
 from .heads import HeadConfig, fit_head
+from .image_data import inference_batches, pad_batch
+from .images import load_image
+from .precision import BF16_FLAGS, cpu_flags, fastest_native
 from .runs import RunOptions, train_head_run
 from .sweep import SweepOptions, expand_grid, run_sweep
 from .tfimport import tensorflow
 
 
-PARTS = ("head", "run", "extract", "sweep", "views")
+PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views")
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,8 @@ class BenchOptions:
     epochs: int = 5
     backbone: str = "inception_v3"
     image_size: int | None = None
-    images: int = 64
+    images: int = 256  # extraction figures; steady state is timed after the first batch
+    batch_size: int = 32
     sweep_epochs: int = 3  # per configuration in the sweep benchmark (fixed: no early stopping)
     seed: int = 0
 
@@ -108,16 +122,218 @@ def bench_train_head_run(opts: BenchOptions, workdir: Path) -> dict:
     return {"seconds": seconds, "epochs_run": epochs, "train_seconds": r.seconds}
 
 
+def write_bench_images(folder: Path, n: int, seed: int = 0, start: int = 0) -> Path:
+    """`n` HAM10000-sized (600 x 450) JPEGs in two class folders: smooth colour fields plus sensor-like noise at
+    quality 90, so that decoding costs about what a real dermoscopy photo costs (a flat synthetic image decodes
+    several times faster)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed + start)
+    for i in range(start, start + n):
+        base = Image.fromarray(rng.integers(40, 220, (6, 8, 3), dtype=np.uint8)).resize((600, 450), Image.BICUBIC)
+        pixels = np.asarray(base, np.float32) + rng.normal(0, 8, (450, 600, 3))
+        path = folder / ("mel" if i % 2 else "nv") / f"img{i:06d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return folder
+
+
+def forward_flops(model) -> float:
+    """Multiply-adds x 2 of one image through `model`'s convolutions and dense layers (the rest is noise)."""
+    total = 0.0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
+            continue
+        out = layer.output.shape  # (None, H, W, C) or (None, C)
+        kernel = layer.weights[0].shape  # (kh, kw, cin, cout), (kh, kw, cin, mult) or (in, out)
+        if kind == "Dense":
+            total += 2.0 * kernel[0] * kernel[1]
+        elif kind == "DepthwiseConv2D":
+            total += 2.0 * out[1] * out[2] * out[3] * kernel[0] * kernel[1]
+        else:
+            total += 2.0 * out[1] * out[2] * out[3] * kernel[0] * kernel[1] * kernel[2]
+    return total
+
+
+def matmul_flops_per_s(precision: str, n: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of an n x n matrix product in `precision` on this machine: the ceiling a convolution lowers to."""
+    tf = tensorflow()
+    dtype = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[precision]
+    a = tf.random.stateless_normal((n, n), (1, 2), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    matmul = tf.function(lambda x: tf.reduce_sum(tf.cast(tf.matmul(x, x), tf.float32)))
+    matmul(a).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best
+
+
+def _forward_rate(forward, batches: list, rounds: int = 1) -> float:
+    """Images/s of `forward` on in-memory batches (the same batch shape as extraction, traced beforehand)."""
+    tf = tensorflow()
+    n, start = 0, time.perf_counter()
+    for _ in range(rounds):
+        for x in batches:
+            forward(tf.cast(x, tf.float32)).numpy()
+            n += int(x.shape[0])
+    return n / (time.perf_counter() - start)
+
+
+def bench_decode(paths: list[str], size: int, batch_size: int) -> float:
+    """Images/s of the image pipeline alone (read, decode, resize, batch) on all cores."""
+    n, start = 0, time.perf_counter()
+    for pixels, *_ in inference_batches(paths, size, batch_size):
+        n += int(pixels.shape[0])
+    return n / (time.perf_counter() - start)
+
+
+def _extract_once(index, opts: BenchOptions, cache: Path, precision: str, xla: str = "auto"):
+    return extract(index, ExtractOptions(backbone=opts.backbone, weights="none", image_size=opts.image_size,
+                                         cache=cache, progress=False, dtype="float32", precision=precision,
+                                         xla=xla, batch_size=opts.batch_size))
+
+
 def bench_extraction(opts: BenchOptions, workdir: Path) -> dict:
-    """A real extraction of `images` synthetic 600x450 JPEGs (HAM10000's size) with a seeded random backbone
-    (compute is the same as with ImageNet weights)."""
-    per_class = max(1, opts.images // 4)  # the demo gives nv twice as many: 4 x per_class images
-    ds = make_demo_dataset(workdir / "images", images_per_class=per_class, image_size=600, seed=opts.seed)
-    index = build_index(ds.root)
-    s = extract(index, ExtractOptions(backbone=opts.backbone, weights="none", image_size=opts.image_size,
-                                      cache=workdir / "extract.h5", progress=False, dtype="float32"))
-    return {"backbone": opts.backbone, "images": s.extracted, "images_per_s": s.images_per_s,
-            "build_s": s.build_seconds}
+    """Steady-state `extract` against the pure forward pass at the same precision and batch size, on `images`
+    HAM-sized JPEGs with a seeded random backbone (the same compute as ImageNet weights).
+
+    End to end is a real `extract` timed after its first batch (tracing and the first decode excluded); the pure
+    forward pass is extraction's own traced function on in-memory batches, timed half before and half after, so
+    that drift of a shared machine falls on both. Per precision: float32, plus bfloat16/float16 where native."""
+    tf = tensorflow()
+
+    folder = write_bench_images(workdir / "bench-images", opts.images, opts.seed)
+    index = build_index(folder)
+    paths = [str(e.path) for e in index.entries]
+    config = _float32_config(opts)
+    size, bs = config.input_size, opts.batch_size
+    out = {"backbone": opts.backbone, "images": len(paths), "input_size": size, "batch_size": bs,
+           "decode_images_per_s": bench_decode(paths, size, bs), "precisions": {}}
+    batches = [pixels for pixels, *_ in inference_batches(paths[:bs * 2], size, bs)][:2]
+    batches = [pad_batch(x, bs) for x in batches]
+    flops = None
+    for precision in bench_precisions():
+        run = _extract_once(index, opts, workdir / f"extract-{precision}.h5", precision)
+        model = create_backbone(opts.backbone, "none", size, seed=opts.seed, precision=precision)
+        flops = flops or forward_flops(model)
+        forward = make_forward(dataclasses.replace(config, precision=precision, xla=run.xla), model)
+        forward(tf.cast(batches[0], tf.float32))  # trace
+        rounds = max(1, run.steady_images // (2 * bs * len(batches)))
+        fwd = [_forward_rate(forward, batches, rounds)]
+        e2e = _extract_once(index, opts, workdir / f"extract-{precision}-2.h5", precision)
+        fwd.append(_forward_rate(forward, batches, rounds))
+        steady = [r.steady_images_per_s for r in (run, e2e)]
+        forward_rate = float(np.mean(fwd))
+        out["precisions"][precision] = {
+            "xla": run.xla, "end_to_end_images_per_s": float(np.mean(steady)), "forward_images_per_s": forward_rate,
+            "efficiency": float(np.mean(steady)) / forward_rate, "whole_run_images_per_s": run.images_per_s,
+            "build_s": run.build_seconds, "forward_gflop_per_s": forward_rate * flops / 1e9,
+            "matmul_gflop_per_s": matmul_flops_per_s(precision) / 1e9}
+    out["gflop_per_image"] = flops / 1e9
+    f32 = out["precisions"]["float32"]
+    for precision, r in out["precisions"].items():
+        r["speedup_vs_float32"] = r["end_to_end_images_per_s"] / f32["end_to_end_images_per_s"]
+    out["images_per_s"] = max(r["end_to_end_images_per_s"] for r in out["precisions"].values())
+    return out
+
+
+def bench_precisions() -> list[str]:
+    """float32, and the reduced precisions this machine runs natively (emulated ones would only be slower)."""
+    native = fastest_native()
+    return ["float32"] + ([native] if native != "float32" else [])
+
+
+def bench_batch_one(opts: BenchOptions, workdir: Path, n: int = 32) -> dict:
+    """The one-image-at-a-time loop of a notebook (decode, then the model on a batch of one) against `extract`."""
+    tf = tensorflow()
+
+    folder = write_bench_images(workdir / "batch1-images", n, opts.seed)
+    index = build_index(folder)
+    ours = _extract_once(index, opts, workdir / "batch1.h5", "float32", xla="off")
+    config = _float32_config(opts)
+    forward = make_forward(config, create_backbone(opts.backbone, "none", config.input_size, seed=opts.seed))
+    size = config.input_size
+    forward(tf.zeros((1, size, size, 3)))  # trace, as a notebook's first call would
+    start = time.perf_counter()
+    for entry in index.entries:
+        pixels, _ = load_image(entry.path, size)
+        forward(tf.constant(pixels[None], tf.float32)).numpy()
+    one = n / (time.perf_counter() - start)
+    return {"images": n, "batch1_images_per_s": one, "extract_images_per_s": ours.steady_images_per_s,
+            "speedup": ours.steady_images_per_s / one}
+
+
+def _float32_config(opts: BenchOptions) -> CacheConfig:
+    return make_config(ExtractOptions(backbone=opts.backbone, weights="none", image_size=opts.image_size,
+                                      precision="float32", xla="off"))
+
+
+def bench_cache_load(opts: BenchOptions, workdir: Path) -> dict:
+    """Loading `rows` x `dim` features from the cache against one text file of comma-separated floats per image
+    (the bottleneck files of the classic retraining script)."""
+    cache = workdir / "bench.h5"
+    if not cache.exists():
+        write_synthetic_cache(cache, opts)
+    x, _, _ = synthetic_features(opts.rows, opts.dim, opts.classes, opts.seed)
+    text = workdir / "bottleneck-txt"
+    text.mkdir(exist_ok=True)
+    for i, row in enumerate(x):
+        (text / f"b{i}.txt").write_text(",".join(f"{v:g}" for v in row.astype(np.float32)))
+    start = time.perf_counter()
+    data = load_cache(cache)
+    h5_s = time.perf_counter() - start
+    start = time.perf_counter()
+    loaded = np.stack([np.array((text / f"b{i}.txt").read_text().split(","), np.float32) for i in range(opts.rows)])
+    txt_s = time.perf_counter() - start
+    assert loaded.shape == data.features.shape
+    return {"rows": opts.rows, "dim": opts.dim, "cache_s": h5_s, "text_s": txt_s, "speedup": txt_s / h5_s,
+            "cache_mib": cache.stat().st_size / 2**20,
+            "text_mib": sum(f.stat().st_size for f in text.iterdir()) / 2**20}
+
+
+def bench_rerun(opts: BenchOptions, workdir: Path) -> dict:
+    """A rerun with nothing new and one with 1% new images, as fractions of the full extraction (whole calls:
+    hashing, model build and commit included)."""
+    folder = write_bench_images(workdir / "rerun-images", opts.images, opts.seed)
+    cache = workdir / "rerun.h5"
+    timed = []
+    for step in ("full", "nothing new", "1% new"):
+        if step == "1% new":
+            write_bench_images(folder, max(1, opts.images // 100), opts.seed, start=opts.images)
+        start = time.perf_counter()
+        s = _extract_once(build_index(folder), opts, cache, "auto")
+        timed.append((time.perf_counter() - start, s.extracted))
+    (full, n), (none, _), (one, added) = timed
+    return {"images": n, "full_s": full, "nothing_new_s": none, "nothing_new_fraction": none / full,
+            "added": added, "one_percent_s": one, "one_percent_fraction": one / full}
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from bottleneck.dataset import build_index
+from bottleneck.extract import ExtractOptions, extract
+extract(build_index(sys.argv[1]), ExtractOptions(backbone="mobilenet_v2", weights="none", image_size=96,
+        cache=Path(sys.argv[2]), progress=False, dtype="float32"))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_memory(opts: BenchOptions, workdir: Path, factor: int = 8) -> dict:
+    """Peak RSS of a whole `extract` process over N and factor x N images. It uses MobileNetV2 at 96 px whatever
+    --backbone is, so that 8N stays quick: the model's own memory is a constant, what could grow is the rest."""
+    out = {"images": {}, "peak_rss_mib": {}}
+    for n in (opts.images, factor * opts.images):
+        folder = write_bench_images(workdir / f"memory-{n}", n, opts.seed)
+        done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(folder), str(workdir / f"memory-{n}.h5")],
+                              check=True, capture_output=True, text=True)
+        out["peak_rss_mib"][n] = int(done.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+    (n1, r1), (n8, r8) = out["peak_rss_mib"].items()
+    return {"images": (n1, n8), "peak_rss_mib": (r1, r8), "growth": r8 / r1}
 
 
 def bench_sweep(opts: BenchOptions, workdir: Path, commands: int = 2) -> dict:
@@ -163,27 +379,43 @@ def bench_views(opts: BenchOptions, workdir: Path, n_views: int = 7) -> dict:
             "bytes_per_view_per_image": (sizev - size0) / (n * n_views)}
 
 
+def machine_info() -> dict:
+    """What a figure depends on: CPU model and the flags that decide the fast paths, cores, GPUs, libraries."""
+    tf = tensorflow()
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        model = platform.processor()
+    flags = cpu_flags()
+    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", *BF16_FLAGS, "amx_tile") if f in flags]
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return {"cpu": model or platform.machine(), "flags": shown, "cores": os.cpu_count(), "gpus": gpus,
+            "fastest_native_precision": fastest_native(), "versions": library_versions()}
+
+
 def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
     """The figures of the chosen `parts` (see PARTS), measured in one temporary folder, plus the machine."""
     unknown = set(parts) - set(PARTS)
     if unknown:
-        raise InputError(f"--part should be head, run, extract, sweep or views; received {', '.join(sorted(unknown))}")
-    tf = tensorflow()
-
-    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                                f"{len(tf.config.list_physical_devices('GPU'))} GPU, TensorFlow {tf.__version__}"}
+        raise InputError(f"--part should be among {', '.join(PARTS)}; received {', '.join(sorted(unknown))}")
+    if opts.images < 2 * opts.batch_size:
+        raise InputError(f"--images should be at least twice the batch size ({2 * opts.batch_size}), so that "
+                         f"steady-state batches follow the first; received {opts.images}")
+    results: dict = {"machine": machine_info()}
+    steps = {"head": lambda tmp: bench_head_epoch(opts), "run": lambda tmp: bench_train_head_run(opts, tmp),
+             "extract": lambda tmp: bench_extraction(opts, tmp), "batch1": lambda tmp: bench_batch_one(opts, tmp),
+             "load": lambda tmp: bench_cache_load(opts, tmp), "rerun": lambda tmp: bench_rerun(opts, tmp),
+             "memory": lambda tmp: bench_memory(opts, tmp), "sweep": lambda tmp: bench_sweep(opts, tmp),
+             "views": lambda tmp: bench_views(opts, tmp)}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if "head" in parts:
-            results["head"] = bench_head_epoch(opts)
-        if "run" in parts:
-            results["run"] = bench_train_head_run(opts, tmp)
-        if "extract" in parts:
-            results["extract"] = bench_extraction(opts, tmp)
-        if "sweep" in parts:
-            results["sweep"] = bench_sweep(opts, tmp)
-        if "views" in parts:
-            results["views"] = bench_views(opts, tmp)
+        for part in PARTS:
+            if part in parts:
+                results[part] = steps[part](Path(tmp))
     if "extract" in results:
         one_pass = opts.rows / results["extract"]["images_per_s"]
         results["backbone_pass_s"] = one_pass
@@ -195,7 +427,10 @@ def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
 
 
 def format_results(r: dict, opts: BenchOptions) -> str:
-    lines = [f"machine: {r['machine']}"]
+    m = r["machine"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '(none of note)'}, "
+             f"{len(m['gpus'])} GPU, fastest native precision {m['fastest_native_precision']}; "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k != "bottleneck")]
     if "head" in r:
         h = r["head"]
         lines.append(f"head epoch ({h['rows']} x {h['dim']}, batch 128, default head): {h['epoch_s']:.3f} s "
@@ -205,12 +440,38 @@ def format_results(r: dict, opts: BenchOptions) -> str:
                      f"({r['run']['epochs_run']} epochs, {r['run']['train_seconds']:.1f} s of fitting)")
     if "extract" in r:
         e = r["extract"]
-        lines.append(f"extraction, {e['backbone']} ({e['images']} JPEGs 600x450): {e['images_per_s']:.1f} images/s "
-                     f"-> one pass over {opts.rows} images: {r['backbone_pass_s']:.0f} s")
+        lines.append(f"extraction, {e['backbone']} {e['input_size']} px, batch {e['batch_size']}, {e['images']} JPEGs "
+                     f"600x450 ({e['gflop_per_image']:.2f} GFLOP per image); decode only: "
+                     f"{e['decode_images_per_s']:.0f} images/s on {m['cores']} cores")
+        for precision, p in e["precisions"].items():
+            lines.append(
+                f"  {precision}{' + XLA' if p['xla'] else ''}: extract {p['end_to_end_images_per_s']:.2f} images/s "
+                f"(steady state), pure forward {p['forward_images_per_s']:.2f} images/s, efficiency "
+                f"{p['efficiency']:.2f}; forward {p['forward_gflop_per_s']:.0f} GFLOP/s vs matrix product "
+                f"{p['matmul_gflop_per_s']:.0f} GFLOP/s; {p['speedup_vs_float32']:.2f}x float32 end to end; "
+                f"whole run incl. tracing {p['whole_run_images_per_s']:.2f} images/s")
+        lines.append(f"  -> one pass over {opts.rows} images: {r['backbone_pass_s']:.0f} s")
     if "epoch_vs_pass" in r:
         lines.append(f"one head epoch = {100 * r['epoch_vs_pass']:.3f}% of one backbone pass")
     if "run_vs_pass" in r:
         lines.append(f"whole train-head run = {100 * r['run_vs_pass']:.2f}% of one backbone pass")
+    if "batch1" in r:
+        b = r["batch1"]
+        lines.append(f"one image at a time (batch 1, {b['images']} images): {b['batch1_images_per_s']:.2f} images/s "
+                     f"vs extract {b['extract_images_per_s']:.2f} images/s = {b['speedup']:.1f}x")
+    if "load" in r:
+        c = r["load"]
+        lines.append(f"loading {c['rows']} x {c['dim']} features: cache {c['cache_s']:.2f} s ({c['cache_mib']:.0f} MiB) "
+                     f"vs one text file per image {c['text_s']:.1f} s ({c['text_mib']:.0f} MiB) = {c['speedup']:.0f}x")
+    if "rerun" in r:
+        u = r["rerun"]
+        lines.append(f"rerun of a {u['images']}-image extraction ({u['full_s']:.1f} s): nothing new "
+                     f"{u['nothing_new_s']:.1f} s = {100 * u['nothing_new_fraction']:.1f}%; {u['added']} new images "
+                     f"(1%) {u['one_percent_s']:.1f} s = {100 * u['one_percent_fraction']:.1f}%")
+    if "memory" in r:
+        (n1, n8), (r1, r8) = r["memory"]["images"], r["memory"]["peak_rss_mib"]
+        lines.append(f"peak RSS of extract (mobilenet_v2 96 px): {r1:.0f} MiB at {n1} images, {r8:.0f} MiB at {n8} "
+                     f"images ({r['memory']['growth']:.2f}x)")
     if "sweep" in r:
         w = r["sweep"]
         lines.append(f"sweep of {w['configs']} configurations ({w['epochs']} epochs each): {w['sweep_s']:.1f} s; "

@@ -31,6 +31,8 @@ class CacheConfig:
     preprocessing: str
     dtype: str  # storage dtype of `features`
     num_features: int
+    precision: str = "float32"  # compute precision of the backbone (older caches all computed in float32)
+    xla: bool = False  # forward pass compiled with XLA
 
     @property
     def weights_identity(self) -> str:
@@ -44,7 +46,9 @@ class CacheConfig:
                   ("weights", self.weights_identity, other.weights_identity),
                   ("image size", self.input_size, other.input_size),
                   ("pooling", self.pooling, other.pooling),
-                  ("dtype", self.dtype, other.dtype)]
+                  ("dtype", self.dtype, other.dtype),
+                  ("compute precision", self.precision, other.precision),
+                  ("XLA", "on" if self.xla else "off", "on" if other.xla else "off")]
         for what, mine, theirs in checks:
             if mine != theirs:
                 return f"{what} {theirs} (cache) vs {mine} (this run)"
@@ -52,10 +56,11 @@ class CacheConfig:
 
     @classmethod
     def from_attrs(cls, attrs) -> CacheConfig:
-        names = cls.__dataclass_fields__
-        values = {k: attrs[k] for k in names}
+        values = {k: attrs[k] for k in cls.__dataclass_fields__ if k in attrs}  # older caches lack the newer keys
         values["seed"], values["input_size"], values["num_features"] = (
             int(values["seed"]), int(values["input_size"]), int(values["num_features"]))
+        if "xla" in values:
+            values["xla"] = bool(values["xla"])
         return cls(**{k: (v.decode() if isinstance(v, bytes) else v) for k, v in values.items()})
 
 
@@ -163,6 +168,15 @@ def read_failed(path: str | Path) -> list[tuple[str, str]]:
 
 def journal_dir(path: Path) -> Path:
     return path.with_name(path.name + ".journal")
+
+
+def recorded_config(path: Path) -> CacheConfig | None:
+    """The configuration a cache (or the journal of its interrupted first run) was extracted with, or None."""
+    if path.exists():
+        check_readable(path)
+        return CacheConfig.from_attrs(read_attrs(path))
+    meta = journal_dir(path) / "config.json"
+    return CacheConfig(**json.loads(meta.read_text())) if meta.is_file() else None
 
 
 def pending_batches(path: Path) -> list[Path]:

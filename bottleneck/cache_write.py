@@ -20,8 +20,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .cache import (ROW_FIELDS, SCHEMA_VERSION, STRING_DTYPE, CacheConfig, check_readable, decode_strings,
-                    journal_dir, library_versions, load_cache, pending_batches, read_attrs, read_failed, read_views)
+from .cache import (ROW_FIELDS, SCHEMA_VERSION, STRING_DTYPE, CacheConfig, decode_strings,
+                    journal_dir, library_versions, load_cache, pending_batches, read_attrs, read_failed, read_views,
+                    recorded_config)
 from .errors import CacheError, CacheLockedError, CacheMismatchError, InputError
 from .files import write_text_atomic
 
@@ -85,20 +86,14 @@ class CacheWriter:
 
     # -- configuration -------------------------------------------------------------------------
     def check_config(self) -> None:
-        existing = None
-        if self.path.exists():
-            check_readable(self.path)
-            existing = CacheConfig.from_attrs(read_attrs(self.path))
-        else:
-            meta = journal_dir(self.path) / "config.json"
-            if meta.is_file():
-                existing = CacheConfig(**json.loads(meta.read_text()))
+        existing = recorded_config(self.path)
         if existing is not None:
             diff = self.config.mismatch(existing)
             if diff:
                 raise CacheMismatchError(
                     f"cache {self.path} was extracted with another configuration: {diff}; a cache is never "
-                    "mixed, so pass another --cache (or drop --cache for the default name of this configuration)")
+                    "mixed, so pass the cache's value (`auto` precision and XLA follow the cache) or another --cache "
+                    "(or drop --cache for the default name of this configuration)")
 
     # -- reading what is there ----------------------------------------------------------------
     def existing_rows(self) -> dict[str, dict]:

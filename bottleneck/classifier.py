@@ -15,14 +15,16 @@ from .cache import CacheConfig
 from .errors import InputError, WeightsError
 from .files import sha256_file
 from .image_data import inference_batches, pad_batch
+from .precision import POLICIES, compute_policy, model_precision
 from .tfimport import tensorflow
 from .views import DIHEDRAL, apply_view
 
 DIHEDRAL_VIEWS = DIHEDRAL + 1  # identity plus the 7 stored-view transforms of views.py
 
 
-def rebuild_backbone(config: CacheConfig):
-    """The backbone exactly as the cache recorded it; a weights file must still have the recorded SHA-256."""
+def rebuild_backbone(config: CacheConfig, precision: str = "float32"):
+    """The backbone exactly as the cache recorded it, computing in `precision`; a weights file must still have
+    the recorded SHA-256."""
     spec = get_spec(config.backbone)
     if config.preprocessing != spec.preprocessing:
         raise WeightsError(f"the cache records preprocessing {config.preprocessing!r} for {spec.name} but this "
@@ -36,7 +38,7 @@ def rebuild_backbone(config: CacheConfig):
         if sha != config.weights_sha256:
             raise WeightsError(f"weights file {path} has sha256 {sha} but the cache was extracted with sha256 "
                                f"{config.weights_sha256}; restore the original file or re-extract the cache")
-    return create_backbone(spec.name, config.weights, config.input_size, config.pooling, config.seed)
+    return create_backbone(spec.name, config.weights, config.input_size, config.pooling, config.seed, precision)
 
 
 def preprocess_layer(backbone: str):
@@ -76,6 +78,33 @@ def assemble_model(config: CacheConfig, head, backbone=None):
     # training=True overrides the recorded argument of nested models), so `unfreeze` also freezes every BN layer.
     feats = backbone(x, training=False)  # (B, D)
     return keras.Model(inputs, head(feats), name=f"{config.backbone}_classifier")
+
+
+def set_precision(model, precision: str):
+    """`model` (as `assemble_model` builds it) with its backbone computing in `precision`, or `model` itself when
+    it already does. The weights are copied, so the two differ by the precision only; the preprocessing layer
+    and the head stay float32."""
+    tensorflow()
+    import keras
+
+    parts = {layer.name: layer for layer in model.layers}
+    backbone = [layer for name, layer in parts.items() if name not in ("image", "preprocess", "head")]
+    if set(parts) - {backbone[0].name if backbone else ""} != {"image", "preprocess", "head"} or len(backbone) != 1:
+        raise InputError(f"model {model.name} is not one assembled by bottleneck (image, preprocess, backbone, "
+                         "head), so its precision cannot be changed; pass --precision float32")
+    backbone = backbone[0]
+    if model_precision(backbone) == precision:
+        return model
+
+    def with_policy(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": POLICIES[precision]})
+
+    with compute_policy(precision):
+        clone = keras.models.clone_model(backbone, clone_function=with_policy)
+    clone.set_weights(backbone.get_weights())
+    clone.trainable = False
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    return keras.Model(inputs, parts["head"](clone(parts["preprocess"](inputs), training=False)), name=model.name)
 
 
 def unfreeze(backbone, name: str, n: int | str) -> dict:

@@ -27,3 +27,7 @@ class CacheMismatchError(CacheError):
 
 class CacheLockedError(CacheError):
     """Another process is writing the same cache."""
+
+
+class BottleneckWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI prints `warning: <message>`."""

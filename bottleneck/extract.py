@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .backbones import POOLINGS, create_backbone, get_spec, parse_weights, resolve_size
-from .cache import CacheConfig, read_attrs
+from .cache import CacheConfig, read_attrs, recorded_config
 from .cache_write import CacheWriter
 from .dataset import DatasetIndex, Entry
 from .errors import ImageDecodeError, InputError
 from .files import sha256_file
 from .image_data import inference_batches, pad_batch
+from .precision import resolve_precision, resolve_xla
 from .tfimport import tensorflow
 from .views import apply_view, check_views, seeds_for
 
@@ -42,6 +43,8 @@ class ExtractOptions:
     cache_dir: Path = Path("cache")
     progress: bool = True
     views: int = 0  # extra augmented views per image (see views.py); a cache never loses views it has
+    precision: str = "auto"  # compute precision, see precision.py; "auto" follows the cache when it exists
+    xla: str = "auto"  # auto | on | off: compile the forward pass with XLA
 
 
 @dataclass
@@ -56,6 +59,10 @@ class ExtractSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     seconds: float = 0.0  # whole backbone stage, model construction included
     build_seconds: float = 0.0  # building the backbone (and loading its weights)
+    steady_images: int = 0  # images after the first batch (whose time includes tracing the forward pass)
+    steady_seconds: float = 0.0  # time those images took
+    precision: str = ""  # what the backbone computed in
+    xla: bool = False
     rows: int = 0  # rows in the cache after the run
     rows_without_image: int = 0
     images_without_row: int = 0
@@ -65,6 +72,11 @@ class ExtractSummary:
         busy = self.seconds - self.build_seconds
         return self.extracted / busy if busy > 0 else 0.0
 
+    @property
+    def steady_images_per_s(self) -> float:
+        """Throughput once the forward pass is traced: what a long extraction runs at."""
+        return self.steady_images / self.steady_seconds if self.steady_seconds > 0 else 0.0
+
 
 def check_engine(engine: str) -> str:
     if engine not in ENGINES:
@@ -73,7 +85,8 @@ def check_engine(engine: str) -> str:
     return engine
 
 
-def make_config(opts: ExtractOptions) -> CacheConfig:
+def make_config(opts: ExtractOptions, recorded: CacheConfig | None = None) -> CacheConfig:
+    """The cache configuration of `opts`; `auto` precision and XLA take `recorded` (the existing cache's)."""
     spec = get_spec(opts.backbone)
     if opts.dtype not in DTYPES:
         raise InputError(f"--dtype should be one of {', '.join(DTYPES)}; received {opts.dtype!r}")
@@ -84,7 +97,9 @@ def make_config(opts: ExtractOptions) -> CacheConfig:
     ref = parse_weights(opts.weights)
     return CacheConfig(backbone=spec.name, weights=ref.label, weights_sha256=ref.sha256, seed=int(opts.seed),
                        input_size=resolve_size(spec, opts.image_size), pooling=opts.pooling,
-                       preprocessing=spec.preprocessing, dtype=opts.dtype, num_features=spec.num_features)
+                       preprocessing=spec.preprocessing, dtype=opts.dtype, num_features=spec.num_features,
+                       precision=resolve_precision(opts.precision, recorded and recorded.precision),
+                       xla=resolve_xla(opts.xla, spec.name, recorded.xla if recorded else None))
 
 
 def default_cache_path(index: DatasetIndex, config: CacheConfig, cache_dir: Path = Path("cache")) -> Path:
@@ -108,14 +123,17 @@ def _row(entry: Entry, sha: str, size=(0, 0), has_features=True) -> dict:
 
 def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> ExtractSummary:
     """Extract bottlenecks for every image of `index` not already cached; return what happened."""
-    config = make_config(opts)
-    path = Path(opts.cache) if opts.cache else default_cache_path(index, config, opts.cache_dir)
+    # The file name does not depend on the compute precision: resolve that against what the file records.
+    path = (Path(opts.cache) if opts.cache else
+            default_cache_path(index, make_config(replace(opts, precision="float32", xla="off")), opts.cache_dir))
+    config = make_config(opts, recorded_config(path))
     info = dict(dataset=index.name, root=str(index.root), source=index.source,
                 metadata=str(index.metadata or ""), rows_without_image=len(index.rows_without_image),
                 images_without_row=len(index.images_without_row))
     summary = ExtractSummary(cache=path, total=len(index.entries),
                              rows_without_image=len(index.rows_without_image),
-                             images_without_row=len(index.images_without_row))
+                             images_without_row=len(index.images_without_row), precision=config.precision,
+                             xla=config.xla)
     check_views(opts.views)
     with CacheWriter(path, config, info, index.class_names) as writer:
         existing = writer.existing_rows()
@@ -174,9 +192,22 @@ def _journal_metadata(writer: CacheWriter, updates, reused, unreadable) -> None:
 
 def _build(config: CacheConfig, opts: ExtractOptions, summary):
     start = time.perf_counter()
-    model = create_backbone(config.backbone, opts.weights, config.input_size, config.pooling, config.seed)
+    model = create_backbone(config.backbone, opts.weights, config.input_size, config.pooling, config.seed,
+                            config.precision)
     summary.build_seconds = time.perf_counter() - start
     return model
+
+
+def make_forward(config: CacheConfig, model):
+    """(B, S, S, 3) float32 pixels 0..255 -> (B, D) float32 features: preprocessing plus the backbone, traced once
+    per batch shape and compiled with XLA when `config.xla`. Extraction and `bench` time the same function."""
+    tf = tensorflow()
+    preprocess = get_spec(config.backbone).preprocess_fn()
+
+    def forward(x):
+        return tf.cast(model(preprocess(x), training=False), tf.float32)
+
+    return tf.function(forward, jit_compile=config.xla, reduce_retracing=True)
 
 
 def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config: CacheConfig,
@@ -184,8 +215,7 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
     """Decode `todo`'s images once and run views `ks` of each (0 = plain) through the backbone in one pass."""
     tf = tensorflow()
 
-    spec = get_spec(config.backbone)
-    preprocess = spec.preprocess_fn()
+    forward = make_forward(config, model)
     plain = ks[0] == 0
     n_views = ks[-1] if ks[-1] > 0 else 0
     size, bs = config.input_size, opts.batch_size
@@ -194,13 +224,12 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
     @tf.function(reduce_retracing=True)
     def infer(x, seeds):  # (B, S, S, 3) uint8 -> (B, len(ks), D) float32: every view in one backbone call
         x = tf.cast(x, tf.float32)
-        batch = tf.concat([x if k == 0 else apply_view(x, k, seeds) for k in ks], axis=0)
-        out = model(preprocess(batch), training=False)
+        out = forward(tf.concat([x if k == 0 else apply_view(x, k, seeds) for k in ks], axis=0))
         return tf.transpose(tf.reshape(out, (len(ks), -1, out.shape[-1])), (1, 0, 2))
 
     bar = tqdm(total=len(todo), desc=f"extract {config.backbone}", unit="img", disable=not opts.progress,
                smoothing=0.1)
-    done = 0
+    done, first_batch_end, steady_images = 0, None, 0
     for pixels, w, h, err in batches:
         n = int(pixels.shape[0])
         seeds = seeds_for([todo[done + j][1] for j in range(n)] + ["0"] * (bs - n), config.seed)
@@ -208,9 +237,10 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
         if not done:
             _check_dtype_range(out, config)
         rows, keep, failed = [], [], []
+        reasons = err.numpy()
         for j in range(n):
             entry, sha = todo[done + j]
-            reason = err[j].numpy().decode()
+            reason = reasons[j].decode()
             if reason:
                 failed.append((entry.rel_path, reason, sha))
             else:
@@ -226,10 +256,17 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
         summary.failed.extend((p, r) for p, r, _ in failed)
         done += n
         bar.update(n)
+        if first_batch_end is None:
+            first_batch_end = time.perf_counter()
+        else:
+            steady_images += n
         if opts.strict and failed:
             bar.close()
             raise ImageDecodeError(f"{failed[0][0]}: {failed[0][1]} (--strict: stopping at the first bad image)")
     bar.close()
+    if steady_images:
+        summary.steady_images += steady_images
+        summary.steady_seconds += time.perf_counter() - first_batch_end
 
 
 def _check_dtype_range(feats: np.ndarray, config: CacheConfig) -> None:

@@ -15,7 +15,6 @@ import shutil
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from .heads import OPTIMIZERS, class_weights, make_optimizer
 from .image_data import training_batches
 from .metrics import evaluate_splits
 from .plots import plot_confusion, plot_curves
+from .precision import check_precision, compute_policy, resolve_precision
 from .report import write_finetune_report
 from .rundir import check_free, load_keras, predictions_frame, publish, read_config, staging_dir, write_history
 from .splits import SPLITS, load_split
@@ -50,7 +50,7 @@ class FineTuneOptions:
     out: Path | None = None  # default: RUN-finetune next to RUN
     resume: bool = False
     overwrite: bool = False
-    mixed_precision: bool = False
+    precision: str = "auto"  # compute precision of the backbone (precision.py); recorded resolved
     augment: bool = True
     seed: int = 0
     progress: bool = True
@@ -65,6 +65,7 @@ class FineTuneOptions:
                 raise InputError(f"--{name.replace('_', '-')} should be a positive integer; "
                                  f"received {getattr(self, name)}")
         parse_unfreeze(self.unfreeze)
+        check_precision(self.precision)
         return self
 
 
@@ -81,7 +82,7 @@ def rerun_command(run: Path, opts: FineTuneOptions) -> list[str]:
     """The fine-tune command with its options spelled out, for config.json and the report."""
     command = ["bottleneck", "fine-tune", str(run), "--unfreeze", str(opts.unfreeze), "--lr", str(opts.lr),
                "--epochs", str(opts.epochs), "--patience", str(opts.patience), "--optimizer", opts.optimizer,
-               "--batch-size", str(opts.batch_size), "--seed", str(opts.seed),
+               "--batch-size", str(opts.batch_size), "--seed", str(opts.seed), "--precision", opts.precision,
                "--augment" if opts.augment else "--no-augment"]
     return command + ["--data", str(opts.data)] * bool(opts.data) + ["--out", str(opts.out)] * bool(opts.out)
 
@@ -94,6 +95,7 @@ class FineTuneResult:
     epochs_run: int
     seconds: float
     failed: list = field(default_factory=list)  # {"path", "split", "reason", "stage"}
+    precision: str = "float32"  # what the backbone computed in
 
 
 # --- the recipe --------------------------------------------------------------------------------------------------
@@ -174,15 +176,14 @@ class FineTuneJob:
         import keras  # after tensorflow(): its import is the slow, noisy part of start-up
 
         gpus = tf.config.list_physical_devices("GPU")
-        if self.opts.mixed_precision and not gpus:
-            raise InputError("--mixed-precision needs a GPU and none is visible; drop the option (CPU trains float32)")
+        self.opts = replace(self.opts, precision=resolve_precision(self.opts.precision, gpu=bool(gpus)))
         # Several GPUs: one replica per GPU; otherwise the default (no-op) strategy.
         strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
         keras.utils.set_random_seed(self.opts.seed)
-        with _compute_policy(self.opts.mixed_precision), strategy.scope():
+        with compute_policy(self.opts.precision), strategy.scope():
             if self.state is not None:
                 return load_keras(self.tmp / "last.keras")
-            backbone = rebuild_backbone(self.provenance)
+            backbone = rebuild_backbone(self.provenance, self.opts.precision)
             model = assemble_model(self.provenance, load_keras(self.run / "head.keras"), backbone)
             unfrozen = unfreeze(backbone, self.provenance.backbone, parse_unfreeze(self.opts.unfreeze))  # may refuse
             model.compile(optimizer=make_optimizer(self.opts.optimizer, self.opts.lr),
@@ -264,7 +265,8 @@ class FineTuneJob:
         model.save(tmp / "model.keras")
         for name in ("checkpoint.keras", "last.keras", PROGRESS):  # model.keras is the best checkpoint
             (tmp / name).unlink(missing_ok=True)
-        return FineTuneResult(self.out, metrics, state["best_epoch"], state["epoch"], state["seconds"], failed)
+        return FineTuneResult(self.out, metrics, state["best_epoch"], state["epoch"], state["seconds"], failed,
+                              opts.precision)
 
     def _config(self, failed: list) -> dict:
         """config.json of the fine-tune run: its source, options and outcome."""
@@ -297,8 +299,8 @@ def _resume_state(run: Path, tmp: Path, opts: FineTuneOptions) -> tuple[dict, Fi
     if state["source_run"] != str(run.resolve()):
         raise InputError(f"{tmp} continues a fine-tune of {state['source_run']}, not of {run}; "
                          "pass that run or another --out")
-    keep = ("data", "unfreeze", "lr", "optimizer", "batch_size", "augment", "seed", "mixed_precision")
-    recorded = {k: state["options"][k] for k in keep}
+    keep = ("data", "unfreeze", "lr", "optimizer", "batch_size", "augment", "seed", "precision")
+    recorded = {k: state["options"][k] for k in keep if k in state["options"]}
     return state, replace(opts, **{**recorded, "data": Path(recorded["data"]) if recorded["data"] else None})
 
 
@@ -311,21 +313,6 @@ def _load_source_cache(cache_rec: dict, run: Path) -> CacheData:
     if diff:
         raise CacheMismatchError(f"cache {path} no longer matches run {run}: {diff}; use the run's own cache")
     return data
-
-
-@contextmanager
-def _compute_policy(mixed_precision: bool):
-    """Layers take Keras' dtype policy at construction: set mixed_float16 only while the model is built."""
-    tensorflow()
-    import keras
-
-    policy = keras.mixed_precision.global_policy()
-    try:
-        if mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_float16")
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
 
 
 def _tracker(tmp: Path, state: dict, patience: int):

@@ -14,7 +14,8 @@ from .runs import RunResult
 from .serve import ExportResult, PredictResult
 from .sweep import SweepResult, format_leaderboard
 
-INFO_CONFIG_KEYS = ("backbone", "weights", "input_size", "pooling", "preprocessing", "dtype", "num_features")
+INFO_CONFIG_KEYS = ("backbone", "weights", "input_size", "pooling", "preprocessing", "precision", "xla", "dtype",
+                    "num_features")
 INFO_ATTR_KEYS = ("dataset", "source", "root", "created", "updated", "schema_version")
 
 
@@ -27,8 +28,10 @@ def extract_lines(s: ExtractSummary, index: DatasetIndex) -> list[str]:
              f"images: {s.total} indexed, {s.extracted} extracted, {s.already_cached} already cached, "
              f"{s.reused} reused (same bytes), {len(s.failed)} failed"]
     if s.extracted:
+        steady = f", {s.steady_images_per_s:.1f} images/s after the first batch" if s.steady_images else ""
         lines.append(f"time: {s.seconds:.1f} s ({s.build_seconds:.1f} s building the backbone), "
-                     f"{s.images_per_s:.1f} images/s")
+                     f"{s.images_per_s:.1f} images/s{steady}; computed in {s.precision}"
+                     + (" with XLA" if s.xla else ""))
     lines.append(f"rows in cache: {s.rows}" + (f", {s.views} augmented views each" if s.views else ""))
     if s.views_added:
         lines.append(f"views added to {s.views_added} cached images (their plain vectors kept) in {s.seconds:.1f} s")
@@ -42,10 +45,14 @@ def extract_lines(s: ExtractSummary, index: DatasetIndex) -> list[str]:
     return lines + _more(s.failed, 10, f" (bottleneck info {s.cache})")
 
 
+def _on_off(value):
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
 def info_lines(cache: Path, d: dict) -> list[str]:
     """`d` is `describe_cache(cache)`."""
     lines = [f"cache: {cache}"]
-    lines += [f"  {key}: {d['config'][key]}" for key in INFO_CONFIG_KEYS]
+    lines += [f"  {key}: {_on_off(d['config'][key])}" for key in INFO_CONFIG_KEYS]
     lines += [f"  {key}: {d['attrs'][key]}" for key in INFO_ATTR_KEYS if d["attrs"].get(key) not in (None, "")]
     lines.append(f"rows: {d['rows']} ({d['groups']} groups)" if d["groups"] else f"rows: {d['rows']}")
     if d["views"]:
@@ -95,7 +102,7 @@ def sweep_lines(r: SweepResult, n_configs: int, folds: int, metric: str) -> list
 
 def fine_tune_lines(r: FineTuneResult) -> list[str]:
     shown = {"head only (test)": r.metrics["head_only"]["test"]} if "test" in r.metrics["head_only"] else {}
-    lines = [f"best epoch {r.best_epoch} of {r.epochs_run}, {r.seconds:.1f} s of training",
+    lines = [f"best epoch {r.best_epoch} of {r.epochs_run}, {r.seconds:.1f} s of training in {r.precision}",
              format_table({**shown, "fine-tuned (val)": r.metrics["val"], "fine-tuned (test)": r.metrics["test"]})]
     lines += [f"  unreadable ({f['stage']}, {f['split']}): {f['path']}: {f['reason']}" for f in r.failed[:10]]
     lines += _more(r.failed, 10, " (config.json lists them)")
@@ -104,7 +111,8 @@ def fine_tune_lines(r: FineTuneResult) -> list[str]:
 
 def predict_lines(r: PredictResult, out: Path, tta: bool) -> list[str]:
     ok = r.frame[r.frame["error"] == ""]
-    lines = [f"{len(ok)} images predicted{' (8-view TTA)' if tta else ''}, {len(r.failed)} unreadable"]
+    lines = [f"{len(ok)} images predicted{' (8-view TTA)' if tta else ''}, {len(r.failed)} unreadable; "
+             f"backbone computed in {r.precision}"]
     width = min(60, max([len(p) for p in ok["path"].head(20)] + [4]))
     lines += [f"  {row['path'][-width:]:<{width}}  {row['predicted']}  {row['p_' + row['predicted']]:.3f}"
               for _, row in ok.head(20).iterrows()]

@@ -18,6 +18,27 @@ from PIL import Image
 TINY = dict(backbone="vgg16", weights="none", image_size=32)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def auto_is_float32():
+    """`--precision auto` resolves to float32 in tests, as on a CPU without native bf16, so that every machine
+    computes the same features (a random VGG's differ between images by ~1e-3, bf16's own rounding). Tests of the
+    real choice pass the CPU flags explicitly, or restore `REAL_FASTEST_NATIVE`."""
+    import bottleneck.precision as precision
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(precision, "fastest_native", lambda gpu=None, flags=None: "float32")
+        yield
+
+
+def _real_fastest_native():
+    from bottleneck.precision import fastest_native
+
+    return fastest_native
+
+
+REAL_FASTEST_NATIVE = _real_fastest_native()
+
+
 def write_image(path, seed: int, size=(40, 30), fmt: str | None = None, mode: str = "RGB"):
     """A real image file whose pixels depend on seed (so files differ and SHA-256s differ)."""
     rng = np.random.default_rng(seed)

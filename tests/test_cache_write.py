@@ -26,9 +26,12 @@ from conftest import TINY_ARGS, extract_opts, feature_cache, file_digest, run_cl
     (dict(backbone="mobilenet_v2"), "backbone vgg16 (cache) vs mobilenet_v2 (this run)"),
     (dict(image_size=48), "image size 32 (cache) vs 48 (this run)"),
     (dict(pooling="max"), "pooling avg (cache) vs max (this run)"),
-    (dict(seed=1), "weights none (seed 0) (cache) vs none (seed 1) (this run)")])
+    (dict(seed=1), "weights none (seed 0) (cache) vs none (seed 1) (this run)"),
+    pytest.param(dict(precision="bfloat16"), "compute precision float32 (cache) vs bfloat16 (this run)",
+                 marks=pytest.mark.filterwarnings("ignore:bfloat16 is emulated")),
+    (dict(xla="on"), "XLA off (cache) vs on (this run)")])
 def test_a_cache_is_never_mixed(tmp_path, class_tree, change, named):
-    o = extract_opts(tmp_path)
+    o = extract_opts(tmp_path, precision="float32", xla="off")
     extract(build_index(class_tree), o)
     digest = file_digest(o.cache)
     write_image(class_tree / "mel" / "new.jpg", seed=50)
@@ -61,17 +64,19 @@ from pathlib import Path
 from bottleneck.dataset import build_index
 from bottleneck.extract import ExtractOptions, extract
 extract(build_index(sys.argv[1]), ExtractOptions(backbone="vgg16", weights="none", image_size=32,
-        batch_size=4, cache=Path(sys.argv[2]), progress=False))
+        batch_size=4, cache=Path(sys.argv[2]), progress=False, precision=sys.argv[3]))
 """
 
 
-def test_sigkill_loses_at_most_the_batch_in_flight_and_rerun_completes(tmp_path):
+@pytest.mark.filterwarnings("ignore:bfloat16 is emulated")
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_sigkill_loses_at_most_the_batch_in_flight_and_rerun_completes(tmp_path, precision):
     root = tmp_path / "data"
     for i in range(160):
         write_image(root / ("mel" if i % 2 else "nv") / f"{i:03d}.png", seed=i, size=(96, 96))
     killed = tmp_path / "killed.h5"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[1]))
-    proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, str(root), str(killed)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, str(root), str(killed), precision], env=env)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(journal_dir(killed).glob("batch-*.npz"))) < 3:
         time.sleep(0.02)
@@ -81,11 +86,12 @@ def test_sigkill_loses_at_most_the_batch_in_flight_and_rerun_completes(tmp_path)
     assert journaled, "the extraction never committed a batch before it was killed"
     assert not killed.exists() or load_cache(killed).features.shape[0] < 160
 
-    o = extract_opts(tmp_path, cache=killed)
+    o = extract_opts(tmp_path, cache=killed)  # precision auto: the killed run's, recorded in its journal
     s = extract(build_index(root), o)
+    assert s.precision == precision
     assert s.already_cached >= 4 * len(journaled) - 4 and s.extracted == 160 - s.already_cached
     full = tmp_path / "full.h5"
-    extract(build_index(root), extract_opts(tmp_path, cache=full))
+    extract(build_index(root), extract_opts(tmp_path, cache=full, precision=precision))
     a, b = load_cache(killed), load_cache(full)
     order = np.argsort(a.image_ids)
     assert list(a.image_ids[order]) == list(b.image_ids)

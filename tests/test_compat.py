@@ -70,7 +70,9 @@ def test_this_version_writes_the_legacy_layout_and_the_same_features(legacy, tmp
     fresh = tmp_path / "fresh.h5"
     extract(build_index(legacy / "images"), ExtractOptions(**OPTS, cache=fresh))
     old, new = layout(legacy / "cache.h5"), layout(fresh)
+    assert set(new.pop("attrs")) - set(old.pop("attrs")) == {"precision", "xla"}  # the one addition since 0.1.0
     assert new == old
+    assert load_cache(legacy / "cache.h5").config.precision == "float32"  # what 0.1.0 computed in
     with h5py.File(legacy / "cache.h5", "r") as a, h5py.File(fresh, "r") as b:
         for key in set(a.attrs) - VOLATILE_ATTRS:
             assert str(a.attrs[key]) == str(b.attrs[key]), key

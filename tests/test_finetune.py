@@ -112,5 +112,6 @@ def test_cli_fine_tune_bad_input(ham_run, tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".too-many*"))
     r = run_cli("fine-tune", ham_run["run"], "--unfreeze", "most", "--out", out)
     assert r.exit_code == 1 and "--unfreeze" in r.output
-    r = run_cli("fine-tune", ham_run["run"], "--mixed-precision", "--out", out)
-    assert r.exit_code == 1 and "needs a GPU" in r.output and not out.exists()
+    r = run_cli("fine-tune", ham_run["run"], "--precision", "half", "--out", out)
+    assert r.exit_code == 1 and "--precision should be one of auto, float32, bfloat16, float16" in r.output
+    assert not out.exists()

@@ -5,10 +5,11 @@ Ctrl-C exit 130 without a traceback."""
 from __future__ import annotations
 
 import functools
+import warnings
 
 import typer
 
-from ..errors import BottleneckError
+from ..errors import BottleneckError, BottleneckWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Extract CNN bottlenecks once into an HDF5 cache, then train heads off it in seconds.")
@@ -24,15 +25,29 @@ def echo_lines(lines: list[str]) -> None:
         typer.echo(line)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, BottleneckWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def handle_errors(fn=None, *, interrupted: str = "interrupted; finished batches are kept in the cache"):
-    """Map the library's errors to `error: ...` and exit 1; Ctrl-C to `interrupted` and exit 130."""
+    """Map the library's errors to `error: ...` and exit 1; Ctrl-C to `interrupted` and exit 130; the library's
+    warnings to one `warning: ...` line each."""
     if fn is None:
         return functools.partial(handle_errors, interrupted=interrupted)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", BottleneckWarning)
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except BottleneckError as exc:
             fail(str(exc))
         except KeyboardInterrupt:

@@ -30,6 +30,11 @@ def extract_command(
     batch_size: int = typer.Option(32, help="Images per inference batch (also the commit unit)."),
     views: int = typer.Option(0, help="Extra views per image: 1-7 flips/rotations, then seeded crops+jitter."),
     seed: int = typer.Option(0, help="Seed of --weights none initialisation, recorded in the cache."),
+    precision: str = typer.Option("auto", help="Compute precision: auto (the cache's, else the fastest native: "
+                                  "bfloat16 on CPUs with AVX512-BF16/AMX, float16 on GPUs, float32), float32, "
+                                  "bfloat16 or float16."),
+    xla: str = typer.Option("auto", help="Compile the forward pass with XLA: auto (the cache's, else on for "
+                            "backbones it speeds up), on or off."),
     dtype: str = typer.Option("float16", help="Storage dtype of features: float16 or float32."),
     cache: Optional[Path] = typer.Option(None, help="Cache file (default: cache/<dataset>-<config>.h5)."),
     strict: bool = typer.Option(False, help="Stop at the first unreadable image instead of listing it."),
@@ -47,7 +52,7 @@ def extract_command(
         index = select_shard(index, shard)
     opts = ExtractOptions(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                           batch_size=batch_size, seed=seed, dtype=dtype, strict=strict, cache=cache,
-                          progress=not quiet, views=views)
+                          progress=not quiet, views=views, precision=precision, xla=xla)
     echo_lines(extract_lines(extract(index, opts), index))
 
 

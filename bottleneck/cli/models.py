@@ -28,7 +28,9 @@ def fine_tune_command(
     seed: int = typer.Option(0, help="Seed of shuffling and augmentation."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: RUN-finetune next to RUN)."),
     resume: bool = typer.Option(False, help="Continue an interrupted fine-tune into the same --out."),
-    mixed_precision: bool = typer.Option(False, help="float16 compute on GPU (refused on CPU)."),
+    precision: str = typer.Option("auto", help="Backbone compute precision: auto (the fastest native here: "
+                                  "bfloat16 on CPUs with AVX512-BF16/AMX, float16 on GPUs, else float32), float32, "
+                                  "bfloat16 or float16."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -38,7 +40,7 @@ def fine_tune_command(
     """
     opts = FineTuneOptions(data=data, unfreeze=parse_unfreeze(unfreeze), lr=lr, epochs=epochs, patience=patience,
                            optimizer=optimizer, batch_size=batch_size, out=out, resume=resume, overwrite=overwrite,
-                           mixed_precision=mixed_precision, augment=augment, seed=seed, progress=not quiet)
+                           precision=precision, augment=augment, seed=seed, progress=not quiet)
     echo_lines(fine_tune_lines(fine_tune(run, opts)))
 
 
@@ -50,12 +52,16 @@ def predict_command(
     out: Path = typer.Option(Path("predictions.csv"), help="CSV: path, predicted, p_<class>..., error."),
     tta: bool = typer.Option(False, help="Average over the 8 flips/rotations of each image."),
     batch_size: int = typer.Option(32, help="Images per batch."),
+    precision: str = typer.Option("auto", help="Backbone compute precision: auto (the fastest native here: "
+                                  "bfloat16 on CPUs with AVX512-BF16/AMX, float16 on GPUs, else float32), float32, "
+                                  "bfloat16 or float16."),
 ):
     """Class probabilities and the top class of each image; unreadable files are listed, not fatal.
 
     Example: bottleneck predict runs/baseline-finetune new_images/ --out predictions.csv --tta
     """
-    echo_lines(predict_lines(predict(model, paths, out=out, batch_size=batch_size, tta=tta), out, tta))
+    echo_lines(predict_lines(predict(model, paths, out=out, batch_size=batch_size, tta=tta, precision=precision),
+                             out, tta))
 
 
 @app.command("export")

@@ -21,14 +21,16 @@ def bench_command(
     epochs: int = typer.Option(5, help="Epochs timed for the per-epoch figure."),
     backbone: str = typer.Option("inception_v3", help="Backbone of the extraction figure."),
     image_size: Optional[int] = typer.Option(None, help="Its input size (default: the backbone's)."),
-    images: int = typer.Option(64, help="Images extracted to measure images/s."),
-    part: List[str] = typer.Option(list(PARTS), help="Which parts: head, run, extract, sweep, views (repeat the option)."),
+    images: int = typer.Option(256, help="HAM-sized JPEGs extracted for the extraction figures (at least 2 batches)."),
+    batch_size: int = typer.Option(32, help="Extraction batch size."),
+    part: List[str] = typer.Option(list(PARTS), help=f"Which parts: {', '.join(PARTS)} (repeat the option)."),
 ):
     """Measure head speed against one backbone pass; prints figures (see docs/benchmarks.md).
 
     Example: bottleneck bench --rows 10000 --backbone inception_v3
     """
-    opts = BenchOptions(rows=rows, dim=dim, epochs=epochs, backbone=backbone, image_size=image_size, images=images)
+    opts = BenchOptions(rows=rows, dim=dim, epochs=epochs, backbone=backbone, image_size=image_size, images=images,
+                        batch_size=batch_size)
     typer.echo(format_results(run_bench(opts, tuple(part)), opts))
 
 
