@@ -40,7 +40,7 @@ from .extract import ExtractOptions, extract, make_config, make_forward
 from .heads import HeadConfig, fit_head
 from .image_data import inference_batches, pad_batch
 from .images import load_image
-from .precision import BF16_FLAGS, cpu_flags, fastest_native
+from .precision import BF16_FLAGS, cpu_flags, fastest_native, resolve_xla
 from .runs import RunOptions, train_head_run
 from .sweep import SweepOptions, expand_grid, run_sweep
 from .tfimport import tensorflow
@@ -216,41 +216,54 @@ def bench_extraction(opts: BenchOptions, workdir: Path) -> dict:
     batches = [pixels for pixels, *_ in inference_batches(paths[:bs * 2], size, bs)][:2]
     batches = [pad_batch(x, bs) for x in batches]
     flops = None
-    for precision in bench_precisions():
-        run = _extract_once(index, opts, workdir / f"extract-{precision}.h5", precision)
+    for precision, xla in bench_variants(opts.backbone):
+        name = precision + (" + XLA" if xla == "on" else "")
         model = create_backbone(opts.backbone, "none", size, seed=opts.seed, precision=precision)
         flops = flops or forward_flops(model)
-        forward = make_forward(dataclasses.replace(config, precision=precision, xla=run.xla), model)
+        forward = make_forward(dataclasses.replace(config, precision=precision, xla=xla == "on"), model)
         forward(tf.cast(batches[0], tf.float32))  # trace
-        rounds = max(1, run.steady_images // (2 * bs * len(batches)))
-        fwd = [_forward_rate(forward, batches, rounds)]
-        e2e = _extract_once(index, opts, workdir / f"extract-{precision}-2.h5", precision)
-        fwd.append(_forward_rate(forward, batches, rounds))
-        steady = [r.steady_images_per_s for r in (run, e2e)]
+        rounds = max(1, (len(paths) - bs) // (bs * len(batches)) // 2)  # about half an extraction's steady images
+        # forward, extract, forward, extract, forward: each extraction is compared with the forward passes
+        # timed just before and after it, so that a shared machine's drift falls on both sides of a ratio
+        fwd, runs = [_forward_rate(forward, batches, rounds)], []
+        for k in range(2):
+            runs.append(_extract_once(index, opts, workdir / f"extract-{precision}-{xla}-{k}.h5", precision, xla))
+            fwd.append(_forward_rate(forward, batches, rounds))
+        ratios = [r.steady_images_per_s / ((fwd[k] + fwd[k + 1]) / 2) for k, r in enumerate(runs)]
         forward_rate = float(np.mean(fwd))
-        out["precisions"][precision] = {
-            "xla": run.xla, "end_to_end_images_per_s": float(np.mean(steady)), "forward_images_per_s": forward_rate,
-            "efficiency": float(np.mean(steady)) / forward_rate, "whole_run_images_per_s": run.images_per_s,
-            "build_s": run.build_seconds, "forward_gflop_per_s": forward_rate * flops / 1e9,
-            "matmul_gflop_per_s": matmul_flops_per_s(precision) / 1e9}
+        out["precisions"][name] = {
+            "precision": precision, "xla": runs[0].xla,
+            "end_to_end_images_per_s": float(np.mean([r.steady_images_per_s for r in runs])),
+            "forward_images_per_s": forward_rate, "efficiency": float(np.mean(ratios)),
+            "efficiency_runs": ratios, "whole_run_images_per_s": runs[0].images_per_s,
+            "build_s": runs[0].build_seconds, "forward_gflop_per_s": forward_rate * flops / 1e9,
+            "matmul_gflop_per_s": matmul_flops_per_s(precision) / 1e9,
+            # decoding shares the CPU's cores with the forward pass: the most a CPU pipeline could reach
+            "shared_core_ceiling": 1 / (1 + forward_rate / out["decode_images_per_s"])}
     out["gflop_per_image"] = flops / 1e9
     f32 = out["precisions"]["float32"]
-    for precision, r in out["precisions"].items():
+    for r in out["precisions"].values():
         r["speedup_vs_float32"] = r["end_to_end_images_per_s"] / f32["end_to_end_images_per_s"]
     out["images_per_s"] = max(r["end_to_end_images_per_s"] for r in out["precisions"].values())
     return out
 
 
-def bench_precisions() -> list[str]:
-    """float32, and the reduced precisions this machine runs natively (emulated ones would only be slower)."""
+def bench_variants(backbone: str) -> list[tuple[str, str]]:
+    """(precision, xla) pairs to time: float32 without XLA (the reference), with it where `auto` would use it, and
+    the reduced precision this machine runs natively (emulated ones would only be slower)."""
+    variants = [("float32", "off")]
+    if resolve_xla("auto", backbone, "float32"):
+        variants.append(("float32", "on"))
     native = fastest_native()
-    return ["float32"] + ([native] if native != "float32" else [])
+    return variants + ([(native, "off")] if native != "float32" else [])
 
 
-def bench_batch_one(opts: BenchOptions, workdir: Path, n: int = 32) -> dict:
-    """The one-image-at-a-time loop of a notebook (decode, then the model on a batch of one) against `extract`."""
+def bench_batch_one(opts: BenchOptions, workdir: Path) -> dict:
+    """The one-image-at-a-time loop of a notebook (decode, then the model on a batch of one) against `extract`,
+    on three batches' worth of images."""
     tf = tensorflow()
 
+    n = 3 * opts.batch_size
     folder = write_bench_images(workdir / "batch1-images", n, opts.seed)
     index = build_index(folder)
     ours = _extract_once(index, opts, workdir / "batch1.h5", "float32", xla="off")
@@ -445,9 +458,10 @@ def format_results(r: dict, opts: BenchOptions) -> str:
                      f"{e['decode_images_per_s']:.0f} images/s on {m['cores']} cores")
         for precision, p in e["precisions"].items():
             lines.append(
-                f"  {precision}{' + XLA' if p['xla'] else ''}: extract {p['end_to_end_images_per_s']:.2f} images/s "
+                f"  {precision}: extract {p['end_to_end_images_per_s']:.2f} images/s "
                 f"(steady state), pure forward {p['forward_images_per_s']:.2f} images/s, efficiency "
-                f"{p['efficiency']:.2f}; forward {p['forward_gflop_per_s']:.0f} GFLOP/s vs matrix product "
+                f"{p['efficiency']:.2f} ({' and '.join(f'{x:.2f}' for x in p['efficiency_runs'])}; at most "
+                f"{p['shared_core_ceiling']:.2f} where decoding shares the cores); forward {p['forward_gflop_per_s']:.0f} GFLOP/s vs matrix product "
                 f"{p['matmul_gflop_per_s']:.0f} GFLOP/s; {p['speedup_vs_float32']:.2f}x float32 end to end; "
                 f"whole run incl. tracing {p['whole_run_images_per_s']:.2f} images/s")
         lines.append(f"  -> one pass over {opts.rows} images: {r['backbone_pass_s']:.0f} s")

@@ -95,11 +95,12 @@ def make_config(opts: ExtractOptions, recorded: CacheConfig | None = None) -> Ca
     if opts.pooling not in POOLINGS:
         raise InputError(f"--pooling should be one of {', '.join(POOLINGS)}; received {opts.pooling!r}")
     ref = parse_weights(opts.weights)
+    precision = resolve_precision(opts.precision, recorded and recorded.precision)
     return CacheConfig(backbone=spec.name, weights=ref.label, weights_sha256=ref.sha256, seed=int(opts.seed),
                        input_size=resolve_size(spec, opts.image_size), pooling=opts.pooling,
                        preprocessing=spec.preprocessing, dtype=opts.dtype, num_features=spec.num_features,
-                       precision=resolve_precision(opts.precision, recorded and recorded.precision),
-                       xla=resolve_xla(opts.xla, spec.name, recorded.xla if recorded else None))
+                       precision=precision, xla=resolve_xla(opts.xla, spec.name, precision,
+                                                            recorded.xla if recorded else None))
 
 
 def default_cache_path(index: DatasetIndex, config: CacheConfig, cache_dir: Path = Path("cache")) -> Path:

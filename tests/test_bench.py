@@ -14,6 +14,14 @@ def test_bench_prints_figures_for_a_small_cache():
 @pytest.mark.slow
 def test_bench_all_parts_run():
     r = run_cli("bench", "--rows", "400", "--dim", "32", "--epochs", "2", "--backbone", "vgg16", "--image-size", "32",
-                "--images", "8")
+                "--images", "16", "--batch-size", "4")
     assert r.exit_code == 0, r.output
-    assert "sweep of 16 configurations" in r.output and "KiB per view per image" in r.output
+    for figure in ("efficiency", "decode only", "GFLOP/s vs matrix product", "one image at a time",
+                   "one text file per image", "nothing new", "peak RSS", "sweep of 16 configurations",
+                   "KiB per view per image"):
+        assert figure in r.output, figure
+
+
+def test_bench_refuses_too_few_images_for_a_steady_state():
+    r = run_cli("bench", "--part", "extract", "--images", "40", "--batch-size", "32")
+    assert r.exit_code == 1 and "--images should be at least twice the batch size (64)" in r.output

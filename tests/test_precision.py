@@ -56,8 +56,10 @@ def test_auto_follows_the_cache_else_the_fastest_native_and_warns_only_when_emul
         assert resolve_precision("bfloat16", None, gpu=False, flags=avx2) == "bfloat16"
     with pytest.warns(BottleneckWarning, match="float16 is emulated"):
         assert resolve_precision("float16", None, gpu=False, flags=bf16) == "float16"
-    assert resolve_xla("auto", "inception_v3") and not resolve_xla("auto", "mobilenet_v2")
-    assert resolve_xla("auto", "inception_v3", recorded=False) is False and resolve_xla("on", "vgg16")
+    assert resolve_xla("auto", "inception_v3", "float32") and not resolve_xla("auto", "mobilenet_v2", "float32")
+    assert not resolve_xla("auto", "inception_v3", "bfloat16")
+    assert resolve_xla("auto", "inception_v3", "float32", recorded=False) is False
+    assert resolve_xla("on", "vgg16", "bfloat16")
 
 
 def test_this_machine_gets_bf16_by_auto_only_when_its_cpu_has_it(tmp_path, class_tree, monkeypatch):
@@ -124,13 +126,13 @@ def test_predict_in_bf16_agrees_with_float32(ham_run, tmp_path):
     assert model16.get_layer("head").compute_dtype == "float32" and model16.output.dtype == "float32"
     assert set_precision(model16, "bfloat16") is model16
     out = {}
-    for precision in ("float32", "bfloat16"):
-        r = run_cli("predict", ham_run["run"], ham_run["root"], "--precision", precision, "--out",
-                    tmp_path / f"{precision}.csv")
+    for name in ("float32", "bfloat16"):
+        r = run_cli("predict", ham_run["run"], ham_run["root"], "--precision", name, "--out",
+                    tmp_path / f"{name}.csv")
         assert r.exit_code == 0, r.output
-        assert f"backbone computed in {precision}" in r.output
-        frame = pd.read_csv(tmp_path / f"{precision}.csv")
-        out[precision] = frame[[c for c in frame.columns if c.startswith("p_")]].to_numpy()
+        assert f"backbone computed in {name}" in r.output
+        frame = pd.read_csv(tmp_path / f"{name}.csv")
+        out[name] = frame[[c for c in frame.columns if c.startswith("p_")]].to_numpy()
     both = ~np.isnan(out["float32"]).any(1)
     assert both.sum() >= 10 and np.abs(out["float32"][both] - out["bfloat16"][both]).max() < 0.02
 
