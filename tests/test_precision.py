@@ -148,3 +148,14 @@ def test_fine_tune_in_bf16_records_it_and_keeps_the_head_float32(ham_run, tmp_pa
     model = load_keras(out / "model.keras")
     assert model_precision(model.get_layer("vgg16")) == "bfloat16"
     assert model.get_layer("head").compute_dtype == "float32"
+
+
+def test_a_bad_precision_or_xla_is_one_line_and_writes_nothing(tmp_path, class_tree, ham_run):
+    out = tmp_path / "out"
+    for option, value in (("--precision", "half"), ("--xla", "maybe")):
+        r = run_cli("extract", class_tree, *TINY_ARGS, option, value, "--cache", out / "c.h5")
+        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+        assert f"{option} should be one of auto, " in r.output and repr(value) in r.output
+    r = run_cli("predict", ham_run["run"], class_tree, "--precision", "half", "--out", out / "p.csv")
+    assert r.exit_code == 1 and "--precision should be one of" in r.output
+    assert not out.exists()
