@@ -25,3 +25,11 @@ def test_bench_all_parts_run():
 def test_bench_refuses_too_few_images_for_a_steady_state():
     r = run_cli("bench", "--part", "extract", "--images", "40", "--batch-size", "32")
     assert r.exit_code == 1 and "--images should be at least twice the batch size (64)" in r.output
+
+
+def test_the_decode_ceiling_shares_cores_on_a_cpu_and_bounds_a_gpu():
+    from bottleneck.bench import decode_ceiling
+
+    assert decode_ceiling(10, 190, gpu=False) == pytest.approx(0.95)  # decode steals 5% of the cores
+    assert decode_ceiling(1000, 600, gpu=True) == pytest.approx(0.6)  # a GPU waits for the decoders
+    assert decode_ceiling(100, 600, gpu=True) == 1.0
