@@ -80,21 +80,22 @@ def assemble_model(config: CacheConfig, head, backbone=None):
     return keras.Model(inputs, head(feats), name=f"{config.backbone}_classifier")
 
 
-def set_precision(model, precision: str):
-    """`model` (as `assemble_model` builds it) with its backbone computing in `precision`, or `model` itself when
-    it already does. The weights are copied, so the two differ by the precision only; the preprocessing layer
-    and the head stay float32."""
+def set_precision(model, precision: str, required: bool = True):
+    """(`model` with its backbone computing in `precision`, the precision it computes in). `model` itself when it
+    already does; a model not assembled by `assemble_model` is served as saved ("as saved") unless `required`.
+    The weights are copied, so the two differ by the precision only; the preprocessing layer and head stay float32."""
     tensorflow()
     import keras
 
-    parts = {layer.name: layer for layer in model.layers}
-    backbone = [layer for name, layer in parts.items() if name not in ("image", "preprocess", "head")]
-    if set(parts) - {backbone[0].name if backbone else ""} != {"image", "preprocess", "head"} or len(backbone) != 1:
-        raise InputError(f"model {model.name} is not one assembled by bottleneck (image, preprocess, backbone, "
-                         "head), so its precision cannot be changed; pass --precision float32")
-    backbone = backbone[0]
+    names = [layer.name for layer in model.layers]
+    if names[:2] + names[3:] != ["image", "preprocess", "head"]:  # a model from elsewhere
+        if required and precision != "float32":
+            raise InputError(f"model {model.name} is not one assembled by bottleneck (image, preprocess, backbone, "
+                             f"head), so it cannot be run in {precision}; pass --precision float32")
+        return model, "as saved"
+    image, preprocess, backbone, head = model.layers
     if model_precision(backbone) == precision:
-        return model
+        return model, precision
 
     def with_policy(layer):
         return layer.__class__.from_config({**layer.get_config(), "dtype": POLICIES[precision]})
@@ -103,8 +104,8 @@ def set_precision(model, precision: str):
         clone = keras.models.clone_model(backbone, clone_function=with_policy)
     clone.set_weights(backbone.get_weights())
     clone.trainable = False
-    inputs = keras.Input(model.input_shape[1:], name="image")
-    return keras.Model(inputs, parts["head"](clone(parts["preprocess"](inputs), training=False)), name=model.name)
+    inputs = keras.Input(model.input_shape[1:], name=image.name)
+    return keras.Model(inputs, head(clone(preprocess(inputs), training=False)), name=model.name), precision
 
 
 def unfreeze(backbone, name: str, n: int | str) -> dict:

@@ -91,7 +91,7 @@ class PredictResult:
     frame: object  # pandas DataFrame: path, predicted, p_<class>..., error
     class_names: list[str]
     failed: list = field(default_factory=list)  # (path, reason)
-    precision: str = "float32"  # what the backbone computed in
+    precision: str = "float32"  # what the backbone computed in, or "as saved" (a model from elsewhere)
 
 
 def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path | None = None,
@@ -103,9 +103,10 @@ def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path 
     if batch_size < 1:
         raise InputError(f"--batch-size should be a positive integer; received {batch_size}")
     files = collect_files(inputs)
-    precision = resolve_precision(precision)
+    requested, precision = precision, resolve_precision(precision)
     served = load_served(model_or_run)
-    proba, errors = predict_images(set_precision(served.model, precision), [str(f) for f in files], served.input_size, batch_size, tta)
+    model, precision = set_precision(served.model, precision, required=requested != "auto")
+    proba, errors = predict_images(model, [str(f) for f in files], served.input_size, batch_size, tta)
     names = served.class_names
     frame = pd.DataFrame({"path": [str(f) for f in files],
                           "predicted": [names[int(np.argmax(p))] if not e else "" for p, e in zip(proba, errors)]})

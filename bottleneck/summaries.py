@@ -112,7 +112,7 @@ def fine_tune_lines(r: FineTuneResult) -> list[str]:
 def predict_lines(r: PredictResult, out: Path, tta: bool) -> list[str]:
     ok = r.frame[r.frame["error"] == ""]
     lines = [f"{len(ok)} images predicted{' (8-view TTA)' if tta else ''}, {len(r.failed)} unreadable; "
-             f"backbone computed in {r.precision}"]
+             + (f"backbone computed in {r.precision}" if r.precision != "as saved" else "model run as saved")]
     width = min(60, max([len(p) for p in ok["path"].head(20)] + [4]))
     lines += [f"  {row['path'][-width:]:<{width}}  {row['predicted']}  {row['p_' + row['predicted']]:.3f}"
               for _, row in ok.head(20).iterrows()]

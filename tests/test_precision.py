@@ -16,7 +16,7 @@ from bottleneck.backbones import create_backbone
 from bottleneck.cache import load_cache
 from bottleneck.classifier import set_precision
 from bottleneck.dataset import build_index
-from bottleneck.errors import BottleneckWarning
+from bottleneck.errors import BottleneckWarning, InputError
 from bottleneck.extract import extract
 from bottleneck.precision import cpu_flags, fastest_native, model_precision, native_bf16, resolve_precision, resolve_xla
 from bottleneck.rundir import load_keras
@@ -120,11 +120,15 @@ def test_xla_gives_the_same_features_and_is_recorded(tmp_path, class_tree):
 @emulated_ok
 def test_predict_in_bf16_agrees_with_float32(ham_run, tmp_path):
     served = load_served(ham_run["run"])
-    model16 = set_precision(served.model, "bfloat16")
-    assert model_precision(served.model.get_layer("vgg16")) == "float32"
+    model16, used = set_precision(served.model, "bfloat16")
+    assert used == "bfloat16" and model_precision(served.model.get_layer("vgg16")) == "float32"
     assert model_precision(model16.get_layer("vgg16")) == "bfloat16"
     assert model16.get_layer("head").compute_dtype == "float32" and model16.output.dtype == "float32"
-    assert set_precision(model16, "bfloat16") is model16
+    assert set_precision(model16, "bfloat16")[0] is model16
+    foreign = served.model.get_layer("head")  # any Keras model not assembled by bottleneck
+    assert set_precision(foreign, "bfloat16", required=False) == (foreign, "as saved")
+    with pytest.raises(InputError, match="cannot be run in bfloat16; pass --precision float32"):
+        set_precision(foreign, "bfloat16")
     out = {}
     for name in ("float32", "bfloat16"):
         r = run_cli("predict", ham_run["run"], ham_run["root"], "--precision", name, "--out",
