@@ -80,8 +80,9 @@ def resolve_precision(requested: str, recorded: str | None = None, gpu: bool | N
 
 
 def resolve_xla(requested: str, backbone: str, precision: str, recorded: bool | None = None) -> bool:
-    """`auto`: the cache's choice, else XLA for float32 on backbones it was measured to speed up. bfloat16 under
-    XLA ran 2x slower than without on a CPU that emulates it, and float16 + XLA on GPUs is not measured here."""
+    """`auto`: the cache's choice, else XLA for float32 on backbones it was measured to speed up. A bfloat16
+    extraction under XLA took twice as long as a float32 one under XLA on a CPU that emulates bf16 (5 images,
+    compilation included), and float16 + XLA on GPUs is not measured here: both stay off unless asked for."""
     if requested not in XLA_MODES:
         raise InputError(f"--xla should be one of {', '.join(XLA_MODES)}; received {requested!r}")
     if requested == "auto":
