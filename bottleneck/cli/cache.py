@@ -34,7 +34,7 @@ def extract_command(
                                   "bfloat16 on CPUs with AVX512-BF16/AMX, float16 on GPUs, float32), float32, "
                                   "bfloat16 or float16."),
     xla: str = typer.Option("auto", help="Compile the forward pass with XLA: auto (the cache's, else on for "
-                            "backbones it speeds up), on or off."),
+                            "float32 on backbones it speeds up), on or off."),
     dtype: str = typer.Option("float16", help="Storage dtype of features: float16 or float32."),
     cache: Optional[Path] = typer.Option(None, help="Cache file (default: cache/<dataset>-<config>.h5)."),
     strict: bool = typer.Option(False, help="Stop at the first unreadable image instead of listing it."),

@@ -12,6 +12,9 @@ from ..serve import export, predict
 from ..summaries import export_lines, fine_tune_lines, predict_lines
 from .app import app, echo_lines, handle_errors
 
+PRECISION_HELP = ("Backbone compute precision: auto (the fastest native here: bfloat16 on CPUs with AVX512-BF16/AMX, "
+                  "float16 on GPUs, else float32), float32, bfloat16 or float16.")
+
 
 @app.command("fine-tune")
 @handle_errors(interrupted="interrupted; finished epochs are kept: rerun the same command with --resume")
@@ -28,9 +31,7 @@ def fine_tune_command(
     seed: int = typer.Option(0, help="Seed of shuffling and augmentation."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: RUN-finetune next to RUN)."),
     resume: bool = typer.Option(False, help="Continue an interrupted fine-tune into the same --out."),
-    precision: str = typer.Option("auto", help="Backbone compute precision: auto (the fastest native here: "
-                                  "bfloat16 on CPUs with AVX512-BF16/AMX, float16 on GPUs, else float32), float32, "
-                                  "bfloat16 or float16."),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -52,9 +53,7 @@ def predict_command(
     out: Path = typer.Option(Path("predictions.csv"), help="CSV: path, predicted, p_<class>..., error."),
     tta: bool = typer.Option(False, help="Average over the 8 flips/rotations of each image."),
     batch_size: int = typer.Option(32, help="Images per batch."),
-    precision: str = typer.Option("auto", help="Backbone compute precision: auto (the fastest native here: "
-                                  "bfloat16 on CPUs with AVX512-BF16/AMX, float16 on GPUs, else float32), float32, "
-                                  "bfloat16 or float16."),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
 ):
     """Class probabilities and the top class of each image; unreadable files are listed, not fatal.
 
