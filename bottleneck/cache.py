@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -11,11 +14,12 @@ import numpy as np
 
 from . import __version__
 from .errors import CacheError
+from .journal import ROW_FIELDS, journal_dir, pending_batches
 from .tfimport import tensorflow
+from .undo import rollback, undo_path
 from .views import view_names
 
 SCHEMA_VERSION = 1
-ROW_FIELDS = ("image_id", "path", "group", "sha256")  # string columns, one per row
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class CacheData:
     path: Path
     config: CacheConfig
     class_names: list[str]
-    features: np.ndarray  # (N, D) float32
+    features: np.ndarray  # (N, D) float32; a FeatureReader when load_cache streams them (memory_gb)
     labels: np.ndarray  # (N,) int32, -1 unknown
     image_ids: np.ndarray  # (N,) str
     paths: np.ndarray  # (N,) str, relative to `root`
@@ -106,12 +110,49 @@ def decode_strings(values) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
 
-def read_attrs(path: Path) -> dict:
+@contextmanager
+def open_cache(path: str | Path):
+    """The cache as an h5py.File for reading, between commits: waits while a commit runs (it holds the file's
+    lock exclusively) and first rolls back a commit whose extraction was killed midway (see undo.py).
+
+    Only rows below the `n_rows` attribute are committed; a dataset may be longer."""
+    path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
-            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise CacheError(f"cannot open cache {path}: {exc}; is it an HDF5 file written by bottleneck?") from None
+        raise CacheError(f"cannot open cache {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if undo_path(path).exists():  # no commit is running (we hold the lock shared): its writer was killed
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            _recover(path)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise CacheError(f"cannot open cache {path}: {exc}; is it an HDF5 file written by bottleneck?") from None
+        with f:
+            yield f
+    finally:
+        os.close(fd)
+
+
+def _recover(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise CacheError(f"cache {path} has an unfinished commit from a killed extraction and this user cannot "
+                         f"roll it back ({exc.strerror}); rerun the extract command as its owner") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        rollback(path, fd)
+    finally:
+        os.close(fd)
+
+
+def read_attrs(path: Path) -> dict:
+    with open_cache(path) as f:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
 
 
 def check_readable(path: Path) -> None:
@@ -127,17 +168,28 @@ def check_readable(path: Path) -> None:
                          f"understands ({SCHEMA_VERSION}); upgrade bottleneck")
 
 
-def load_cache(path: str | Path, dtype=np.float32, features: bool = True) -> CacheData:
+def load_cache(path: str | Path, dtype=np.float32, features: bool = True,
+               memory_gb: float | None = None) -> CacheData:
     """Read a whole cache into memory (features as `dtype`, or an empty (0, D) array when `features` is
-    False, for callers that need only the rows); never touches an image."""
+    False, for callers that need only the rows); never touches an image.
+
+    memory_gb: when the n_rows float32 features exceed it, `features` is a `FeatureReader` (float32 rows read
+    from the file when indexed) instead of an array; see feature_store.py."""
     path = Path(path)
     check_readable(path)
-    with h5py.File(path, "r") as f:
+    with open_cache(path) as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         n = int(attrs["n_rows"])
+        streamed = None
+        if features and memory_gb is not None:
+            from .feature_store import FeatureReader, features_fit  # lazily: feature_store reads through here
+
+            if not features_fit(n, f["features"].shape[1], memory_gb):
+                streamed = FeatureReader.from_file(f, path, n, memory_gb)
         return CacheData(
             path=path, config=CacheConfig.from_attrs(attrs), class_names=json.loads(attrs["class_names"]),
-            features=(f["features"][:n] if features else np.zeros((0, f["features"].shape[1]))).astype(dtype), labels=f["label"][:n].astype(np.int32),
+            features=streamed if streamed is not None else
+            (f["features"][:n] if features else np.zeros((0, f["features"].shape[1]))).astype(dtype), labels=f["label"][:n].astype(np.int32),
             image_ids=decode_strings(f["image_id"][:n]), paths=decode_strings(f["path"][:n]), groups=decode_strings(f["group"][:n]),
             sha256=decode_strings(f["sha256"][:n]), sizes=f["orig_size"][:n].astype(np.int32), attrs=attrs,
             views_ok=f["views_ok"][:n].astype(bool) if "views_ok" in f else np.zeros(n, bool))
@@ -145,7 +197,7 @@ def load_cache(path: str | Path, dtype=np.float32, features: bool = True) -> Cac
 
 def read_views(path: str | Path, rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
     """Stored views (len(rows), V, D) of the given rows (all rows when None), read in row order."""
-    with h5py.File(path, "r") as f:
+    with open_cache(path) as f:
         if "views" not in f:
             raise CacheError(f"cache {path} holds no augmented views; extract with --views N to add them")
         ds = f["views"]
@@ -160,14 +212,10 @@ def read_views(path: str | Path, rows: np.ndarray | None = None, dtype=np.float3
 
 def read_failed(path: str | Path) -> list[tuple[str, str]]:
     """(relative path, reason) of every image the cache records as failed."""
-    with h5py.File(path, "r") as f:
+    with open_cache(path) as f:
         if "failed" not in f:
             return []
         return list(zip(decode_strings(f["failed/path"][:]), decode_strings(f["failed/reason"][:])))
-
-
-def journal_dir(path: Path) -> Path:
-    return path.with_name(path.name + ".journal")
 
 
 def recorded_config(path: Path) -> CacheConfig | None:
@@ -177,11 +225,6 @@ def recorded_config(path: Path) -> CacheConfig | None:
         return CacheConfig.from_attrs(read_attrs(path))
     meta = journal_dir(path) / "config.json"
     return CacheConfig(**json.loads(meta.read_text())) if meta.is_file() else None
-
-
-def pending_batches(path: Path) -> list[Path]:
-    j = journal_dir(path)
-    return sorted(j.glob("batch-*.npz")) if j.is_dir() else []
 
 
 def describe_cache(path: str | Path) -> dict:

@@ -1,72 +1,53 @@
-"""Writing a cache safely: one locked writer, journaled batches, atomic commits, merging shards.
+"""Writing a cache safely: one locked writer, journaled batches, commits in place that a crash cannot tear.
 
-Crash safety: the `.h5` file is only ever replaced whole. A writer appends each finished batch to a
-journal folder beside it (`<cache>.journal/`, one atomically renamed `.npz` per batch); committing
-copies the cache, applies the journal to the copy and renames the copy over the original. A process
-killed at any moment (even SIGKILL) therefore leaves either the old cache or the new one, never a
-half-written file, plus journal batches that the next writer applies first.
+    write_batch -> journal (`<cache>.journal/`, one fsynced .npz per batch: the redo log)
+    commit (every `commit_seconds`, and at the end) -> the new rows appended in place under an undo journal
+    (`undo.py`), then the committed row count (`n_rows`) advanced -> journal emptied
+
+A commit costs its own rows, never a copy of the cache, so a growing cache is readable between commits
+(`info` and `train-head` see the committed rows) and a killed run leaves every committed row plus the journaled
+batches, which the next writer commits first. The very first commit builds the file beside the target and
+renames it into place, so a cache file exists only once it is whole.
 """
 
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
-import shutil
+import signal
+import sys
+import threading
 import time
-from dataclasses import asdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .cache import (ROW_FIELDS, SCHEMA_VERSION, STRING_DTYPE, CacheConfig, decode_strings,
-                    journal_dir, library_versions, load_cache, pending_batches, read_attrs, read_failed, read_views,
-                    recorded_config)
+from .cache import (ROW_FIELDS, SCHEMA_VERSION, STRING_DTYPE, CacheConfig, decode_strings, library_versions,
+                    load_cache, open_cache, read_attrs, read_failed, read_views, recorded_config)
 from .errors import CacheError, CacheLockedError, CacheMismatchError, InputError
-from .files import write_text_atomic
+from .journal import Journal, pending_batches
+from .undo import CacheReadersError, UndoFile, fsync_dir, lock_exclusive, rollback
+
+COMMIT_SECONDS = 10.0  # how often a running extraction makes its journaled batches readable
+READERS_WAIT = (0.5, 60.0)  # seconds a commit waits for readers to close the cache: periodic, final
 
 
-class CacheWriter:
-    """One writer of one cache: holds the lock, checks the configuration, journals batches, commits.
+class WriterLock:
+    """`<cache>.lock`: one writer per cache. The kernel drops a flock when its holder dies, so a SIGKILLed
+    writer never leaves a stale lock; the file holds the pid, for the message the next writer sees."""
 
-    Use as a context manager; `commit()` applies the journal atomically.
-    """
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+        self.fd: int | None = None
 
-    def __init__(self, path: str | Path, config: CacheConfig, info: dict | None = None,
-                 class_names: tuple[str, ...] = ()):
-        self.path = Path(path)
-        self.config = config
-        self.info = dict(info or {})
-        self.class_names = tuple(class_names)  # the index's classes, sorted: the order of a new cache
-        self._lock_fd: int | None = None
-        self._seq = 0
-
-    # -- locking -------------------------------------------------------------------------------
-    def __enter__(self) -> CacheWriter:
-        self.check_config()  # before anything is created, so a mismatch leaves no trace
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._acquire_lock()
-        try:
-            self.check_config()  # again under the lock: another writer may have created it meanwhile
-            self.commit()  # batches journaled by an interrupted run come first
-        except BaseException:
-            self._release_lock()
-            raise
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.commit()  # keep whatever finished, also on Ctrl-C or an error
-        finally:
-            self._release_lock()
-
-    def _lock_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock")
-
-    def _acquire_lock(self) -> None:
-        lock = self._lock_path()
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    def acquire(self) -> None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -74,15 +55,75 @@ class CacheWriter:
             os.close(fd)
             raise CacheLockedError(f"cache {self.path} is being written by another process (pid {holder}); "
                                    "wait for it to finish or pass another --cache") from None
-        # The kernel drops a flock when its holder dies, so a SIGKILLed writer never leaves a stale lock.
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
+        self.fd = fd
 
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@dataclass
+class CommittedState:
+    """What a commit needs to know of the committed rows, read from the file once per writer, not per commit."""
+
+    n: int = 0
+    classes: list[str] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)  # image id -> row
+    failed: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (reason, sha256)
+
+    @classmethod
+    def read(cls, f) -> CommittedState:
+        n = int(f.attrs["n_rows"])
+        return cls(n, json.loads(f.attrs["class_names"]),
+                   {k: i for i, k in enumerate(decode_strings(f["image_id"][:n]))},
+                   dict(zip(decode_strings(f["failed/path"][:]), zip(decode_strings(f["failed/reason"][:]),
+                                                                     decode_strings(f["failed/sha256"][:])))))
+
+
+class CacheWriter:
+    """One writer of one cache: holds the lock, checks the configuration, journals batches, commits them.
+
+    Use as a context manager: entering commits what an interrupted run journaled, `write_batch` commits every
+    `commit_seconds`, leaving commits the rest (also on Ctrl-C or an error)."""
+
+    def __init__(self, path: str | Path, config: CacheConfig, info: dict | None = None,
+                 class_names: tuple[str, ...] = (), commit_seconds: float = COMMIT_SECONDS):
+        self.path = Path(path)
+        self.config = config
+        self.info = dict(info or {})
+        self.class_names = tuple(class_names)  # the index's classes, sorted: the order of a new cache
+        self.commit_seconds = commit_seconds
+        self.lock = WriterLock(self.path)
+        self.journal = Journal(self.path, config)
+        self._state: CommittedState | None = None
+        self._last_commit = time.monotonic()
+
+    def __enter__(self) -> CacheWriter:
+        self.check_config()  # before anything is created, so a mismatch leaves no trace
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            self.check_config()  # again under the lock: another writer may have created it meanwhile
+            self.journal = Journal(self.path, self.config)  # numbering continues after batches left behind
+            self.commit(READERS_WAIT[1])  # batches journaled by an interrupted run come first
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.commit(READERS_WAIT[1])  # keep whatever finished, also on Ctrl-C or an error
+        except CacheReadersError as err:
+            if exc is None:
+                raise CacheReadersError(f"{err}; its {len(pending_batches(self.path))} finished batches stay "
+                                        "journaled and are committed by the next run of the same extract "
+                                        "command, once the reader has closed it") from None
+        finally:
+            self.lock.release()
 
     # -- configuration -------------------------------------------------------------------------
     def check_config(self) -> None:
@@ -112,67 +153,88 @@ class CacheWriter:
         return int(read_attrs(self.path).get("views", 0)) if self.path.exists() else 0
 
     def cached_features(self, row: int) -> np.ndarray:
-        with h5py.File(self.path, "r") as f:
+        with open_cache(self.path) as f:
             return f["features"][row]
 
     # -- writing --------------------------------------------------------------------------------
     def write_batch(self, rows: list[dict], features: np.ndarray | None, failed: list[tuple[str, str, str]] = (),
                     views: np.ndarray | None = None, view_lo: int = 0):
-        """Journal one batch durably. rows: dicts with image_id, path, label (name|None), group, sha256,
-        width, height, has_features; features: (len(rows), D) aligned with rows (ignored where
-        has_features is False); failed: (path, reason, sha256); views: (len(rows), V, D) of which views
-        view_lo..V (1-based) are new, or None."""
-        j = journal_dir(self.path)
-        if not j.is_dir():
-            j.mkdir(parents=True)
-            write_text_atomic(j / "config.json", json.dumps(asdict(self.config)))
-        self._seq += 1  # the journal is empty on entry: __enter__ committed what an earlier run left
-        n = len(rows)
-        if features is None:
-            features = np.zeros((n, self.config.num_features), np.float32)
-        payload = {k: np.array([r[k] or "" for r in rows], dtype=str) for k in ROW_FIELDS}
-        payload.update(
-            label=np.array([r["label"] if r["label"] is not None else "" for r in rows], dtype=str),
-            has_label=np.array([r["label"] is not None for r in rows], dtype=bool),
-            size=np.array([[r["width"], r["height"]] for r in rows], dtype=np.int32).reshape(n, 2),
-            has_features=np.array([r.get("has_features", True) for r in rows], dtype=bool),
-            features=np.asarray(features, dtype=self.config.dtype).reshape(n, self.config.num_features),
-            failed=np.array([list(x) for x in failed], dtype=str).reshape(len(failed), 3),
-            view_lo=np.array(view_lo if views is not None else 0),
-            views=(np.zeros((n, 0, self.config.num_features), self.config.dtype) if views is None
-                   else np.asarray(views, dtype=self.config.dtype)),
-        )
-        target = j / f"batch-{self._seq:08d}.npz"
-        tmp = target.with_name(target.name + ".tmp")  # not matched by pending_batches' batch-*.npz
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)  # atomic: a batch is either wholly journaled or absent
+        """Journal one batch durably, and commit when `commit_seconds` have passed since the last commit.
 
-    def commit(self) -> int:
-        """Apply journaled batches to a copy of the cache and swap it in atomically. Returns rows added."""
+        rows: dicts with image_id, path, label (name|None), group, sha256, width, height, has_features;
+        features: (len(rows), D) aligned with rows (ignored where has_features is False); failed: (path,
+        reason, sha256); views: (len(rows), V, D) of which views view_lo..V (1-based) are new, or None."""
+        self.journal.write(rows, features, failed, views, view_lo)
+        if time.monotonic() - self._last_commit >= self.commit_seconds:
+            try:
+                self.commit(READERS_WAIT[0])
+            except CacheReadersError:
+                self._last_commit = time.monotonic()  # a reader holds the file: keep journaling, retry later
+
+    def commit(self, readers_wait: float = READERS_WAIT[1]) -> int:
+        """Apply the journaled batches to the cache; returns the rows added."""
         batches = pending_batches(self.path)
         if not batches:
             return 0
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        if self.path.exists():
-            shutil.copyfile(self.path, tmp)
-        else:
-            self._create(tmp)
-        added = _apply_batches(tmp, batches, self.info, self.class_names)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        for b in batches:  # after the swap: re-applying a batch twice is harmless (rows keyed by image id)
-            b.unlink(missing_ok=True)
-        shutil.rmtree(journal_dir(self.path), ignore_errors=True)
+        with _interrupts_deferred():  # Ctrl-C lands after the commit, which takes well under a second
+            added = self._append(batches, readers_wait) if self.path.exists() else self._create(batches)
+        self.journal.clear(batches)
+        self._last_commit = time.monotonic()
         return added
 
-    def _create(self, path: Path) -> None:
+    def _append(self, batches: list[Path], readers_wait: float) -> int:
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            lock_exclusive(fd, self.path, readers_wait)  # readers wait (open_cache) until the commit ends
+            if rollback(self.path, fd):  # a commit killed midway is undone before this one starts
+                self._state = None
+            undo = UndoFile(fd, self.path)
+            echoes = sys.unraisablehook, sys.excepthook  # h5py prints a failed write once per open object
+            sys.unraisablehook, sys.excepthook = (lambda *_: None), (lambda *_: None)
+            try:
+                with h5py.File(undo, "r+") as f:
+                    if self._state is None:
+                        self._state = CommittedState.read(f)
+                    added = _apply_batches(f, batches, self.info, self.class_names, self._state)
+            except BaseException as exc:
+                self._state = None  # half-applied: read it again from the restored file next time
+                _drop_tracebacks(exc)  # their frames hold h5py objects: let them close while writes are undone
+                gc.collect()
+                undo.abandon()
+                if isinstance(exc, Exception):
+                    raise self._failed(undo.error or exc) from None
+                raise
+            finally:
+                sys.unraisablehook, sys.excepthook = echoes
+            undo.finish()
+            return added
+        finally:
+            os.close(fd)  # releases the commit lock
+
+    def _create(self, batches: list[Path]) -> int:
+        """The first commit: build the file beside the target, then rename it into place whole."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            state, added = self._build(tmp, batches)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._failed(exc) from None
+        os.replace(tmp, self.path)
+        fsync_dir(self.path)
+        self._state = state
+        return added
+
+    def _failed(self, exc: BaseException) -> CacheError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        return CacheError(f"cannot commit to cache {self.path}: {reason}; nothing was lost (the cache is as it "
+                          "was and the finished batches stay journaled): free space and rerun the same command")
+
+    def _build(self, tmp: Path, batches: list[Path]) -> tuple[CommittedState, int]:
         d = self.config.num_features
         chunk_rows = max(1, min(1024, (1 << 20) // (d * np.dtype(self.config.dtype).itemsize)))  # ~1 MiB chunks
-        with h5py.File(path, "w") as f:
+        with h5py.File(tmp, "w") as f:
             f.create_dataset("features", (0, d), maxshape=(None, d), dtype=self.config.dtype,
                              chunks=(chunk_rows, d))
             for name in ROW_FIELDS:
@@ -185,73 +247,105 @@ class CacheWriter:
             f.attrs.update(schema_version=SCHEMA_VERSION, n_rows=0, class_names="[]",
                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            library_versions=json.dumps(library_versions()))
+            state = CommittedState()
+            added = _apply_batches(f, batches, self.info, self.class_names, state)
+        return state, added
 
 
-def _append(ds, values) -> None:
-    n = ds.shape[0]
-    ds.resize(n + len(values), axis=0)
-    ds[n:] = values
+def _drop_tracebacks(exc: BaseException | None) -> None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        _drop_tracebacks(exc.__cause__)
+        exc = exc.__context__
 
 
-def _apply_batches(path: Path, batches: list[Path], info: dict, class_names: tuple[str, ...]) -> int:
+@contextmanager
+def _interrupts_deferred():
+    """Hold a Ctrl-C until the block ends, then raise it: a commit is never cut off by one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, ...], state: CommittedState) -> int:
+    """Apply journaled batches to the open file `f`, keeping `state` in step; returns the rows added.
+
+    Rows past the committed count are written first and `n_rows` is advanced last, so a reader of the
+    committed count never sees a row that is not whole."""
     added = 0
-    with h5py.File(path, "r+") as f:
-        n = int(f.attrs["n_rows"])
-        classes = json.loads(f.attrs["class_names"])
-        # New class names are appended, never inserted, so label indices already stored stay valid.
-        classes.extend(c for c in class_names if c not in classes)
-        index = {k: i for i, k in enumerate(decode_strings(f["image_id"][:n]))}
-        failed = dict(zip(decode_strings(f["failed/path"][:]), zip(decode_strings(f["failed/reason"][:]),
-                                                             decode_strings(f["failed/sha256"][:]))))
-        for batch in batches:
-            with np.load(batch) as b:
-                b = {k: b[k] for k in b.files}
-            for name, has in zip(b["label"], b["has_label"]):
-                if has and name not in classes:
-                    classes.append(str(name))
-            new_rows = []
-            for i, image_id in enumerate(b["image_id"]):
-                image_id = str(image_id)
-                label = classes.index(str(b["label"][i])) if b["has_label"][i] else -1
-                failed.pop(str(b["path"][i]), None)
-                if image_id in index:  # refresh metadata (and features when recomputed) in place
-                    r = index[image_id]
-                    for k in ROW_FIELDS:
-                        f[k][r] = str(b[k][i])
-                    f["label"][r] = label
-                    f["orig_size"][r] = b["size"][i]
-                    if b["has_features"][i]:
-                        f["features"][r] = b["features"][i]
-                else:
-                    index[image_id] = n + len(new_rows)
-                    new_rows.append((i, label))
-            if new_rows:
-                sel = np.array([i for i, _ in new_rows])
+    n, classes, index, failed = state.n, state.classes, state.index, state.failed
+    failed_before = dict(failed)
+    # New class names are appended, never inserted, so label indices already stored stay valid.
+    classes.extend(c for c in class_names if c not in classes)
+    for batch in batches:
+        b = Journal.read(batch)
+        for name, has in zip(b["label"], b["has_label"]):
+            if has and name not in classes:
+                classes.append(str(name))
+        new_rows = []
+        for i, image_id in enumerate(b["image_id"]):
+            image_id = str(image_id)
+            label = classes.index(str(b["label"][i])) if b["has_label"][i] else -1
+            failed.pop(str(b["path"][i]), None)
+            if image_id in index:  # refresh metadata (and features when recomputed) in place
+                r = index[image_id]
                 for k in ROW_FIELDS:
-                    _append(f[k], [str(v) for v in b[k][sel]])
-                _append(f["label"], np.array([lab for _, lab in new_rows], dtype=np.int32))
-                _append(f["orig_size"], b["size"][sel])
-                _append(f["features"], b["features"][sel])
-                n += len(new_rows)
-                added += len(new_rows)
-            if int(b["view_lo"]) > 0:
-                _store_views(f, n, [index[str(i)] for i in b["image_id"]], b["views"], int(b["view_lo"]))
-            for fpath, reason, sha in b["failed"]:
-                failed[str(fpath)] = (str(reason), str(sha))
+                    f[k][r] = str(b[k][i])
+                f["label"][r] = label
+                f["orig_size"][r] = b["size"][i]
+                if b["has_features"][i]:
+                    f["features"][r] = b["features"][i]
+            else:
+                index[image_id] = n + len(new_rows)
+                new_rows.append((i, label))
+        if new_rows:
+            sel = np.array([i for i, _ in new_rows])
+            for k in ROW_FIELDS:
+                _append_rows(f[k], n, [str(v) for v in b[k][sel]])
+            _append_rows(f["label"], n, np.array([lab for _, lab in new_rows], dtype=np.int32))
+            _append_rows(f["orig_size"], n, b["size"][sel])
+            _append_rows(f["features"], n, b["features"][sel])
+            n += len(new_rows)
+            added += len(new_rows)
+        if int(b["view_lo"]) > 0:
+            _store_views(f, n, [index[str(i)] for i in b["image_id"]], b["views"], int(b["view_lo"]))
+        for fpath, reason, sha in b["failed"]:
+            failed[str(fpath)] = (str(reason), str(sha))
+    if failed != failed_before:
         for name, col in (("path", list(failed)), ("reason", [v[0] for v in failed.values()]),
                           ("sha256", [v[1] for v in failed.values()])):
             ds = f[f"failed/{name}"]
             ds.resize(len(col), axis=0)
             if col:
                 ds[:] = col
-        if "views" in f and f["views"].shape[0] < n:  # rows added without views (they get them next run)
-            grow = f["views"].shape[0]
-            f["views"].resize(n, axis=0)
-            f["views_ok"].resize(n, axis=0)
-            f["views_ok"][grow:] = False
-        f.attrs.update(n_rows=n, class_names=json.dumps(classes), updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        f.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in info.items()})
+    if "views" in f and f["views"].shape[0] < n:  # rows added without views (they get them next run)
+        grow = f["views"].shape[0]
+        f["views"].resize(n, axis=0)
+        f["views_ok"].resize(n, axis=0)
+        f["views_ok"][grow:] = False
+    f.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in info.items()})
+    f.attrs.update(class_names=json.dumps(classes), updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    f.attrs["n_rows"] = n  # last: the committed count
+    state.n = n
     return added
+
+
+def _append_rows(ds, n: int, values) -> None:
+    """Write `values` as rows n.. of `ds`, growing it if needed (a dataset may be longer than the committed
+    count: rows past it are from a commit that never finished, and are overwritten)."""
+    if ds.shape[0] < n + len(values):
+        ds.resize(n + len(values), axis=0)
+    ds[n:n + len(values)] = values
 
 
 def _store_views(f, n: int, rows: list[int], views: np.ndarray, lo: int) -> None:

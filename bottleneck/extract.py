@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .backbones import POOLINGS, create_backbone, get_spec, parse_weights, resolve_size
 from .cache import CacheConfig, read_attrs, recorded_config
-from .cache_write import CacheWriter
+from .cache_write import COMMIT_SECONDS, CacheWriter
 from .dataset import DatasetIndex, Entry
 from .errors import ImageDecodeError, InputError
 from .files import sha256_file
@@ -45,6 +45,7 @@ class ExtractOptions:
     views: int = 0  # extra augmented views per image (see views.py); a cache never loses views it has
     precision: str = "auto"  # compute precision, see precision.py; "auto" follows the cache when it exists
     xla: str = "auto"  # auto | on | off: compile the forward pass with XLA
+    commit_seconds: float = COMMIT_SECONDS  # how often finished batches become readable rows of the cache
 
 
 @dataclass
@@ -136,7 +137,7 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
                              images_without_row=len(index.images_without_row), precision=config.precision,
                              xla=config.xla)
     check_views(opts.views)
-    with CacheWriter(path, config, info, index.class_names) as writer:
+    with CacheWriter(path, config, info, index.class_names, opts.commit_seconds) as writer:
         existing = writer.existing_rows()
         n_views = max(opts.views, writer.existing_views())  # new rows get every view the cache has
         summary.views = n_views

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bottleneck.cache import journal_dir, load_cache
+from bottleneck.cache import journal_dir, load_cache, pending_batches, read_failed
 from bottleneck.cache_write import CacheWriter
 from bottleneck.dataset import build_index
 from bottleneck.errors import CacheLockedError, CacheMismatchError
 from bottleneck.extract import extract, make_config
+from bottleneck.undo import CRASH_ENV, undo_path
 from conftest import TINY_ARGS, extract_opts, feature_cache, file_digest, run_cli, write_image
 
 
@@ -97,6 +100,125 @@ def test_sigkill_loses_at_most_the_batch_in_flight_and_rerun_completes(tmp_path,
     assert list(a.image_ids[order]) == list(b.image_ids)
     np.testing.assert_allclose(a.features[order], b.features, rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(a.labels[order], b.labels)
+
+
+READ_WHILE_RUNNING = RESUME_SCRIPT.replace("progress=False", "progress=False, commit_seconds=0")
+
+
+def test_a_first_extraction_is_readable_while_it_runs_and_after_a_sigkill(tmp_path):
+    """Committed every batch: `info` and load_cache read the rows committed so far while the extraction runs,
+    a SIGKILL leaves a readable cache, and the rerun completes it with the features of an uninterrupted run."""
+    root = tmp_path / "data"
+    for i in range(96):
+        write_image(root / ("mel" if i % 2 else "nv") / f"{i:03d}.png", seed=i, size=(96, 96))
+    cache = tmp_path / "growing.h5"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", READ_WHILE_RUNNING, str(root), str(cache), "float32"], env=env)
+    seen, deadline = [], time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(seen) < 4:
+        if cache.exists():
+            rows = load_cache(cache).features.shape[0]  # reads between commits, never a torn file
+            r = run_cli("info", cache)
+            assert r.exit_code == 0, r.output
+            if not seen or rows > seen[-1]:
+                seen.append(rows)
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(seen) >= 2 and seen == sorted(seen) and 0 < seen[0] < 96, seen  # it grew while we read it
+    after = load_cache(cache)
+    assert seen[-1] <= len(after.image_ids) < 96
+    s = extract(build_index(root), extract_opts(tmp_path, cache=cache))
+    assert s.already_cached >= len(after.image_ids) and s.rows == 96
+    full = tmp_path / "full.h5"
+    extract(build_index(root), extract_opts(tmp_path, cache=full, precision="float32"))
+    a, b = load_cache(cache), load_cache(full)
+    order = np.argsort(a.image_ids)
+    assert list(a.image_ids[order]) == list(b.image_ids)
+    np.testing.assert_array_equal(a.features[order], b.features)
+
+
+COMMIT_SCRIPT = """
+import sys
+import numpy as np
+from bottleneck.cache import load_cache
+from bottleneck.cache_write import CacheWriter
+cache = sys.argv[1]
+config = load_cache(cache, features=False).config
+n = 1100  # past the first 1,024-row chunk of features
+rows = [dict(image_id=f"new{i}", path=f"mel/new{i}.jpg", label="mel", group=f"N{i}", sha256=f"{i:064x}",
+             width=2, height=3) for i in range(n)]
+feats = np.arange(n * 32, dtype=np.float32).reshape(n, 32) / 1000
+with CacheWriter(cache, config, commit_seconds=1e9) as w:  # one commit, on leaving
+    if len(sys.argv) > 2:  # a write error (disk full, quota) once the commit has begun to grow the file
+        import resource, signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    w.write_batch(rows[:600], feats[:600], [("bad/x.jpg", "cannot decode", "")])
+    w.write_batch(rows[600:], feats[600:])
+    w.write_batch([dict(image_id="img00000", path="bcc/img00000.jpg", label="scc", group="G", sha256="0" * 64,
+                        width=1, height=1, has_features=False)], None)  # a new class, a row refreshed in place
+"""
+
+
+def _cache_state(path):
+    d = load_cache(path)
+    return (list(d.image_ids), d.features.tolist(), d.labels.tolist(), d.class_names, list(d.paths),
+            read_failed(path))
+
+
+def test_a_commit_killed_at_any_write_leaves_the_cache_as_it_was(tmp_path):
+    """The crash harness: SIGKILL before the 1st, 2nd, ... write of an in-place commit. Every time the cache
+    reads back byte for byte as before the commit, and the next writer commits the journal to the same result
+    as an uninterrupted commit."""
+    original = feature_cache(tmp_path / "orig.h5", counts={"bcc": 100, "mel": 100}, dim=32)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    reference = tmp_path / "ref.h5"
+    shutil.copyfile(original, reference)
+    subprocess.run([sys.executable, "-c", COMMIT_SCRIPT, str(reference)], env=env, check=True)
+    expected, digest, before = _cache_state(reference), file_digest(original), _cache_state(original)
+    assert len(expected[0]) == 1300 and expected[3] == ["bcc", "mel", "scc"]
+
+    def crash_at(n: int):
+        cache = tmp_path / f"k{n}" / "c.h5"
+        cache.parent.mkdir()
+        shutil.copyfile(original, cache)
+        run = subprocess.run([sys.executable, "-c", COMMIT_SCRIPT, str(cache)], env={**env, CRASH_ENV: str(n)})
+        return n, cache, run.returncode
+
+    n, killed = 0, 0
+    with ThreadPoolExecutor(2) as pool:
+        while True:
+            results = list(pool.map(crash_at, (n + 1, n + 2)))
+            n += 2
+            for k, cache, rc in results:
+                if rc == 0:  # past the commit's last write: nothing left to interrupt
+                    continue
+                killed += 1
+                assert rc == -signal.SIGKILL and undo_path(cache).exists() and len(pending_batches(cache)) == 3
+                assert _cache_state(cache) == before, f"killed before write {k}: the cache changed"
+                assert file_digest(cache) == digest and not undo_path(cache).exists()
+                with CacheWriter(cache, load_cache(cache).config):  # the next writer replays the journal
+                    pass
+                assert _cache_state(cache) == expected, f"killed before write {k}: the replay differs"
+            if any(rc == 0 for _, _, rc in results):
+                break
+    assert killed >= 10  # metadata, the partial last chunk, new chunks, the row count: many points
+
+
+def test_a_write_error_inside_a_commit_rolls_it_back_and_keeps_the_batches(tmp_path):
+    cache = feature_cache(tmp_path / "c.h5", counts={"bcc": 100, "mel": 100}, dim=32)
+    before, digest = _cache_state(cache), file_digest(cache)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    limit = cache.stat().st_size + 8192  # the journal fits, the grown cache does not
+    run = subprocess.run([sys.executable, "-c", COMMIT_SCRIPT, str(cache), str(limit)], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "cannot commit to cache" in run.stderr and "nothing was lost" in run.stderr
+    assert file_digest(cache) == digest and _cache_state(cache) == before and not undo_path(cache).exists()
+    assert len(pending_batches(cache)) == 3
+    with CacheWriter(cache, load_cache(cache).config):
+        pass
+    assert len(load_cache(cache).image_ids) == 1300 and not pending_batches(cache)
 
 
 def test_shards_merge_into_the_same_cache_as_one_run(tmp_path, class_tree):

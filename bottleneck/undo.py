@@ -1,0 +1,233 @@
+"""In-place HDF5 commits that a crash cannot tear: a rollback journal under h5py's file-object driver.
+
+HDF5 updates its metadata (object headers, chunk B-trees, heaps, the superblock) in place, so a process killed
+while h5py flushes can leave a file that no longer opens. Copying the whole file for every commit avoids that but
+costs a term that grows with the cache. Instead the committer hands h5py an `UndoFile`: every write below the
+size the file had when the commit began first saves the bytes it replaces to `<cache>.undo` (fsynced before the
+overwrite). Writes past that size are new space and need no copy. The commit ends by fsyncing the cache and
+deleting the undo file; whoever next finds an undo file (a writer, or a reader that finds no live committer)
+copies the saved bytes back and truncates the file to its old size: the cache is then byte for byte what it was
+before the commit, and the batch journal replays the rest. The cost of a commit is the new rows plus the few
+pages of metadata it touches, whatever the size of the cache.
+
+Locks: a commit holds an exclusive `flock` on the cache file, the lock HDF5 itself takes shared for its readers
+(`open_cache` in cache.py takes it too, and waits for a commit to finish).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+
+from .errors import CacheError
+
+PAGE = 4096
+MAGIC = b"BNUNDO01"
+HEADER = struct.Struct("<8sQ")  # magic, size of the cache when the commit began
+RECORD = struct.Struct("<QQI")  # offset, length, crc32 of the saved bytes
+CRASH_ENV = "BOTTLENECK_CRASH_AT_WRITE"  # crash harness: SIGKILL self before the Nth write of a commit (tests)
+
+
+def undo_path(path: Path) -> Path:
+    return path.with_name(path.name + ".undo")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class UndoFile:
+    """A file object for `h5py.File(UndoFile(...), "r+")` that journals the old bytes of every overwrite.
+
+    `fd` is the cache file `path`, open for reading and writing; the rollback journal is created here."""
+
+    def __init__(self, fd: int, path: Path):
+        self.fd = fd
+        self.path = path
+        self.base_size = os.fstat(fd).st_size  # bytes below this existed before the commit
+        self.pos = 0
+        self.saved: set[int] = set()  # pages whose old bytes are in the undo journal
+        self.writes = 0
+        self.error: OSError | None = None  # the first write error, for the message (h5py rewraps it)
+        self.closed = False  # after finish/abandon nothing may reach the file (stray h5py objects closing late)
+        self.crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
+        self.undo_path = undo_path(path)
+        self.undo = open(self.undo_path, "xb")
+        self.undo.write(HEADER.pack(MAGIC, self.base_size))
+        self._sync_undo()
+        fsync_dir(self.undo_path)
+
+    # -- the file-object protocol h5py's fileobj driver uses ---------------------------------------
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else os.fstat(self.fd).st_size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise OSError(9, f"the commit to {self.path} has ended")
+
+    def readinto(self, buf) -> int:
+        self._check_open()
+        n = os.preadv(self.fd, [memoryview(buf).cast("B")], self.pos)
+        self.pos += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        self._check_open()
+        if size < 0:
+            size = max(0, os.fstat(self.fd).st_size - self.pos)
+        data = os.pread(self.fd, size, self.pos)
+        self.pos += len(data)
+        return data
+
+    def write(self, data) -> int:
+        self._check_open()
+        view = memoryview(data).cast("B")
+        self.writes += 1
+        if self.crash_at and self.writes >= self.crash_at:
+            os.kill(os.getpid(), 9)  # the crash harness: die exactly here, as a power cut or SIGKILL would
+        done = 0
+        try:
+            self._save(self.pos, len(view))
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], self.pos + done)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+        self.pos += done
+        return done
+
+    def truncate(self, size: int | None = None) -> int:
+        self._check_open()
+        size = self.pos if size is None else size
+        try:
+            if size < self.base_size:
+                self._save(size, self.base_size - size)
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+        return size
+
+    def flush(self) -> None:
+        pass  # durability is the committer's fsync, after h5py has closed the file
+
+    # -- the journal -------------------------------------------------------------------------------------
+    def _save(self, offset: int, length: int) -> None:
+        """Journal the old bytes of the pages of [offset, offset + length) that existed before the commit."""
+        end = min(offset + length, self.base_size)
+        if offset >= end:
+            return
+        pages = [p for p in range(offset // PAGE, (end - 1) // PAGE + 1) if p not in self.saved]
+        if not pages:
+            return
+        for first, last in _runs(pages):
+            start = first * PAGE
+            old = os.pread(self.fd, min((last + 1) * PAGE, self.base_size) - start, start)
+            self.undo.write(RECORD.pack(start, len(old), zlib.crc32(old)))
+            self.undo.write(old)
+        self._sync_undo()  # the old bytes are durable before the first byte of them is replaced
+        self.saved.update(pages)
+
+    def _sync_undo(self) -> None:
+        self.undo.flush()
+        os.fsync(self.undo.fileno())
+
+    def finish(self) -> None:
+        """The commit point: the cache's new bytes are durable, then the rollback journal goes."""
+        self.closed = True
+        os.fsync(self.fd)
+        self.undo.close()
+        self.undo_path.unlink()
+        fsync_dir(self.undo_path)
+
+    def abandon(self) -> None:
+        """After an error inside the commit: put the old bytes back now."""
+        self.closed = True
+        try:
+            self.undo.close()
+        except OSError:
+            pass  # the failed write was the journal's own; its torn record is ignored by the rollback
+        rollback(self.path, self.fd)
+
+
+def _runs(pages: list[int]):
+    """Sorted page numbers -> (first, last) of each consecutive run."""
+    first = prev = pages[0]
+    for p in pages[1:]:
+        if p != prev + 1:
+            yield first, prev
+            first = p
+        prev = p
+    yield first, prev
+
+
+def rollback(path: Path, fd: int | None = None) -> bool:
+    """Undo the unfinished commit of `path`, if its undo journal exists; True when something was rolled back.
+
+    The caller holds the cache's exclusive lock (or knows no committer is alive). Safe to repeat: a rollback
+    killed halfway is simply done again."""
+    undo = undo_path(path)
+    if not undo.exists():
+        return False
+    raw = undo.read_bytes()
+    if len(raw) < HEADER.size:  # the commit died before it wrote anything to the cache
+        undo.unlink()
+        return False
+    magic, base_size = HEADER.unpack_from(raw)
+    if magic != MAGIC:
+        raise CacheError(f"{undo} is not a bottleneck undo journal; move it away to open {path}")
+    own = fd is None
+    if own:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError as exc:
+            raise CacheError(f"cache {path} has an unfinished commit from a killed extraction and cannot be "
+                             f"rolled back ({exc.strerror}); rerun the extract command as a user who can write "
+                             "it") from None
+    try:
+        at = HEADER.size
+        while at + RECORD.size <= len(raw):
+            offset, length, crc = RECORD.unpack_from(raw, at)
+            old = raw[at + RECORD.size: at + RECORD.size + length]
+            if len(old) < length or zlib.crc32(old) != crc:
+                break  # torn last record: its overwrite never began (the record is synced first)
+            os.pwrite(fd, old, offset)
+            at += RECORD.size + length
+        os.ftruncate(fd, base_size)
+        os.fsync(fd)
+    finally:
+        if own:
+            os.close(fd)
+    undo.unlink()
+    fsync_dir(undo)
+    return True
+
+
+def lock_exclusive(fd: int, path: Path, timeout: float) -> None:
+    """Exclusive flock on the cache file, waiting up to `timeout` seconds for its readers to close it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise CacheReadersError(f"cache {path} is held open by a reader (an h5py session or another "
+                                        f"bottleneck command) for more than {timeout:g} s") from None
+            time.sleep(0.05)
+
+
+class CacheReadersError(CacheError):
+    """A commit could not start because readers keep the cache open; the batches stay journaled."""
