@@ -9,7 +9,9 @@
 - batch1: a one-image-at-a-time loop against `extract`; load: the cache against one text file per image;
 - rerun: a rerun with nothing new and with 1% new images, as fractions of the full extraction;
 - memory: peak RSS of an `extract` process at N and 8N images;
-- sweep and views: a 16-head sweep against 16 runs; the cost and disk of stored views.
+- sweep and views: a 16-head sweep against 16 runs; the cost and disk of stored views;
+- grow: adding 1% to synthetic caches of 100,000 and 1,000,000 rows against writing the same rows into an empty
+  cache, and the copy of the whole file that each commit used to make.
 
 Rates are differences or steady-state windows, never whole runs with start-up in them, and each ratio compares
 two ways measured in the same run: the machines are shared and drift between runs.
@@ -21,6 +23,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +49,7 @@ from .sweep import SweepOptions, expand_grid, run_sweep
 from .tfimport import tensorflow
 
 
-PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views")
+PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow")
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class BenchOptions:
     images: int = 256  # extraction figures; steady state is timed after the first batch
     batch_size: int = 32
     sweep_epochs: int = 3  # per configuration in the sweep benchmark (fixed: no early stopping)
+    grow_rows: tuple[int, ...] = (100_000, 1_000_000)  # cache sizes the `grow` part adds 1% to
     seed: int = 0
 
 
@@ -397,6 +401,65 @@ def bench_views(opts: BenchOptions, workdir: Path, n_views: int = 7) -> dict:
             "bytes_per_view_per_image": (sizev - size0) / (n * n_views)}
 
 
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """"100000,1000000" -> (100000, 1000000); each a positive integer."""
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise InputError(f"--grow-rows should be comma-separated positive row counts like 100000,1000000; "
+                         f"received {text!r}")
+    return sizes
+
+
+def _grow_rows(start: int, n: int, dim: int):
+    """Synthetic rows start..start+n-1 and their (n, dim) features: cheap to make, distinct per row."""
+    rows = [dict(image_id=f"g{i:08d}", path=f"c{i % 7}/g{i:08d}.jpg", label=f"c{i % 7}", group=f"L{i // 2}",
+                 sha256=f"{i:064x}", width=600, height=450) for i in range(start, start + n)]
+    feats = np.broadcast_to(np.arange(start, start + n, dtype=np.float32)[:, None] % 1000 / 1000, (n, dim))
+    return rows, feats
+
+
+def bench_grow(opts: BenchOptions, workdir: Path, batch: int = 50_000) -> dict:
+    """For each size N of `opts.grow_rows`: build an N-row cache (committed in place every `batch` rows, the
+    first and last commit timed), then add 1% of N: open the writer, read the cached rows as `extract` does to
+    skip them, journal and commit. The same 1% written into an empty cache is the cost of those rows alone."""
+    config = CacheConfig(backbone="bench", weights="none", weights_sha256="", seed=0, input_size=299,
+                         pooling="avg", preprocessing="none", dtype="float16", num_features=opts.dim)
+    out = []
+    for n in opts.grow_rows:
+        cache, k = workdir / f"grow-{n}.h5", max(1, n // 100)
+        commits = []
+        with CacheWriter(cache, config, commit_seconds=0) as w:
+            for start in range(0, n, batch):
+                rows, feats = _grow_rows(start, min(batch, n - start), opts.dim)
+                t = time.perf_counter()
+                w.write_batch(rows, feats)  # journal + commit (commit_seconds=0)
+                commits.append(time.perf_counter() - t)
+        size = cache.stat().st_size
+        rows, feats = _grow_rows(n, k, opts.dim)
+        timed = {}
+        for name, target in (("alone", workdir / f"grow-{n}-alone.h5"), ("append", cache)):
+            start = time.perf_counter()
+            with CacheWriter(target, config, commit_seconds=1e9) as w:
+                t = time.perf_counter()
+                cached, _ = w.lookup([r["image_id"] for r in rows], [r["sha256"] for r in rows])
+                timed[f"{name}_read_rows_s"] = time.perf_counter() - t
+                w.write_batch(rows, feats)
+            timed[f"{name}_s"] = time.perf_counter() - start
+            assert not cached
+        start = time.perf_counter()
+        shutil.copyfile(cache, workdir / "copy.h5")  # what every commit cost before commits appended in place
+        copy_s = time.perf_counter() - start
+        (workdir / "copy.h5").unlink()
+        out.append({"rows": n, "added": k, "cache_mib": size / 2**20, "first_commit_s": commits[0],
+                    "last_commit_s": commits[-1], "batch": batch, **timed, "ratio": timed["append_s"] / timed["alone_s"],
+                    "copy_s": copy_s})
+        cache.unlink()
+    return {"sizes": out}
+
+
 def machine_info() -> dict:
     """What a figure depends on: CPU model and the flags that decide the fast paths, cores, GPUs, libraries."""
     tf = tensorflow()
@@ -429,7 +492,7 @@ def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
              "extract": lambda tmp: bench_extraction(opts, tmp), "batch1": lambda tmp: bench_batch_one(opts, tmp),
              "load": lambda tmp: bench_cache_load(opts, tmp), "rerun": lambda tmp: bench_rerun(opts, tmp),
              "memory": lambda tmp: bench_memory(opts, tmp), "sweep": lambda tmp: bench_sweep(opts, tmp),
-             "views": lambda tmp: bench_views(opts, tmp)}
+             "views": lambda tmp: bench_views(opts, tmp), "grow": lambda tmp: bench_grow(opts, tmp)}
     with tempfile.TemporaryDirectory() as tmp:
         for part in PARTS:
             if part in parts:
@@ -502,4 +565,11 @@ def format_results(r: dict, opts: BenchOptions) -> str:
                      f"{v['views_s']:.1f} s vs {v['plain_s']:.1f} s plain = {v['cost_ratio']:.1f}x; disk "
                      f"{v['bytes_per_view_per_image'] / 1024:.1f} KiB per view per image "
                      f"({v['bytes_per_view_per_image'] * opts.rows / 2**20:.0f} MiB per view for {opts.rows} images)")
+    for g in r.get("grow", {}).get("sizes", []):
+        lines.append(
+            f"adding 1% ({g['added']} rows x {opts.dim}) to a {g['rows']}-row cache ({g['cache_mib']:.0f} MiB): "
+            f"{g['append_s']:.2f} s vs {g['alone_s']:.2f} s into an empty cache = {g['ratio']:.2f}x (finding which "
+            f"are cached already: {g['append_read_rows_s']:.3f} s); commit of {g['batch']} rows into the "
+            f"growing cache: first {g['first_commit_s']:.2f} s, last {g['last_commit_s']:.2f} s; copying the "
+            f"file, as every commit did before: {g['copy_s']:.2f} s")
     return "\n".join(lines)

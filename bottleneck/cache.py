@@ -210,12 +210,13 @@ def read_views(path: str | Path, rows: np.ndarray | None = None, dtype=np.float3
         return out
 
 
-def read_failed(path: str | Path) -> list[tuple[str, str]]:
-    """(relative path, reason) of every image the cache records as failed."""
+def read_failed(path: str | Path, with_sha: bool = False) -> list[tuple]:
+    """(relative path, reason) of every image the cache records as failed, plus its sha256 when `with_sha`."""
     with open_cache(path) as f:
         if "failed" not in f:
             return []
-        return list(zip(decode_strings(f["failed/path"][:]), decode_strings(f["failed/reason"][:])))
+        cols = [decode_strings(f[f"failed/{k}"][:]) for k in ("path", "reason", "sha256")[:3 if with_sha else 2]]
+        return list(zip(*cols))
 
 
 def recorded_config(path: Path) -> CacheConfig | None:

@@ -31,6 +31,7 @@ from .cache import (ROW_FIELDS, SCHEMA_VERSION, STRING_DTYPE, CacheConfig, decod
                     load_cache, open_cache, read_attrs, read_failed, read_views, recorded_config)
 from .errors import CacheError, CacheLockedError, CacheMismatchError, InputError
 from .journal import Journal, pending_batches
+from .row_keys import KEYS, KeyIndex, id_key, keys_for, read_keys, read_rows, sha_key
 from .undo import CacheReadersError, UndoFile, fsync_dir, lock_exclusive, rollback
 
 COMMIT_SECONDS = 10.0  # how often a running extraction makes its journaled batches readable
@@ -67,20 +68,31 @@ class WriterLock:
 
 @dataclass
 class CommittedState:
-    """What a commit needs to know of the committed rows, read from the file once per writer, not per commit."""
+    """What a commit needs to know of the committed rows, read once per writer from 16 bytes a row (the row
+    keys), never from every stored id."""
 
-    n: int = 0
-    classes: list[str] = field(default_factory=list)
-    index: dict[str, int] = field(default_factory=dict)  # image id -> row
-    failed: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (reason, sha256)
+    n: int
+    classes: list[str]
+    failed: dict[str, tuple[str, str]]  # path -> (reason, sha256)
+    index: KeyIndex  # id keys of the rows committed when the writer started
+    known: dict[str, int] = field(default_factory=dict)  # ids resolved by this writer: image id -> row
 
     @classmethod
     def read(cls, f) -> CommittedState:
         n = int(f.attrs["n_rows"])
-        return cls(n, json.loads(f.attrs["class_names"]),
-                   {k: i for i, k in enumerate(decode_strings(f["image_id"][:n]))},
-                   dict(zip(decode_strings(f["failed/path"][:]), zip(decode_strings(f["failed/reason"][:]),
-                                                                     decode_strings(f["failed/sha256"][:])))))
+        failed = dict(zip(decode_strings(f["failed/path"][:]), zip(decode_strings(f["failed/reason"][:]),
+                                                                   decode_strings(f["failed/sha256"][:]))))
+        return cls(n, json.loads(f.attrs["class_names"]), failed, KeyIndex(read_keys(f, n)[:, 0]))
+
+    def find(self, f, image_id: str) -> int | None:
+        """The row of `image_id`, or None; a key match is confirmed by reading that row's id."""
+        row = self.known.get(image_id)
+        if row is None:
+            for r in self.index.rows(np.array([id_key(image_id)], np.uint64))[0]:
+                if decode_strings(f["image_id"][int(r):int(r) + 1])[0] == image_id:
+                    row = self.known[image_id] = int(r)
+                    break
+        return row
 
 
 class CacheWriter:
@@ -137,17 +149,41 @@ class CacheWriter:
                     "(or drop --cache for the default name of this configuration)")
 
     # -- reading what is there ----------------------------------------------------------------
-    def existing_rows(self) -> dict[str, dict]:
-        """image_id -> {sha256, label, group, path, row} for rows already committed."""
+    def lookup(self, image_ids, shas) -> tuple[dict[str, dict], dict[str, int]]:
+        """Which of these images the cache holds: image id -> {sha256, label, group, path, row, views}, and
+        sha256 -> row for the same bytes under any id. Reads the row keys and only the rows they point to."""
         if not self.path.exists():
-            return {}
-        data = load_cache(self.path, features=False)
-        names = data.class_names
-        views = np.where(data.views_ok, data.n_views, 0)
-        return {i: {"sha256": s, "label": names[l] if l >= 0 else None, "group": g, "path": p, "row": r,
-                    "views": int(v)}
-                for r, (i, s, l, g, p, v) in enumerate(zip(data.image_ids, data.sha256, data.labels,
-                                                           data.groups, data.paths, views))}
+            return {}, {}
+        image_ids, shas = [str(i) for i in image_ids], [str(s) for s in shas]
+        with open_cache(self.path) as f:
+            n, views = int(f.attrs["n_rows"]), int(f.attrs.get("views", 0))
+            classes = json.loads(f.attrs["class_names"])
+            keys = read_keys(f, n)
+            by_id, by_sha = KeyIndex(keys[:, 0]), KeyIndex(keys[:, 1])
+            id_rows = by_id.rows(np.array([id_key(i) for i in image_ids], np.uint64))
+            sha_rows = by_sha.rows(np.array([sha_key(s) for s in shas], np.uint64))
+            rows = np.unique(np.concatenate([np.zeros(0, np.int64), *id_rows, *sha_rows]))
+            stored = read_rows(f, rows, n)
+        at = {int(r): k for k, r in enumerate(rows)}
+        found, same_bytes = {}, {}
+        for image_id, candidates in zip(image_ids, id_rows):
+            for r in candidates:
+                k = at[int(r)]
+                if stored["image_id"][k] == image_id:
+                    label = int(stored["label"][k])
+                    found[image_id] = {"sha256": stored["sha256"][k], "label": classes[label] if label >= 0 else None,
+                                       "group": stored["group"][k], "path": stored["path"][k], "row": int(r),
+                                       "views": views if stored["views_ok"][k] else 0}
+                    break
+        for sha, candidates in zip(shas, sha_rows):
+            for r in candidates:
+                if stored["sha256"][at[int(r)]] == sha:
+                    same_bytes[sha] = int(r)
+                    break
+        # What the first commit needs to know is in hand: it need not read the keys a second time.
+        failed = {p: (r, s) for p, r, s in read_failed(self.path, with_sha=True)}
+        self._state = CommittedState(n, classes, failed, by_id, {i: v["row"] for i, v in found.items()})
+        return found, same_bytes
 
     def existing_views(self) -> int:
         return int(read_attrs(self.path).get("views", 0)) if self.path.exists() else 0
@@ -159,13 +195,16 @@ class CacheWriter:
     # -- writing --------------------------------------------------------------------------------
     def write_batch(self, rows: list[dict], features: np.ndarray | None, failed: list[tuple[str, str, str]] = (),
                     views: np.ndarray | None = None, view_lo: int = 0):
-        """Journal one batch durably, and commit when `commit_seconds` have passed since the last commit.
+        """Journal one batch durably; commit it when it is the cache's first or `commit_seconds` have passed.
 
         rows: dicts with image_id, path, label (name|None), group, sha256, width, height, has_features;
         features: (len(rows), D) aligned with rows (ignored where has_features is False); failed: (path,
         reason, sha256); views: (len(rows), V, D) of which views view_lo..V (1-based) are new, or None."""
         self.journal.write(rows, features, failed, views, view_lo)
-        if time.monotonic() - self._last_commit >= self.commit_seconds:
+        # The first batch is committed at once: a first run is readable (and survives a kill) from then on.
+        if self.lock.fd is None:
+            return  # not entered (no lock): journal only, as an interrupted run would have left it
+        if not self.path.exists() or time.monotonic() - self._last_commit >= self.commit_seconds:
             try:
                 self.commit(READERS_WAIT[0])
             except CacheReadersError:
@@ -241,13 +280,14 @@ class CacheWriter:
                 f.create_dataset(name, (0,), maxshape=(None,), dtype=STRING_DTYPE, chunks=(4096,))
             f.create_dataset("label", (0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
             f.create_dataset("orig_size", (0, 2), maxshape=(None, 2), dtype=np.int32, chunks=(4096, 2))
+            f.create_dataset(KEYS, (0, 2), maxshape=(None, 2), dtype=np.uint64, chunks=(8192, 2))
             for name in ("path", "reason", "sha256"):
                 f.create_dataset(f"failed/{name}", (0,), maxshape=(None,), dtype=STRING_DTYPE, chunks=(1024,))
             f.attrs.update({k: v for k, v in asdict(self.config).items()})
             f.attrs.update(schema_version=SCHEMA_VERSION, n_rows=0, class_names="[]",
                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            library_versions=json.dumps(library_versions()))
-            state = CommittedState()
+            state = CommittedState(0, [], {}, KeyIndex(np.zeros(0, np.uint64)))
             added = _apply_batches(f, batches, self.info, self.class_names, state)
         return state, added
 
@@ -283,8 +323,13 @@ def _apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, .
     Rows past the committed count are written first and `n_rows` is advanced last, so a reader of the
     committed count never sees a row that is not whole."""
     added = 0
-    n, classes, index, failed = state.n, state.classes, state.index, state.failed
+    n, classes, failed = state.n, state.classes, state.failed
     failed_before = dict(failed)
+    if KEYS not in f or f[KEYS].shape[0] < n:  # a cache from before the keys (or grown by such a version)
+        keys = read_keys(f, n)
+        if KEYS in f:
+            del f[KEYS]
+        f.create_dataset(KEYS, data=keys, maxshape=(None, 2), chunks=(8192, 2))
     # New class names are appended, never inserted, so label indices already stored stay valid.
     classes.extend(c for c in class_names if c not in classes)
     for batch in batches:
@@ -293,32 +338,37 @@ def _apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, .
             if has and name not in classes:
                 classes.append(str(name))
         new_rows = []
+        rows_of_batch = []
         for i, image_id in enumerate(b["image_id"]):
             image_id = str(image_id)
             label = classes.index(str(b["label"][i])) if b["has_label"][i] else -1
             failed.pop(str(b["path"][i]), None)
-            if image_id in index:  # refresh metadata (and features when recomputed) in place
-                r = index[image_id]
+            r = state.find(f, image_id)
+            if r is not None:  # refresh metadata (and features when recomputed) in place
+                rows_of_batch.append(r)
                 for k in ROW_FIELDS:
                     f[k][r] = str(b[k][i])
+                f[KEYS][r] = keys_for([image_id], [b["sha256"][i]])[0]
                 f["label"][r] = label
                 f["orig_size"][r] = b["size"][i]
                 if b["has_features"][i]:
                     f["features"][r] = b["features"][i]
             else:
-                index[image_id] = n + len(new_rows)
+                rows_of_batch.append(n + len(new_rows))
+                state.known[image_id] = n + len(new_rows)
                 new_rows.append((i, label))
         if new_rows:
             sel = np.array([i for i, _ in new_rows])
             for k in ROW_FIELDS:
                 _append_rows(f[k], n, [str(v) for v in b[k][sel]])
+            _append_rows(f[KEYS], n, keys_for(b["image_id"][sel], b["sha256"][sel]))
             _append_rows(f["label"], n, np.array([lab for _, lab in new_rows], dtype=np.int32))
             _append_rows(f["orig_size"], n, b["size"][sel])
             _append_rows(f["features"], n, b["features"][sel])
             n += len(new_rows)
             added += len(new_rows)
         if int(b["view_lo"]) > 0:
-            _store_views(f, n, [index[str(i)] for i in b["image_id"]], b["views"], int(b["view_lo"]))
+            _store_views(f, n, rows_of_batch, b["views"], int(b["view_lo"]))
         for fpath, reason, sha in b["failed"]:
             failed[str(fpath)] = (str(reason), str(sha))
     if failed != failed_before:

@@ -138,13 +138,12 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
                              xla=config.xla)
     check_views(opts.views)
     with CacheWriter(path, config, info, index.class_names, opts.commit_seconds) as writer:
-        existing = writer.existing_rows()
         n_views = max(opts.views, writer.existing_views())  # new rows get every view the cache has
         summary.views = n_views
-        by_sha = {v["sha256"]: v["row"] for v in existing.values()}
         with ThreadPoolExecutor(8) as pool:  # hashing is I/O bound; threads overlap reads
             hashes = list(tqdm(pool.map(_sha256, [e.path for e in index.entries]), total=len(index.entries),
                                desc="hashing", unit="img", disable=not opts.progress, leave=False))
+        existing, by_sha = writer.lookup([e.image_id for e in index.entries], [sha for sha, _ in hashes])
         todo: list[tuple[Entry, str]] = []
         view_todo: dict[int, list[tuple[Entry, str]]] = {}  # first missing view -> cached rows lacking views
         updates, reused, unreadable = [], [], []

@@ -19,6 +19,7 @@ from bottleneck.evaluate import evaluate_run
 from bottleneck.extract import ExtractOptions, extract
 from bottleneck.heads import HeadConfig, predict_proba
 from bottleneck.rundir import load_run
+from bottleneck.row_keys import keys_for
 from bottleneck.runs import RunOptions, train_head_run
 from bottleneck.serve import HEAD_RUN_ATOL, predict
 from bottleneck.splits import SplitSpec
@@ -62,6 +63,8 @@ def test_a_legacy_cache_is_read_and_extended_in_place(legacy):
     assert (more.extracted, more.rows) == (1, 19)
     grown = load_cache(cache)
     np.testing.assert_array_equal(grown.features[:18], before)  # old rows untouched, appended after
+    with h5py.File(cache, "r") as f:  # the commit gave the legacy cache its row keys, for all 19 rows
+        np.testing.assert_array_equal(f["row_keys"][:], keys_for(grown.image_ids, grown.sha256))
     np.testing.assert_array_equal(read_views(cache)[:18], views_before)
     assert grown.image_ids[18] == "mel/new.jpg" and grown.class_names[grown.labels[18]] == "mel"
 
@@ -70,7 +73,8 @@ def test_this_version_writes_the_legacy_layout_and_the_same_features(legacy, tmp
     fresh = tmp_path / "fresh.h5"
     extract(build_index(legacy / "images"), ExtractOptions(**OPTS, cache=fresh))
     old, new = layout(legacy / "cache.h5"), layout(fresh)
-    assert set(new.pop("attrs")) - set(old.pop("attrs")) == {"precision", "xla"}  # the one addition since 0.1.0
+    assert set(new.pop("attrs")) - set(old.pop("attrs")) == {"precision", "xla"}  # attributes added since 0.1.0
+    assert new.pop("row_keys") == ((18, 2), "uint64", (8192, 2))  # the one dataset added: lookups by key
     assert new == old
     assert load_cache(legacy / "cache.h5").config.precision == "float32"  # what 0.1.0 computed in
     with h5py.File(legacy / "cache.h5", "r") as a, h5py.File(fresh, "r") as b:

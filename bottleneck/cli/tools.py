@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..backbones import REGISTRY
-from ..bench import PARTS, BenchOptions, format_results, run_bench
+from ..bench import PARTS, BenchOptions, format_results, parse_sizes, run_bench
 from ..demo import run_demo
 from .app import app, handle_errors
 
@@ -24,13 +24,15 @@ def bench_command(
     images: int = typer.Option(256, help="HAM-sized JPEGs extracted for the extraction figures (at least 2 batches)."),
     batch_size: int = typer.Option(32, help="Extraction batch size."),
     part: List[str] = typer.Option(list(PARTS), help=f"Which parts: {', '.join(PARTS)} (repeat the option)."),
+    grow_rows: str = typer.Option("100000,1000000", help="Cache sizes the grow part adds 1% to (about 4 KiB of "
+                                                         "disk per row at --dim 2048)."),
 ):
     """Measure head speed against one backbone pass; prints figures (see docs/benchmarks.md).
 
     Example: bottleneck bench --rows 10000 --backbone inception_v3
     """
     opts = BenchOptions(rows=rows, dim=dim, epochs=epochs, backbone=backbone, image_size=image_size, images=images,
-                        batch_size=batch_size)
+                        batch_size=batch_size, grow_rows=parse_sizes(grow_rows))
     typer.echo(format_results(run_bench(opts, tuple(part)), opts))
 
 
