@@ -31,7 +31,7 @@ from .cache import (ROW_FIELDS, SCHEMA_VERSION, STRING_DTYPE, CacheConfig, decod
                     load_cache, open_cache, read_attrs, read_failed, read_views, recorded_config)
 from .errors import CacheError, CacheLockedError, CacheMismatchError, InputError
 from .journal import Journal, pending_batches
-from .row_keys import KEYS, KeyIndex, id_key, keys_for, read_keys, read_rows, sha_key
+from .row_keys import KEYS, id_key, keys_for, matching_rows, read_keys, read_rows, sha_key
 from .undo import CacheReadersError, UndoFile, fsync_dir, lock_exclusive, rollback
 
 COMMIT_SECONDS = 10.0  # how often a running extraction makes its journaled batches readable
@@ -74,25 +74,33 @@ class CommittedState:
     n: int
     classes: list[str]
     failed: dict[str, tuple[str, str]]  # path -> (reason, sha256)
-    index: KeyIndex  # id keys of the rows committed when the writer started
-    known: dict[str, int] = field(default_factory=dict)  # ids resolved by this writer: image id -> row
+    id_keys: np.ndarray | None = None  # id keys of the rows committed when the writer started (read when needed)
+    known: dict[str, int] = field(default_factory=dict)  # ids this writer has placed: image id -> row
+    absent: set[str] = field(default_factory=set)  # ids this writer looked up and did not find
 
     @classmethod
     def read(cls, f) -> CommittedState:
-        n = int(f.attrs["n_rows"])
         failed = dict(zip(decode_strings(f["failed/path"][:]), zip(decode_strings(f["failed/reason"][:]),
                                                                    decode_strings(f["failed/sha256"][:]))))
-        return cls(n, json.loads(f.attrs["class_names"]), failed, KeyIndex(read_keys(f, n)[:, 0]))
+        return cls(int(f.attrs["n_rows"]), json.loads(f.attrs["class_names"]), failed)
 
-    def find(self, f, image_id: str) -> int | None:
-        """The row of `image_id`, or None; a key match is confirmed by reading that row's id."""
-        row = self.known.get(image_id)
-        if row is None:
-            for r in self.index.rows(np.array([id_key(image_id)], np.uint64))[0]:
-                if decode_strings(f["image_id"][int(r):int(r) + 1])[0] == image_id:
-                    row = self.known[image_id] = int(r)
-                    break
-        return row
+    def resolve(self, f, image_ids: list[str]) -> list[int | None]:
+        """The row of each id, or None for an id not in the cache; a key match is confirmed by reading that row's
+        id. Ids looked up before (by `CacheWriter.lookup` or an earlier batch) cost nothing."""
+        todo = list(dict.fromkeys(i for i in image_ids if i not in self.known and i not in self.absent))
+        if todo:
+            if self.id_keys is None:
+                self.id_keys = read_keys(f, self.n)[:, 0]
+            keys = [id_key(i) for i in todo]
+            hits = matching_rows(self.id_keys, keys)
+            for image_id, key in zip(todo, keys):
+                for r in hits.get(key, ()):
+                    if decode_strings(f["image_id"][r:r + 1])[0] == image_id:
+                        self.known[image_id] = r
+                        break
+                else:
+                    self.absent.add(image_id)
+        return [self.known.get(i) for i in image_ids]
 
 
 class CacheWriter:
@@ -159,30 +167,30 @@ class CacheWriter:
             n, views = int(f.attrs["n_rows"]), int(f.attrs.get("views", 0))
             classes = json.loads(f.attrs["class_names"])
             keys = read_keys(f, n)
-            by_id, by_sha = KeyIndex(keys[:, 0]), KeyIndex(keys[:, 1])
-            id_rows = by_id.rows(np.array([id_key(i) for i in image_ids], np.uint64))
-            sha_rows = by_sha.rows(np.array([sha_key(s) for s in shas], np.uint64))
-            rows = np.unique(np.concatenate([np.zeros(0, np.int64), *id_rows, *sha_rows]))
+            id_keys, sha_keys = [id_key(i) for i in image_ids], [sha_key(s) for s in shas]
+            by_id, by_sha = matching_rows(keys[:, 0], id_keys), matching_rows(keys[:, 1], sha_keys)
+            rows = np.unique(np.array([r for hits in (by_id, by_sha) for rs in hits.values() for r in rs], np.int64))
             stored = read_rows(f, rows, n)
         at = {int(r): k for k, r in enumerate(rows)}
         found, same_bytes = {}, {}
-        for image_id, candidates in zip(image_ids, id_rows):
-            for r in candidates:
-                k = at[int(r)]
+        for image_id, key in zip(image_ids, id_keys):
+            for r in by_id.get(key, ()):
+                k = at[r]
                 if stored["image_id"][k] == image_id:
                     label = int(stored["label"][k])
                     found[image_id] = {"sha256": stored["sha256"][k], "label": classes[label] if label >= 0 else None,
-                                       "group": stored["group"][k], "path": stored["path"][k], "row": int(r),
+                                       "group": stored["group"][k], "path": stored["path"][k], "row": r,
                                        "views": views if stored["views_ok"][k] else 0}
                     break
-        for sha, candidates in zip(shas, sha_rows):
-            for r in candidates:
-                if stored["sha256"][at[int(r)]] == sha:
-                    same_bytes[sha] = int(r)
+        for sha, key in zip(shas, sha_keys):
+            for r in by_sha.get(key, ()):
+                if stored["sha256"][at[r]] == sha:
+                    same_bytes[sha] = r
                     break
         # What the first commit needs to know is in hand: it need not read the keys a second time.
         failed = {p: (r, s) for p, r, s in read_failed(self.path, with_sha=True)}
-        self._state = CommittedState(n, classes, failed, by_id, {i: v["row"] for i, v in found.items()})
+        self._state = CommittedState(n, classes, failed, keys[:, 0], {i: v["row"] for i, v in found.items()},
+                                     set(image_ids) - set(found))
         return found, same_bytes
 
     def existing_views(self) -> int:
@@ -287,7 +295,7 @@ class CacheWriter:
             f.attrs.update(schema_version=SCHEMA_VERSION, n_rows=0, class_names="[]",
                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            library_versions=json.dumps(library_versions()))
-            state = CommittedState(0, [], {}, KeyIndex(np.zeros(0, np.uint64)))
+            state = CommittedState(0, [], {}, np.zeros(0, np.uint64))
             added = _apply_batches(f, batches, self.info, self.class_names, state)
         return state, added
 
@@ -339,11 +347,11 @@ def _apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, .
                 classes.append(str(name))
         new_rows = []
         rows_of_batch = []
-        for i, image_id in enumerate(b["image_id"]):
-            image_id = str(image_id)
+        ids = [str(i) for i in b["image_id"]]
+        for i, (image_id, r) in enumerate(zip(ids, state.resolve(f, ids))):
             label = classes.index(str(b["label"][i])) if b["has_label"][i] else -1
             failed.pop(str(b["path"][i]), None)
-            r = state.find(f, image_id)
+            r = state.known.get(image_id, r)  # an id twice in one batch: its first copy was appended above
             if r is not None:  # refresh metadata (and features when recomputed) in place
                 rows_of_batch.append(r)
                 for k in ROW_FIELDS:

@@ -206,6 +206,26 @@ def test_a_commit_killed_at_any_write_leaves_the_cache_as_it_was(tmp_path):
     assert killed >= 10  # metadata, the partial last chunk, new chunks, the row count: many points
 
 
+def test_a_commit_appends_in_place_and_finds_cached_rows_by_key(tmp_path):
+    """No copy: the file keeps its inode and its committed bytes' values; rows already there are refreshed, not
+    added twice, and the same bytes under another id are found by their key."""
+    cache = feature_cache(tmp_path / "c.h5", counts={"bcc": 300, "mel": 300}, dim=32)
+    before, inode = load_cache(cache), cache.stat().st_ino
+    with CacheWriter(cache, before.config) as w:
+        ids = ["img00003", "fresh", "copy-of-5"]
+        found, same_bytes = w.lookup(ids, [before.sha256[3], "e" * 64, before.sha256[5]])
+        assert set(found) == {"img00003"} and found["img00003"]["row"] == 3
+        assert same_bytes == {before.sha256[3]: 3, before.sha256[5]: 5}
+        w.write_batch([dict(image_id=i, path=f"mel/{i}.jpg", label="mel", group="", sha256="e" * 64, width=1,
+                            height=1) for i in ("fresh", "img00003")], np.full((2, 32), 7, np.float32))
+    after = load_cache(cache)
+    assert cache.stat().st_ino == inode and len(after.image_ids) == 601 and after.image_ids[600] == "fresh"
+    np.testing.assert_array_equal(after.features[:3], before.features[:3])
+    np.testing.assert_array_equal(after.features[[3, 600]], np.full((2, 32), 7))  # refreshed in place, appended
+    with CacheWriter(cache, before.config) as w:  # a new writer finds them by their keys
+        assert w.lookup(["fresh", "img00003", "nope"], ["e" * 64, "", ""])[0].keys() == {"fresh", "img00003"}
+
+
 def test_a_write_error_inside_a_commit_rolls_it_back_and_keeps_the_batches(tmp_path):
     cache = feature_cache(tmp_path / "c.h5", counts={"bcc": 100, "mel": 100}, dim=32)
     before, digest = _cache_state(cache), file_digest(cache)
