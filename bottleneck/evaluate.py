@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheConfig, load_cache
+from .cache import CacheConfig
 from .errors import CacheMismatchError, InputError
+from .feature_store import GIB, features_record, is_streamed, load_cache_within, resolve_memory_gb, take
 from .files import sha256_file, write_json_atomic
 from .heads import predict_proba
 from .metrics import compute_metrics
@@ -36,9 +37,13 @@ def map_classes(run_classes: list[str], cache_classes: list[str]) -> tuple[np.nd
     return mapping, {n: i for n, i in zip(cache_classes, mapping) if i < 0}
 
 
-def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool = False) -> EvalResult:
+def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool = False,
+                 memory_gb: float | None = None) -> EvalResult:
     """The run's head on its own test split, or on every labeled image of another cache (external data);
-    written to RUN/eval-test/ or RUN/eval-<cache>/, replacing the previous evaluation of the same data."""
+    written to RUN/eval-test/ or RUN/eval-<cache>/, replacing the previous evaluation of the same data.
+
+    memory_gb: features beyond it are streamed from the cache (None: default_memory_gb())."""
+    memory_gb = resolve_memory_gb(memory_gb)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run {run_dir} does not exist; pass a directory made by `bottleneck train-head`")
@@ -47,7 +52,7 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
     trained_on = CacheConfig(**config["cache"]["config"])
     own = Path(config["cache"]["path"])
     path = Path(cache) if cache else own
-    data = load_cache(path)
+    data = load_cache_within(path, memory_gb)
     diff = trained_on.mismatch(data.config)
     if diff:
         raise CacheMismatchError(f"cache {path} comes from another backbone configuration than run {run_dir}: "
@@ -73,10 +78,11 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
         y = data.labels
         rows = np.flatnonzero((split == "test") & (y >= 0))
         y_train = y[(split == "train") & (y >= 0)]
-    proba = predict_proba(model, data.features[rows])
+    proba = predict_proba(model, take(data.features, rows))
     if tta:
         require_views(data, rows)
-        proba = tta_proba(model, data, rows, proba)
+        held = 0 if is_streamed(data.features) else data.features.nbytes / GIB  # one budget with the features
+        proba = tta_proba(model, data, rows, proba, max(0.0, memory_gb - held))
         notes.append(f"probabilities averaged over the plain view and {data.n_views} stored views (TTA)")
     metrics = compute_metrics(y[rows], proba, names, train_labels=y_train)
 
@@ -84,6 +90,7 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
     with staged(out, overwrite=True) as tmp:  # an evaluation is derived: the newest replaces the last
         write_json_atomic(tmp / "metrics.json", {"cache": str(path.resolve()), "external": external, "tta": tta,
                                                  "unmapped_classes": unmapped_counts, "notes": notes,
+                                                 "features": features_record(data.features, memory_gb),
                                                  "metrics": metrics})
         shown = data if not external else replace(data, labels=y.astype(np.int32))  # labels in the run's classes
         predictions_frame(shown, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)

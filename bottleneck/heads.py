@@ -1,6 +1,7 @@
 """The classifier head trained on cached bottlenecks: D -> 512 -> 512 -> classes, as the method describes.
 
-Everything here works on in-memory feature arrays; no image is ever opened.
+Everything here works on feature arrays, in memory or streamed from the cache by a `FeatureReader` (see
+feature_store.py); no image is ever opened.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .errors import InputError
+from .feature_store import chunk_batches, is_streamed
 from .tfimport import tensorflow
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")  # of heads and of fine-tuning: see make_optimizer
@@ -67,7 +69,7 @@ def parse_hidden(text: str) -> tuple[int, ...]:
         raise InputError(f"--hidden should be comma-separated layer sizes like 512,512; received {text!r}") from None
 
 
-def build_head(num_features: int, num_classes: int, cfg: HeadConfig, x_train: np.ndarray | None = None):
+def build_head(num_features: int, num_classes: int, cfg: HeadConfig, x_train=None):
     tensorflow()
     import keras
 
@@ -79,7 +81,9 @@ def build_head(num_features: int, num_classes: int, cfg: HeadConfig, x_train: np
         # fit all. The statistics are weights of the head, so head.keras carries them.
         norm = keras.layers.Normalization(name="standardize")
         if x_train is not None:
-            norm.adapt(x_train)
+            # A streamed reader is adapted block by block (Keras merges the blocks' mean and variance), so the
+            # layer and head.keras are the same either way.
+            norm.adapt(x_train.tf_dataset() if is_streamed(x_train) else x_train)
         layers.append(norm)
     for i, units in enumerate(cfg.hidden):
         layers += [keras.layers.Dense(units, activation="relu", name=f"dense_{i}"),
@@ -131,6 +135,7 @@ def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, 
              callbacks=(), batches=None) -> TrainedHead:
     """Fit a head with early stopping on validation loss; same seed and machine give the same weights.
 
+    x_train, x_val: in-memory arrays or streamed FeatureReaders (then read in chunk order, see `chunk_batches`).
     `batches`: a Keras PyDataset to train from instead of (x_train, y_train), e.g. one that draws stored
     augmented views; x_train still provides the standardisation statistics (plain training features)."""
     tensorflow()
@@ -139,12 +144,24 @@ def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, 
     cfg.validate()
     model = build_head(x_train.shape[1], num_classes, cfg, x_train)
     # Without validation data (a final fit on train+val) there is nothing to stop on: exactly cfg.epochs.
-    validation = None if x_val is None else (x_val, y_val)
+    if x_val is None:
+        validation = None
+    elif is_streamed(x_val):
+        validation = chunk_batches(x_val, y_val, cfg.batch_size, shuffle=False)
+    else:
+        validation = (x_val, y_val)
     stop = [] if validation is None else [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)]
     start = time.perf_counter()
-    inputs = dict(x=x_train, y=y_train, batch_size=cfg.batch_size, shuffle=True) if batches is None else \
-        dict(x=batches)
+    if batches is not None:
+        inputs = dict(x=batches)
+    elif is_streamed(x_train):
+        # The stream's order is its own (chunks shuffled, then rows within a buffer): Keras must not reorder
+        # its batches, or every batch would read another buffer. Keras turns class_weight into per-row weights
+        # of a PyDataset's labels with the same function as for arrays: the same weighting as in memory.
+        inputs = dict(x=chunk_batches(x_train, y_train, cfg.batch_size, seed=cfg.seed), shuffle=False)
+    else:
+        inputs = dict(x=x_train, y=y_train, batch_size=cfg.batch_size, shuffle=True)
     hist = model.fit(**inputs, epochs=cfg.epochs, validation_data=validation, verbose=verbose,
                      class_weight=class_weights(y_train, num_classes, cfg.class_weight),
                      callbacks=[*stop, *callbacks])
@@ -154,9 +171,15 @@ def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, 
     return TrainedHead(model, history, best, seconds)
 
 
-def predict_proba(model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """(N, D) features -> (N, C) probabilities, float64 so that rows sum to 1 for the metrics."""
+def predict_proba(model, x, batch_size: int = 1024) -> np.ndarray:
+    """(N, D) features -> (N, C) probabilities, float64 so that rows sum to 1 for the metrics.
+
+    x: an array, or a streamed FeatureReader, predicted block by block (a budget's worth each) in row order."""
     if len(x) == 0:
         return np.zeros((0, model.output_shape[-1]))
-    p = model.predict(x, batch_size=batch_size, verbose=0).astype(np.float64)
+    if is_streamed(x):
+        p = np.concatenate([model.predict(block, batch_size=batch_size, verbose=0)
+                            for _, block in x.blocks()]).astype(np.float64)
+    else:
+        p = model.predict(x, batch_size=batch_size, verbose=0).astype(np.float64)
     return p / p.sum(axis=1, keepdims=True)

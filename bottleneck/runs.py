@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from .cache import CacheData, library_versions, load_cache, read_views
+from .cache import CacheData, library_versions, read_views
 from .callbacks import epoch_bar
 from .errors import InputError
+from .feature_store import (GIB, ViewsReader, features_record, is_streamed, load_cache_within, resolve_memory_gb,
+                            take)
 from .heads import HeadConfig, TrainedHead, fit_head, predict_proba
 from .metrics import evaluate_splits
 from .plots import plot_confusion, plot_curves
@@ -41,7 +42,8 @@ class RunOptions:
     progress: bool = True
     augment: bool = False  # train on stored views, one drawn per image per epoch
     tta: bool = False  # evaluate with probabilities averaged over the stored views
-    views_memory_gb: float = 2.0  # views larger than this are streamed from the cache, not loaded
+    memory_gb: float | None = None  # features beyond this (GiB, float32) are streamed; None: default_memory_gb()
+    views_memory_gb: float | None = None  # views beyond this are streamed; None: what memory_gb leaves them
 
 
 @dataclass
@@ -66,16 +68,19 @@ def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) ->
                "--val", str(s.val), "--test", str(s.test)]
     if opts.split_from:
         command += ["--split-from", str(opts.split_from)]
+    if opts.memory_gb is not None:  # the resolved budget: the rerun streams (or not) as this run did
+        command += ["--memory-gb", f"{opts.memory_gb:g}"]
     return command + ["--augment"] * opts.augment + ["--tta"] * opts.tta
 
 
 def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: RunOptions = RunOptions()) -> RunResult:
     """Train a head off `cache`, evaluate it on validation and test, and write a run directory."""
     head.validate()
+    opts = replace(opts, memory_gb=resolve_memory_gb(opts.memory_gb))
     cache = Path(cache)
     out = Path(opts.out) if opts.out else opts.runs_dir / f"{cache.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_free(out, opts.overwrite)  # before loading anything: fail fast and touch nothing
-    data = load_cache(cache)
+    data = load_cache_within(cache, opts.memory_gb)
     split, split_info = resolve_split(data, opts.split, opts.split_from)
     return fit_and_write(data, split, split_info, head, out, opts, rerun_command(cache, out, head, opts))
 
@@ -123,22 +128,23 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
     eval_splits = ("test",) if final else EVAL_SPLITS
     if opts.augment or opts.tta:
         require_views(data, fit_rows if opts.augment else rows)
-    val_x, val_y = (None, None) if final else (x[idx["val"]], y[idx["val"]])
+    val_x, val_y = (None, None) if final else (take(x, idx["val"]), y[idx["val"]])
 
     def evaluate(p):
         return evaluate_splits(y[rows], p, split[rows], names, y[fit_rows], splits=eval_splits)
 
-    batches = view_batches(data, fit_rows, head, opts.views_memory_gb) if opts.augment else None
-    trained = fit_head(x[fit_rows], y[fit_rows], val_x, val_y, len(names), head,
+    views_gb = views_budget_gb(data, opts)
+    batches = view_batches(data, fit_rows, head, views_gb) if opts.augment else None
+    trained = fit_head(take(x, fit_rows), y[fit_rows], val_x, val_y, len(names), head,
                        callbacks=[epoch_bar(head.epochs, opts.progress)], batches=batches)
-    plain_proba = predict_proba(trained.model, x[rows])
-    proba = tta_proba(trained.model, data, rows, plain_proba) if opts.tta else plain_proba
+    plain_proba = predict_proba(trained.model, take(x, rows))
+    proba = tta_proba(trained.model, data, rows, plain_proba, views_gb) if opts.tta else plain_proba
     metrics = evaluate(proba)
     if opts.augment or opts.tta:  # the effect of views, on the same split
         compare = {}
         if opts.augment:
-            base = fit_head(x[fit_rows], y[fit_rows], val_x, val_y, len(names), head)
-            compare["plain head (no views)"] = evaluate(predict_proba(base.model, x[rows]))
+            base = fit_head(take(x, fit_rows), y[fit_rows], val_x, val_y, len(names), head)
+            compare["plain head (no views)"] = evaluate(predict_proba(base.model, take(x, rows)))
         name = "this head" + (" (augment)" if opts.augment else "")
         compare[f"{name}, plain view only"] = evaluate(plain_proba)
         if opts.tta:
@@ -158,6 +164,7 @@ def head_run_config(data: CacheData, fit: HeadFit, head: HeadConfig, split_info:
     return {"command": list(command), "cache": cache_record(data), "head": head.to_dict(),
             "split": {**split_info, "sizes": fit.sizes}, "trained_on": "train+val" if final else "train",
             "views": {"stored": data.n_views, "augment": opts.augment, "tta": opts.tta},
+            "features": features_record(data.features, resolve_memory_gb(opts.memory_gb)),
             "best_epoch": fit.trained.best_epoch, "epochs_run": len(fit.trained.history["loss"]),
             "train_seconds": round(fit.trained.seconds, 3), "library_versions": library_versions(),
             "python": sys.version.split()[0], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
@@ -203,20 +210,42 @@ def require_views(data: CacheData, rows: np.ndarray) -> None:
                          "the views were extracted); rerun the same extract command to complete them")
 
 
+def views_budget_gb(data: CacheData, opts: RunOptions) -> float:
+    """What stored views may take of memory: opts.views_memory_gb if set, else --memory-gb less the features
+    held in memory (one budget for both)."""
+    if opts.views_memory_gb is not None:
+        return opts.views_memory_gb
+    held = 0 if is_streamed(data.features) else data.features.nbytes / GIB
+    return max(0.0, resolve_memory_gb(opts.memory_gb) - held)
+
+
 def view_batches(data: CacheData, rows: np.ndarray, head: HeadConfig, memory_gb: float):
-    """--augment batches; the views are read into memory when they fit in `memory_gb`, else streamed."""
+    """--augment batches; the views are read into memory when they fit in `memory_gb`, else streamed.
+    Streamed plain features (a FeatureReader) are read batch by batch too, each batch's rows from the file."""
     need = len(data.labels) * data.n_views * data.config.num_features * 4
     if need <= memory_gb * 2**30:
         views = read_views(data.path)
-    else:  # the file stays open for the life of the sampler; each batch reads its own rows
-        views = h5py.File(data.path, "r")["views"]
+    else:  # each batch reads its own rows, opening the file for that read only
+        views = ViewsReader(data.path)
     return view_sampler(data.features, views, rows, data.labels, head.batch_size, head.seed)
 
 
-def tta_proba(model, data: CacheData, rows: np.ndarray, plain_proba: np.ndarray) -> np.ndarray:
-    """Mean probabilities over the plain view and every stored view of `rows`."""
+def tta_proba(model, data: CacheData, rows: np.ndarray, plain_proba: np.ndarray,
+              memory_gb: float | None = None) -> np.ndarray:
+    """Mean probabilities over the plain view and every stored view of `rows`.
+
+    The views of all `rows` are read at once when they fit in `memory_gb` (or it is None), else in blocks of
+    rows that do, and of at least 1 MiB (as a streamed feature read is at least one ~1 MiB chunk): smaller blocks
+    would spend their time in per-call overhead."""
     total = plain_proba.copy()
-    views = read_views(data.path, rows)  # (n, V, D)
-    for k in range(views.shape[1]):
-        total += predict_proba(model, views[:, k])
-    return total / (views.shape[1] + 1)
+    per_row = max(1, data.n_views * data.config.num_features * 4)  # float32 bytes of one row's views
+    block = len(rows) if memory_gb is None else int(max(memory_gb * GIB, 2**20) // per_row)
+    block = max(1, block)
+    n_views = data.n_views
+    for start in range(0, len(rows), block):
+        part = slice(start, start + block)
+        views = read_views(data.path, rows[part])  # (b, V, D)
+        n_views = views.shape[1]
+        for k in range(n_views):
+            total[part] += predict_proba(model, views[:, k])
+    return total / (n_views + 1)

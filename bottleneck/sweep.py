@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cache import CacheData, load_cache, read_views
+from .cache import CacheData, read_views
 from .errors import InputError
+from .feature_store import GIB, features_fit, is_streamed, load_cache_within, resolve_memory_gb, take
 from .files import sha256_file, write_json_atomic
 from .heads import HeadConfig, fit_head, parse_hidden, predict_proba
 from .metrics import compute_metrics, fmt
 from .rundir import write_history
-from .runs import RunOptions, fit_and_write, require_views, resolve_split
+from .runs import RunOptions, fit_and_write, require_views, resolve_split, tta_proba
 from .splits import SplitSpec, load_split, save_split
 
 METRICS = ("balanced_accuracy", "accuracy", "roc_auc_macro", "melanoma_sensitivity")
@@ -164,6 +165,7 @@ class SweepOptions:
     split_from: Path | None = None
     progress: bool = True
     tta: bool = False  # score validation with probabilities averaged over the stored views
+    memory_gb: float | None = None  # features (then views) beyond this are streamed; None: default_memory_gb()
 
 
 def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, np.ndarray | None]:
@@ -189,8 +191,11 @@ def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, n
 
 
 def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None, cfg: HeadConfig,
-                    views: np.ndarray | None = None) -> dict:
-    """Validation scores of one configuration: on the val split, or mean/std over the K folds."""
+                    views: np.ndarray | None = None, tta_stream_gb: float | None = None) -> dict:
+    """Validation scores of one configuration: on the val split, or mean/std over the K folds.
+
+    TTA: with `views` loaded (N, V, D), or, when they did not fit, read from the cache `tta_stream_gb` GiB at a
+    time (`tta_proba`)."""
     x, y = data.features, data.labels
     if folds is None:
         parts = [(np.flatnonzero(split == "train"), np.flatnonzero(split == "val"))]
@@ -200,12 +205,14 @@ def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None
     per_fold, history = [], None
     start = time.perf_counter()
     for fit, held in parts:
-        trained = fit_head(x[fit], y[fit], x[held], y[held], len(data.class_names), cfg)
+        trained = fit_head(take(x, fit), y[fit], take(x, held), y[held], len(data.class_names), cfg)
         history = history or trained.history
-        proba = predict_proba(trained.model, x[held])
+        proba = predict_proba(trained.model, take(x, held))
         if views is not None:  # TTA: mean over the plain view and every stored view
             proba = (proba + sum(predict_proba(trained.model, views[held, k]) for k in range(views.shape[1]))) \
                 / (views.shape[1] + 1)
+        elif tta_stream_gb is not None:
+            proba = tta_proba(trained.model, data, held, proba, tta_stream_gb)
         m = compute_metrics(y[held], proba, data.class_names, train_labels=y[fit])
         per_fold.append({"n": m["n"], "best_epoch": trained.best_epoch,
                          **{k: _score(m, k) for k in METRICS}})
@@ -215,7 +222,7 @@ def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None
         summary[k] = {"mean": float(np.mean(vals)) if vals else None,
                       "std": float(np.std(vals)) if len(vals) > 1 else None}  # no spread from one score
     return {"id": config_id(cfg), "config": cfg.to_dict(), "folds": per_fold, "summary": summary,
-            "seconds": time.perf_counter() - start, "history": history}
+            "seconds": time.perf_counter() - start, "streamed": is_streamed(x), "history": history}
 
 
 @dataclass
@@ -237,13 +244,19 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
         raise InputError(f"--folds should be 0 (use the val split) or at least 2; received {opts.folds}")
     if not configs:
         raise InputError("the grid is empty; give values with --lr/--dropout/... or --grid FILE.toml")
-    data = load_cache(cache)  # once for the whole sweep
+    opts = replace(opts, memory_gb=resolve_memory_gb(opts.memory_gb))
+    data = load_cache_within(cache, opts.memory_gb)  # once for the whole sweep
     out = Path(opts.out) if opts.out else Path("runs") / f"sweep-{Path(cache).stem}"
     split, folds = _bind(out, data, opts)
-    views = None
+    views, tta_stream_gb = None, None
     if opts.tta:
         require_views(data, np.flatnonzero(split != ""))
-        views = read_views(data.path)  # (N, V, D), once for the whole sweep
+        # One budget: the views get what the features in memory leave of it.
+        left = opts.memory_gb - (0 if is_streamed(data.features) else data.features.nbytes / GIB)
+        if features_fit(len(data.labels), data.n_views * data.config.num_features, left):
+            views = read_views(data.path)  # (N, V, D), once for the whole sweep
+        else:
+            tta_stream_gb = max(0.0, left)
     results, computed, skipped = [], 0, 0
     for cfg in tqdm(configs, desc="sweep", unit="config", disable=not opts.progress):
         cdir = out / "configs" / config_id(cfg)
@@ -252,7 +265,7 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
             results.append(json.loads(done.read_text()))
             skipped += 1
             continue
-        res = evaluate_config(data, split, folds, cfg, views)
+        res = evaluate_config(data, split, folds, cfg, views, tta_stream_gb)
         cdir.mkdir(parents=True, exist_ok=True)
         write_history(cdir / "history.csv", res.pop("history"))
         write_json_atomic(done, res)  # written last: a config is finished exactly when this file exists
@@ -312,7 +325,7 @@ def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions
     cfg = HeadConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in best["config"].items()
                         if k in {f.name for f in fields(HeadConfig)}})
     epochs = max(1, int(round(best["summary"]["best_epoch"]["mean"])))
-    run_opts = RunOptions(overwrite=True, progress=opts.progress, tta=opts.tta)
+    run_opts = RunOptions(overwrite=True, progress=opts.progress, tta=opts.tta, memory_gb=opts.memory_gb)
     r = fit_and_write(data, split, json.loads((out / "sweep.json").read_text()) | {"from": str(out)},
                       replace(cfg, epochs=epochs), best_dir, run_opts,
                       command=["bottleneck", "sweep", str(data.path), "--out", str(out)], final=True,
