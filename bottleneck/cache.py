@@ -14,7 +14,7 @@ import numpy as np
 
 from . import __version__
 from .errors import CacheError
-from .journal import ROW_FIELDS, journal_dir, pending_batches
+from .journal import journal_dir, pending_batches
 from .tfimport import tensorflow
 from .undo import rollback, undo_path
 from .views import view_names
@@ -83,7 +83,7 @@ class CacheData:
     path: Path
     config: CacheConfig
     class_names: list[str]
-    features: np.ndarray  # (N, D) float32; a FeatureReader when load_cache streams them (memory_gb)
+    features: np.ndarray  # (N, D) float32; a FeatureReader when feature_store.load_cache_within streams them
     labels: np.ndarray  # (N,) int32, -1 unknown
     image_ids: np.ndarray  # (N,) str
     paths: np.ndarray  # (N,) str, relative to `root`
@@ -168,28 +168,19 @@ def check_readable(path: Path) -> None:
                          f"understands ({SCHEMA_VERSION}); upgrade bottleneck")
 
 
-def load_cache(path: str | Path, dtype=np.float32, features: bool = True,
-               memory_gb: float | None = None) -> CacheData:
+def load_cache(path: str | Path, dtype=np.float32, features: bool = True) -> CacheData:
     """Read a whole cache into memory (features as `dtype`, or an empty (0, D) array when `features` is
-    False, for callers that need only the rows); never touches an image.
-
-    memory_gb: when the n_rows float32 features exceed it, `features` is a `FeatureReader` (float32 rows read
-    from the file when indexed) instead of an array; see feature_store.py."""
+    False, for callers that need only the rows); never touches an image. Under a memory budget, see
+    `feature_store.load_cache_within`."""
     path = Path(path)
     check_readable(path)
     with open_cache(path) as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         n = int(attrs["n_rows"])
-        streamed = None
-        if features and memory_gb is not None:
-            from .feature_store import FeatureReader, features_fit  # lazily: feature_store reads through here
-
-            if not features_fit(n, f["features"].shape[1], memory_gb):
-                streamed = FeatureReader.from_file(f, path, n, memory_gb)
         return CacheData(
             path=path, config=CacheConfig.from_attrs(attrs), class_names=json.loads(attrs["class_names"]),
-            features=streamed if streamed is not None else
-            (f["features"][:n] if features else np.zeros((0, f["features"].shape[1]))).astype(dtype), labels=f["label"][:n].astype(np.int32),
+            features=(f["features"][:n] if features else np.zeros((0, f["features"].shape[1]))).astype(dtype),
+            labels=f["label"][:n].astype(np.int32),
             image_ids=decode_strings(f["image_id"][:n]), paths=decode_strings(f["path"][:n]), groups=decode_strings(f["group"][:n]),
             sha256=decode_strings(f["sha256"][:n]), sizes=f["orig_size"][:n].astype(np.int32), attrs=attrs,
             views_ok=f["views_ok"][:n].astype(bool) if "views_ok" in f else np.zeros(n, bool))

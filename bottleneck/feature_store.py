@@ -25,7 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .cache import load_cache, open_cache  # cache.py imports this module lazily, inside load_cache
+from .cache import load_cache, open_cache
 from .errors import BottleneckWarning, CacheError, InputError
 from .tfimport import tensorflow
 
@@ -236,7 +236,11 @@ class ViewsReader:
 
 def load_cache_within(path: str | Path, memory_gb: float):
     """`load_cache` under a budget; says so (one warning line in the CLI) when the features are streamed."""
-    data = load_cache(path, memory_gb=memory_gb)
+    data = load_cache(path, features=False)  # the rows' metadata; then the features, in memory or as a reader
+    n, d = len(data.labels), data.config.num_features
+    with open_cache(path) as f:
+        data.features = (f["features"][:n].astype(np.float32) if features_fit(n, d, memory_gb) else
+                         FeatureReader.from_file(f, path, n, memory_gb))
     if is_streamed(data.features):
         n, d = data.features.shape
         warnings.warn(f"features of {path} ({n} rows, {features_gib(n, d):.3g} GiB as float32) exceed --memory-gb "

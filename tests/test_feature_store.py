@@ -15,11 +15,13 @@ from bottleneck.cache import load_cache
 from bottleneck.errors import InputError
 from bottleneck.evaluate import evaluate_run
 from bottleneck.feature_store import (FeatureReader, check_memory_gb, chunk_batches, default_memory_gb,
-                                      features_fit, total_memory_bytes)
+                                      features_fit, load_cache_within, total_memory_bytes)
 from bottleneck.heads import HeadConfig, fit_head, predict_proba
 from bottleneck.runs import RunOptions, train_head_run
 from bottleneck.views import view_sampler
 from conftest import feature_cache, run_cli
+
+pytestmark = pytest.mark.filterwarnings("ignore:features of .* streaming them")  # the notice the CLI prints
 
 TINY_GB = 1e-6  # ~1 KiB: every cache here exceeds it, so it is streamed a chunk at a time
 WIDE = 4096  # float16 rows of 8 KiB: the writer's ~1 MiB chunks hold 128 rows, so these caches span several chunks
@@ -35,7 +37,7 @@ def wide(tmp_path_factory):
 
 def test_the_reader_gives_the_rows_of_the_in_memory_array_in_any_order(tmp_path, wide):
     path, mem = wide
-    data = load_cache(path, memory_gb=TINY_GB)
+    data = load_cache_within(path, TINY_GB)
     reader = data.features
     assert isinstance(reader, FeatureReader) and reader.chunk_rows == 128
     assert reader.shape == mem.features.shape == (400, WIDE) and len(reader) == 400 and reader.dtype == np.float32
@@ -54,7 +56,7 @@ def test_the_reader_gives_the_rows_of_the_in_memory_array_in_any_order(tmp_path,
         np.asarray(reader)
     with pytest.raises(IndexError):
         reader[[400]]
-    assert isinstance(load_cache(path, memory_gb=1.0).features, np.ndarray)  # fits: in memory, as always
+    assert isinstance(load_cache_within(path, 1.0).features, np.ndarray)  # fits: in memory, as always
 
     # Another process extends the cache between reads (the dataset grows past n_rows first, then n_rows):
     # the reader still reads exactly the rows that were committed when it was loaded.
@@ -107,7 +109,7 @@ def test_a_streamed_fit_weighs_classes_and_standardises_as_in_memory(wide):
     """With a learning rate too small to move the weights, epoch 1's training loss is the class-weighted mean loss of
     the initial head over the training rows whatever their order: streamed and in-memory must agree on it."""
     path, mem = wide
-    reader = load_cache(path, memory_gb=TINY_GB).features
+    reader = load_cache_within(path, TINY_GB).features
     train, val = np.arange(0, 400, 2), np.arange(1, 400, 2)
     y = mem.labels
     cfg = HeadConfig(hidden=(16,), dropout=0.0, epochs=1, lr=1e-12, batch_size=32, class_weight="balanced")
@@ -167,7 +169,6 @@ def test_sweep_and_evaluate_stream_under_a_tiny_budget(tmp_path, wide):
     assert ev["metrics"]["balanced_accuracy"] == pytest.approx(own["balanced_accuracy"])
 
 
-@pytest.mark.filterwarnings("ignore:features of .* streaming them")
 def test_augment_and_tta_with_streamed_features_and_views(tmp_path):
     """Stored views added the way the format documents them (cache-format.md); features, views and TTA all
     streamed under one tiny budget."""
@@ -180,7 +181,7 @@ def test_augment_and_tta_with_streamed_features_and_views(tmp_path):
                          chunks=(1, 2, d))
         f.create_dataset("views_ok", data=np.ones(n, bool))
         f.attrs["views"] = 2
-    data = load_cache(path, memory_gb=TINY_GB)
+    data = load_cache_within(path, TINY_GB)
     # the --augment sampler draws plain rows from the reader: the plain view of a row is that row
     sampler = view_sampler(data.features, np.zeros((n, 2, d), np.float32), np.arange(n), data.labels, 16, 0)
     x, yb = sampler[0]

@@ -1,0 +1,200 @@
+"""A commit's own work: apply journaled batches to an open cache file and keep track of its committed rows.
+
+`cache_write.CacheWriter` decides when and how safely (in place under an undo journal, or a new file renamed into
+place); this module is what happens inside the file: rows refreshed in place or appended past the committed
+count, views stored, the failed-image table, and `n_rows` advanced last.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cache import decode_strings
+from .journal import ROW_FIELDS, Journal
+from .row_keys import KEYS, id_key, keys_for, matching_rows, read_keys
+
+
+@dataclass
+class CommittedState:
+    """What a commit needs to know of the committed rows, read once per writer from 16 bytes a row (the row
+    keys), never from every stored id."""
+
+    n: int
+    classes: list[str]
+    failed: dict[str, tuple[str, str]]  # path -> (reason, sha256)
+    id_keys: np.ndarray | None = None  # id keys of the rows committed when the writer started (read when needed)
+    known: dict[str, int] = field(default_factory=dict)  # ids this writer has placed: image id -> row
+    absent: set[str] = field(default_factory=set)  # ids this writer looked up and did not find
+
+    @classmethod
+    def read(cls, f) -> CommittedState:
+        failed = dict(zip(decode_strings(f["failed/path"][:]), zip(decode_strings(f["failed/reason"][:]),
+                                                                   decode_strings(f["failed/sha256"][:]))))
+        return cls(int(f.attrs["n_rows"]), json.loads(f.attrs["class_names"]), failed)
+
+    def resolve(self, f, image_ids: list[str]) -> list[int | None]:
+        """The row of each id, or None for an id not in the cache; a key match is confirmed by reading that row's
+        id. Ids looked up before (by `CacheWriter.lookup` or an earlier batch) cost nothing."""
+        todo = list(dict.fromkeys(i for i in image_ids if i not in self.known and i not in self.absent))
+        if todo:
+            if self.id_keys is None:
+                self.id_keys = read_keys(f, self.n)[:, 0]
+            keys = [id_key(i) for i in todo]
+            hits = matching_rows(self.id_keys, keys)
+            for image_id, key in zip(todo, keys):
+                for r in hits.get(key, ()):
+                    if decode_strings(f["image_id"][r:r + 1])[0] == image_id:
+                        self.known[image_id] = r
+                        break
+                else:
+                    self.absent.add(image_id)
+        return [self.known.get(i) for i in image_ids]
+
+
+
+def drop_tracebacks(exc: BaseException | None) -> None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        drop_tracebacks(exc.__cause__)
+        exc = exc.__context__
+
+
+@contextmanager
+def interrupts_deferred():
+    """Hold a Ctrl-C until the block ends, then raise it: a commit is never cut off by one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, ...], state: CommittedState) -> int:
+    """Apply journaled batches to the open file `f`, keeping `state` in step; returns the rows added.
+
+    Rows past the committed count are written first and `n_rows` is advanced last, so a reader of the
+    committed count never sees a row that is not whole."""
+    added = 0
+    n, classes, failed = state.n, state.classes, state.failed
+    failed_before = dict(failed)
+    if KEYS not in f or f[KEYS].shape[0] < n:  # a cache from before the keys (or grown by such a version)
+        keys = read_keys(f, n)
+        if KEYS in f:
+            del f[KEYS]
+        f.create_dataset(KEYS, data=keys, maxshape=(None, 2), chunks=(8192, 2))
+    # New class names are appended, never inserted, so label indices already stored stay valid.
+    classes.extend(c for c in class_names if c not in classes)
+    for batch in batches:
+        b = Journal.read(batch)
+        for name, has in zip(b["label"], b["has_label"]):
+            if has and name not in classes:
+                classes.append(str(name))
+        new_rows = []
+        rows_of_batch = []
+        ids = [str(i) for i in b["image_id"]]
+        for i, (image_id, r) in enumerate(zip(ids, state.resolve(f, ids))):
+            label = classes.index(str(b["label"][i])) if b["has_label"][i] else -1
+            failed.pop(str(b["path"][i]), None)
+            r = state.known.get(image_id, r)  # an id twice in one batch: its first copy was appended above
+            if r is not None:  # refresh metadata (and features when recomputed) in place
+                rows_of_batch.append(r)
+                for k in ROW_FIELDS:
+                    f[k][r] = str(b[k][i])
+                f[KEYS][r] = keys_for([image_id], [b["sha256"][i]])[0]
+                f["label"][r] = label
+                f["orig_size"][r] = b["size"][i]
+                if b["has_features"][i]:
+                    f["features"][r] = b["features"][i]
+            else:
+                rows_of_batch.append(n + len(new_rows))
+                state.known[image_id] = n + len(new_rows)
+                new_rows.append((i, label))
+        if new_rows:
+            sel = np.array([i for i, _ in new_rows])
+            for k in ROW_FIELDS:
+                _append_rows(f[k], n, [str(v) for v in b[k][sel]])
+            _append_rows(f[KEYS], n, keys_for(b["image_id"][sel], b["sha256"][sel]))
+            _append_rows(f["label"], n, np.array([lab for _, lab in new_rows], dtype=np.int32))
+            _append_rows(f["orig_size"], n, b["size"][sel])
+            _append_rows(f["features"], n, b["features"][sel])
+            n += len(new_rows)
+            added += len(new_rows)
+        if int(b["view_lo"]) > 0:
+            _store_views(f, n, rows_of_batch, b["views"], int(b["view_lo"]))
+        for fpath, reason, sha in b["failed"]:
+            failed[str(fpath)] = (str(reason), str(sha))
+    if failed != failed_before:
+        for name, col in (("path", list(failed)), ("reason", [v[0] for v in failed.values()]),
+                          ("sha256", [v[1] for v in failed.values()])):
+            ds = f[f"failed/{name}"]
+            ds.resize(len(col), axis=0)
+            if col:
+                ds[:] = col
+    if "views" in f and f["views"].shape[0] < n:  # rows added without views (they get them next run)
+        grow = f["views"].shape[0]
+        f["views"].resize(n, axis=0)
+        f["views_ok"].resize(n, axis=0)
+        f["views_ok"][grow:] = False
+    f.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in info.items()})
+    f.attrs.update(class_names=json.dumps(classes), updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    f.attrs["n_rows"] = n  # last: the committed count
+    state.n = n
+    return added
+
+
+def _append_rows(ds, n: int, values) -> None:
+    """Write `values` as rows n.. of `ds`, growing it if needed (a dataset may be longer than the committed
+    count: rows past it are from a commit that never finished, and are overwritten)."""
+    if ds.shape[0] < n + len(values):
+        ds.resize(n + len(values), axis=0)
+    ds[n:n + len(values)] = values
+
+
+def _store_views(f, n: int, rows: list[int], views: np.ndarray, lo: int) -> None:
+    """Write views lo..V of `rows`, growing the (N, V, D) dataset when the cache gains rows or views.
+
+    Chunks are one row's views: training with --augment reads random rows, each read one chunk."""
+    want = views.shape[1]
+    d = views.shape[2]
+    if "views" not in f or f["views"].shape[1] < want:
+        old = f["views"][:] if "views" in f else None
+        ok = f["views_ok"][:] if "views_ok" in f else np.zeros(0, bool)
+        for name in ("views", "views_ok"):
+            if name in f:
+                del f[name]
+        ds = f.create_dataset("views", (n, want, d), maxshape=(None, want, d), dtype=views.dtype,
+                              chunks=(1, want, d), fillvalue=0)
+        okd = f.create_dataset("views_ok", (n,), maxshape=(None,), dtype=bool, chunks=(4096,), fillvalue=False)
+        if old is not None:
+            ds[: old.shape[0], : old.shape[1]] = old
+            # rows had every view of the old count; the new ones still missing: not complete any more
+        okd[: len(ok)] = False if old is not None and old.shape[1] < want else ok
+    ds, okd = f["views"], f["views_ok"]
+    if ds.shape[0] < n:
+        grow = ds.shape[0]
+        ds.resize(n, axis=0)
+        okd.resize(n, axis=0)
+        okd[grow:] = False
+    order = np.argsort(rows)
+    sorted_rows = np.asarray(rows)[order]
+    block = ds[sorted_rows]
+    block[:, lo - 1:want] = views[order, lo - 1:want]
+    ds[sorted_rows] = block
+    okd[sorted_rows] = True
+    f.attrs["views"] = want
