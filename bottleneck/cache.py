@@ -122,7 +122,10 @@ def open_cache(path: str | Path):
     except OSError as exc:
         raise CacheError(f"cannot open cache {path}: {exc.strerror}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:  # a file system without flock (some network mounts): read without waiting for commits
+            pass
         if undo_path(path).exists():  # no commit is running (we hold the lock shared): its writer was killed
             fcntl.flock(fd, fcntl.LOCK_UN)
             _recover(path)
