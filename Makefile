@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow test-ray bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The Ray engine's tests: installs the optional [ray] extra first (`make test` skips them).
+test-ray: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,ray]"
+	$(BIN)/python -m pytest -q -m ray
 
 bench: $(STAMP)
 	$(BIN)/bottleneck bench

@@ -10,6 +10,7 @@
 - rerun: a rerun with nothing new and with 1% new images, as fractions of the full extraction;
 - memory: peak RSS of an `extract` process at N and 8N images;
 - sweep and views: a 16-head sweep against 16 runs; the cost and disk of stored views;
+- ray: `--engine ray` on a local Ray instance against the local engine, same images (needs the [ray] extra);
 - grow: adding 1% to synthetic caches of 100,000 and 1,000,000 rows against writing the same rows into an empty
   cache, and the copy of the whole file that each commit used to make.
 
@@ -49,7 +50,7 @@ from .sweep import SweepOptions, expand_grid, run_sweep
 from .tfimport import tensorflow
 
 
-PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow")
+PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow", "ray")
 
 
 @dataclass(frozen=True)
@@ -195,10 +196,29 @@ def bench_decode(paths: list[str], size: int, batch_size: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _extract_once(index, opts: BenchOptions, cache: Path, precision: str, xla: str = "auto"):
+def _extract_once(index, opts: BenchOptions, cache: Path, precision: str, xla: str = "auto", engine: str = "local"):
     return extract(index, ExtractOptions(backbone=opts.backbone, weights="none", image_size=opts.image_size,
                                          cache=cache, progress=False, dtype="float32", precision=precision,
-                                         xla=xla, batch_size=opts.batch_size))
+                                         xla=xla, batch_size=opts.batch_size, engine=engine))
+
+
+def bench_ray(opts: BenchOptions, workdir: Path) -> dict:
+    """The same images extracted by the local engine and by `--engine ray` on a local Ray instance started for it:
+    steady-state images/s of each, and what Ray pays before its first batch. Skipped without the [ray] extra."""
+    try:
+        from .extract_ray import require_ray
+
+        require_ray()
+    except InputError as err:
+        return {"skipped": str(err)}
+    folder = write_bench_images(workdir / "ray-images", opts.images, opts.seed)
+    runs = {engine: _extract_once(build_index(folder), opts, workdir / f"ray-{engine}.h5", "float32", "off", engine)
+            for engine in ("local", "ray")}
+    local, ray = runs["local"], runs["ray"]
+    return {"images": opts.images, "local_images_per_s": local.steady_images_per_s,
+            "ray_images_per_s": ray.steady_images_per_s, "ray_start_s": ray.build_seconds,
+            "local_build_s": local.build_seconds, "local_whole_s": local.seconds, "ray_whole_s": ray.seconds,
+            "ratio": ray.steady_images_per_s / local.steady_images_per_s if local.steady_images_per_s else 0.0}
 
 
 def bench_extraction(opts: BenchOptions, workdir: Path) -> dict:
@@ -492,7 +512,8 @@ def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
              "extract": lambda tmp: bench_extraction(opts, tmp), "batch1": lambda tmp: bench_batch_one(opts, tmp),
              "load": lambda tmp: bench_cache_load(opts, tmp), "rerun": lambda tmp: bench_rerun(opts, tmp),
              "memory": lambda tmp: bench_memory(opts, tmp), "sweep": lambda tmp: bench_sweep(opts, tmp),
-             "views": lambda tmp: bench_views(opts, tmp), "grow": lambda tmp: bench_grow(opts, tmp)}
+             "views": lambda tmp: bench_views(opts, tmp), "grow": lambda tmp: bench_grow(opts, tmp),
+             "ray": lambda tmp: bench_ray(opts, tmp)}
     with tempfile.TemporaryDirectory() as tmp:
         for part in PARTS:
             if part in parts:
@@ -572,4 +593,13 @@ def format_results(r: dict, opts: BenchOptions) -> str:
             f"are cached already: {g['append_read_rows_s']:.3f} s); commit of {g['batch']} rows into the "
             f"growing cache: first {g['first_commit_s']:.2f} s, last {g['last_commit_s']:.2f} s; copying the "
             f"file, as every commit did before: {g['copy_s']:.2f} s")
+    if "ray" in r:
+        y = r["ray"]
+        if "skipped" in y:
+            lines.append(f"ray engine: skipped ({y['skipped']})")
+        else:
+            lines.append(f"ray engine vs local, {y['images']} JPEGs ({opts.backbone}): steady state "
+                         f"{y['ray_images_per_s']:.2f} vs {y['local_images_per_s']:.2f} images/s = {y['ratio']:.2f}x; "
+                         f"whole backbone stage {y['ray_whole_s']:.1f} s vs {y['local_whole_s']:.1f} s, of which "
+                         f"starting Ray {y['ray_start_s']:.1f} s vs building the backbone {y['local_build_s']:.1f} s")
     return "\n".join(lines)

@@ -169,6 +169,11 @@ def check_readable(path: Path) -> None:
     if int(version) > SCHEMA_VERSION:
         raise CacheError(f"cache {path} has schema version {version}, newer than this bottleneck "
                          f"understands ({SCHEMA_VERSION}); upgrade bottleneck")
+    if attrs.get("virtual"):  # HDF5 reads a missing source file as zeros: refuse rather than train on them
+        gone = [s for s in json.loads(attrs.get("virtual_sources", "[]")) if not (path.parent / s).is_file()]
+        if gone:
+            raise CacheError(f"cache {path} is a virtual merge whose shard {gone[0]} (relative to {path.parent}) is "
+                             "missing; put the shard files back beside it, or merge again by copying")
 
 
 def load_cache(path: str | Path, dtype=np.float32, features: bool = True) -> CacheData:

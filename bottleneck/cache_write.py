@@ -24,10 +24,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .cache import (SCHEMA_VERSION, STRING_DTYPE, CacheConfig, library_versions, load_cache, open_cache, read_attrs,
-                    read_failed, read_views, recorded_config)
+from .cache import (SCHEMA_VERSION, STRING_DTYPE, CacheConfig, library_versions, open_cache, read_attrs, read_failed,
+                    recorded_config)
 from .cache_commit import CommittedState, apply_batches, drop_tracebacks, interrupts_deferred
-from .errors import CacheError, CacheLockedError, CacheMismatchError, InputError
+from .errors import CacheError, CacheLockedError, CacheMismatchError
 from .journal import ROW_FIELDS, Journal, pending_batches
 from .row_keys import KEYS, id_key, matching_rows, read_keys, read_rows, sha_key
 from .undo import CacheReadersError, UndoFile, fsync_dir, lock_exclusive, rollback
@@ -83,6 +83,9 @@ class CacheWriter:
         self._last_commit = time.monotonic()
 
     def __enter__(self) -> CacheWriter:
+        if self.path.exists() and read_attrs(self.path).get("virtual"):  # its rows live in the shards' files
+            raise CacheError(f"cache {self.path} is a virtual merge of shards; extract into a shard, or merge by "
+                             "copying")
         self.check_config()  # before anything is created, so a mismatch leaves no trace
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
@@ -259,41 +262,3 @@ class CacheWriter:
             state = CommittedState(0, [], {}, np.zeros(0, np.uint64))
             added = apply_batches(f, batches, self.info, self.class_names, state)
         return state, added
-
-
-def merge_caches(shards: list[str | Path], out: str | Path, batch_rows: int = 4096, virtual: bool = False) -> int:
-    """Merge caches of one configuration (e.g. `extract --shard I/N` outputs) into `out`; returns its rows.
-
-    Rows are keyed by image id, so merging the same shard twice, or into an existing cache, adds nothing
-    twice. Views are merged when every shard has the same number."""
-    if virtual:
-        raise InputError("--virtual is not available in this version; drop it to merge by copying (rows are keyed "
-                         "by id)")
-    shards = [Path(s) for s in shards]
-    if not shards:
-        raise CacheError("merge needs at least one shard cache")
-    datas = [load_cache(s) for s in shards]
-    config = datas[0].config
-    for s, d in zip(shards[1:], datas[1:]):
-        diff = d.config.mismatch(config)
-        if diff:
-            raise CacheMismatchError(f"cannot merge {s} into {shards[0]}: {diff.replace('(cache)', f'({s.name})')}"
-                                     .replace("(this run)", f"({shards[0].name})"))
-    n_views = {d.n_views for d in datas}
-    classes = sorted({c for d in datas for c in d.class_names})
-    info = {k: datas[0].attrs.get(k, "") for k in ("dataset", "root", "source", "metadata")}
-    info["merged_from"] = json.dumps([str(s) for s in shards])
-    with CacheWriter(out, config, info, tuple(classes)) as writer:
-        for d in datas:
-            views_all = read_views(d.path) if len(n_views) == 1 and d.n_views else None
-            for start in range(0, len(d.labels), batch_rows):
-                sl = slice(start, start + batch_rows)
-                rows = [dict(image_id=i, path=p, label=d.class_names[l] if l >= 0 else None, group=g, sha256=s,
-                             width=int(w), height=int(h))
-                        for i, p, l, g, s, (w, h) in zip(d.image_ids[sl], d.paths[sl], d.labels[sl], d.groups[sl],
-                                                         d.sha256[sl], d.sizes[sl])]
-                views = views_all[sl] if views_all is not None else None
-                writer.write_batch(rows, d.features[sl], views=views, view_lo=1 if views is not None else 0)
-            for path, reason in read_failed(d.path):
-                writer.write_batch([], None, [(path, reason, "")])
-    return int(read_attrs(Path(out))["n_rows"])

@@ -38,6 +38,27 @@ class DatasetIndex:
     rows_without_image: tuple[str, ...] = ()  # CSV ids with no image file
     images_without_row: tuple[str, ...] = ()  # image files (relative) no CSV row names
     ignored_files: tuple[str, ...] = field(default=())  # files outside class folders
+    shard: str = ""  # "I/N" when `select_shard` kept one shard; "" for the whole index
+    whole_fingerprint: str = ""  # a sharded index's `index_fingerprint` of the whole index it came from
+    whole_images: int = 0  # ... and how many images that whole index had
+
+    @property
+    def fingerprint(self) -> str:
+        """The whole index's fingerprint: every shard of one index carries the same one."""
+        return self.whole_fingerprint or index_fingerprint(self.entries)
+
+    @property
+    def total_images(self) -> int:
+        return self.whole_images or len(self.entries)
+
+
+def index_fingerprint(entries) -> str:
+    """SHA-256 over the sorted image ids: the same for every shard of one index, another for another dataset or
+    another version of its metadata, so `merge` can tell shards of one extraction from strangers."""
+    h = hashlib.sha256()
+    for image_id in sorted(e.image_id for e in entries):
+        h.update(image_id.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()
 
 
 def _looks_like_image(path: Path) -> bool:
@@ -235,5 +256,8 @@ def select_shard(index: DatasetIndex, shard: str) -> DatasetIndex:
     def bucket(image_id: str) -> int:
         return int.from_bytes(hashlib.sha1(image_id.encode()).digest()[:8], "big") % n
 
+    if index.shard:
+        raise InputError(f"the index is already shard {index.shard}; shard the whole index once")
     entries = tuple(e for e in index.entries if bucket(e.image_id) == i)
-    return replace(index, entries=entries, name=f"{index.name}-shard{i}of{n}")
+    return replace(index, entries=entries, name=f"{index.name}-shard{i}of{n}", shard=f"{i}/{n}",
+                   whole_fingerprint=index_fingerprint(index.entries), whole_images=len(index.entries))

@@ -18,6 +18,7 @@ from .backbones import POOLINGS, create_backbone, get_spec, parse_weights, resol
 from .cache import CacheConfig, read_attrs, recorded_config
 from .cache_write import COMMIT_SECONDS, CacheWriter
 from .dataset import DatasetIndex, Entry
+from .devices import Replicas, resolve_devices, visible_devices
 from .errors import ImageDecodeError, InputError
 from .files import sha256_file
 from .image_data import inference_batches, pad_batch
@@ -26,7 +27,7 @@ from .tfimport import tensorflow
 from .views import apply_view, check_views, seeds_for
 
 DTYPES = ("float16", "float32")
-ENGINES = ("local",)
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class ExtractOptions:
     precision: str = "auto"  # compute precision, see precision.py; "auto" follows the cache when it exists
     xla: str = "auto"  # auto | on | off: compile the forward pass with XLA
     commit_seconds: float = COMMIT_SECONDS  # how often finished batches become readable rows of the cache
+    engine: str = "local"  # local | ray (extract_ray.py); not part of the cache's configuration: same features
+    address: str | None = None  # --engine ray: the cluster to connect to (None: start a local Ray instance)
+    workers: int | None = None  # --engine ray: backbone actors (None: one per GPU, else 1)
+    devices: str | None = None  # --devices: all (None), cpu, GPU indices or device names; several: replicas
 
 
 @dataclass
@@ -67,6 +72,9 @@ class ExtractSummary:
     rows: int = 0  # rows in the cache after the run
     rows_without_image: int = 0
     images_without_row: int = 0
+    engine: str = "local"  # which engine computed the features (recorded here, not in the cache's configuration)
+    workers: int = 1  # backbone workers (Ray actors) of the ray engine
+    devices: list[str] = field(default_factory=list)  # where the local engine ran the backbone (one replica each)
 
     @property
     def images_per_s(self) -> float:
@@ -79,10 +87,19 @@ class ExtractSummary:
         return self.steady_images / self.steady_seconds if self.steady_seconds > 0 else 0.0
 
 
-def check_engine(engine: str) -> str:
+def check_engine(engine: str, views: int = 0, workers: int | None = None) -> str:
+    """Fail early (before hashing) on an engine that cannot run: unknown, Ray not installed, options it lacks."""
     if engine not in ENGINES:
-        raise InputError(f"--engine {engine!r} is not available; use --engine local (shard with --shard I/N for "
-                         "many machines)")
+        raise InputError(f"--engine should be one of {', '.join(ENGINES)}; received {engine!r}")
+    if engine == "ray":
+        from .extract_ray import require_ray
+
+        require_ray()
+        if views:
+            raise InputError("--views is not available with --engine ray; extract the views with --engine local "
+                             "(same cache, same features)")
+        if workers is not None and workers < 1:
+            raise InputError(f"--workers should be a positive integer; received {workers}")
     return engine
 
 
@@ -131,12 +148,22 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
     config = make_config(opts, recorded_config(path))
     info = dict(dataset=index.name, root=str(index.root), source=index.source,
                 metadata=str(index.metadata or ""), rows_without_image=len(index.rows_without_image),
-                images_without_row=len(index.images_without_row))
+                images_without_row=len(index.images_without_row),
+                # which shard of which whole index (every shard shares the fingerprint): `merge` checks them
+                shard=index.shard, index_fingerprint=index.fingerprint, index_images=index.total_images)
     summary = ExtractSummary(cache=path, total=len(index.entries),
                              rows_without_image=len(index.rows_without_image),
                              images_without_row=len(index.images_without_row), precision=config.precision,
                              xla=config.xla)
     check_views(opts.views)
+    check_engine(opts.engine, opts.views, opts.workers)
+    summary.engine = opts.engine
+    devices = None  # resolved when the backbone is built; an explicit choice is checked before any work
+    if opts.devices not in (None, "all"):
+        if opts.engine == "ray":
+            raise InputError("--devices applies to --engine local; with --engine ray each backbone worker takes one "
+                             "GPU (choose how many with --workers)")
+        devices = resolve_devices(opts.devices, *visible_devices())
     with CacheWriter(path, config, info, index.class_names, opts.commit_seconds) as writer:
         n_views = max(opts.views, writer.existing_views())  # new rows get every view the cache has
         summary.views = n_views
@@ -167,14 +194,24 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
         _journal_metadata(writer, updates, reused, unreadable)
         summary.reused = len(reused)
         summary.failed.extend((p, r) for p, r, _ in unreadable)
-        if todo or view_todo:
+        if (todo or view_todo) and opts.engine == "ray":
+            if view_todo or n_views:
+                raise InputError(f"cache {path} holds {n_views} augmented views per image, which --engine ray "
+                                 "does not compute; extend it with --engine local")
+            from .extract_ray import run_backbone_ray
+
+            start = time.perf_counter()
+            run_backbone_ray(writer, todo, config, opts, summary)
+            summary.seconds = time.perf_counter() - start
+        elif todo or view_todo:
             tensorflow()  # its import (seconds) is start-up, not extraction time
             start = time.perf_counter()
-            model = _build(config, opts, summary)
+            model, replicas = _build(config, opts, summary, devices)
             if todo:
-                _run_backbone(writer, model, todo, tuple(range(n_views + 1)), config, opts, summary)
+                _run_backbone(writer, model, todo, tuple(range(n_views + 1)), config, opts, summary, replicas)
             for first, items in sorted(view_todo.items()):
-                _run_backbone(writer, model, items, tuple(range(first, n_views + 1)), config, opts, summary)
+                _run_backbone(writer, model, items, tuple(range(first, n_views + 1)), config, opts, summary,
+                              replicas)
                 summary.views_added += len(items)
             summary.seconds = time.perf_counter() - start
     summary.rows = int(read_attrs(path)["n_rows"]) if path.exists() else 0
@@ -191,12 +228,16 @@ def _journal_metadata(writer: CacheWriter, updates, reused, unreadable) -> None:
         writer.write_batch(rows, np.stack(feats) if feats else None, unreadable)
 
 
-def _build(config: CacheConfig, opts: ExtractOptions, summary):
+def _build(config: CacheConfig, opts: ExtractOptions, summary, devices: list[str] | None = None):
+    """The backbone, built on its devices (one replica each under MirroredStrategy when there are several)."""
     start = time.perf_counter()
-    model = create_backbone(config.backbone, opts.weights, config.input_size, config.pooling, config.seed,
-                            config.precision)
+    replicas = Replicas(devices if devices is not None else resolve_devices(opts.devices, *visible_devices()))
+    with replicas.scope():
+        model = create_backbone(config.backbone, opts.weights, config.input_size, config.pooling, config.seed,
+                                config.precision)
     summary.build_seconds = time.perf_counter() - start
-    return model
+    summary.devices = list(replicas.devices)
+    return model, replicas
 
 
 def make_forward(config: CacheConfig, model):
@@ -212,14 +253,16 @@ def make_forward(config: CacheConfig, model):
 
 
 def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config: CacheConfig,
-                  opts: ExtractOptions, summary) -> None:
-    """Decode `todo`'s images once and run views `ks` of each (0 = plain) through the backbone in one pass."""
+                  opts: ExtractOptions, summary, replicas: Replicas) -> None:
+    """Decode `todo`'s images once and run views `ks` of each (0 = plain) through the backbone in one pass,
+    each batch split across `replicas` when there are several."""
     tf = tensorflow()
 
     forward = make_forward(config, model)
     plain = ks[0] == 0
     n_views = ks[-1] if ks[-1] > 0 else 0
     size, bs = config.input_size, opts.batch_size
+    padded = replicas.batch_size(bs)  # every replica gets an equal slice
     batches = inference_batches([str(e.path) for e, _ in todo], size, bs)
 
     @tf.function(reduce_retracing=True)
@@ -233,8 +276,8 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
     done, first_batch_end, steady_images = 0, None, 0
     for pixels, w, h, err in batches:
         n = int(pixels.shape[0])
-        seeds = seeds_for([todo[done + j][1] for j in range(n)] + ["0"] * (bs - n), config.seed)
-        out = infer(pad_batch(pixels, bs), seeds).numpy()[:n]  # (n, len(ks), D)
+        seeds = seeds_for([todo[done + j][1] for j in range(n)] + ["0"] * (padded - n), config.seed)
+        out = np.asarray(replicas.call(infer, pad_batch(pixels, padded), seeds))[:n]  # (n, len(ks), D)
         if not done:
             _check_dtype_range(out, config)
         rows, keep, failed = [], [], []

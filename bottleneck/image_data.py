@@ -17,6 +17,16 @@ from .images import load_image
 from .tfimport import tensorflow
 
 
+def decode_image(path: str, size: int) -> tuple[np.ndarray, np.int32, np.int32, str]:
+    """One image file -> (pixels (S, S, 3) uint8, width, height, reason); an unreadable image gives black pixels,
+    size 0 and its reason ("" if decoded). The tf.data pipeline and the Ray engine's decode tasks both call this."""
+    try:
+        pixels, (w, h) = load_image(path, size)
+        return pixels, np.int32(w), np.int32(h), ""
+    except ImageDecodeError as exc:
+        return np.zeros((size, size, 3), np.uint8), np.int32(0), np.int32(0), str(exc)
+
+
 def _decoder(paths: list[str], size: int, failures: dict | None = None):
     """A tf.data map function: index -> (pixels (S, S, 3) uint8, width, height, error bytes; b"" if decoded).
 
@@ -26,13 +36,10 @@ def _decoder(paths: list[str], size: int, failures: dict | None = None):
 
     def load(i):
         path = paths[int(i)]
-        try:
-            pixels, (w, h) = load_image(path, size)
-            return pixels, np.int32(w), np.int32(h), b""
-        except ImageDecodeError as exc:
-            if failures is not None:
-                failures[path] = str(exc)
-            return np.zeros((size, size, 3), np.uint8), np.int32(0), np.int32(0), str(exc).encode()
+        pixels, w, h, reason = decode_image(path, size)
+        if reason and failures is not None:
+            failures[path] = reason
+        return pixels, w, h, reason.encode()
 
     def decode(i):
         pixels, w, h, err = tf.numpy_function(load, [i], [tf.uint8, tf.int32, tf.int32, tf.string], stateful=False)

@@ -3,12 +3,14 @@ steps) only echoes them. Everything a command writes to disk is its real output;
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .dataset import DatasetIndex
 from .evaluate import EvalResult
 from .extract import ExtractSummary
 from .finetune import FineTuneResult
+from .merge import MergeResult
 from .metrics import format_table
 from .runs import RunResult
 from .serve import ExportResult, PredictResult
@@ -29,9 +31,13 @@ def extract_lines(s: ExtractSummary, index: DatasetIndex) -> list[str]:
              f"{s.reused} reused (same bytes), {len(s.failed)} failed"]
     if s.extracted:
         steady = f", {s.steady_images_per_s:.1f} images/s after the first batch" if s.steady_images else ""
-        lines.append(f"time: {s.seconds:.1f} s ({s.build_seconds:.1f} s building the backbone), "
+        setup = "starting Ray" if s.engine == "ray" else "building the backbone"
+        lines.append(f"time: {s.seconds:.1f} s ({s.build_seconds:.1f} s {setup}), "
                      f"{s.images_per_s:.1f} images/s{steady}; computed in {s.precision}"
-                     + (" with XLA" if s.xla else ""))
+                     + (" with XLA" if s.xla else "")
+                     + (f"; engine ray, {s.workers} backbone worker{'s' if s.workers > 1 else ''}"
+                        if s.engine == "ray" else "")
+                     + (f"; {len(s.devices)} replicas ({', '.join(s.devices)})" if len(s.devices) > 1 else ""))
     lines.append(f"rows in cache: {s.rows}" + (f", {s.views} augmented views each" if s.views else ""))
     if s.views_added:
         lines.append(f"views added to {s.views_added} cached images (their plain vectors kept) in {s.seconds:.1f} s")
@@ -54,6 +60,7 @@ def info_lines(cache: Path, d: dict) -> list[str]:
     lines = [f"cache: {cache}"]
     lines += [f"  {key}: {_on_off(d['config'][key])}" for key in INFO_CONFIG_KEYS]
     lines += [f"  {key}: {d['attrs'][key]}" for key in INFO_ATTR_KEYS if d["attrs"].get(key) not in (None, "")]
+    lines += _shard_lines(d["attrs"])
     lines.append(f"rows: {d['rows']} ({d['groups']} groups)" if d["groups"] else f"rows: {d['rows']}")
     if d["views"]:
         lines.append(f"views: {d['views']} per image besides the plain one ({', '.join(d['view_names'])}); "
@@ -68,6 +75,32 @@ def info_lines(cache: Path, d: dict) -> list[str]:
     lines.append(f"failed images: {len(d['failed'])}")
     lines += [f"  {path}: {reason}" for path, reason in d["failed"][:20]]
     return lines + _more(d["failed"], 20, "")
+
+
+def _shard_lines(attrs: dict) -> list[str]:
+    """Which shards of which index a cache holds (nothing for a whole extraction or an older cache)."""
+    index = f"of index {str(attrs.get('index_fingerprint', ''))[:12]} ({attrs.get('index_images', '?')} images)"
+    lines = []
+    if attrs.get("shard"):
+        lines.append(f"  shard: {attrs['shard']} {index}")
+    elif attrs.get("shards"):
+        missing = json.loads(attrs.get("missing_shards") or "[]")
+        lines.append(f"  shards: {', '.join(json.loads(attrs['shards']))} {index}"
+                     + (f"; missing {', '.join(missing)}" if missing else ", all present"))
+    if attrs.get("virtual"):
+        lines.append(f"  virtual: rows read from {', '.join(json.loads(attrs.get('virtual_sources', '[]')))} "
+                     "(relative to the cache)")
+    return lines
+
+
+def merge_lines(r: MergeResult) -> list[str]:
+    how = " (virtual datasets over the shard files)" if r.virtual else ""
+    lines = [f"merged {r.caches} caches into {r.out}{how}: {r.rows} rows"]
+    if r.shards:
+        lines.append(f"shards: {', '.join(r.shards)} of index {r.fingerprint[:12]}")
+    if r.missing:
+        lines.append(f"missing shards: {', '.join(r.missing)} (--allow-partial): their images are not in {r.out}")
+    return lines
 
 
 def train_head_lines(r: RunResult) -> list[str]:

@@ -16,7 +16,7 @@ def test_bench_all_parts_run():
     r = run_cli("bench", "--rows", "400", "--dim", "32", "--epochs", "2", "--backbone", "vgg16", "--image-size", "32",
                 "--images", "16", "--batch-size", "4", "--grow-rows", "3000,30000")
     assert r.exit_code == 0, r.output
-    for figure in ("to a 3000-row cache", "to a 30000-row cache", "efficiency", "decode only", "GFLOP/s vs matrix product", "one image at a time",
+    for figure in ("ray engine", "to a 3000-row cache", "to a 30000-row cache", "efficiency", "decode only", "GFLOP/s vs matrix product", "one image at a time",
                    "one text file per image", "nothing new", "peak RSS", "sweep of 16 configurations",
                    "KiB per view per image"):
         assert figure in r.output, figure

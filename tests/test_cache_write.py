@@ -1,5 +1,6 @@
 """The cache writer: one locked writer, journaled batches, a SIGKILLed extraction losing at most the batch in
-flight, a cache of another configuration refused untouched, shards merged into the cache of one run."""
+flight, a cache of another configuration refused untouched. Merging (and a virtual merge refusing writers) is in
+test_merge.py."""
 
 from __future__ import annotations
 
@@ -239,31 +240,6 @@ def test_a_write_error_inside_a_commit_rolls_it_back_and_keeps_the_batches(tmp_p
     with CacheWriter(cache, load_cache(cache).config):
         pass
     assert len(load_cache(cache).image_ids) == 1300 and not pending_batches(cache)
-
-
-def test_shards_merge_into_the_same_cache_as_one_run(tmp_path, class_tree):
-    whole = tmp_path / "whole.h5"
-    assert run_cli("extract", class_tree, *TINY_ARGS, "--cache", whole).exit_code == 0
-    parts = []
-    for i in range(3):
-        part = tmp_path / f"part{i}.h5"
-        r = run_cli("extract", class_tree, *TINY_ARGS, "--shard", f"{i}/3", "--cache", part)
-        assert r.exit_code == 0, r.output
-        parts.append(part)
-    merged = tmp_path / "merged.h5"
-    r = run_cli("merge", *parts, "--out", merged)
-    assert r.exit_code == 0, r.output
-    a, b = load_cache(whole), load_cache(merged)
-    order = {i: k for k, i in enumerate(b.image_ids)}
-    idx = [order[i] for i in a.image_ids]
-    assert len(b.image_ids) == 12 and b.class_names == a.class_names
-    np.testing.assert_allclose(b.features[idx], a.features, atol=1e-3)
-    np.testing.assert_array_equal(b.labels[idx], a.labels)
-    other = tmp_path / "other.h5"
-    assert run_cli("extract", class_tree, "--backbone", "vgg16", "--weights", "none", "--image-size", "48", "--quiet",
-                   "--cache", other).exit_code == 0
-    r = run_cli("merge", whole, other, "--out", tmp_path / "bad.h5")
-    assert r.exit_code == 1 and "image size" in r.output and not (tmp_path / "bad.h5").exists()
 
 
 WRITE_CUT_OFF = """

@@ -1,6 +1,6 @@
 """What the cli/ package itself guarantees for every command: bad input is one line starting with "error: ",
 exit status 1, and nothing written; a usage error exits 2. A CLI test of one command's behaviour lives beside that
-command's module tests (extract in test_extract.py, info in test_cache.py, merge in test_cache_write.py, ...)."""
+command's module tests (extract in test_extract.py, info in test_cache.py, merge in test_merge.py, ...)."""
 
 import pytest
 

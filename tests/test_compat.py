@@ -73,7 +73,8 @@ def test_this_version_writes_the_legacy_layout_and_the_same_features(legacy, tmp
     fresh = tmp_path / "fresh.h5"
     extract(build_index(legacy / "images"), ExtractOptions(**OPTS, cache=fresh))
     old, new = layout(legacy / "cache.h5"), layout(fresh)
-    assert set(new.pop("attrs")) - set(old.pop("attrs")) == {"precision", "xla"}  # attributes added since 0.1.0
+    assert set(new.pop("attrs")) - set(old.pop("attrs")) == {"precision", "xla", "shard", "index_fingerprint",
+                                                              "index_images"}  # attributes added since 0.1.0
     assert new.pop("row_keys") == ((18, 2), "uint64", (8192, 2))  # the one dataset added: lookups by key
     assert new == old
     assert load_cache(legacy / "cache.h5").config.precision == "float32"  # what 0.1.0 computed in

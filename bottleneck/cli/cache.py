@@ -8,10 +8,10 @@ from typing import List, Optional
 import typer
 
 from ..cache import describe_cache
-from ..cache_write import merge_caches
 from ..dataset import build_index, select_shard
 from ..extract import ExtractOptions, check_engine, extract
-from ..summaries import extract_lines, info_lines
+from ..merge import merge_caches
+from ..summaries import extract_lines, info_lines, merge_lines
 from .app import app, echo_lines, handle_errors
 
 
@@ -39,20 +39,28 @@ def extract_command(
     cache: Optional[Path] = typer.Option(None, help="Cache file (default: cache/<dataset>-<config>.h5)."),
     strict: bool = typer.Option(False, help="Stop at the first unreadable image instead of listing it."),
     shard: Optional[str] = typer.Option(None, help="I/N: extract only shard I of N (deterministic by image id)."),
-    engine: str = typer.Option("local", help="local (this process)."),
+    engine: str = typer.Option("local", help="local (this process) or ray (decode in Ray tasks, the backbone in "
+                               "Ray actors, one writer here; needs pip install -e \".[ray]\"). See docs/scale.md."),
+    address: Optional[str] = typer.Option(None, help="--engine ray: Ray cluster to use (auto, HOST:PORT or "
+                                          "ray://HOST:10001); default: start a local Ray instance."),
+    workers: Optional[int] = typer.Option(None, help="--engine ray: backbone actors (default: one per GPU, else 1)."),
+    devices: str = typer.Option("all", help="Where the backbone runs: all (every GPU, else the CPU), cpu, GPU "
+                                "indices like 0,1, or device names; several GPUs run one replica each "
+                                "(MirroredStrategy), same features."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Run every image once through a pretrained CNN and store its bottleneck vector in an HDF5 cache.
 
     Example: bottleneck extract data/HAM10000 --backbone inception_v3 --weights imagenet
     """
-    check_engine(engine)
+    check_engine(engine, views, workers)
     index = build_index(data, metadata, id_column, label_column, group_column)
     if shard:
         index = select_shard(index, shard)
     opts = ExtractOptions(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                           batch_size=batch_size, seed=seed, dtype=dtype, strict=strict, cache=cache,
-                          progress=not quiet, views=views, precision=precision, xla=xla)
+                          progress=not quiet, views=views, precision=precision, xla=xla,
+                          engine=engine, address=address, workers=workers, devices=devices)
     echo_lines(extract_lines(extract(index, opts), index))
 
 
@@ -71,11 +79,14 @@ def info_command(cache: Path = typer.Argument(..., help="A cache written by `bot
 def merge_command(
     shards: List[Path] = typer.Argument(..., help="Caches of one configuration, e.g. from extract --shard I/N."),
     out: Path = typer.Option(..., help="The merged cache (created, or completed if it exists)."),
-    virtual: bool = typer.Option(False, help="HDF5 virtual datasets instead of a copy (not available yet)."),
+    virtual: bool = typer.Option(False, help="Write --out as HDF5 virtual datasets over the shard files (no copy; "
+                                 "keep the shards beside it)."),
+    allow_partial: bool = typer.Option(False, help="Merge even if shards of the index are missing (and say which)."),
 ):
     """Merge shard caches (same backbone configuration) into one cache; rows are keyed by image id.
 
-    Example: bottleneck merge cache/ham-shard0of4.h5 cache/ham-shard1of4.h5 ... --out cache/ham.h5
+    Refuses, before writing anything, the same shard twice, shards of another index or split, and missing shards.
+
+    Example: bottleneck merge cache/ham-0.h5 cache/ham-1.h5 cache/ham-2.h5 cache/ham-3.h5 --out cache/ham.h5
     """
-    rows = merge_caches(shards, out, virtual=virtual)
-    typer.echo(f"merged {len(shards)} caches into {out}: {rows} rows")
+    echo_lines(merge_lines(merge_caches(shards, out, virtual=virtual, allow_partial=allow_partial)))

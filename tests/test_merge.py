@@ -1,0 +1,169 @@
+"""merge: shards of one extraction merge into the cache of one run, by copying or as virtual datasets; a shard
+twice, a shard of another index or split, and a missing shard are refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from bottleneck.cache import load_cache, read_attrs
+from conftest import TINY_ARGS, run_cli, write_image
+
+
+def _tree(root, extra=0):
+    """3 classes x 4 images (as conftest's class_tree), plus `extra` more mel images."""
+    k = 0
+    for cls in ("bcc", "mel", "nevus benign"):
+        for i in range(4):
+            write_image(root / cls / f"img{i}{'.jpg' if i % 2 == 0 else '.png'}", seed=k)
+            k += 1
+    for i in range(extra):
+        write_image(root / "mel" / f"extra{i}.jpg", seed=50 + i)
+    return root
+
+
+def _extract(data, cache, *args):
+    r = run_cli("extract", data, *TINY_ARGS, "--cache", cache, *args)
+    assert r.exit_code == 0, r.output
+    return cache
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    """One tree extracted whole and as shards 0/3, 1/3, 2/3 (extracted once for the module; tests copy them)."""
+    tmp = tmp_path_factory.mktemp("merge")
+    data = _tree(tmp / "data")
+    parts = [_extract(data, tmp / f"part{i}.h5", "--shard", f"{i}/3") for i in range(3)]
+    return {"data": data, "whole": _extract(data, tmp / "whole.h5"), "parts": parts}
+
+
+@pytest.fixture
+def parts(caches, tmp_path):
+    """The module's shard caches, copied into this test's folder."""
+    return [shutil.copy(p, tmp_path / p.name) for p in caches["parts"]]
+
+
+def _same_rows(whole, merged):
+    a, b = load_cache(whole), load_cache(merged)
+    order = {i: k for k, i in enumerate(b.image_ids)}
+    idx = [order[i] for i in a.image_ids]
+    assert len(b.image_ids) == len(a.image_ids) == 12 and b.class_names == a.class_names
+    np.testing.assert_allclose(b.features[idx], a.features, atol=1e-3)
+    np.testing.assert_array_equal(b.labels[idx], a.labels)
+    assert list(b.paths[idx]) == list(a.paths) and list(b.sha256[idx]) == list(a.sha256)
+
+
+def test_shards_merge_into_the_same_cache_as_one_run(caches, parts, tmp_path):
+    whole = read_attrs(caches["whole"])
+    shard_attrs = [read_attrs(p) for p in parts]
+    assert [a["shard"] for a in shard_attrs] == ["0/3", "1/3", "2/3"] and whole["shard"] == ""
+    assert {a["index_fingerprint"] for a in shard_attrs} == {whole["index_fingerprint"]}  # one index
+    assert {int(a["index_images"]) for a in shard_attrs} == {12}
+    merged = tmp_path / "merged.h5"
+    r = run_cli("merge", *parts, "--out", merged)
+    assert r.exit_code == 0, r.output
+    _same_rows(caches["whole"], merged)
+    attrs = read_attrs(merged)
+    assert attrs["shard"] == "" and json.loads(attrs["shards"]) == ["0/3", "1/3", "2/3"]
+    assert json.loads(attrs["missing_shards"]) == [] and attrs["index_fingerprint"] == whole["index_fingerprint"]
+    assert attrs["dataset"] == whole["dataset"] and json.loads(attrs["merged_from"]) == [str(p) for p in parts]
+    info = run_cli("info", merged)
+    assert "shards: 0/3, 1/3, 2/3 of index " + whole["index_fingerprint"][:12] in info.output
+    assert "shard: 1/3 of index" in run_cli("info", parts[1]).output
+
+    other = _extract(caches["data"], tmp_path / "other.h5", "--image-size", "48")  # overrides TINY_ARGS' 32
+    r = run_cli("merge", caches["whole"], other, "--out", tmp_path / "bad.h5")
+    assert r.exit_code == 1 and "image size" in r.output and not (tmp_path / "bad.h5").exists()
+
+
+def test_the_same_shard_twice_is_refused(parts, tmp_path):
+    out = tmp_path / "out.h5"
+    r = run_cli("merge", parts[0], parts[0], parts[1], parts[2], "--out", out)
+    assert r.exit_code == 1 and f"cache {parts[0]} is passed twice" in r.output
+    again = shutil.copy(parts[0], tmp_path / "again.h5")  # the same shard under another name
+    r = run_cli("merge", *parts, again, "--out", out)
+    assert r.exit_code == 1 and "shard 0/3 of index" in r.output and "passed twice" in r.output
+    assert str(parts[0]) in r.output and str(again) in r.output and len(r.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_missing_shard_is_refused_unless_allow_partial(caches, parts, tmp_path):
+    out = tmp_path / "out.h5"
+    r = run_cli("merge", parts[0], parts[2], "--out", out)
+    assert r.exit_code == 1 and "shard 1/3 of index" in r.output and "is missing" in r.output
+    assert "--allow-partial" in r.output and not out.exists()
+    r = run_cli("merge", parts[0], parts[2], "--out", out, "--allow-partial")
+    assert r.exit_code == 0 and "missing shards: 1/3" in r.output
+    rows = [len(load_cache(p, features=False).image_ids) for p in parts]
+    attrs = read_attrs(out)
+    assert int(attrs["n_rows"]) == rows[0] + rows[2] and json.loads(attrs["missing_shards"]) == ["1/3"]
+    assert "missing 1/3" in run_cli("info", out).output
+    # The partial merge counts as the shards it holds: merged with the missing one, it is whole.
+    r = run_cli("merge", out, parts[1], "--out", tmp_path / "whole.h5")
+    assert r.exit_code == 0, r.output
+    attrs = read_attrs(tmp_path / "whole.h5")
+    assert int(attrs["n_rows"]) == sum(rows) and json.loads(attrs["shards"]) == ["0/3", "1/3", "2/3"]
+    assert json.loads(attrs["missing_shards"]) == []
+    # A whole extraction of the same index holds every shard: nothing is missing beside it.
+    r = run_cli("merge", caches["whole"], parts[0], "--out", tmp_path / "again.h5")
+    assert r.exit_code == 0 and json.loads(read_attrs(tmp_path / "again.h5")["missing_shards"]) == [], r.output
+
+
+def test_a_shard_of_another_index_or_split_is_refused(caches, parts, tmp_path):
+    grown = _tree(tmp_path / "data", extra=1)  # the same tree with one image added: another index
+    stranger = _extract(grown, tmp_path / "stranger1.h5", "--shard", "1/3")
+    r = run_cli("merge", parts[0], stranger, parts[2], "--out", tmp_path / "out.h5")
+    assert r.exit_code == 1 and f"cache {stranger} is shard 1/3 of another index" in r.output
+    assert str(parts[0]) in r.output and not (tmp_path / "out.h5").exists()
+    half = _extract(caches["data"], tmp_path / "half.h5", "--shard", "1/2")
+    r = run_cli("merge", *parts, half, "--out", tmp_path / "out.h5")
+    assert r.exit_code == 1 and f"cache {half} is shard 1/2" in r.output and "--shard I/3" in r.output
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_a_virtual_merge_reads_the_shards_in_place(caches, parts, tmp_path):
+    copied, virtual = tmp_path / "copied.h5", tmp_path / "virtual.h5"
+    assert run_cli("merge", *parts, "--out", copied).exit_code == 0
+    r = run_cli("merge", *parts, "--out", virtual, "--virtual")
+    assert r.exit_code == 0 and "virtual datasets" in r.output, r.output
+    _same_rows(caches["whole"], virtual)
+    a, b = load_cache(copied), load_cache(virtual)
+    assert list(a.image_ids) == list(b.image_ids) and list(a.groups) == list(b.groups)
+    np.testing.assert_array_equal(a.features, b.features)
+    np.testing.assert_array_equal(a.sizes, b.sizes)
+    assert virtual.stat().st_size * 2 < copied.stat().st_size
+    with h5py.File(virtual) as f:
+        assert f["features"].is_virtual and f["image_id"].is_virtual and f["row_keys"].is_virtual
+        np.testing.assert_array_equal(f["row_keys"][:], h5py.File(copied)["row_keys"][:12])
+    attrs = read_attrs(virtual)
+    assert attrs["virtual"] and json.loads(attrs["virtual_sources"]) == [p.name for p in parts]  # relative
+
+    # The folder moves with its shards; a train-head run reads it like any cache.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for p in (*parts, virtual):
+        shutil.move(p, moved / p.name)
+    r = run_cli("train-head", moved / "virtual.h5", "--out", tmp_path / "run", "--epochs", "2", "--hidden", "8",
+                "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+
+    # Extending it is refused, untouched; a missing shard file is refused rather than read as zeros.
+    before = (moved / "virtual.h5").read_bytes()
+    r = run_cli("extract", caches["data"], *TINY_ARGS, "--cache", moved / "virtual.h5")
+    assert r.exit_code == 1 and "is a virtual merge of shards; extract into a shard, or merge by copying" in r.output
+    assert (moved / "virtual.h5").read_bytes() == before
+    (moved / "part1.h5").unlink()
+    r = run_cli("info", moved / "virtual.h5")
+    assert r.exit_code == 1 and "shard part1.h5" in r.output and "missing" in r.output
+
+
+def test_virtual_refuses_shards_whose_class_lists_differ(parts, tmp_path):
+    with h5py.File(parts[2], "r+") as f:  # as if shard 2 had been extracted from an index with another class
+        f.attrs["class_names"] = json.dumps(json.loads(f.attrs["class_names"]) + ["zebra"])
+    r = run_cli("merge", *parts, "--out", tmp_path / "v.h5", "--virtual")
+    assert r.exit_code == 1 and "merge by copying" in r.output and not (tmp_path / "v.h5").exists()
