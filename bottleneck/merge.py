@@ -173,8 +173,9 @@ def _copy(out: Path, paths: list[Path], config: CacheConfig, info: dict, batch_r
                                                          d.sha256[sl], d.sizes[sl])]
                 views = views_all[sl] if views_all is not None else None
                 writer.write_batch(rows, d.features[sl], views=views, view_lo=1 if views is not None else 0)
-            for path, reason in read_failed(d.path):
-                writer.write_batch([], None, [(path, reason, "")])
+            failed = read_failed(d.path, with_sha=True)  # (path, reason, sha256): the record as the shard has it
+            if failed:
+                writer.write_batch([], None, failed)
     return int(read_attrs(out)["n_rows"])
 
 

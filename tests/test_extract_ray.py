@@ -55,6 +55,17 @@ def test_ray_engine_writes_the_local_cache(ray_instance, tree_with_bad_image, tm
     assert len(ray_failed) == 1 and ray_failed == local_failed  # (path, reason, sha256), as recorded locally
     assert ray_failed[0][0] == "mel/broken.jpg"
 
+    # The third way: two shards on "two machines", merged. The same rows and features as both.
+    parts = [tmp_path / f"part{i}.h5" for i in range(2)]
+    for i, part in enumerate(parts):
+        assert run_cli("extract", tree_with_bad_image, *TINY_ARGS, "--batch-size", 4, "--shard", f"{i}/2",
+                       "--cache", part).exit_code == 0
+    merged = run_cli("merge", *parts, "--out", tmp_path / "merged.h5")
+    assert merged.exit_code == 0, merged.output
+    merged_rows, merged_feats, merged_failed = rows_of(tmp_path / "merged.h5")  # each sorted by image id
+    assert merged_rows == local_rows and merged_failed == local_failed
+    np.testing.assert_array_equal(merged_feats, local_feats)
+
 
 @pytest.mark.ray
 def test_ray_rerun_skips_the_cache_and_local_extends_it(ray_instance, class_tree, tmp_path):
