@@ -1,4 +1,8 @@
-"""`bottleneck evaluate RUN [--cache OTHER]`: a trained head on its own test split or on an external cache."""
+"""`bottleneck evaluate RUN [--cache OTHER]`: a trained head on its own test split or on an external cache.
+
+An external cache is checked against the run's training and validation images first: an image with the same
+bytes (SHA-256), or of a lesion the head was trained on, would flatter the result, so it is left out and counted.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,53 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheConfig
+from .cache import CacheConfig, CacheData, load_cache
 from .errors import CacheMismatchError, InputError
 from .feature_store import GIB, features_record, is_streamed, load_cache_within, resolve_memory_gb, take
 from .files import sha256_file, write_json_atomic
 from .heads import predict_proba
 from .metrics import compute_metrics
 from .plots import plot_confusion
+from .report import write_eval_report
 from .rundir import load_run, predictions_frame, staged
 from .runs import require_views, tta_proba
 from .splits import load_split
+
+LEAKING = ("train", "val")  # the splits a head learned from (val picks the epoch; a final fit trains on it)
+# Sources whose group ids name lesions in one namespace: ISIC 2019's lesion_id column reuses HAM10000's ids.
+SHARED_LESION_IDS = {"ham10000", "isic2019"}
+NO_GROUPS = {"", "folders", "unlabeled"}
+
+
+@dataclass
+class Overlap:
+    """External images that are also among the run's training or validation data (left out of the metrics)."""
+
+    checked: bool
+    candidates: int = 0  # labeled images of a class the run knows, before the check
+    same_bytes: int = 0
+    same_lesion: int = 0
+    lesions_compared: bool = False
+    reason: str = ""  # why the check, or the lesion comparison, was not done
+
+    @property
+    def excluded(self) -> int:
+        return self.same_bytes + self.same_lesion
+
+    def message(self, name: str) -> str:
+        if not self.checked:
+            return f"the overlap of {name} with this run's training data could not be checked: {self.reason}"
+        how = f"same bytes: {self.same_bytes:,}" + (f", same lesion: {self.same_lesion:,}" if self.lesions_compared
+                                                     else f"; lesion ids not compared: {self.reason}")
+        if not self.excluded:
+            return f"none of the {self.candidates:,} images of {name} is in this run's training or validation data ({how})"
+        return (f"{self.excluded:,} of {self.candidates:,} images of {name} are in this run's training or validation "
+                f"data ({how}) and were left out")
+
+    def record(self) -> dict:
+        return {"checked": self.checked, "candidates": self.candidates, "excluded": self.excluded,
+                "same_bytes": self.same_bytes, "same_lesion": self.same_lesion,
+                "lesions_compared": self.lesions_compared, "reason": self.reason}
 
 
 @dataclass
@@ -27,6 +68,8 @@ class EvalResult:
     external: bool
     unmapped: dict = field(default_factory=dict)  # class name in the cache -> images left out
     notes: list = field(default_factory=list)
+    overlap: Overlap | None = None  # external evaluations only
+    baseline_from: str = "training"  # whose majority class the baseline predicts: "training" or "evaluated"
 
 
 def map_classes(run_classes: list[str], cache_classes: list[str]) -> tuple[np.ndarray, dict]:
@@ -37,10 +80,86 @@ def map_classes(run_classes: list[str], cache_classes: list[str]) -> tuple[np.nd
     return mapping, {n: i for n, i in zip(cache_classes, mapping) if i < 0}
 
 
+def run_split(run_dir: Path, data: CacheData) -> tuple[np.ndarray, int]:
+    """(split of each row of the run's training cache, train/val images of split.csv no longer in it).
+
+    Unlike a reused split, a cache that lost rows since the run is read anyway: the rest can still be checked."""
+    import pandas as pd
+
+    path = run_dir / "split.csv"
+    if not path.is_file():
+        raise InputError(f"{run_dir} has no split.csv; pass a run directory made by `bottleneck train-head`")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    mapping = dict(zip(df["image_id"], df["split"]))
+    split = np.array([mapping.get(i, "") for i in data.image_ids], dtype=object)
+    leaking = set(df["image_id"][df["split"].isin(LEAKING)])
+    return split, len(leaking - set(data.image_ids))
+
+
+def lesion_ids_comparable(train_attrs: dict, other_attrs: dict) -> tuple[bool, str]:
+    """Whether a group id of one cache names the same lesion as the same id in the other."""
+    a, b = str(train_attrs.get("source", "")), str(other_attrs.get("source", ""))
+    if a in NO_GROUPS or b in NO_GROUPS:
+        return False, f"the caches' sources ({a or 'unknown'}, {b or 'unknown'}) record no lesion ids"
+    if a == b == "csv":  # a user-chosen column: only the same data set's ids mean the same thing
+        same = train_attrs.get("dataset") == other_attrs.get("dataset")
+        return same, "" if same else "group columns of two different CSV data sets"
+    if a == b or {a, b} <= SHARED_LESION_IDS:
+        return True, ""
+    return False, f"sources {a} and {b} name lesions differently"
+
+
+def find_overlap(train: CacheData, train_split: np.ndarray, other: CacheData,
+                 rows: np.ndarray) -> tuple[Overlap, list[dict]]:
+    """Which of `rows` of `other` have the bytes, or the lesion, of a training or validation row of `train`.
+
+    Returns the counts and one dict per overlapping row (image_id, path, reason, the training row it matches)."""
+    leak = np.isin(train_split, LEAKING)
+    by_sha = {s: i for s, i in zip(train.sha256[leak], train.image_ids[leak]) if s}
+    ok, reason = lesion_ids_comparable(train.attrs, other.attrs)
+    by_group = {g: g for g in train.groups[leak] if g} if ok else {}
+    if ok and not by_group:
+        ok, reason = False, "the run's training cache has no group ids"
+    elif ok and not any(other.groups[rows]):
+        ok, reason = False, f"{other.path.name} has no group ids"
+    overlap = Overlap(checked=True, candidates=len(rows), lesions_compared=ok, reason=reason)
+    found = []
+    for r in rows:
+        sha, group = other.sha256[r], other.groups[r]
+        if sha and sha in by_sha:
+            overlap.same_bytes += 1
+            found.append({"image_id": other.image_ids[r], "path": other.paths[r], "reason": "same bytes",
+                          "matches": by_sha[sha], "row": int(r)})
+        elif group and group in by_group:
+            overlap.same_lesion += 1
+            found.append({"image_id": other.image_ids[r], "path": other.paths[r], "reason": "same lesion",
+                          "matches": group, "row": int(r)})
+    return overlap, found
+
+
+def _check_external(run_dir: Path, own: Path, names: list[str], data: CacheData,
+                    rows: np.ndarray) -> tuple[Overlap, list[dict], np.ndarray | None, list[str]]:
+    """(overlap, overlapping rows, training labels in the run's classes or None, notes) of an external cache."""
+    if not own.is_file():
+        return (Overlap(False, len(rows), reason=f"its training cache {own} no longer exists; the majority "
+                        "baseline is the evaluated images' majority class"), [], None, [])
+    train = load_cache(own, features=False)  # ids, hashes, groups, labels: no features needed
+    split, gone = run_split(run_dir, train)
+    overlap, found = find_overlap(train, split, data, rows)
+    notes = [f"{gone} training/validation images of the run are no longer in {own.name}; they could not be "
+             "checked for overlap"] if gone else []
+    mapping, _ = map_classes(names, train.class_names)
+    labels = train.labels[(split == "train") & (train.labels >= 0)]
+    y_train = mapping[labels]
+    y_train = y_train[y_train >= 0]
+    return overlap, found, (y_train if len(y_train) else None), notes
+
+
 def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool = False,
                  memory_gb: float | None = None) -> EvalResult:
-    """The run's head on its own test split, or on every labeled image of another cache (external data);
-    written to RUN/eval-test/ or RUN/eval-<cache>/, replacing the previous evaluation of the same data.
+    """The run's head on its own test split, or on every labeled image of another cache (external data) that the
+    run did not train or validate on; written to RUN/eval-test/ or RUN/eval-<cache>/, replacing the previous
+    evaluation of the same data.
 
     memory_gb: features beyond it are streamed from the cache (None: default_memory_gb())."""
     memory_gb = resolve_memory_gb(memory_gb)
@@ -59,7 +178,7 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
                                  f"{diff.replace('(cache)', f'({path.name})').replace('(this run)', '(run)')}; "
                                  "extract that data with the run's configuration first")
     external = cache is not None and path.resolve() != own.resolve()
-    notes, unmapped_counts = [], {}
+    notes, unmapped_counts, overlap, found = [], {}, None, []
     y_train = None
     if external:
         mapping, unmapped = map_classes(names, data.class_names)
@@ -70,6 +189,13 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
         if len(rows) == 0:
             raise InputError(f"no labeled image of {path} has a class the run knows ({', '.join(names)}); "
                              f"its classes are {', '.join(data.class_names) or 'none'}")
+        overlap, found, y_train, more = _check_external(run_dir, own, names, data, rows)
+        notes += more
+        if found:
+            rows = np.setdiff1d(rows, [f["row"] for f in found])
+            if len(rows) == 0:
+                raise InputError(overlap.message(path.name).replace(" and were left out", "")
+                                 + "; nothing is left to evaluate: pass a cache of images the run never saw")
     else:
         if sha256_file(path) != config["cache"]["sha256"]:
             notes.append("the cache changed since the run was trained (new rows or labels); "
@@ -85,15 +211,32 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
         proba = tta_proba(model, data, rows, proba, max(0.0, memory_gb - held))
         notes.append(f"probabilities averaged over the plain view and {data.n_views} stored views (TTA)")
     metrics = compute_metrics(y[rows], proba, names, train_labels=y_train)
+    baseline_from = "training" if y_train is not None else "evaluated"
 
     out = run_dir / ("eval-" + (path.stem if external else "test"))
+    record = {"cache": str(path.resolve()), "external": external, "tta": tta,
+              "unmapped_classes": unmapped_counts, "notes": notes,
+              "features": features_record(data.features, memory_gb),
+              # the baseline predicts the majority class of the run's training split when it can be read
+              "majority_baseline_from": baseline_from}
+    if external:
+        record |= {"overlap_checked": overlap.checked, "overlap": overlap.record(),
+                   "overlap_message": overlap.message(path.name)}
+    record["metrics"] = metrics
     with staged(out, overwrite=True) as tmp:  # an evaluation is derived: the newest replaces the last
-        write_json_atomic(tmp / "metrics.json", {"cache": str(path.resolve()), "external": external, "tta": tta,
-                                                 "unmapped_classes": unmapped_counts, "notes": notes,
-                                                 "features": features_record(data.features, memory_gb),
-                                                 "metrics": metrics})
+        write_json_atomic(tmp / "metrics.json", record)
         shown = data if not external else replace(data, labels=y.astype(np.int32))  # labels in the run's classes
         predictions_frame(shown, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)
+        if found:
+            _write_excluded(tmp / "excluded.csv", found)
         plot_confusion(metrics["confusion_matrix"], names, tmp / "confusion.png",
                        title=f"{'external: ' + path.stem if external else 'test split'}, {metrics['n']} images")
-    return EvalResult(out, metrics, path, external, unmapped_counts, notes)
+        write_eval_report(tmp / "report.md", config, record, run_dir.name, out.name)
+    return EvalResult(out, metrics, path, external, unmapped_counts, notes, overlap, baseline_from)
+
+
+def _write_excluded(path: Path, found: list[dict]) -> None:
+    """excluded.csv: each external image left out, why, and the training image id (same bytes) or lesion id."""
+    import pandas as pd
+
+    pd.DataFrame(found).drop(columns="row").to_csv(path, index=False)

@@ -21,6 +21,7 @@ from .dataset import DatasetIndex, Entry
 from .devices import Replicas, resolve_devices, visible_devices
 from .errors import ImageDecodeError, InputError
 from .files import sha256_file
+from .forward import check_dtype_range, entry_row, make_forward
 from .image_data import inference_batches, pad_batch
 from .precision import resolve_precision, resolve_xla
 from .tfimport import tensorflow
@@ -135,10 +136,6 @@ def _sha256(path: Path) -> tuple[str, str]:
         return "", f"cannot read file: {exc.strerror or exc}"
 
 
-def _row(entry: Entry, sha: str, size=(0, 0), has_features=True) -> dict:
-    return dict(image_id=entry.image_id, path=entry.rel_path, label=entry.label, group=entry.group,
-                sha256=sha, width=int(size[0]), height=int(size[1]), has_features=has_features)
-
 
 def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> ExtractSummary:
     """Extract bottlenecks for every image of `index` not already cached; return what happened."""
@@ -182,7 +179,7 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
             if old is not None and old["sha256"] == sha:
                 summary.already_cached += 1
                 if (old["label"], old["group"], old["path"]) != (entry.label, entry.group, entry.rel_path):
-                    updates.append(_row(entry, sha, has_features=False))
+                    updates.append(entry_row(entry, sha, has_features=False))
                 if old["views"] < n_views:
                     view_todo.setdefault(old["views"] + 1, []).append((entry, sha))
             elif sha in by_sha and old is None and n_views == 0:
@@ -222,7 +219,7 @@ def _journal_metadata(writer: CacheWriter, updates, reused, unreadable) -> None:
     """Rows that need no inference: label/group changes, and images whose bytes are cached under another id."""
     rows, feats = list(updates), [np.zeros(writer.config.num_features, np.float32)] * len(updates)
     for entry, sha, src_row in reused:
-        rows.append(_row(entry, sha))
+        rows.append(entry_row(entry, sha))
         feats.append(writer.cached_features(src_row).astype(np.float32))
     if rows or unreadable:
         writer.write_batch(rows, np.stack(feats) if feats else None, unreadable)
@@ -239,17 +236,6 @@ def _build(config: CacheConfig, opts: ExtractOptions, summary, devices: list[str
     summary.devices = list(replicas.devices)
     return model, replicas
 
-
-def make_forward(config: CacheConfig, model):
-    """(B, S, S, 3) float32 pixels 0..255 -> (B, D) float32 features: preprocessing plus the backbone, traced once
-    per batch shape and compiled with XLA when `config.xla`. Extraction and `bench` time the same function."""
-    tf = tensorflow()
-    preprocess = get_spec(config.backbone).preprocess_fn()
-
-    def forward(x):
-        return tf.cast(model(preprocess(x), training=False), tf.float32)
-
-    return tf.function(forward, jit_compile=config.xla, reduce_retracing=True)
 
 
 def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config: CacheConfig,
@@ -279,7 +265,7 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
         seeds = seeds_for([todo[done + j][1] for j in range(n)] + ["0"] * (padded - n), config.seed)
         out = np.asarray(replicas.call(infer, pad_batch(pixels, padded), seeds))[:n]  # (n, len(ks), D)
         if not done:
-            _check_dtype_range(out, config)
+            check_dtype_range(out, config)
         rows, keep, failed = [], [], []
         reasons = err.numpy()
         for j in range(n):
@@ -288,7 +274,7 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
             if reason:
                 failed.append((entry.rel_path, reason, sha))
             else:
-                rows.append(_row(entry, sha, (int(w[j]), int(h[j])), has_features=plain))
+                rows.append(entry_row(entry, sha, (int(w[j]), int(h[j])), has_features=plain))
                 keep.append(j)
         views = None
         if n_views:
@@ -311,15 +297,3 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
     if steady_images:
         summary.steady_images += steady_images
         summary.steady_seconds += time.perf_counter() - first_batch_end
-
-
-def _check_dtype_range(feats: np.ndarray, config: CacheConfig) -> None:
-    """Refuse to store features that float16 would flatten to zero (some randomly initialised backbones
-    produce ~1e-12 activations): silent information loss is worse than a clear error."""
-    if config.dtype != "float16":
-        return
-    nonzero = feats[feats != 0]
-    if nonzero.size and np.mean(nonzero.astype(np.float16) == 0) > 0.01:
-        raise InputError(
-            f"features of {config.backbone} with weights {config.weights_identity} are too small for float16 "
-            f"(largest |value| {np.abs(nonzero).max():.2g}); pass --dtype float32")

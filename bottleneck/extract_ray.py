@@ -97,7 +97,7 @@ class _Backbone:
     def __init__(self, config: CacheConfig, weights: str, batch_size: int):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         from .backbones import create_backbone
-        from .extract import make_forward
+        from .forward import make_forward
 
         model = create_backbone(config.backbone, weights, config.input_size, config.pooling, config.seed,
                                 config.precision)
@@ -124,7 +124,7 @@ def default_workers(ray) -> tuple[int, float]:
 
 def run_backbone_ray(writer, todo: list, config: CacheConfig, opts, summary) -> None:
     """The Ray counterpart of extract._run_backbone for plain vectors (no views): `todo` is [(Entry, sha256)]."""
-    from .extract import _check_dtype_range, _row
+    from .forward import check_dtype_range, entry_row
 
     with ray_session(opts.address) as (ray, start_seconds):
         summary.build_seconds = start_seconds  # what the Ray engine pays before extraction: starting or connecting
@@ -155,7 +155,7 @@ def run_backbone_ray(writer, todo: list, config: CacheConfig, opts, summary) -> 
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                 out = np.asarray(batch["features"], np.float32)  # (n, D)
                 if first_batch_end is None:
-                    _check_dtype_range(out, config)
+                    check_dtype_range(out, config)
                 rows, keep, failed = [], [], []
                 for j, (k, reason) in enumerate(zip(batch["i"], batch["error"])):
                     entry, sha = todo[int(k)]
@@ -163,7 +163,7 @@ def run_backbone_ray(writer, todo: list, config: CacheConfig, opts, summary) -> 
                     if reason:
                         failed.append((entry.rel_path, reason, sha))
                     else:
-                        rows.append(_row(entry, sha, (int(batch["width"][j]), int(batch["height"][j]))))
+                        rows.append(entry_row(entry, sha, (int(batch["width"][j]), int(batch["height"][j]))))
                         keep.append(j)
                 writer.write_batch(rows, out[keep] if keep else None, failed)
                 summary.extracted += len(rows)

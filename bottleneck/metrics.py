@@ -67,6 +67,15 @@ def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([(pred[y == k] == k).mean() for k in present]))
 
 
+TIE_RTOL = 1e-5  # a class's probabilities this close on every row are ties: their AUC ranks nothing
+
+
+def _tied(score: np.ndarray) -> bool:
+    # A head fed constant features gives every row the same probabilities (up to float noise between batch
+    # positions); an AUC of ties reads 0.5, or anything by tie order, and would pass for a result.
+    return float(np.ptp(score)) <= TIE_RTOL * float(np.abs(score).max()) if len(score) else False
+
+
 def _auc(positive: np.ndarray, score: np.ndarray) -> float | None:
     # One-vs-rest AUC is undefined without both positives and negatives; None keeps the JSON NaN-free.
     if positive.all() or not positive.any():
@@ -92,8 +101,9 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str
                     train_labels: np.ndarray | None = None) -> dict:
     """Metrics of softmax outputs `proba` (N, C) against class indices `y_true` (N,), as a JSON-ready dict.
 
-    Undefined values (AUC of a class absent from y_true, melanoma sensitivity without melanoma cases) are None,
-    never NaN. The majority baseline predicts the most frequent class of `train_labels` (of y_true when None).
+    Undefined values (AUC of a class absent from y_true or whose probabilities are all tied, with a
+    "roc_auc_note" then; melanoma sensitivity without melanoma cases) are None, never NaN. The majority
+    baseline predicts the most frequent class of `train_labels` (of y_true when None).
     """
     class_names = list(class_names)
     y, p = _check_inputs(y_true, proba, class_names)
@@ -106,7 +116,8 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str
     per_class = {n: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
                      "support": int(sup[i])} for i, n in enumerate(class_names)}
 
-    auc = {n: _auc(y == i, p[:, i]) for i, n in enumerate(class_names)}
+    tied = [n for i, n in enumerate(class_names) if _tied(p[:, i])]
+    auc = {n: None if n in tied else _auc(y == i, p[:, i]) for i, n in enumerate(class_names)}
     if c == 2:
         macro = auc[class_names[1]]  # binary: the positive class's AUC (class 0's is the same when rows sum to 1)
     else:
@@ -122,6 +133,8 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str
             "per_class": per_class,
             "roc_auc_macro": macro,
             "roc_auc_per_class": auc,
+            **({"roc_auc_note": f"AUC left out (null) for {', '.join(tied)}: the head gives every image the same "
+                                "probability of it, so there is no ranking to score"} if tied else {}),
             "confusion_matrix": confusion_matrix(y, pred, labels=labels).astype(int).tolist(),
             "majority_baseline": {"class": class_names[maj],
                                   "accuracy": float((y == maj).mean()),

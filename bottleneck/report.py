@@ -119,3 +119,38 @@ def write_finetune_report(path: Path, config: dict, metrics: dict, name: str) ->
               f"Rerun: `{' '.join(config['command'])}`", ""]
     path.write_text("\n".join(lines))
     return path
+
+
+def write_eval_report(path: Path, config: dict, record: dict, run_name: str, name: str) -> Path:
+    """report.md of `bottleneck evaluate`: which data, what was left out and why, and the results."""
+    m, external = record["metrics"], record["external"]
+    base, mel = m["majority_baseline"], m.get("melanoma") or {}
+    what = f"external cache `{record['cache']}`" if external else f"the run's test split of `{record['cache']}`"
+    lines = [f"# Evaluation `{name}` of head run `{run_name}`", "", f"- data: {what}, {m['n']} images"]
+    if external:
+        lines.append(f"- overlap with the run's training and validation data: {record['overlap_message']}"
+                     + (" (listed in `excluded.csv`)" if record["overlap"]["excluded"] else ""))
+    if record["unmapped_classes"]:
+        lines.append("- classes the run does not know (left out): "
+                     + ", ".join(f"{k} ({v} images)" for k, v in record["unmapped_classes"].items()))
+    lines += [f"- note: {n}" for n in record["notes"]]
+    baseline = ("the most frequent class of the run's training split" if record["majority_baseline_from"] == "training"
+                else "the most frequent class of the evaluated images (the training labels could not be read)")
+    lines += ["", "## Results", f"The majority-class baseline always predicts {baseline}: `{base['class']}`.", ""]
+    lines += _table(["n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
+                     "melanoma sens", "melanoma spec"],
+                    [[m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
+                      fmt(base["accuracy"]), fmt(base["balanced_accuracy"]), fmt(mel.get("sensitivity")),
+                      fmt(mel.get("specificity"))]])
+    names = config["cache"]["class_names"]
+    lines += ["", "### Class-wise results", ""]
+    lines += _table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
+                    [[n, m["per_class"][n]["support"], fmt(m["per_class"][n]["precision"]),
+                      fmt(m["per_class"][n]["recall"]), fmt(m["per_class"][n]["f1"]),
+                      fmt(m["roc_auc_per_class"].get(n))] for n in names])
+    lines += ["", "![confusion matrix](confusion.png)", "",
+              "Files: `metrics.json`, `predictions.csv` (probabilities at full precision: the metrics recompute "
+              "exactly from it)" + (", `excluded.csv`" if external and record["overlap"]["excluded"] else "")
+              + ", `confusion.png`.", ""]
+    path.write_text("\n".join(lines))
+    return path

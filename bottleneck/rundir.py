@@ -105,7 +105,10 @@ def write_history(path: Path, history: dict) -> None:
 
 
 def predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, rows: np.ndarray, class_names):
-    """predictions.csv's rows: image id, path, group, split, true and predicted class, p_<class> per class."""
+    """predictions.csv's rows: image id, path, group, split, true and predicted class, p_<class> per class.
+
+    Write it with a plain `.to_csv(path, index=False)` (no float_format): pandas then writes each probability at
+    full precision."""
     import pandas as pd
 
     labels = data.labels[rows]
@@ -114,7 +117,9 @@ def predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, row
                        "true": [class_names[i] if i >= 0 else "" for i in labels],
                        "predicted": [class_names[i] for i in proba.argmax(axis=1)]})
     for j, name in enumerate(class_names):
-        df[f"p_{name}"] = np.round(proba[:, j], 6)
+        # Unrounded (float64, written as the shortest text that reads back to the same number): the metrics of
+        # metrics.json recompute exactly from this file; 6 decimals made ties that moved the AUCs.
+        df[f"p_{name}"] = np.asarray(proba[:, j], dtype=np.float64)
     return df
 
 

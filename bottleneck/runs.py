@@ -23,6 +23,7 @@ from .feature_store import (GIB, ViewsReader, features_record, is_streamed, load
 from .heads import HeadConfig, TrainedHead, fit_head, predict_proba
 from .metrics import evaluate_splits
 from .plots import plot_confusion, plot_curves
+from .sanity import run_warnings
 from .report import write_head_report
 from .files import write_json_atomic
 from .rundir import cache_record, check_free, predictions_frame, staged, write_history
@@ -153,6 +154,10 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
     fitted = np.isin(rows, fit_rows)
     metrics["train"] = {"n": int(len(fit_rows)),
                         "accuracy": float((proba[fitted].argmax(1) == y[rows][fitted]).mean())}
+    # Degenerate features or a one-class head: said in metrics.json and warned (one `warning:` line in the CLI).
+    found = run_warnings(take(x, fit_rows), proba[split[rows] == "test"], names)
+    if found:
+        metrics["warnings"] = found
     sizes = {s: {"images": int(len(idx[s])), "groups": int(len({g for g in data.groups[idx[s]] if g})),
                  "per_class": {n: int((y[idx[s]] == c).sum()) for c, n in enumerate(names)}} for s in SPLITS}
     return HeadFit(trained, rows, fit_rows, proba, metrics, sizes)

@@ -115,6 +115,8 @@ def train_head_lines(r: RunResult) -> list[str]:
 
 def evaluate_lines(r: EvalResult) -> list[str]:
     lines = [f"note: {note}" for note in r.notes]
+    if r.overlap is not None:
+        lines.append(r.overlap.message(r.cache.name))
     if r.unmapped:
         lines.append("classes of the cache the run does not know (left out): "
                      + ", ".join(f"{k} ({v} images)" for k, v in r.unmapped.items()))

@@ -1,7 +1,9 @@
 """`bottleneck sweep`: many heads off one cache load, in one process, with one split and a leaderboard.
 
 Selection only ever looks at validation data (the val split, or K grouped folds of train+val); the
-test split is used once, by the winner, after it is retrained on train+val.
+test split is used once, by the winner, after it is retrained on train+val. Inside a CV fold, early stopping
+watches a grouped slice of the training folds (`early_stopping_slice`), never the fold being scored: a fold
+that picked its own best epoch would score itself optimistically.
 
     out/sweep.json            what the sweep is bound to (cache SHA-256, split, folds, metric)
     out/split.csv             the one split of the whole sweep
@@ -27,7 +29,7 @@ from .cache import CacheData, read_views
 from .errors import InputError
 from .feature_store import GIB, features_fit, is_streamed, load_cache_within, resolve_memory_gb, take
 from .files import sha256_file, write_json_atomic
-from .heads import HeadConfig, fit_head, parse_hidden, predict_proba
+from .heads import HeadConfig, TrainedHead, fit_head, parse_hidden, predict_proba
 from .metrics import compute_metrics, fmt
 from .rundir import write_history
 from .runs import RunOptions, fit_and_write, require_views, resolve_split, tta_proba
@@ -156,6 +158,69 @@ def make_folds(data: CacheData, split: np.ndarray, k: int, seed: int) -> np.ndar
     return folds
 
 
+EARLY_STOP_FRACTION = 0.15  # of a CV fold's training groups, per class stratum: its early-stopping slice
+
+
+def _group_keys(data: CacheData, rows: np.ndarray) -> np.ndarray:
+    return np.array([f"g:{g}" if g else f"i:{i}" for g, i in zip(data.groups[rows], data.image_ids[rows])])
+
+
+def early_stopping_slice(data: CacheData, rows: np.ndarray, seed, fraction: float = EARLY_STOP_FRACTION
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Split a CV fold's training rows into (fit, stop): `stop` watches early stopping, `fit` trains.
+
+    Grouped (a lesion is wholly in one of them) and stratified as `make_split` is: each group counts under the
+    rarest class it holds, and `fraction` of each class's groups (at least one, when it has two or more) goes to
+    `stop`; a class with a single group stays in `fit`. Deterministic: `seed` (an int or a tuple of ints, e.g.
+    (split seed, fold)) and the data decide, not the row order."""
+    rows = np.asarray(rows)
+    labels = data.labels[rows]
+    uniq, inverse = np.unique(_group_keys(data, rows), return_inverse=True)  # sorted: row order does not matter
+    n_classes = len(data.class_names)
+    rarest_first = np.lexsort((np.arange(n_classes), np.bincount(labels, minlength=n_classes)))
+    place = np.empty(n_classes, int)
+    place[rarest_first] = np.arange(n_classes)
+    rarest = np.full(len(uniq), n_classes)
+    np.minimum.at(rarest, inverse, place[labels])
+    stratum = rarest_first[rarest]  # (groups,) the rarest class each group holds
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(uniq), bool)
+    for c in np.unique(stratum):
+        gids = np.flatnonzero(stratum == c)
+        if len(gids) >= 2:
+            chosen[rng.permutation(gids)[:max(1, int(round(fraction * len(gids))))]] = True
+    if not chosen.any():
+        raise InputError(f"no class has two groups among {len(rows)} training rows of a CV fold, so no grouped "
+                         "early-stopping slice can be set aside; use fewer --folds, or --folds 0")
+    stop = chosen[inverse]
+    return rows[~stop], rows[stop]
+
+
+def cv_parts(data: CacheData, split: np.ndarray, folds: np.ndarray | None, seed: int = 0
+             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(fit, stop, scored) rows of each part a configuration is scored on.
+
+    No folds: train on train, early-stop on val and score val, as train-head does. K folds: fold f is scored;
+    the other folds minus their early-stopping slice (seeded by (seed, f)) train, and the slice stops."""
+    if folds is None:
+        val = np.flatnonzero(split == "val")
+        return [(np.flatnonzero(split == "train"), val, val)]
+    parts = []
+    for f in range(folds.max() + 1):
+        fit, stop = early_stopping_slice(data, np.flatnonzero((folds >= 0) & (folds != f)), (seed, f))
+        parts.append((fit, stop, np.flatnonzero(folds == f)))
+    return parts
+
+
+def fit_part(x, y: np.ndarray, part: tuple[np.ndarray, np.ndarray, np.ndarray], num_classes: int,
+             cfg: HeadConfig) -> tuple[TrainedHead, np.ndarray]:
+    """Train on part's fit rows, early-stop on its stop rows; (head, probabilities (n, C) of its scored rows).
+    The scored rows' labels are never read here."""
+    fit, stop, scored = part
+    trained = fit_head(take(x, fit), y[fit], take(x, stop), y[stop], num_classes, cfg)
+    return trained, predict_proba(trained.model, take(x, scored))
+
+
 @dataclass(frozen=True)
 class SweepOptions:
     out: Path | None = None  # default: runs/sweep-<cache name>
@@ -172,7 +237,9 @@ def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, n
     """Create or reopen the sweep directory; a directory made for another cache or protocol is refused."""
     identity = {"cache": str(data.path.resolve()), "cache_sha256": sha256_file(data.path), "folds": opts.folds,
                 "split_seed": opts.split.seed, "fractions": list(opts.split.fractions()),
-                "split_from": str(opts.split_from) if opts.split_from else None, "tta": opts.tta}
+                "split_from": str(opts.split_from) if opts.split_from else None, "tta": opts.tta,
+                # Folds scored before early stopping moved off the scored fold are not comparable: refused.
+                "cv_early_stopping": f"grouped {EARLY_STOP_FRACTION:g} of the training folds" if opts.folds else None}
     meta = out / "sweep.json"
     if meta.is_file():
         old = json.loads(meta.read_text())
@@ -191,30 +258,26 @@ def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, n
 
 
 def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None, cfg: HeadConfig,
-                    views: np.ndarray | None = None, tta_stream_gb: float | None = None) -> dict:
-    """Validation scores of one configuration: on the val split, or mean/std over the K folds.
+                    views: np.ndarray | None = None, tta_stream_gb: float | None = None, seed: int = 0) -> dict:
+    """Validation scores of one configuration: on the val split, or mean/std over the K folds (`cv_parts`;
+    `seed` picks each fold's early-stopping slice).
 
     TTA: with `views` loaded (N, V, D), or, when they did not fit, read from the cache `tta_stream_gb` GiB at a
     time (`tta_proba`)."""
     x, y = data.features, data.labels
-    if folds is None:
-        parts = [(np.flatnonzero(split == "train"), np.flatnonzero(split == "val"))]
-    else:
-        parts = [(np.flatnonzero((folds >= 0) & (folds != f)), np.flatnonzero(folds == f))
-                 for f in range(folds.max() + 1)]
     per_fold, history = [], None
     start = time.perf_counter()
-    for fit, held in parts:
-        trained = fit_head(take(x, fit), y[fit], take(x, held), y[held], len(data.class_names), cfg)
+    for fit, stop, held in cv_parts(data, split, folds, seed):
+        trained, proba = fit_part(x, y, (fit, stop, held), len(data.class_names), cfg)
         history = history or trained.history
-        proba = predict_proba(trained.model, take(x, held))
         if views is not None:  # TTA: mean over the plain view and every stored view
             proba = (proba + sum(predict_proba(trained.model, views[held, k]) for k in range(views.shape[1]))) \
                 / (views.shape[1] + 1)
         elif tta_stream_gb is not None:
             proba = tta_proba(trained.model, data, held, proba, tta_stream_gb)
         m = compute_metrics(y[held], proba, data.class_names, train_labels=y[fit])
-        per_fold.append({"n": m["n"], "best_epoch": trained.best_epoch,
+        per_fold.append({"n": m["n"], "n_fit": int(len(fit)), "n_early_stopping": int(len(stop)),
+                         "best_epoch": trained.best_epoch,
                          **{k: _score(m, k) for k in METRICS}})
     summary = {}
     for k in METRICS + ("best_epoch",):
@@ -265,7 +328,7 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
             results.append(json.loads(done.read_text()))
             skipped += 1
             continue
-        res = evaluate_config(data, split, folds, cfg, views, tta_stream_gb)
+        res = evaluate_config(data, split, folds, cfg, views, tta_stream_gb, seed=opts.split.seed)
         cdir.mkdir(parents=True, exist_ok=True)
         write_history(cdir / "history.csv", res.pop("history"))
         write_json_atomic(done, res)  # written last: a config is finished exactly when this file exists

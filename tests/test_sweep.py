@@ -16,7 +16,9 @@ from bottleneck.cli import app
 from bottleneck.errors import InputError
 from bottleneck.runs import resolve_split
 from bottleneck.splits import SplitSpec
-from bottleneck.sweep import SweepOptions, expand_grid, load_grid_toml, make_folds, parse_values, run_sweep
+from bottleneck.heads import HeadConfig
+from bottleneck.sweep import (SweepOptions, _bind, cv_parts, early_stopping_slice, expand_grid, fit_part,
+                              load_grid_toml, make_folds, parse_values, run_sweep)
 from conftest import feature_cache
 
 runner = CliRunner()
@@ -68,6 +70,64 @@ def test_cv_folds_keep_groups_together_and_leave_test_out(cache):
     assert (df.groupby("g")["f"].nunique() == 1).all()
     with pytest.raises(InputError, match="--folds 50: class 'bcc' has only"):
         make_folds(data, split, 50, seed=0)
+
+
+def test_each_fold_early_stops_on_a_grouped_slice_of_its_training_folds(cache):
+    data = load_cache(cache)
+    split, _ = resolve_split(data, SplitSpec(), None)
+    folds = make_folds(data, split, 3, seed=0)
+    parts = cv_parts(data, split, folds, seed=0)
+    assert len(parts) == 3
+    for f, (fit, stop, held) in enumerate(parts):
+        assert set(held) == set(np.flatnonzero(folds == f))
+        assert set(fit) | set(stop) == set(np.flatnonzero((folds >= 0) & (folds != f)))
+        assert not set(fit) & set(stop) and not set(stop) & set(held)  # the scored fold never stops training
+        assert not set(data.groups[fit]) & set(data.groups[stop])  # grouped: no lesion on both sides
+        assert set(data.labels[stop]) == {0, 1, 2}  # stratified: every class watches early stopping
+        n_groups = len(set(data.groups[stop])) / len(set(data.groups[np.r_[fit, stop]]))
+        assert 0.1 < n_groups < 0.25  # about 15% of the training folds' groups
+    again = cv_parts(data, split, folds, seed=0)
+    other = cv_parts(data, split, folds, seed=1)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(parts, again))  # deterministic from the seed
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(parts, other))
+    shuffled = np.random.default_rng(0).permutation(np.r_[parts[0][0], parts[0][1]])
+    assert set(early_stopping_slice(data, shuffled, (0, 0))[1]) == set(parts[0][1])  # not the row order
+    # Without folds: train on train, early-stop on val and score val, as train-head does.
+    (fit, stop, held), = cv_parts(data, split, None)
+    assert set(split[fit]) == {"train"} and np.array_equal(stop, held) and set(split[held]) == {"val"}
+
+
+def test_a_fold_score_does_not_depend_on_the_scored_folds_labels(cache):
+    """Train one fold twice, the second time with every label of the scored fold changed: the head (and so its
+    predictions on that fold) must be the same. Early-stopping on the scored fold, as sweeps once did, fails it."""
+    data = load_cache(cache)
+    split, _ = resolve_split(data, SplitSpec(), None)
+    folds = make_folds(data, split, 3, seed=0)
+    fit, stop, held = cv_parts(data, split, folds, seed=0)[0]
+    other = data.labels.copy()
+    other[held] = (other[held] + 1) % 3  # every scored label wrong
+    cfg = HeadConfig(hidden=(16,), epochs=6, patience=2, batch_size=32)
+    x = data.features
+    true_run, proba = fit_part(x, data.labels, (fit, stop, held), 3, cfg)
+    wrong_run, proba_wrong = fit_part(x, other, (fit, stop, held), 3, cfg)
+    assert true_run.best_epoch == wrong_run.best_epoch
+    np.testing.assert_array_equal(proba, proba_wrong)
+    # The old protocol (early stopping on the scored fold) reads those labels: its heads differ.
+    _, old = fit_part(x, data.labels, (np.r_[fit, stop], held, held), 3, cfg)
+    _, old_wrong = fit_part(x, other, (np.r_[fit, stop], held, held), 3, cfg)
+    assert not np.allclose(old, old_wrong)
+
+
+def test_a_cv_sweep_made_before_inner_early_stopping_is_refused(tmp_path, cache):
+    data = load_cache(cache)
+    out = tmp_path / "sweep"
+    _bind(out, data, SweepOptions(out=out, folds=2))
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["cv_early_stopping"] == "grouped 0.15 of the training folds"
+    del meta["cv_early_stopping"]  # as a sweep directory of the old protocol reads
+    (out / "sweep.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="another cv_early_stopping"):
+        _bind(out, data, SweepOptions(out=out, folds=2))
 
 
 def test_sweep_resumes_and_leaves_a_best_run(tmp_path, cache):

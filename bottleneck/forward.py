@@ -1,0 +1,45 @@
+"""The forward pass of extraction and what each of its batches becomes, shared by the local and the Ray engine.
+
+    make_forward: (B, S, S, 3) float32 pixels -> (B, D) float32 features (preprocessing + backbone, traced)
+    entry_row: a dataset entry and its hash -> the row dict `CacheWriter.write_batch` takes
+    check_dtype_range: refuse features that float16 storage would flush to zero
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backbones import get_spec
+from .cache import CacheConfig
+from .dataset import Entry
+from .errors import InputError
+from .tfimport import tensorflow
+
+
+def entry_row(entry: Entry, sha: str, size=(0, 0), has_features=True) -> dict:
+    return dict(image_id=entry.image_id, path=entry.rel_path, label=entry.label, group=entry.group,
+                sha256=sha, width=int(size[0]), height=int(size[1]), has_features=has_features)
+
+
+def make_forward(config: CacheConfig, model):
+    """(B, S, S, 3) float32 pixels 0..255 -> (B, D) float32 features: preprocessing plus the backbone, traced once
+    per batch shape and compiled with XLA when `config.xla`. Extraction and `bench` time the same function."""
+    tf = tensorflow()
+    preprocess = get_spec(config.backbone).preprocess_fn()
+
+    def forward(x):
+        return tf.cast(model(preprocess(x), training=False), tf.float32)
+
+    return tf.function(forward, jit_compile=config.xla, reduce_retracing=True)
+
+
+def check_dtype_range(feats: np.ndarray, config: CacheConfig) -> None:
+    """Refuse to store features that float16 would flatten to zero (some randomly initialised backbones
+    produce ~1e-12 activations): silent information loss is worse than a clear error."""
+    if config.dtype != "float16":
+        return
+    nonzero = feats[feats != 0]
+    if nonzero.size and np.mean(nonzero.astype(np.float16) == 0) > 0.01:
+        raise InputError(
+            f"features of {config.backbone} with weights {config.weights_identity} are too small for float16 "
+            f"(largest |value| {np.abs(nonzero).max():.2g}); pass --dtype float32")
