@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .cache import (SCHEMA_VERSION, STRING_DTYPE, CacheConfig, library_versions, open_cache, read_attrs, read_failed,
+from .cache import (SCHEMA_VERSION, STRING_DTYPE, CacheConfig, library_versions, open_cache, read_attrs,
                     recorded_config)
 from .cache_commit import CommittedState, apply_batches, drop_tracebacks, interrupts_deferred
 from .errors import CacheError, CacheLockedError, CacheMismatchError
@@ -128,8 +128,8 @@ class CacheWriter:
             return {}, {}
         image_ids, shas = [str(i) for i in image_ids], [str(s) for s in shas]
         with open_cache(self.path) as f:
-            n, views = int(f.attrs["n_rows"]), int(f.attrs.get("views", 0))
-            classes = json.loads(f.attrs["class_names"])
+            state = CommittedState.read(f)  # what the first commit needs, from the same open file
+            n, classes, views = state.n, list(state.classes), int(f.attrs.get("views", 0))
             keys = read_keys(f, n)
             id_keys, sha_keys = [id_key(i) for i in image_ids], [sha_key(s) for s in shas]
             by_id, by_sha = matching_rows(keys[:, 0], id_keys), matching_rows(keys[:, 1], sha_keys)
@@ -151,10 +151,10 @@ class CacheWriter:
                 if stored["sha256"][at[r]] == sha:
                     same_bytes[sha] = r
                     break
-        # What the first commit needs to know is in hand: it need not read the keys a second time.
-        failed = {p: (r, s) for p, r, s in read_failed(self.path, with_sha=True)}
-        self._state = CommittedState(n, classes, failed, keys[:, 0], {i: v["row"] for i, v in found.items()},
-                                     set(image_ids) - set(found))
+        # The first commit need not read the keys again, nor look up the ids resolved here.
+        state.id_keys, state.known, state.absent = keys[:, 0], {i: v["row"] for i, v in found.items()}, \
+            set(image_ids) - set(found)
+        self._state = state
         return found, same_bytes
 
     def existing_views(self) -> int:
