@@ -173,8 +173,9 @@ def _runs(pages: list[int]):
     yield first, prev
 
 
-def rollback(path: Path, fd: int | None = None) -> bool:
-    """Undo the unfinished commit of `path`, if its undo journal exists; True when something was rolled back.
+def rollback(path: Path, fd: int) -> bool:
+    """Undo the unfinished commit of `path` (open read/write as `fd`), if its undo journal exists; True when
+    something was rolled back.
 
     The caller holds the cache's exclusive lock (or knows no committer is alive). Safe to repeat: a rollback
     killed halfway is simply done again."""
@@ -188,28 +189,16 @@ def rollback(path: Path, fd: int | None = None) -> bool:
     magic, base_size = HEADER.unpack_from(raw)
     if magic != MAGIC:
         raise CacheError(f"{undo} is not a bottleneck undo journal; move it away to open {path}")
-    own = fd is None
-    if own:
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError as exc:
-            raise CacheError(f"cache {path} has an unfinished commit from a killed extraction and cannot be "
-                             f"rolled back ({exc.strerror}); rerun the extract command as a user who can write "
-                             "it") from None
-    try:
-        at = HEADER.size
-        while at + RECORD.size <= len(raw):
-            offset, length, crc = RECORD.unpack_from(raw, at)
-            old = raw[at + RECORD.size: at + RECORD.size + length]
-            if len(old) < length or zlib.crc32(old) != crc:
-                break  # torn last record: its overwrite never began (the record is synced first)
-            os.pwrite(fd, old, offset)
-            at += RECORD.size + length
-        os.ftruncate(fd, base_size)
-        os.fsync(fd)
-    finally:
-        if own:
-            os.close(fd)
+    at = HEADER.size
+    while at + RECORD.size <= len(raw):
+        offset, length, crc = RECORD.unpack_from(raw, at)
+        old = raw[at + RECORD.size: at + RECORD.size + length]
+        if len(old) < length or zlib.crc32(old) != crc:
+            break  # torn last record: its overwrite never began (the record is synced first)
+        os.pwrite(fd, old, offset)
+        at += RECORD.size + length
+    os.ftruncate(fd, base_size)
+    os.fsync(fd)
     undo.unlink()
     fsync_dir(undo)
     return True
