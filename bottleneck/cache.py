@@ -92,6 +92,7 @@ class CacheData:
     sizes: np.ndarray  # (N, 2) int32 width, height
     attrs: dict = field(default_factory=dict)
     views_ok: np.ndarray | None = None  # (N,) bool: row has all `n_views` stored views
+    class_map: dict | None = None  # class_map.map_classes's record when the labels were relabelled by a map
 
     @property
     def n_views(self) -> int:

@@ -6,12 +6,13 @@ bytes (SHA-256), or of a lesion the head was trained on, would flatter the resul
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .cache import CacheConfig, CacheData, load_cache
+from .class_map import STAR, ClassMap, map_classes, recorded_map, run_class_names
 from .errors import CacheMismatchError, InputError
 from .feature_store import GIB, features_record, is_streamed, load_cache_within, resolve_memory_gb, take
 from .files import sha256_file, write_json_atomic
@@ -70,14 +71,37 @@ class EvalResult:
     notes: list = field(default_factory=list)
     overlap: Overlap | None = None  # external evaluations only
     baseline_from: str = "training"  # whose majority class the baseline predicts: "training" or "evaluated"
+    class_map: dict | None = None  # the class map's record, when one (given or the run's) relabelled the cache
 
 
-def map_classes(run_classes: list[str], cache_classes: list[str]) -> tuple[np.ndarray, dict]:
-    """Index map cache class -> run class (-1 when none), by exact name, then case-insensitively."""
-    exact = {n: i for i, n in enumerate(run_classes)}
-    folded = {n.casefold(): i for i, n in enumerate(run_classes)}
-    mapping = np.array([exact.get(n, folded.get(n.casefold(), -1)) for n in cache_classes], dtype=np.int64)
-    return mapping, {n: i for n, i in zip(cache_classes, mapping) if i < 0}
+def by_name(names: list[str]) -> ClassMap:
+    """The class map of a run without one: each of its classes from the cache class of the same name (exact, then
+    case-insensitive)."""
+    return ClassMap(tuple((n, (n,)) for n in names))
+
+
+def run_task(config: dict) -> ClassMap:
+    """How a run's classes come from its own cache's: its recorded --class-map, else by name."""
+    return recorded_map(config) or by_name(run_class_names(config))
+
+
+def external_map(config: dict, data: CacheData, given: ClassMap | None) -> tuple[ClassMap, bool, str]:
+    """(map, strict, how) for an external cache: --class-map when given; by name when the cache's classes are
+    the run's; else the run's own map, but only when the cache has every class that map names (a `*` would
+    otherwise take in a class of another name, e.g. `melanoma`, silently)."""
+    names = run_class_names(config)
+    recorded = recorded_map(config)
+    if given is not None:
+        return given, True, ""
+    if recorded is None or set(data.class_names) <= set(names):
+        return by_name(names), False, ""
+    have = {n.casefold() for n in data.class_names}
+    missing = [s for _, sources in recorded.rules for s in sources if s != STAR and s.casefold() not in have]
+    if missing:
+        raise InputError(f"cache {data.path} has classes {', '.join(data.class_names)}, not those the run's class "
+                         f"map {recorded.spec!r} was made of ({', '.join(missing)} missing); map them onto the run's "
+                         f"classes ({', '.join(names)}) with --class-map, e.g. '{names[0]}=CACHECLASS,...'")
+    return recorded, False, f"classes mapped with the run's class map {recorded.spec!r}"
 
 
 def run_split(run_dir: Path, data: CacheData) -> tuple[np.ndarray, int]:
@@ -137,37 +161,36 @@ def find_overlap(train: CacheData, train_split: np.ndarray, other: CacheData,
     return overlap, found
 
 
-def _check_external(run_dir: Path, own: Path, names: list[str], data: CacheData,
+def _check_external(run_dir: Path, own: Path, names: list[str], task: ClassMap, data: CacheData,
                     rows: np.ndarray) -> tuple[Overlap, list[dict], np.ndarray | None, list[str]]:
     """(overlap, overlapping rows, training labels in the run's classes or None, notes) of an external cache."""
     if not own.is_file():
         return (Overlap(False, len(rows), reason=f"its training cache {own} no longer exists; the majority "
                         "baseline is the evaluated images' majority class"), [], None, [])
-    train = load_cache(own, features=False)  # ids, hashes, groups, labels: no features needed
+    # ids, hashes, groups and labels (in the run's classes): no features needed
+    train = map_classes(load_cache(own, features=False), task, names, strict=False, require_rows=False)
     split, gone = run_split(run_dir, train)
     overlap, found = find_overlap(train, split, data, rows)
     notes = [f"{gone} training/validation images of the run are no longer in {own.name}; they could not be "
              "checked for overlap"] if gone else []
-    mapping, _ = map_classes(names, train.class_names)
-    labels = train.labels[(split == "train") & (train.labels >= 0)]
-    y_train = mapping[labels]
-    y_train = y_train[y_train >= 0]
+    y_train = train.labels[(split == "train") & (train.labels >= 0)]
     return overlap, found, (y_train if len(y_train) else None), notes
 
 
 def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool = False,
-                 memory_gb: float | None = None) -> EvalResult:
+                 memory_gb: float | None = None, class_map: ClassMap | None = None) -> EvalResult:
     """The run's head on its own test split, or on every labeled image of another cache (external data) that the
     run did not train or validate on; written to RUN/eval-test/ or RUN/eval-<cache>/, replacing the previous
     evaluation of the same data.
 
-    memory_gb: features beyond it are streamed from the cache (None: default_memory_gb())."""
+    memory_gb: features beyond it are streamed from the cache (None: default_memory_gb()). class_map: how the
+    cache's classes become the run's (targets are the run's classes); by default the run's own map, or by name."""
     memory_gb = resolve_memory_gb(memory_gb)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run {run_dir} does not exist; pass a directory made by `bottleneck train-head`")
     config, model = load_run(run_dir)
-    names = config["cache"]["class_names"]
+    names = run_class_names(config)
     trained_on = CacheConfig(**config["cache"]["config"])
     own = Path(config["cache"]["path"])
     path = Path(cache) if cache else own
@@ -178,18 +201,20 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
                                  f"{diff.replace('(cache)', f'({path.name})').replace('(this run)', '(run)')}; "
                                  "extract that data with the run's configuration first")
     external = cache is not None and path.resolve() != own.resolve()
-    notes, unmapped_counts, overlap, found = [], {}, None, []
+    notes, overlap, found = [], None, []
     y_train = None
     if external:
-        mapping, unmapped = map_classes(names, data.class_names)
-        y = np.where(data.labels >= 0, mapping[np.maximum(data.labels, 0)], -1)
+        cmap, strict, how = external_map(config, data, class_map)
+        notes += [how] if how else []
+        data = map_classes(data, cmap, names, strict=strict, require_rows=False)
+        y = data.labels
         rows = np.flatnonzero(y >= 0)
-        unmapped_counts = {n: int((data.labels == data.class_names.index(n)).sum()) for n in unmapped}
         split = np.full(len(y), "external", dtype=object)
         if len(rows) == 0:
-            raise InputError(f"no labeled image of {path} has a class the run knows ({', '.join(names)}); "
-                             f"its classes are {', '.join(data.class_names) or 'none'}")
-        overlap, found, y_train, more = _check_external(run_dir, own, names, data, rows)
+            raise InputError(f"no labeled image of {path} has a class the run knows ({', '.join(names)}); its "
+                             f"classes are {', '.join(data.class_map['source_classes']) or 'none'}: map them with "
+                             "--class-map 'RUNCLASS=CACHECLASS,...'")
+        overlap, found, y_train, more = _check_external(run_dir, own, names, run_task(config), data, rows)
         notes += more
         if found:
             rows = np.setdiff1d(rows, [f["row"] for f in found])
@@ -200,6 +225,8 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
         if sha256_file(path) != config["cache"]["sha256"]:
             notes.append("the cache changed since the run was trained (new rows or labels); "
                          "the test split is the run's own, by image id")
+        data = map_classes(data, class_map or run_task(config), names, strict=class_map is not None,
+                           require_rows=False)
         split, _ = load_split(run_dir, data.image_ids)
         y = data.labels
         rows = np.flatnonzero((split == "test") & (y >= 0))
@@ -214,7 +241,9 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
     baseline_from = "training" if y_train is not None else "evaluated"
 
     out = run_dir / ("eval-" + (path.stem if external else "test"))
-    record = {"cache": str(path.resolve()), "external": external, "tta": tta,
+    unmapped_counts = data.class_map["dropped"]
+    shown_map = None if data.class_map["spec"] == by_name(names).spec else data.class_map  # a map, not names
+    record = {"cache": str(path.resolve()), "external": external, "tta": tta, "class_map": shown_map,
               "unmapped_classes": unmapped_counts, "notes": notes,
               "features": features_record(data.features, memory_gb),
               # the baseline predicts the majority class of the run's training split when it can be read
@@ -225,14 +254,13 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
     record["metrics"] = metrics
     with staged(out, overwrite=True) as tmp:  # an evaluation is derived: the newest replaces the last
         write_json_atomic(tmp / "metrics.json", record)
-        shown = data if not external else replace(data, labels=y.astype(np.int32))  # labels in the run's classes
-        predictions_frame(shown, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)
+        predictions_frame(data, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)
         if found:
             _write_excluded(tmp / "excluded.csv", found)
         plot_confusion(metrics["confusion_matrix"], names, tmp / "confusion.png",
                        title=f"{'external: ' + path.stem if external else 'test split'}, {metrics['n']} images")
         write_eval_report(tmp / "report.md", config, record, run_dir.name, out.name)
-    return EvalResult(out, metrics, path, external, unmapped_counts, notes, overlap, baseline_from)
+    return EvalResult(out, metrics, path, external, unmapped_counts, notes, overlap, baseline_from, shown_map)
 
 
 def _write_excluded(path: Path, found: list[dict]) -> None:

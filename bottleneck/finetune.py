@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import CacheConfig, CacheData, library_versions, load_cache
+from .class_map import ClassMap, map_classes, recorded_map, run_class_names
 from .callbacks import epoch_bar
 from .classifier import assemble_model, predict_images, rebuild_backbone, unfreeze
 from .errors import CacheMismatchError, InputError
@@ -54,6 +55,7 @@ class FineTuneOptions:
     augment: bool = True
     seed: int = 0
     progress: bool = True
+    class_map: ClassMap | None = None  # None: the head run's own (must give the head's classes when given)
 
     def validate(self) -> FineTuneOptions:
         if self.optimizer not in OPTIMIZERS:
@@ -84,6 +86,7 @@ def rerun_command(run: Path, opts: FineTuneOptions) -> list[str]:
                "--epochs", str(opts.epochs), "--patience", str(opts.patience), "--optimizer", opts.optimizer,
                "--batch-size", str(opts.batch_size), "--seed", str(opts.seed), "--precision", opts.precision,
                "--augment" if opts.augment else "--no-augment"]
+    command += ["--class-map", opts.class_map.spec] if opts.class_map else []
     return command + ["--data", str(opts.data)] * bool(opts.data) + ["--out", str(opts.out)] * bool(opts.out)
 
 
@@ -154,6 +157,9 @@ class FineTuneJob:
             raise InputError(f"image root {root} does not exist; pass --data DIR with the images the cache was "
                              "extracted from")
         data = _load_source_cache(cache_rec, run)
+        names = run_class_names(source)
+        given = opts.class_map
+        data = map_classes(data, given or recorded_map(source), names, strict=given is not None)
         split, _ = load_split(run, data.image_ids)
         rows = {s: np.flatnonzero((split == s) & (data.labels >= 0)) for s in SPLITS}
         for s in ("train", "val"):
@@ -168,7 +174,7 @@ class FineTuneJob:
 
     @property
     def class_names(self) -> list[str]:
-        return self.source["cache"]["class_names"]
+        return run_class_names(self.source)
 
     def build_model(self):
         """The compiled model: new (head + rebuilt backbone, unfrozen) or the last epoch's, when resuming."""
@@ -276,6 +282,7 @@ class FineTuneJob:
                 "source_run": {"path": state["source_run"], "head_sha256": sha256_file(self.run / "head.keras"),
                                "command": source.get("command")},
                 "cache": {**source["cache"], "root": str(opts.data or source["cache"]["root"])},
+                "class_names": self.class_names, "class_map": self.data.class_map,
                 "head": source["head"], "split": source.get("split"),
                 "options": {**options, "epochs": opts.epochs, "patience": opts.patience},
                 "unfrozen": state["unfrozen"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .class_map import describe, run_class_names
 from .metrics import fmt
 
 
@@ -14,10 +15,23 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
+def class_map_section(record: dict | None) -> list[str]:
+    """## Task: the classes a --class-map made of the cache's, with counts, and what it dropped."""
+    if not record:
+        return []
+    lines = ["## Task", f"Classes defined by `--class-map {record['spec']}` off the cache's classes "
+             f"({', '.join(record['source_classes'])}); a dropped class's images are in no split.", ""]
+    lines += _table(["class", "from the cache's", "images"],
+                    [[t, ", ".join(record["sources"].get(t, [])) or "none", f"{n:,}"]
+                     for t, n in record["counts"].items()]
+                    + [[f"(dropped) {k}", k, f"{v:,}"] for k, v in record["dropped"].items()])
+    return lines + [""]
+
+
 def write_head_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
     cache, head, split = config["cache"], config["head"], config["split"]
     cc = cache["config"]
-    names = cache["class_names"]
+    names = run_class_names(config)
     sizes = split["sizes"]
     weights = cc["weights"] if cc["weights"] in ("imagenet", "none") else f"file {cc['weights_sha256'][:12]}"
     lines = [f"# Head run `{name}`", "",
@@ -26,6 +40,7 @@ def write_head_report(path: Path, config: dict, metrics: dict, name: str) -> Pat
              f"- backbone: {cc['backbone']}, weights {weights}, {cc['input_size']} px, {cc['pooling']} pooling, "
              f"{cc['num_features']} features ({cc['dtype']})",
              f"- classes: {', '.join(names)}", ""]
+    lines += class_map_section(config.get("class_map"))
     n_groups = sum(sizes[s]["groups"] for s in sizes)
     how = (f"grouped by lesion/patient ({n_groups} groups, none in two splits)" if n_groups
            else "no group ids in the cache: each image is its own group")
@@ -106,7 +121,8 @@ def write_finetune_report(path: Path, config: dict, metrics: dict, name: str) ->
              "kept frozen (inference mode)",
              f"- {o['optimizer']} lr {o['lr']}, batch {o['batch_size']}, augment {o['augment']}, early stopping on "
              f"val loss (patience {o['patience']}): best epoch {config['best_epoch']} of {config['epochs_run']}",
-             "", "## Test split: head only against fine-tuned", "",
+             ""] + class_map_section(config.get("class_map")) + [
+             "## Test split: head only against fine-tuned", "",
              "| model | n | accuracy | balanced acc | macro AUC | melanoma sens | melanoma spec |",
              "|---|---|---|---|---|---|---|"]
     if "test" in metrics.get("head_only", {}):
@@ -130,9 +146,12 @@ def write_eval_report(path: Path, config: dict, record: dict, run_name: str, nam
     if external:
         lines.append(f"- overlap with the run's training and validation data: {record['overlap_message']}"
                      + (" (listed in `excluded.csv`)" if record["overlap"]["excluded"] else ""))
-    if record["unmapped_classes"]:
+    if record.get("class_map"):
+        lines.append(f"- class map `{record['class_map']['spec']}` (the cache's classes onto the run's): "
+                     + "; ".join(describe(record["class_map"])))
+    elif record["unmapped_classes"]:
         lines.append("- classes the run does not know (left out): "
-                     + ", ".join(f"{k} ({v} images)" for k, v in record["unmapped_classes"].items()))
+                     + ", ".join(f"{k} ({v:,} images)" for k, v in record["unmapped_classes"].items()))
     lines += [f"- note: {n}" for n in record["notes"]]
     baseline = ("the most frequent class of the run's training split" if record["majority_baseline_from"] == "training"
                 else "the most frequent class of the evaluated images (the training labels could not be read)")
@@ -142,7 +161,7 @@ def write_eval_report(path: Path, config: dict, record: dict, run_name: str, nam
                     [[m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
                       fmt(base["accuracy"]), fmt(base["balanced_accuracy"]), fmt(mel.get("sensitivity")),
                       fmt(mel.get("specificity"))]])
-    names = config["cache"]["class_names"]
+    names = run_class_names(config)
     lines += ["", "### Class-wise results", ""]
     lines += _table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
                     [[n, m["per_class"][n]["support"], fmt(m["per_class"][n]["precision"]),

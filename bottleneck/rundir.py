@@ -126,5 +126,7 @@ def predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, row
 def cache_record(data: CacheData) -> dict:
     """The cache a run was trained on, as config.json records it: enough to find, check and rebuild it."""
     return {"path": str(data.path.resolve()), "sha256": sha256_file(data.path), "config": asdict(data.config),
-            "rows": int(len(data.labels)), "class_names": data.class_names,
+            "rows": int(len(data.labels)),
+            # the cache's own classes; a run's (mapped) classes are config.json's top-level "class_names"
+            "class_names": data.class_map["source_classes"] if data.class_map else data.class_names,
             "dataset": data.attrs.get("dataset", ""), "root": data.attrs.get("root", "")}

@@ -17,6 +17,7 @@ import numpy as np
 
 from .cache import CacheData, library_versions, read_views
 from .callbacks import epoch_bar
+from .class_map import ClassMap, map_classes, recorded_map
 from .errors import InputError
 from .feature_store import (GIB, ViewsReader, features_record, is_streamed, load_cache_within, resolve_memory_gb,
                             take)
@@ -26,7 +27,7 @@ from .plots import plot_confusion, plot_curves
 from .sanity import run_warnings
 from .report import write_head_report
 from .files import write_json_atomic
-from .rundir import cache_record, check_free, predictions_frame, staged, write_history
+from .rundir import cache_record, check_free, predictions_frame, read_config, staged, write_history
 from .splits import SPLITS, SplitSpec, check_split, load_split, make_split, save_split
 from .views import view_sampler
 
@@ -45,6 +46,7 @@ class RunOptions:
     tta: bool = False  # evaluate with probabilities averaged over the stored views
     memory_gb: float | None = None  # features beyond this (GiB, float32) are streamed; None: default_memory_gb()
     views_memory_gb: float | None = None  # views beyond this are streamed; None: what memory_gb leaves them
+    class_map: ClassMap | None = None  # the task (class_map.py); None: the cache's classes, or --split-from's map
 
 
 @dataclass
@@ -55,6 +57,7 @@ class RunResult:
     best_epoch: int
     seconds: float
     extra: dict = field(default_factory=dict)
+    class_map: dict | None = None  # class_map.map_classes's record when a --class-map defined the task
 
 
 def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) -> list[str]:
@@ -69,6 +72,8 @@ def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) ->
                "--val", str(s.val), "--test", str(s.test)]
     if opts.split_from:
         command += ["--split-from", str(opts.split_from)]
+    if opts.class_map is not None:
+        command += ["--class-map", opts.class_map.spec]
     if opts.memory_gb is not None:  # the resolved budget: the rerun streams (or not) as this run did
         command += ["--memory-gb", f"{opts.memory_gb:g}"]
     return command + ["--augment"] * opts.augment + ["--tta"] * opts.tta
@@ -81,9 +86,18 @@ def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: Run
     cache = Path(cache)
     out = Path(opts.out) if opts.out else opts.runs_dir / f"{cache.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_free(out, opts.overwrite)  # before loading anything: fail fast and touch nothing
-    data = load_cache_within(cache, opts.memory_gb)
+    opts = replace(opts, class_map=task_map(opts.class_map, opts.split_from))
+    data = map_classes(load_cache_within(cache, opts.memory_gb), opts.class_map)
     split, split_info = resolve_split(data, opts.split, opts.split_from)
     return fit_and_write(data, split, split_info, head, out, opts, rerun_command(cache, out, head, opts))
+
+
+def task_map(class_map: ClassMap | None, split_from: Path | None) -> ClassMap | None:
+    """The class map of a run: the one given, else the one of the run whose split is reused (same task)."""
+    if class_map is not None or not split_from:
+        return class_map
+    config = Path(split_from) / "config.json"
+    return recorded_map(read_config(Path(split_from))) if config.is_file() else None
 
 
 def resolve_split(data: CacheData, spec: SplitSpec, split_from: Path | None) -> tuple[np.ndarray, dict]:
@@ -166,7 +180,8 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
 def head_run_config(data: CacheData, fit: HeadFit, head: HeadConfig, split_info: dict, opts: RunOptions,
                     command: list[str], final: bool = False, extra: dict | None = None) -> dict:
     """config.json of a head run: how to rerun it and everything it depended on."""
-    return {"command": list(command), "cache": cache_record(data), "head": head.to_dict(),
+    return {"command": list(command), "cache": cache_record(data), "class_names": list(data.class_names),
+            "class_map": data.class_map, "head": head.to_dict(),
             "split": {**split_info, "sizes": fit.sizes}, "trained_on": "train+val" if final else "train",
             "views": {"stored": data.n_views, "augment": opts.augment, "tta": opts.tta},
             "features": features_record(data.features, resolve_memory_gb(opts.memory_gb)),
@@ -198,7 +213,8 @@ def fit_and_write(data: CacheData, split: np.ndarray, split_info: dict, head: He
         fit = fit_on_split(data, split, head, opts, final)
         config = head_run_config(data, fit, head, split_info, opts, command, final, extra_config)
         write_head_run(tmp, data, split, fit, config, out.name)
-    return RunResult(out, fit.metrics, fit.sizes, fit.trained.best_epoch, fit.trained.seconds, split_info)
+    return RunResult(out, fit.metrics, fit.sizes, fit.trained.best_epoch, fit.trained.seconds, split_info,
+                     data.class_map)
 
 
 def metrics_copy(metrics: dict, splits) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import CacheConfig, load_cache
+from .class_map import run_class_names
 from .classifier import assemble_model, predict_images, set_precision
 from .errors import BottleneckError, ImageDecodeError, InputError
 from .files import walk_files, write_json_atomic
@@ -62,7 +63,7 @@ def load_served(model_or_run: str | Path) -> ServedModel:
         return load_served(p / "model.keras")
     config = read_config(p)
     provenance = CacheConfig(**config["cache"]["config"])
-    size, names = provenance.input_size, config["cache"]["class_names"]
+    size, names = provenance.input_size, run_class_names(config)
     if (p / "model.keras").is_file():
         return ServedModel(load_keras(p / "model.keras"), names, size, config, "finetune")
     if (p / "head.keras").is_file():
@@ -111,7 +112,7 @@ def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path 
     frame = pd.DataFrame({"path": [str(f) for f in files],
                           "predicted": [names[int(np.argmax(p))] if not e else "" for p, e in zip(proba, errors)]})
     for j, name in enumerate(names):
-        frame[f"p_{name}"] = np.round(proba[:, j], 6)
+        frame[f"p_{name}"] = np.asarray(proba[:, j], dtype=np.float64)  # unrounded, as predictions.csv
     frame["error"] = errors
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +159,7 @@ def export(run: str | Path, fmt: str = "keras", out: str | Path | None = None, d
         labels = {"class_names": served.class_names, "input_size": served.input_size,
                   "input": f"raw RGB float32 0..255, shape (batch, {served.input_size}, {served.input_size}, 3)",
                   "output": "softmax probabilities in class_names order",
+                  "class_map": served.config.get("class_map"),  # how class_names were made of the cache's
                   "preprocessing": cache["config"]["preprocessing"] + " (inside the model)",
                   "backbone": cache["config"]["backbone"], "source_run": str(run.resolve()), "format": fmt,
                   "parity": {"images": len(pixels), "worst_difference": worst, "tolerance": atol,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .class_map import describe
 from .dataset import DatasetIndex
 from .evaluate import EvalResult
 from .extract import ExtractSummary
@@ -103,9 +104,17 @@ def merge_lines(r: MergeResult) -> list[str]:
     return lines
 
 
+def class_map_lines(record: dict | None) -> list[str]:
+    """The task a --class-map defined: each target's source classes and images, and what was dropped."""
+    if not record:
+        return []
+    return [f"class map {record['spec']!r}:"] + [f"  {line}" for line in describe(record)]
+
+
 def train_head_lines(r: RunResult) -> list[str]:
     sizes = ", ".join(f"{s} {r.split_sizes[s]['images']}" for s in ("train", "val", "test"))
-    lines = [f"split: {sizes}; best epoch {r.best_epoch}, {r.seconds:.1f} s of training",
+    lines = class_map_lines(r.class_map) + [
+             f"split: {sizes}; best epoch {r.best_epoch}, {r.seconds:.1f} s of training",
              format_table({s: r.metrics[s] for s in ("val", "test")})]
     for name, m in r.metrics.get("views_comparison", {}).items():
         t = m["test"]
@@ -117,14 +126,16 @@ def evaluate_lines(r: EvalResult) -> list[str]:
     lines = [f"note: {note}" for note in r.notes]
     if r.overlap is not None:
         lines.append(r.overlap.message(r.cache.name))
-    if r.unmapped:
+    if r.class_map:
+        lines += class_map_lines(r.class_map)
+    elif r.unmapped:
         lines.append("classes of the cache the run does not know (left out): "
-                     + ", ".join(f"{k} ({v} images)" for k, v in r.unmapped.items()))
+                     + ", ".join(f"{k} ({v:,} images)" for k, v in r.unmapped.items()))
     return lines + [format_table({"external" if r.external else "test": r.metrics}), f"written: {r.out_dir}"]
 
 
 def sweep_lines(r: SweepResult, n_configs: int, folds: int, metric: str) -> list[str]:
-    lines = [f"{n_configs} configurations: {r.computed} trained, {r.skipped} already done "
+    lines = class_map_lines(r.class_map) + [f"{n_configs} configurations: {r.computed} trained, {r.skipped} already done "
              f"({'%d-fold CV on train+val' % folds if folds else 'scored on the val split'})",
              format_leaderboard(r.leaderboard, metric, top=20),
              f"leaderboard: {r.out / 'leaderboard.csv'}"]

@@ -1,9 +1,9 @@
 """`bottleneck sweep`: many heads off one cache load, in one process, with one split and a leaderboard.
 
 Selection only ever looks at validation data (the val split, or K grouped folds of train+val); the
-test split is used once, by the winner, after it is retrained on train+val. Inside a CV fold, early stopping
-watches a grouped slice of the training folds (`early_stopping_slice`), never the fold being scored: a fold
-that picked its own best epoch would score itself optimistically.
+test split is used once, by the winner, after it is retrained on train+val. Early stopping watches a grouped
+slice of the training rows (`early_stopping_slice`), never the rows being scored: a fold (or a val split) that
+picked its own best epoch would score itself optimistically.
 
     out/sweep.json            what the sweep is bound to (cache SHA-256, split, folds, metric)
     out/split.csv             the one split of the whole sweep
@@ -26,13 +26,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .cache import CacheData, read_views
+from .class_map import ClassMap, map_classes
 from .errors import InputError
 from .feature_store import GIB, features_fit, is_streamed, load_cache_within, resolve_memory_gb, take
 from .files import sha256_file, write_json_atomic
 from .heads import HeadConfig, TrainedHead, fit_head, parse_hidden, predict_proba
 from .metrics import compute_metrics, fmt
 from .rundir import write_history
-from .runs import RunOptions, fit_and_write, require_views, resolve_split, tta_proba
+from .runs import RunOptions, fit_and_write, require_views, resolve_split, task_map, tta_proba
 from .splits import SplitSpec, load_split, save_split
 
 METRICS = ("balanced_accuracy", "accuracy", "roc_auc_macro", "melanoma_sensitivity")
@@ -165,9 +166,10 @@ def _group_keys(data: CacheData, rows: np.ndarray) -> np.ndarray:
     return np.array([f"g:{g}" if g else f"i:{i}" for g, i in zip(data.groups[rows], data.image_ids[rows])])
 
 
-def early_stopping_slice(data: CacheData, rows: np.ndarray, seed, fraction: float = EARLY_STOP_FRACTION
+def early_stopping_slice(data: CacheData, rows: np.ndarray, seed, fraction: float = EARLY_STOP_FRACTION,
+                         where: str = " of a CV fold", fix: str = "use fewer --folds, or --folds 0"
                          ) -> tuple[np.ndarray, np.ndarray]:
-    """Split a CV fold's training rows into (fit, stop): `stop` watches early stopping, `fit` trains.
+    """Split a part's training rows into (fit, stop): `stop` watches early stopping, `fit` trains.
 
     Grouped (a lesion is wholly in one of them) and stratified as `make_split` is: each group counts under the
     rarest class it holds, and `fraction` of each class's groups (at least one, when it has two or more) goes to
@@ -190,8 +192,8 @@ def early_stopping_slice(data: CacheData, rows: np.ndarray, seed, fraction: floa
         if len(gids) >= 2:
             chosen[rng.permutation(gids)[:max(1, int(round(fraction * len(gids))))]] = True
     if not chosen.any():
-        raise InputError(f"no class has two groups among {len(rows)} training rows of a CV fold, so no grouped "
-                         "early-stopping slice can be set aside; use fewer --folds, or --folds 0")
+        raise InputError(f"no class has two groups among {len(rows)} training rows{where}, so no grouped "
+                         f"early-stopping slice can be set aside; {fix}")
     stop = chosen[inverse]
     return rows[~stop], rows[stop]
 
@@ -200,11 +202,13 @@ def cv_parts(data: CacheData, split: np.ndarray, folds: np.ndarray | None, seed:
              ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(fit, stop, scored) rows of each part a configuration is scored on.
 
-    No folds: train on train, early-stop on val and score val, as train-head does. K folds: fold f is scored;
-    the other folds minus their early-stopping slice (seeded by (seed, f)) train, and the slice stops."""
+    No folds: val is scored; the train split minus its early-stopping slice (seeded by (seed,)) trains. K
+    folds: fold f is scored; the other folds minus their slice (seeded by (seed, f)) train. Either way the scored
+    rows never pick the epoch, so a configuration's score is not flattered by its own stopping point."""
     if folds is None:
-        val = np.flatnonzero(split == "val")
-        return [(np.flatnonzero(split == "train"), val, val)]
+        fit, stop = early_stopping_slice(data, np.flatnonzero(split == "train"), (seed,), where=" of the train split",
+                                         fix="add images, or use `train-head`, which early-stops on val")
+        return [(fit, stop, np.flatnonzero(split == "val"))]
     parts = []
     for f in range(folds.max() + 1):
         fit, stop = early_stopping_slice(data, np.flatnonzero((folds >= 0) & (folds != f)), (seed, f))
@@ -231,6 +235,7 @@ class SweepOptions:
     progress: bool = True
     tta: bool = False  # score validation with probabilities averaged over the stored views
     memory_gb: float | None = None  # features (then views) beyond this are streamed; None: default_memory_gb()
+    class_map: ClassMap | None = None  # the task (class_map.py); None: the cache's classes, or --split-from's map
 
 
 def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, np.ndarray | None]:
@@ -238,8 +243,10 @@ def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, n
     identity = {"cache": str(data.path.resolve()), "cache_sha256": sha256_file(data.path), "folds": opts.folds,
                 "split_seed": opts.split.seed, "fractions": list(opts.split.fractions()),
                 "split_from": str(opts.split_from) if opts.split_from else None, "tta": opts.tta,
-                # Folds scored before early stopping moved off the scored fold are not comparable: refused.
-                "cv_early_stopping": f"grouped {EARLY_STOP_FRACTION:g} of the training folds" if opts.folds else None}
+                "class_map": opts.class_map.spec if opts.class_map else None,
+                # Scores from before early stopping moved off the scored rows are not comparable: refused.
+                "cv_early_stopping": f"grouped {EARLY_STOP_FRACTION:g} of the training "
+                                     + ("folds" if opts.folds else "split")}
     meta = out / "sweep.json"
     if meta.is_file():
         old = json.loads(meta.read_text())
@@ -296,6 +303,7 @@ class SweepResult:
     skipped: int
     best_dir: Path | None
     best_metrics: dict | None
+    class_map: dict | None = None  # class_map.map_classes's record when a --class-map defined the task
 
 
 def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) -> SweepResult:
@@ -308,7 +316,8 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
     if not configs:
         raise InputError("the grid is empty; give values with --lr/--dropout/... or --grid FILE.toml")
     opts = replace(opts, memory_gb=resolve_memory_gb(opts.memory_gb))
-    data = load_cache_within(cache, opts.memory_gb)  # once for the whole sweep
+    opts = replace(opts, class_map=task_map(opts.class_map, opts.split_from))
+    data = map_classes(load_cache_within(cache, opts.memory_gb), opts.class_map)  # once for the whole sweep
     out = Path(opts.out) if opts.out else Path("runs") / f"sweep-{Path(cache).stem}"
     split, folds = _bind(out, data, opts)
     views, tta_stream_gb = None, None
@@ -339,7 +348,7 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
     best_dir, best_metrics = None, None
     if board and board[0]["score"] is not None:
         best_dir, best_metrics = _final_fit(data, split, out, results, board[0]["id"], opts)
-    return SweepResult(out, board, computed, skipped, best_dir, best_metrics)
+    return SweepResult(out, board, computed, skipped, best_dir, best_metrics, data.class_map)
 
 
 def _leaderboard(results: list[dict], metric: str, out: Path) -> list[dict]:
@@ -391,7 +400,8 @@ def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions
     run_opts = RunOptions(overwrite=True, progress=opts.progress, tta=opts.tta, memory_gb=opts.memory_gb)
     r = fit_and_write(data, split, json.loads((out / "sweep.json").read_text()) | {"from": str(out)},
                       replace(cfg, epochs=epochs), best_dir, run_opts,
-                      command=["bottleneck", "sweep", str(data.path), "--out", str(out)], final=True,
+                      command=["bottleneck", "sweep", str(data.path), "--out", str(out)]
+                      + (["--class-map", opts.class_map.spec] if opts.class_map else []), final=True,
                       extra_config={"sweep_config_id": best_id, "selected_by": opts.metric,
                                     "validation": best["summary"]})
     return r.run_dir, r.metrics

@@ -9,6 +9,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -108,6 +109,20 @@ def feature_cache(path, counts=None, dim=32, images_per_group=2, seed=0, backbon
             k += 1
     with CacheWriter(path, config, {"dataset": "synthetic"}, tuple(class_names or sorted(counts))) as w:
         w.write_batch(rows, np.array(feats, dtype=np.float32))
+    return path
+
+
+def restamp(path, sha256=None, salt=None, source=None):
+    """Edit a cache in place: its rows' SHA-256s (given, or salted so that no row shares bytes with another cache)
+    and its `source` attribute."""
+    with h5py.File(path, "a") as f:
+        n = int(f.attrs["n_rows"])
+        if salt is not None:
+            sha256 = [f"{salt}{k:063x}" for k in range(n)]
+        if sha256 is not None:
+            f["sha256"][:n] = np.array(sha256, dtype=object)
+        if source is not None:
+            f.attrs["source"] = source
     return path
 
 

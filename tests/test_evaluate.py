@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from bottleneck.errors import CacheMismatchError
-from bottleneck.evaluate import evaluate_run, map_classes
+from bottleneck.class_map import resolve
+from bottleneck.evaluate import by_name, evaluate_run
 from bottleneck.heads import HeadConfig
 from bottleneck.runs import RunOptions, train_head_run
 from conftest import feature_cache, run_cli
@@ -58,9 +59,8 @@ def test_evaluate_refuses_another_backbone_and_unknown_runs(tmp_path, cache):
     assert r.exit_code == 1 and "does not exist" in r.output
 
 
-def test_map_classes_by_exact_name_then_case_insensitively():
-    mapping, unmapped = map_classes(["mel", "nv", "MEL"], ["MEL", "Nv", "vasc", "mel"])
-    assert mapping.tolist() == [2, 1, -1, 0]  # an exact match wins over a case-folded one
-    assert unmapped == {"vasc": -1}
-    mapping, unmapped = map_classes(["a"], [])
-    assert mapping.tolist() == [] and unmapped == {}
+def test_classes_map_by_exact_name_then_case_insensitively():
+    m = resolve(by_name(["mel", "nv", "MEL"]), ["MEL", "Nv", "vasc", "mel"], np.array([1, 2, 3, 4]), strict=False)
+    assert m.index.tolist() == [2, 1, -1, 0]  # an exact match wins over a case-folded one
+    assert m.record["dropped"] == {"vasc": 3} and m.record["counts"] == {"mel": 4, "nv": 2, "MEL": 1}
+    assert resolve(by_name(["a"]), [], np.zeros(0), strict=False).index.tolist() == []

@@ -15,7 +15,7 @@ import pytest
 from bottleneck.evaluate import evaluate_run
 from bottleneck.heads import HeadConfig
 from bottleneck.runs import RunOptions, train_head_run
-from conftest import feature_cache, run_cli
+from conftest import feature_cache, restamp, run_cli
 
 COUNTS = {"bcc": 30, "mel": 30, "nv": 60}  # nv is the training majority
 
@@ -28,20 +28,6 @@ def run(tmp_path_factory):
                          RunOptions(out=tmp / "run", progress=False)).run_dir
     split = pd.read_csv(out / "split.csv", dtype=str).set_index("image_id")["split"]
     return {"tmp": tmp, "cache": cache, "run": out, "split": split}
-
-
-def restamp(path, sha256=None, salt=None, source=None):
-    """Edit a cache in place: its rows' SHA-256s (given, or salted so that no row shares bytes with another cache)
-    and its `source` attribute."""
-    with h5py.File(path, "a") as f:
-        n = int(f.attrs["n_rows"])
-        if salt is not None:
-            sha256 = [f"{salt}{k:063x}" for k in range(n)]
-        if sha256 is not None:
-            f["sha256"][:n] = np.array(sha256, dtype=object)
-        if source is not None:
-            f.attrs["source"] = source
-    return path
 
 
 def ids_of(run, *splits):

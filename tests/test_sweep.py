@@ -92,9 +92,24 @@ def test_each_fold_early_stops_on_a_grouped_slice_of_its_training_folds(cache):
     assert any(not np.array_equal(a[1], b[1]) for a, b in zip(parts, other))
     shuffled = np.random.default_rng(0).permutation(np.r_[parts[0][0], parts[0][1]])
     assert set(early_stopping_slice(data, shuffled, (0, 0))[1]) == set(parts[0][1])  # not the row order
-    # Without folds: train on train, early-stop on val and score val, as train-head does.
+    # Without folds: val is scored; a grouped slice of the train split (not val) picks the epoch.
     (fit, stop, held), = cv_parts(data, split, None)
-    assert set(split[fit]) == {"train"} and np.array_equal(stop, held) and set(split[held]) == {"val"}
+    assert set(split[fit]) == set(split[stop]) == {"train"} and set(split[held]) == {"val"}
+    assert not set(fit) & set(stop) and not set(data.groups[fit]) & set(data.groups[stop])
+
+
+def test_a_val_split_score_does_not_depend_on_the_val_labels(cache):
+    """--folds 0 scores the val split: the head trained for it is the same whatever val's labels are."""
+    data = load_cache(cache)
+    split, _ = resolve_split(data, SplitSpec(), None)
+    part = cv_parts(data, split, None, seed=0)[0]
+    other = data.labels.copy()
+    other[part[2]] = (other[part[2]] + 1) % 3
+    cfg = HeadConfig(hidden=(16,), epochs=6, patience=2, batch_size=32)
+    right, proba = fit_part(data.features, data.labels, part, 3, cfg)
+    wrong, proba_wrong = fit_part(data.features, other, part, 3, cfg)
+    assert right.best_epoch == wrong.best_epoch
+    np.testing.assert_array_equal(proba, proba_wrong)
 
 
 def test_a_fold_score_does_not_depend_on_the_scored_folds_labels(cache):
@@ -124,6 +139,9 @@ def test_a_cv_sweep_made_before_inner_early_stopping_is_refused(tmp_path, cache)
     _bind(out, data, SweepOptions(out=out, folds=2))
     meta = json.loads((out / "sweep.json").read_text())
     assert meta["cv_early_stopping"] == "grouped 0.15 of the training folds"
+    _bind(tmp_path / "val", data, SweepOptions(out=tmp_path / "val", folds=0))
+    assert json.loads((tmp_path / "val" / "sweep.json").read_text())["cv_early_stopping"] == \
+        "grouped 0.15 of the training split"
     del meta["cv_early_stopping"]  # as a sweep directory of the old protocol reads
     (out / "sweep.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="another cv_early_stopping"):

@@ -9,10 +9,21 @@ import warnings
 
 import typer
 
+from ..class_map import ClassMap, parse_class_map
 from ..errors import BottleneckError, BottleneckWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Extract CNN bottlenecks once into an HDF5 cache, then train heads off it in seconds.")
+
+
+CLASS_MAP_HELP = ("The task, made of the cache's classes: 'target=src1,src2;target2=src3', '*' meaning every class "
+                  "not named elsewhere; classes named nowhere are dropped and counted. Or a .toml/.csv file of the "
+                  "same. E.g. 'mel=mel;other=*' (melanoma vs rest).")
+
+
+def class_map_arg(value: str | None) -> ClassMap | None:
+    """--class-map SPEC|FILE, parsed (None when not given)."""
+    return parse_class_map(value) if value else None
 
 
 def fail(message: str) -> None:

@@ -14,7 +14,7 @@ from ..runs import RunOptions, train_head_run
 from ..splits import SplitSpec
 from ..summaries import evaluate_lines, sweep_lines, train_head_lines
 from ..sweep import GRID_KEYS, SweepOptions, expand_grid, grid_from_options, run_sweep
-from .app import app, echo_lines, handle_errors
+from .app import CLASS_MAP_HELP, app, class_map_arg, echo_lines, handle_errors
 
 MEMORY_HELP = ("Memory for the cache's features, in GiB (2^30 bytes) as float32: larger ones are streamed from the "
                "cache in chunk order (slower, same results within training noise). Default: a quarter of this "
@@ -43,6 +43,8 @@ def train_head_command(
     split_from: Optional[Path] = typer.Option(None, help="Reuse the split of an earlier run directory."),
     augment: bool = typer.Option(False, help="Train on stored augmented views (needs extract --views)."),
     tta: bool = typer.Option(False, help="Average predictions over stored views (needs extract --views)."),
+    class_map: Optional[str] = typer.Option(None, help=CLASS_MAP_HELP + " Default: the cache's classes, or the "
+                                            "class map of the --split-from run."),
     memory_gb: Optional[float] = typer.Option(None, help=MEMORY_HELP, show_default=False),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -55,7 +57,8 @@ def train_head_command(
                       decay_rate=decay_rate, decay_steps=decay_steps, batch_size=batch_size, epochs=epochs,
                       patience=patience, class_weight=class_weight, standardize=standardize, seed=seed)
     opts = RunOptions(out=out, split=SplitSpec.held_out(val, test, seed), split_from=split_from, overwrite=overwrite,
-                      progress=not quiet, augment=augment, tta=tta, memory_gb=memory_gb)
+                      progress=not quiet, augment=augment, tta=tta, memory_gb=memory_gb,
+                      class_map=class_map_arg(class_map))
     echo_lines(train_head_lines(train_head_run(cache, head, opts)))
 
 
@@ -64,14 +67,19 @@ def train_head_command(
 def evaluate_command(
     run: Path = typer.Argument(..., help="A run directory made by train-head."),
     cache: Optional[Path] = typer.Option(None, help="Another cache of the same backbone configuration."),
+    class_map: Optional[str] = typer.Option(None, help="How the cache's classes become the run's: "
+                                            "'RUNCLASS=CACHECLASS1,CACHECLASS2;...' ('*': every other class; classes "
+                                            "named nowhere are left out and counted), or a .toml/.csv file. Default: "
+                                            "the run's own class map, or classes of the same name."),
     tta: bool = typer.Option(False, help="Average predictions over the cache's stored views."),
     memory_gb: Optional[float] = typer.Option(None, help=MEMORY_HELP, show_default=False),
 ):
     """Evaluate a run's head on its own test split, or on another (external) cache.
 
-    Example: bottleneck evaluate runs/baseline --cache cache/isic2019-inception_v3-imagenet-299-avg.h5
+    Example: bottleneck evaluate runs/baseline --cache cache/ph2.h5 --class-map "mel=melanoma;nv=common_nevus"
     """
-    echo_lines(evaluate_lines(evaluate_run(run, cache, tta=tta, memory_gb=memory_gb)))
+    echo_lines(evaluate_lines(evaluate_run(run, cache, tta=tta, memory_gb=memory_gb,
+                                           class_map=class_map_arg(class_map))))
 
 
 @app.command("sweep")
@@ -98,6 +106,8 @@ def sweep_command(
     split_seed: int = typer.Option(0, help="Seed of the sweep's split and folds."),
     val: float = typer.Option(0.15, help="Validation fraction."),
     test: float = typer.Option(0.15, help="Test fraction."),
+    class_map: Optional[str] = typer.Option(None, help=CLASS_MAP_HELP + " Default: the cache's classes, or the "
+                                            "class map of the --split-from run."),
     tta: bool = typer.Option(False, help="Score with predictions averaged over the cache's stored views."),
     memory_gb: Optional[float] = typer.Option(None, help=MEMORY_HELP, show_default=False),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -111,5 +121,6 @@ def sweep_command(
               "decay_steps": decay_steps, "batch_size": batch_size, "class_weight": class_weight, "seed": seed}
     configs = expand_grid(grid_from_options(grid, listed, hidden, {"epochs": epochs, "patience": patience}))
     opts = SweepOptions(out=out, folds=folds, metric=metric, split=SplitSpec.held_out(val, test, split_seed),
-                        split_from=split_from, progress=not quiet, tta=tta, memory_gb=memory_gb)
+                        split_from=split_from, progress=not quiet, tta=tta, memory_gb=memory_gb,
+                        class_map=class_map_arg(class_map))
     echo_lines(sweep_lines(run_sweep(cache, configs, opts), len(configs), folds, metric))

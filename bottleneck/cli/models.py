@@ -10,7 +10,7 @@ import typer
 from ..finetune import FineTuneOptions, fine_tune, parse_unfreeze
 from ..serve import export, predict
 from ..summaries import export_lines, fine_tune_lines, predict_lines
-from .app import app, echo_lines, handle_errors
+from .app import app, class_map_arg, echo_lines, handle_errors
 
 PRECISION_HELP = ("Backbone compute precision: auto (the fastest native here: bfloat16 on CPUs with AVX512-BF16/AMX, "
                   "float16 on GPUs, else float32), float32, bfloat16 or float16.")
@@ -32,6 +32,9 @@ def fine_tune_command(
     out: Optional[Path] = typer.Option(None, help="Run directory (default: RUN-finetune next to RUN)."),
     resume: bool = typer.Option(False, help="Continue an interrupted fine-tune into the same --out."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    class_map: Optional[str] = typer.Option(None, help="Class map from the cache's classes to the head's "
+                                            "('target=src1,src2;...', '*', or a .toml/.csv file); default: the run's "
+                                            "own. Its targets must be the head's classes."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -41,7 +44,8 @@ def fine_tune_command(
     """
     opts = FineTuneOptions(data=data, unfreeze=parse_unfreeze(unfreeze), lr=lr, epochs=epochs, patience=patience,
                            optimizer=optimizer, batch_size=batch_size, out=out, resume=resume, overwrite=overwrite,
-                           precision=precision, augment=augment, seed=seed, progress=not quiet)
+                           precision=precision, augment=augment, seed=seed, progress=not quiet,
+                           class_map=class_map_arg(class_map))
     echo_lines(fine_tune_lines(fine_tune(run, opts)))
 
 
