@@ -58,6 +58,7 @@ NOT_REGULAR = "not a regular file (a FIFO, socket or device would block or fail 
 class Walk:
     """What `scan_folder` found under a root: paths are the root as given joined to the names walked."""
     files: tuple[Path, ...]  # every file once, in walk order
+    reals: tuple[str, ...]  # ... and each one's real path (links resolved), in the same order
     folders: tuple[Path, ...]  # every folder walked (links to folders included), the root left out
     skipped: tuple[tuple[Path, str], ...]  # (path, reason): links not followed, special files, unreadable folders
 
@@ -81,13 +82,14 @@ def scan_folder(root: str | os.PathLike, follow_symlinks: bool = False) -> Walk:
     try:
         boundary = Path(os.path.realpath(root, strict=True))
     except OSError:
-        return Walk((), (), ())
+        return Walk((), (), (), ())
     if not boundary.is_dir():
-        return Walk((), (), ())
+        return Walk((), (), (), ())
     walker = _Walker(root, boundary, follow_symlinks)
     walker.run()
     rel = lambda p: p.relative_to(root).parts  # noqa: E731
-    return Walk(tuple(sorted(walker.files.values(), key=lambda p: _walk_key(rel(p)))),
+    files = sorted(walker.files.items(), key=lambda item: _walk_key(rel(item[1])))
+    return Walk(tuple(p for _, p in files), tuple(r for r, _ in files),
                 tuple(p for p in walker.folders.values() if p != root),
                 tuple(sorted(walker.skipped, key=lambda s: _walk_key(rel(s[0])))))
 
