@@ -177,8 +177,12 @@ def _read_csv(path: Path):
     try:
         # utf-8-sig strips a BOM; dtype=str and no NA parsing keep ids like "NA" or "00123" as written.
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
-    except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
-        raise InputError(f"cannot read metadata CSV {path}: {exc}") from None
+    except UnicodeDecodeError as exc:  # guessing another encoding could misread ids silently: say what to do
+        raise InputError(f"metadata CSV {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start}); save it as UTF-8, e.g. 'CSV UTF-8' in Excel") from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        # pandas' tokenizer messages end in a newline: one line, as every error is
+        raise InputError(f"cannot read metadata CSV {path}: {' '.join(str(exc).split())}") from None
     df.columns = [str(c).strip() for c in df.columns]
     if df.empty:
         raise InputError(f"metadata CSV {path} has no rows")
