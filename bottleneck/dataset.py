@@ -292,7 +292,8 @@ class _ImageFinder:
     def _check_inside(self, image_id: str, csv: Path, real: str) -> None:
         if not self.follow and not Path(real).is_relative_to(self.root):
             raise InputError(f"image id {image_id!r} in {csv} leads through a symlink to {real}, outside the image "
-                             f"folder {self.root}; pass --follow-symlinks to allow it, or copy the image into the folder")
+                             f"folder {self.root}; pass --follow-symlinks to allow it, or copy the image into the "
+                             "folder")
 
 
 def select_shard(index: DatasetIndex, shard: str) -> DatasetIndex:
