@@ -7,12 +7,13 @@ reads its labels and groups from the cache, not from here.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import InputError
-from .files import is_hidden, walk_files
+from .files import Walk, scan_folder
 from .images import IMAGE_EXTENSIONS, sniff_format
 
 ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
@@ -38,6 +39,9 @@ class DatasetIndex:
     rows_without_image: tuple[str, ...] = ()  # CSV ids with no image file
     images_without_row: tuple[str, ...] = ()  # image files (relative) no CSV row names
     ignored_files: tuple[str, ...] = field(default=())  # files outside class folders
+    # (relative path, reason) of what the walk did not follow or read: symlinks that leave the image folder
+    # (without --follow-symlinks), loop or are broken, links to what is already indexed, FIFOs and devices
+    skipped_paths: tuple[tuple[str, str], ...] = ()
     shard: str = ""  # "I/N" when `select_shard` kept one shard; "" for the whole index
     whole_fingerprint: str = ""  # a sharded index's `index_fingerprint` of the whole index it came from
     whole_images: int = 0  # ... and how many images that whole index had
@@ -76,8 +80,12 @@ def _safe_name(text: str) -> str:
 
 
 def build_index(data: str | Path, metadata: str | Path | None = None, id_column: str | None = None,
-                label_column: str | None = None, group_column: str | None = None) -> DatasetIndex:
-    """Index `data`: class folders (`DATA/<class>/*`), or an image folder plus a metadata CSV."""
+                label_column: str | None = None, group_column: str | None = None,
+                follow_symlinks: bool = False) -> DatasetIndex:
+    """Index `data`: class folders (`DATA/<class>/*`), or an image folder plus a metadata CSV.
+
+    A symlink is followed only when its target lies inside `data` (`follow_symlinks`: wherever it leads, loops
+    still cut); each real file is indexed once, and what was skipped is in `skipped_paths` with the reason."""
     root = Path(data).expanduser()
     if not root.exists():
         raise InputError(f"data folder {root} does not exist; pass the folder that holds your images")
@@ -90,8 +98,9 @@ def build_index(data: str | Path, metadata: str | Path | None = None, id_column:
     if metadata is None:
         metadata = _find_known_csv(root)
     if metadata is not None:
-        return _index_from_csv(root, Path(metadata).expanduser(), id_column, label_column, group_column)
-    return _index_from_folders(root)
+        return _index_from_csv(root, Path(metadata).expanduser(), id_column, label_column, group_column,
+                               follow_symlinks)
+    return _index_from_folders(root, follow_symlinks)
 
 
 def _find_known_csv(root: Path) -> Path | None:
@@ -108,19 +117,21 @@ def _find_known_csv(root: Path) -> Path | None:
     return None
 
 
-def _index_from_folders(root: Path) -> DatasetIndex:
-    children = [p for p in sorted(root.iterdir()) if not is_hidden(p.name)]
-    if not children:
+def _index_from_folders(root: Path, follow_symlinks: bool) -> DatasetIndex:
+    walk = scan_folder(root, follow_symlinks)
+    skipped = _relative_skipped(walk, root)
+    if not (walk.files or walk.folders or skipped):
         raise InputError(f"data folder {root} is empty; expected class subfolders ({root}/<class>/*.jpg) "
                          "or an image folder with --metadata CSV")
-    class_dirs = [p for p in children if p.is_dir()]
-    top_files = [p for p in children if p.is_file()]
-    entries: list[Entry] = []
-    if class_dirs:
-        for cdir in class_dirs:
-            for path in walk_files(cdir):
-                rel = path.relative_to(root).as_posix()
-                entries.append(Entry(rel, path, rel, cdir.name))
+    # class folders are the top-level folders walked: real ones and links to folders the walk followed
+    has_classes = any(len(p.relative_to(root).parts) == 1 for p in walk.folders)
+    top_files = [p for p in walk.files if len(p.relative_to(root).parts) == 1]
+    if has_classes:
+        entries = []
+        for path in walk.files:
+            rel = path.relative_to(root)
+            if len(rel.parts) > 1:
+                entries.append(Entry(rel.as_posix(), path, rel.as_posix(), rel.parts[0]))
         ignored = tuple(p.name for p in top_files)
         source = "folders"
     else:  # a flat folder of images: unlabeled (e.g. an external set to predict on)
@@ -129,9 +140,21 @@ def _index_from_folders(root: Path) -> DatasetIndex:
         source = "unlabeled"
     if not any(_looks_like_image(e.path) for e in entries):
         raise InputError(f"no images found in {root}: expected class subfolders with image files "
-                         "(JPEG, PNG, BMP, ...) or --metadata CSV")
+                         f"(JPEG, PNG, BMP, ...) or --metadata CSV{_skipped_hint(skipped)}")
     classes = tuple(sorted({e.label for e in entries if e.label is not None}))
-    return DatasetIndex(root, _safe_name(root.name), source, tuple(entries), classes, ignored_files=ignored)
+    return DatasetIndex(root, _safe_name(root.name), source, tuple(entries), classes, ignored_files=ignored,
+                        skipped_paths=skipped)
+
+
+def _relative_skipped(walk: Walk, root: Path) -> tuple[tuple[str, str], ...]:
+    return tuple((p.relative_to(root).as_posix(), reason) for p, reason in walk.skipped)
+
+
+def _skipped_hint(skipped) -> str:
+    if not skipped:
+        return ""
+    rel, reason = skipped[0]
+    return f" ({len(skipped)} skipped, e.g. {rel}: {reason})"
 
 
 def _detect_format(columns: set[str]) -> tuple[str, dict]:
@@ -154,15 +177,20 @@ def _read_csv(path: Path):
     try:
         # utf-8-sig strips a BOM; dtype=str and no NA parsing keep ids like "NA" or "00123" as written.
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
-    except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
-        raise InputError(f"cannot read metadata CSV {path}: {exc}") from None
+    except UnicodeDecodeError as exc:  # guessing another encoding could misread ids silently: say what to do
+        raise InputError(f"metadata CSV {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start}); save it as UTF-8, e.g. 'CSV UTF-8' in Excel") from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        # pandas' tokenizer messages end in a newline: one line, as every error is
+        raise InputError(f"cannot read metadata CSV {path}: {' '.join(str(exc).split())}") from None
     df.columns = [str(c).strip() for c in df.columns]
     if df.empty:
         raise InputError(f"metadata CSV {path} has no rows")
     return df.apply(lambda col: col.str.strip())
 
 
-def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column) -> DatasetIndex:
+def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column,
+                    follow_symlinks: bool) -> DatasetIndex:
     df = _read_csv(csv)
     columns = set(df.columns)
     source, cols = _detect_format(columns)
@@ -194,55 +222,78 @@ def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column
         labels = [None] * len(df)
     groups = list(df[grp_col]) if grp_col is not None else [""] * len(df)
 
-    finder = _ImageFinder(root)
-    entries, missing = [], []
+    finder = _ImageFinder(root, follow_symlinks)
+    entries, missing, named = [], [], {}  # named: real path -> the first id that named it
     for image_id, label, group in zip(ids, labels, groups):
-        path = finder.find(image_id, csv)
-        if path is None:
+        found = finder.find(image_id, csv)
+        if found is None:
             missing.append(image_id)
             continue
+        path, real = found
+        if real in named:  # two ids, one file: its features would be stored twice, maybe under two labels
+            raise InputError(f"image ids {named[real]!r} and {image_id!r} in {csv} name the same file "
+                             f"{path.relative_to(root).as_posix()}; each row must name a different image")
+        named[real] = image_id
         entries.append(Entry(image_id, path, path.relative_to(root).as_posix(), label, group))
     if not entries:
         raise InputError(f"none of the {len(df)} ids in {csv} (column {id_col!r}) matches an image file under "
-                         f"{root}; check the image folder and --id-column")
-    used = {e.path for e in entries}
-    unlisted = tuple(p.relative_to(root).as_posix() for p in finder.images if p not in used)
+                         f"{root}; check the image folder and --id-column{_skipped_hint(finder.skipped)}")
+    unlisted = tuple(p.relative_to(root).as_posix() for p, r in zip(finder.images, finder.reals) if r not in named)
     classes = tuple(sorted({e.label for e in entries if e.label is not None}))
     return DatasetIndex(root, _safe_name(root.name), source, tuple(entries), classes, csv.resolve(),
-                        tuple(missing), unlisted)
+                        tuple(missing), unlisted, skipped_paths=finder.skipped)
 
 
 class _ImageFinder:
-    """Find the file a CSV id names: a relative path, a file name, or a file stem, searched recursively."""
+    """Find the file a CSV id names: a relative path, a file name, or a file stem, searched recursively.
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.images = [p for p in walk_files(root) if p.suffix.lower() in IMAGE_EXTENSIONS or not p.suffix]
+    Every id obeys the walk's rule: a file whose real path leaves the root (through a symlink) is refused
+    unless `follow_symlinks`, and a file reached through links is the one file the walk indexed."""
+
+    def __init__(self, root: Path, follow_symlinks: bool):
+        self.root, self.follow = root, follow_symlinks
+        walk = scan_folder(root, follow_symlinks)
+        self.skipped = _relative_skipped(walk, root)
+        keep = [(p, r) for p, r in zip(walk.files, walk.reals) if p.suffix.lower() in IMAGE_EXTENSIONS or not p.suffix]
+        self.images = [p for p, _ in keep]
+        self.reals = [r for _, r in keep]
+        self.by_real = dict(zip(self.reals, self.images))
+        self.real_of = dict(zip(self.images, self.reals))
         self.by_name: dict[str, list[Path]] = {}
         self.by_stem: dict[str, list[Path]] = {}
         for p in self.images:
             self.by_name.setdefault(p.name, []).append(p)
             self.by_stem.setdefault(p.stem, []).append(p)
 
-    def find(self, image_id: str, csv: Path) -> Path | None:
+    def find(self, image_id: str, csv: Path) -> tuple[Path, str] | None:
+        """(path under the root, real path) of the file `image_id` names, or None when there is none."""
         parts = re.split(r"[\\/]", image_id)
         if ".." in parts or image_id.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", image_id):
             raise InputError(f"image id {image_id!r} in {csv} points outside the image folder {self.root}; "
                              "ids must be file names or paths inside it")
         if len(parts) > 1:
-            candidate = (self.root / image_id).resolve()
-            if not candidate.is_relative_to(self.root):
-                raise InputError(f"image id {image_id!r} in {csv} points outside the image folder {self.root}")
-            if candidate.is_file():
-                return candidate
-            matches = [p for p in self.by_stem.get(Path(image_id).name, []) if p.parent == candidate.parent]
+            named = self.root.joinpath(*parts)
+            real = os.path.realpath(named)
+            self._check_inside(image_id, csv, real)
+            if real in self.by_real:
+                return self.by_real[real], real
+            if os.path.isfile(real):  # a file the walk left out (a hidden folder, another extension): named, so used
+                return (Path(real) if Path(real).is_relative_to(self.root) else named), real
+            folder = os.path.dirname(real)
+            matches = [p for p in self.by_stem.get(named.name, []) if os.path.dirname(self.real_of[p]) == folder]
         else:
             matches = self.by_name.get(image_id) or self.by_stem.get(image_id, [])
         if len(matches) > 1:
             shown = ", ".join(p.relative_to(self.root).as_posix() for p in matches[:3])
             raise InputError(f"image id {image_id!r} in {csv} matches {len(matches)} files ({shown}); "
                              "make ids unique or use relative paths as ids")
-        return matches[0] if matches else None
+        return (matches[0], self.real_of[matches[0]]) if matches else None
+
+    def _check_inside(self, image_id: str, csv: Path, real: str) -> None:
+        if not self.follow and not Path(real).is_relative_to(self.root):
+            raise InputError(f"image id {image_id!r} in {csv} leads through a symlink to {real}, outside the image "
+                             f"folder {self.root}; pass --follow-symlinks to allow it, or copy the image into the "
+                             "folder")
 
 
 def select_shard(index: DatasetIndex, shard: str) -> DatasetIndex:

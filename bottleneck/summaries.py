@@ -48,6 +48,10 @@ def extract_lines(s: ExtractSummary, index: DatasetIndex) -> list[str]:
     if s.images_without_row:
         lines.append(f"images with no metadata row: {s.images_without_row} "
                      f"(e.g. {', '.join(index.images_without_row[:3])})")
+    if index.skipped_paths:
+        lines.append(f"skipped while indexing: {len(index.skipped_paths)} (symlinks not followed, special files)")
+        lines += [f"  skipped: {path}: {reason}" for path, reason in index.skipped_paths[:10]]
+        lines += _more(list(index.skipped_paths), 10, "")
     lines += [f"  failed: {path}: {reason}" for path, reason in s.failed[:10]]
     return lines + _more(s.failed, 10, f" (bottleneck info {s.cache})")
 

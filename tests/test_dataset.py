@@ -121,3 +121,85 @@ def test_shards_partition_the_index(class_tree):
     assert [e.image_id for e in select_shard(idx, "1/3").entries] == [e.image_id for e in parts[1].entries]
     with pytest.raises(InputError, match="--shard"):
         select_shard(idx, "3/3")
+
+
+@pytest.fixture
+def linked_classes(tmp_path):
+    """The hostile tree: a/ and b/ with 3 images each, a/loop -> .. (the root), a/alias -> ../b, a/out.jpg -> a
+    file outside the root, b/ext -> a folder outside it."""
+    root = tmp_path / "data"
+    for k, cls in enumerate("ab"):
+        for i in range(3):
+            write_image(root / cls / f"x{i}.jpg", seed=10 * k + i)
+    write_image(tmp_path / "outside.jpg", seed=50)
+    write_image(tmp_path / "ext" / "o.jpg", seed=51)
+    (root / "a" / "loop").symlink_to("..")
+    (root / "a" / "alias").symlink_to("../b")
+    (root / "a" / "out.jpg").symlink_to(tmp_path / "outside.jpg")
+    (root / "b" / "ext").symlink_to(tmp_path / "ext")
+    return root
+
+
+def test_class_folders_index_each_real_image_once_and_list_the_links_skipped(linked_classes):
+    idx = build_index(linked_classes)
+    assert [(e.image_id, e.label) for e in idx.entries] == [(f"{c}/x{i}.jpg", c) for c in "ab" for i in range(3)]
+    assert all(e.path == linked_classes / e.rel_path for e in idx.entries)
+    assert dict(idx.skipped_paths) == {
+        "a/alias": "symlink to a folder already indexed as b",
+        "a/loop": "symlink loop (it leads back into a folder above it)",
+        "a/out.jpg": "symlink leaves the image folder (pass --follow-symlinks to follow it)",
+        "b/ext": "symlink leaves the image folder (pass --follow-symlinks to follow it)"}
+
+    follow = build_index(linked_classes, follow_symlinks=True)
+    assert [(e.image_id, e.label) for e in follow.entries if e not in idx.entries] == [("a/out.jpg", "a"),
+                                                                                        ("b/ext/o.jpg", "b")]
+    assert len(follow.entries) == 8 and dict(follow.skipped_paths).keys() == {"a/alias", "a/loop"}
+
+
+def test_a_class_folder_that_is_a_link_follows_the_same_rule(tmp_path):
+    write_image(tmp_path / "elsewhere" / "m.jpg", seed=1)
+    write_image(tmp_path / "data" / "b" / "x.jpg", seed=2)
+    (tmp_path / "data" / "mel").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "data" / "alias").symlink_to("b")
+    idx = build_index(tmp_path / "data")
+    assert [e.image_id for e in idx.entries] == ["b/x.jpg"] and idx.class_names == ("b",)
+    assert [e.image_id for e in build_index(tmp_path / "data", follow_symlinks=True).entries] == ["b/x.jpg",
+                                                                                                 "mel/m.jpg"]
+    (tmp_path / "data" / "b" / "x.jpg").unlink()
+    with pytest.raises(InputError, match=r"no images found .*\(2 skipped, e\.g\. alias: symlink to a folder"):
+        build_index(tmp_path / "data")
+
+
+def csv_index(root, csv_path, text, **kw):
+    csv_path.write_text(text)
+    return build_index(root, csv_path, id_column="id", label_column="label", **kw)
+
+
+def test_csv_ids_obey_the_symlink_rule_bare_or_with_folders(linked_classes, tmp_path):
+    csv = tmp_path / "m.csv"
+    # a bare id only finds what the walk indexed: o.jpg lies behind b/ext, a link out of the root
+    idx = csv_index(linked_classes, csv, "id,label\na/x0,mel\no.jpg,nv\n")
+    assert [e.rel_path for e in idx.entries] == ["a/x0.jpg"]
+    assert idx.rows_without_image == ("o.jpg",) and "b/ext" in dict(idx.skipped_paths)
+    with pytest.raises(InputError, match=r"image id 'b/ext/o.jpg' in .*m\.csv leads through a symlink to .*"
+                                         r"outside the image folder .*; pass --follow-symlinks"):
+        csv_index(linked_classes, csv, "id,label\nb/ext/o.jpg,nv\n")
+    with pytest.raises(InputError, match="'b/ext/o' in .* leads through a symlink"):  # a stem in a linked folder
+        csv_index(linked_classes, csv, "id,label\na/x0,mel\nb/ext/o,nv\n")
+    # a stem whose file is itself a link out of the root: like a bare id, only what the walk indexed is found
+    assert csv_index(linked_classes, csv, "id,label\na/x0,mel\na/out,nv\n").rows_without_image == ("a/out",)
+    follow = csv_index(linked_classes, csv, "id,label\nb/ext/o.jpg,nv\na/out.jpg,mel\n", follow_symlinks=True)
+    assert [(e.image_id, e.rel_path) for e in follow.entries] == [("b/ext/o.jpg", "b/ext/o.jpg"),
+                                                                  ("a/out.jpg", "a/out.jpg")]
+    assert follow.entries[0].path.resolve() == (tmp_path / "ext" / "o.jpg")
+
+
+def test_csv_ids_through_links_inside_the_root_find_the_one_indexed_file(linked_classes, tmp_path):
+    csv = tmp_path / "m.csv"
+    idx = csv_index(linked_classes, csv, "id,label\na/alias/x1.jpg,nv\na/loop/a/x2,mel\n")
+    assert [(e.image_id, e.rel_path) for e in idx.entries] == [("a/alias/x1.jpg", "b/x1.jpg"),
+                                                               ("a/loop/a/x2", "a/x2.jpg")]
+    assert "b/x0.jpg" in idx.images_without_row and "b/x1.jpg" not in idx.images_without_row
+    with pytest.raises(InputError, match=r"image ids 'b/x1.jpg' and 'a/alias/x1' in .*m\.csv name the same file "
+                                         r"b/x1.jpg; each row must name a different image"):
+        csv_index(linked_classes, csv, "id,label\nb/x1.jpg,nv\na/alias/x1,mel\n")

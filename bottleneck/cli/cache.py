@@ -23,6 +23,8 @@ def extract_command(
     id_column: Optional[str] = typer.Option(None, help="CSV column with image ids (file names or stems)."),
     label_column: Optional[str] = typer.Option(None, help="CSV column with class labels."),
     group_column: Optional[str] = typer.Option(None, help="CSV column with lesion/patient ids for grouped splits."),
+    follow_symlinks: bool = typer.Option(False, help="Follow symlinks that lead outside the image folder too (by "
+                                         "default only links into it are followed; loops are cut either way)."),
     backbone: str = typer.Option("inception_v3", help="Backbone name; see `bottleneck backbones`."),
     weights: str = typer.Option("imagenet", help="imagenet | none (seeded random init) | PATH to a weights file."),
     image_size: Optional[int] = typer.Option(None, help="Input side in pixels (default: the backbone's own)."),
@@ -54,7 +56,7 @@ def extract_command(
     Example: bottleneck extract data/HAM10000 --backbone inception_v3 --weights imagenet
     """
     check_engine(engine, views, workers)
-    index = build_index(data, metadata, id_column, label_column, group_column)
+    index = build_index(data, metadata, id_column, label_column, group_column, follow_symlinks)
     if shard:
         index = select_shard(index, shard)
     opts = ExtractOptions(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
