@@ -72,12 +72,12 @@ def load_served(model_or_run: str | Path) -> ServedModel:
 
 
 def collect_files(inputs: list[str | Path]) -> list[Path]:
-    """Files given, plus every non-hidden file under folders given (recursively): non-images are listed as
-    failures by the decoder rather than silently passed over."""
+    """Files given, plus every non-hidden file under folders given (recursively; symlinks followed, each file
+    once, loops cut): non-images are listed as failures by the decoder rather than silently passed over."""
     files: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            files.extend(walk_files(item))
+        if item.is_dir():  # links followed wherever they lead (the folder is the user's choice, not an index root)
+            files.extend(walk_files(item, follow_symlinks=True))
         elif item.is_file():
             files.append(item)
         else:

@@ -137,6 +137,20 @@ def test_cli_predict(ham_run, tmp_path):
     assert r.exit_code == 1 and "error:" in r.output
 
 
+def test_predict_follows_links_in_the_folders_it_is_given_once_each(ham_run, tmp_path):
+    """A folder of links to images kept elsewhere (a common way to assemble a test set) is predicted; a loop is
+    cut and a file reached twice is predicted once."""
+    folder = tmp_path / "links"
+    folder.mkdir()
+    images = sorted((ham_run["root"] / "HAM10000_images_part_1").glob("*.jpg"))[:2]
+    for image in images:
+        (folder / image.name).symlink_to(image)
+    (folder / "again").symlink_to(images[0])
+    (folder / "loop").symlink_to(folder)
+    frame = predict(ham_run["run"], [folder]).frame
+    assert len(frame) == 2 and (frame["error"] == "").all()
+
+
 def test_cli_export(ham_run, tmp_path):
     r = run_cli("export", ham_run["run"], "--format", "keras", "--out", tmp_path / "k")
     assert r.exit_code == 0, r.output
