@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-ray bench clean
+.PHONY: demo test test-slow test-crash test-ray bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The crash-test harness: every write of extract, train-head, sweep and merge failed or killed in turn.
+test-crash: $(STAMP)
+	$(BIN)/python -m pytest -q -m crash
 
 # The Ray engine's tests: installs the optional [ray] extra first (`make test` skips them).
 test-ray: $(STAMP)
