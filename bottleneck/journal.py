@@ -158,7 +158,7 @@ class Journal:
     # -- reading and cleaning ---------------------------------------------------------------------------
     @staticmethod
     def read(batch: Path) -> dict:
-        with np.load(batch) as b:
+        with open(batch, "rb") as fh, np.load(fh) as b:  # our handle: np.load leaks its own on a bad zip
             return {k: b[k] for k in b.files}
 
     def load(self, batch: Path) -> dict:
