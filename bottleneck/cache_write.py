@@ -104,6 +104,7 @@ class CacheWriter:
             self.check_config()  # again under the lock: another writer may have created it meanwhile
             self.journal = Journal(self.path, self.config)  # numbering continues after batches left behind
             self.journal.remove_stale()  # parts of files a killed run was writing
+            self.journal.clear([])  # a run killed while emptying the journal left its config.json
             self.commit(READERS_WAIT[1])  # batches journaled by an interrupted run come first
         except BaseException:
             self.lock.release()
