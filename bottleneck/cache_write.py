@@ -28,12 +28,23 @@ from .cache import (SCHEMA_VERSION, STRING_DTYPE, CacheConfig, library_versions,
                     recorded_config)
 from .cache_commit import CommittedState, apply_batches, drop_tracebacks, interrupts_deferred
 from .errors import CacheError, CacheLockedError, CacheMismatchError
-from .journal import ROW_FIELDS, Journal, pending_batches
+from .journal import ROW_FIELDS, DamagedBatch, Journal, first_line, os_reason, pending_batches
 from .row_keys import KEYS, id_key, matching_rows, read_keys, read_rows, sha_key
-from .undo import CacheReadersError, UndoFile, fsync_dir, lock_exclusive, rollback
+from .undo import CacheReadersError, FdFile, UndoFile, fsync_dir, lock_exclusive, rollback
 
 COMMIT_SECONDS = 10.0  # how often a running extraction makes its journaled batches readable
 READERS_WAIT = (0.5, 60.0)  # seconds a commit waits for readers to close the cache: periodic, final
+COMMIT_MARGIN = 1 << 20  # bytes a commit needs beyond its batches' own: metadata, the undo journal's pages
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system holding `folder`."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
 class WriterLock:
@@ -92,6 +103,8 @@ class CacheWriter:
         try:
             self.check_config()  # again under the lock: another writer may have created it meanwhile
             self.journal = Journal(self.path, self.config)  # numbering continues after batches left behind
+            self.journal.remove_stale()  # parts of files a killed run was writing
+            self.journal.clear([])  # a run killed while emptying the journal left its config.json
             self.commit(READERS_WAIT[1])  # batches journaled by an interrupted run come first
         except BaseException:
             self.lock.release()
@@ -106,6 +119,10 @@ class CacheWriter:
                 raise CacheReadersError(f"{err}; its {len(pending_batches(self.path))} finished batches stay "
                                         "journaled and are committed by the next run of the same extract "
                                         "command, once the reader has closed it") from None
+        except CacheError:
+            if exc is None:
+                raise
+            # the error (or Ctrl-C) that ended the run is the one to report; the batches stay journaled
         finally:
             self.lock.release()
 
@@ -184,14 +201,37 @@ class CacheWriter:
 
     def commit(self, readers_wait: float = READERS_WAIT[1]) -> int:
         """Apply the journaled batches to the cache; returns the rows added."""
-        batches = pending_batches(self.path)
+        batches = self._checked(pending_batches(self.path))
         if not batches:
             return 0
+        self._check_space(batches)
         with interrupts_deferred():  # Ctrl-C lands after the commit, which takes well under a second
             added = self._append(batches, readers_wait) if self.path.exists() else self._create(batches)
-        self.journal.clear(batches)
+            self.journal.clear(batches)
         self._last_commit = time.monotonic()
         return added
+
+    def _checked(self, batches: list[Path]) -> list[Path]:
+        """The batches that can be applied; each damaged one is moved aside with a warning (its images are
+        extracted again), so that no batch can wedge the cache."""
+        ok = []
+        for batch in batches:
+            try:
+                self.journal.load(batch)
+                ok.append(batch)
+            except DamagedBatch as err:
+                self.journal.set_aside(batch, str(err))
+        return ok
+
+    def _check_space(self, batches: list[Path]) -> None:
+        """Refuse before writing a byte when the file system has less room than the commit needs (its rows are
+        about as large in the cache as in the journal)."""
+        needed = sum(b.stat().st_size for b in batches) + COMMIT_MARGIN
+        free = free_bytes(self.path.parent)
+        if needed > free:
+            raise CacheError(f"cannot commit to cache {self.path}: it needs about {_size(needed)} and "
+                             f"{self.path.parent} has {_size(free)} free; the committed rows are intact and the "
+                             f"{len(batches)} finished batches stay journaled: free space and rerun the same command")
 
     def _append(self, batches: list[Path], readers_wait: float) -> int:
         fd = os.open(self.path, os.O_RDWR)
@@ -207,6 +247,8 @@ class CacheWriter:
                     if self._state is None:
                         self._state = CommittedState.read(f)
                     added = apply_batches(f, batches, self.info, self.class_names, self._state)
+                if undo.error is not None:  # a write failed: HDF5 went on (see FdFile), the commit is void
+                    raise undo.error
             except BaseException as exc:
                 self._state = None  # half-applied: read it again from the restored file next time
                 drop_tracebacks(exc)  # their frames hold h5py objects: let them close while writes are undone
@@ -225,27 +267,37 @@ class CacheWriter:
     def _create(self, batches: list[Path]) -> int:
         """The first commit: build the file beside the target, then rename it into place whole."""
         tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = None
         try:
-            state, added = self._build(tmp, batches)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            out = FdFile(fd, tmp)  # write errors are kept, not raised into HDF5 (see FdFile)
+            state, added = self._build(out, batches)
+            if out.error is not None:
+                raise out.error
+            out.closed = True
+            os.fsync(fd)
         except Exception as exc:
+            drop_tracebacks(exc)
+            gc.collect()  # h5py objects held by the traceback close now, while writes are still discarded
             tmp.unlink(missing_ok=True)
             raise self._failed(exc) from None
+        finally:
+            if fd is not None:
+                os.close(fd)
         os.replace(tmp, self.path)
         fsync_dir(self.path)
         self._state = state
         return added
 
     def _failed(self, exc: BaseException) -> CacheError:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        reason = os_reason(exc) if isinstance(exc, OSError) else first_line(exc) or type(exc).__name__
         return CacheError(f"cannot commit to cache {self.path}: {reason}; nothing was lost (the cache is as it "
                           "was and the finished batches stay journaled): free space and rerun the same command")
 
-    def _build(self, tmp: Path, batches: list[Path]) -> tuple[CommittedState, int]:
+    def _build(self, out: FdFile, batches: list[Path]) -> tuple[CommittedState, int]:
         d = self.config.num_features
         chunk_rows = max(1, min(1024, (1 << 20) // (d * np.dtype(self.config.dtype).itemsize)))  # ~1 MiB chunks
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(out, "w") as f:
             f.create_dataset("features", (0, d), maxshape=(None, d), dtype=self.config.dtype,
                              chunks=(chunk_rows, d))
             for name in ROW_FIELDS:

@@ -21,8 +21,9 @@ from .dataset import DatasetIndex, Entry
 from .devices import Replicas, resolve_devices, visible_devices
 from .errors import ImageDecodeError, InputError
 from .files import sha256_file
-from .forward import check_dtype_range, entry_row, make_forward
+from .forward import check_dtype_range, entry_row, make_forward, printable_path, unstorable_name
 from .image_data import inference_batches, pad_batch
+from .journal import utf8_ok
 from .precision import resolve_precision, resolve_xla
 from .tfimport import tensorflow
 from .views import apply_view, check_views, seeds_for
@@ -161,17 +162,25 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
             raise InputError("--devices applies to --engine local; with --engine ray each backbone worker takes one "
                              "GPU (choose how many with --workers)")
         devices = resolve_devices(opts.devices, *visible_devices())
-    with CacheWriter(path, config, info, index.class_names, opts.commit_seconds) as writer:
+    # A name the cache's UTF-8 columns cannot hold is listed as failed (by a readable escaped form), never
+    # stored under another name that fine-tune and predict could not reopen: see forward.unstorable_name.
+    entries = [e for e in index.entries if not unstorable_name(e)]
+    bad_names = [(printable_path(e.rel_path), unstorable_name(e), "") for e in index.entries if unstorable_name(e)]
+    class_names = tuple(c for c in index.class_names if utf8_ok(c))
+    with CacheWriter(path, config, info, class_names, opts.commit_seconds) as writer:
         n_views = max(opts.views, writer.existing_views())  # new rows get every view the cache has
         summary.views = n_views
-        with ThreadPoolExecutor(8) as pool:  # hashing is I/O bound; threads overlap reads
-            hashes = list(tqdm(pool.map(_sha256, [e.path for e in index.entries]), total=len(index.entries),
+        pool = ThreadPoolExecutor(8)  # hashing is I/O bound; threads overlap reads
+        try:
+            hashes = list(tqdm(pool.map(_sha256, [e.path for e in entries]), total=len(entries),
                                desc="hashing", unit="img", disable=not opts.progress, leave=False))
-        existing, by_sha = writer.lookup([e.image_id for e in index.entries], [sha for sha, _ in hashes])
+        finally:
+            pool.shutdown(cancel_futures=True)  # Ctrl-C: the queued files are not hashed first
+        existing, by_sha = writer.lookup([e.image_id for e in entries], [sha for sha, _ in hashes])
         todo: list[tuple[Entry, str]] = []
         view_todo: dict[int, list[tuple[Entry, str]]] = {}  # first missing view -> cached rows lacking views
-        updates, reused, unreadable = [], [], []
-        for entry, (sha, err) in zip(index.entries, hashes):
+        updates, reused, unreadable = [], [], list(bad_names)
+        for entry, (sha, err) in zip(entries, hashes):
             if err:
                 unreadable.append((entry.rel_path, err, ""))
                 continue

@@ -44,26 +44,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class UndoFile:
-    """A file object for `h5py.File(UndoFile(...), "r+")` that journals the old bytes of every overwrite.
+class FdFile:
+    """A file object over an open descriptor for h5py's fileobj driver (`h5py.File(FdFile(...))`).
 
-    `fd` is the cache file `path`, open for reading and writing; the rollback journal is created here."""
+    A write error is never raised into HDF5: an exception inside its driver callbacks leaves HDF5 (and h5py) in a
+    state that prints a traceback per open object and can crash the process at exit. The first error is kept in
+    `error`, every later write is discarded as if done, HDF5 finishes and closes normally, and the caller, who
+    checks `error` after the close, puts the file back (UndoFile) or deletes it (a first commit). Once `closed`,
+    writes are discarded too: nothing may reach the file after the commit ends (stray h5py objects closing late)."""
 
     def __init__(self, fd: int, path: Path):
         self.fd = fd
         self.path = path
-        self.base_size = os.fstat(fd).st_size  # bytes below this existed before the commit
         self.pos = 0
-        self.saved: set[int] = set()  # pages whose old bytes are in the undo journal
         self.writes = 0
-        self.error: OSError | None = None  # the first write error, for the message (h5py rewraps it)
-        self.closed = False  # after finish/abandon nothing may reach the file (stray h5py objects closing late)
+        self.error: OSError | None = None  # the first write error, for the message
+        self.closed = False  # after the commit ends nothing may reach the file (stray h5py objects closing late)
         self.crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
-        self.undo_path = undo_path(path)
-        self.undo = open(self.undo_path, "xb")
-        self.undo.write(HEADER.pack(MAGIC, self.base_size))
-        self._sync_undo()
-        fsync_dir(self.undo_path)
 
     # -- the file-object protocol h5py's fileobj driver uses ---------------------------------------
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -73,18 +70,16 @@ class UndoFile:
     def tell(self) -> int:
         return self.pos
 
-    def _check_open(self) -> None:
-        if self.closed:
-            raise OSError(9, f"the commit to {self.path} has ended")
-
     def readinto(self, buf) -> int:
-        self._check_open()
+        if self.closed:
+            return 0
         n = os.preadv(self.fd, [memoryview(buf).cast("B")], self.pos)
         self.pos += n
         return n
 
     def read(self, size: int = -1) -> bytes:
-        self._check_open()
+        if self.closed:
+            return b""
         if size < 0:
             size = max(0, os.fstat(self.fd).st_size - self.pos)
         data = os.pread(self.fd, size, self.pos)
@@ -92,36 +87,65 @@ class UndoFile:
         return data
 
     def write(self, data) -> int:
-        self._check_open()
         view = memoryview(data).cast("B")
+        if self.closed or self.error is not None:
+            self.pos += len(view)
+            return len(view)  # discarded, see the class docstring
         self.writes += 1
         if self.crash_at and self.writes >= self.crash_at:
             os.kill(os.getpid(), 9)  # the crash harness: die exactly here, as a power cut or SIGKILL would
         done = 0
         try:
-            self._save(self.pos, len(view))
+            self._before_overwrite(self.pos, len(view))
             while done < len(view):
                 done += os.pwrite(self.fd, view[done:], self.pos + done)
         except OSError as exc:
-            self.error = self.error or exc
-            raise
-        self.pos += done
-        return done
+            self.error = exc
+        self.pos += len(view)
+        return len(view)
 
     def truncate(self, size: int | None = None) -> int:
-        self._check_open()
         size = self.pos if size is None else size
+        if self.closed or self.error is not None:
+            return size
         try:
-            if size < self.base_size:
-                self._save(size, self.base_size - size)
+            self._before_truncate(size)
             os.ftruncate(self.fd, size)
         except OSError as exc:
-            self.error = self.error or exc
-            raise
+            self.error = exc
         return size
 
     def flush(self) -> None:
         pass  # durability is the committer's fsync, after h5py has closed the file
+
+    def _before_overwrite(self, offset: int, length: int) -> None:
+        pass
+
+    def _before_truncate(self, size: int) -> None:
+        pass
+
+
+class UndoFile(FdFile):
+    """A file object for `h5py.File(UndoFile(...), "r+")` that journals the old bytes of every overwrite.
+
+    `fd` is the cache file `path`, open for reading and writing; the rollback journal is created here."""
+
+    def __init__(self, fd: int, path: Path):
+        super().__init__(fd, path)
+        self.base_size = os.fstat(fd).st_size  # bytes below this existed before the commit
+        self.saved: set[int] = set()  # pages whose old bytes are in the undo journal
+        self.undo_path = undo_path(path)
+        self.undo = open(self.undo_path, "xb")
+        self.undo.write(HEADER.pack(MAGIC, self.base_size))
+        self._sync_undo()
+        fsync_dir(self.undo_path)
+
+    def _before_overwrite(self, offset: int, length: int) -> None:
+        self._save(offset, length)
+
+    def _before_truncate(self, size: int) -> None:
+        if size < self.base_size:
+            self._save(size, self.base_size - size)
 
     # -- the journal -------------------------------------------------------------------------------------
     def _save(self, offset: int, length: int) -> None:

@@ -1,0 +1,234 @@
+"""Faults that lose nothing and never wedge (the batch journal's part): damaged or stale journal files, file names
+that are not UTF-8, write errors (file too large, disk full), Ctrl-C at any moment, and a SIGKILL at every step of
+the journal. Every time the rerun ends with exactly the features of an uninterrupted extraction."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bottleneck.cache_write as cache_write
+import bottleneck.extract as extract_mod
+from bottleneck.cache import load_cache, read_failed
+from bottleneck.dataset import build_index
+from bottleneck.errors import BottleneckWarning, CacheError
+from bottleneck.extract import extract, make_config
+from bottleneck.forward import NOT_UTF8
+from bottleneck.journal import CRASH_ENV, DamagedBatch, Journal, check_batch, journal_dir, pending_batches
+from conftest import TINY_ARGS, extract_opts, run_cli, write_image
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[1]))
+CLI = [sys.executable, "-m", "bottleneck", "extract"]
+
+
+def _tree(root: Path, n: int = 8) -> Path:
+    for i in range(n):
+        write_image(root / ("mel" if i % 2 else "nv") / f"{i:02d}.png", seed=i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An 8-image tree and its uninterrupted extraction (batches of 4): (root, image id -> features)."""
+    tmp = tmp_path_factory.mktemp("ref")
+    root = _tree(tmp / "data")
+    extract(build_index(root), extract_opts(tmp, precision="float32"))
+    return root, _features(tmp / "c.h5")
+
+
+def _features(cache: Path) -> dict[str, np.ndarray]:
+    d = load_cache(cache)
+    return dict(zip(d.image_ids, d.features))
+
+
+def _same(cache: Path, expected: dict[str, np.ndarray]) -> bool:
+    got = _features(cache)
+    return got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in expected)
+
+
+def _row(i: int) -> dict:
+    return dict(image_id=f"x{i}", path=f"mel/x{i}.png", label="mel", group="", sha256=f"{i:064x}", width=1,
+                height=1)
+
+
+# -- the journal's files ----------------------------------------------------------------------------------------
+
+def test_damaged_and_stale_journal_files_are_set_aside_and_the_rerun_completes(tmp_path, reference):
+    """A truncated batch, one of another feature size, a file merely named like a batch and parts cut off
+    mid-write: each damaged one is moved to damaged/ with one warning naming it, the parts are removed, and the
+    extraction ends with exactly the uninterrupted features."""
+    root, expected = reference
+    o = extract_opts(tmp_path)
+    config = make_config(o)
+    journal = Journal(o.cache, config)
+    whole = journal.write([_row(1), _row(2)], np.ones((2, config.num_features), np.float32))
+    whole.write_bytes(whole.read_bytes()[:200])  # truncated: does not load
+    other = Journal(o.cache, make_config(extract_opts(tmp_path, backbone="mobilenet_v2")))
+    other.seq = journal.seq
+    other.write([_row(3)], np.ones((1, other.config.num_features), np.float32))  # loads, wrong shape
+    (journal.dir / "batch-extra.npz").write_bytes(b"not a batch")
+    (journal.dir / ".batch-00000009.npz.part").write_bytes(b"cut off")
+    (journal.dir / "batch-00000010.npz.tmp").write_bytes(b"cut off by an older version")
+    with pytest.warns(BottleneckWarning) as warned:
+        s = extract(build_index(root), o)
+    named = " ".join(str(w.message) for w in warned)
+    assert named.count("journal batch") == 3 and all(n in named for n in ("batch-00000001.npz", "batch-00000002.npz", "batch-extra")), named
+    assert s.extracted == 8 and _same(o.cache, expected)
+    assert sorted(p.name for p in (journal.dir / "damaged").iterdir()) == [
+        "batch-00000001.npz", "batch-00000002.npz", "batch-extra.npz"]
+    assert [p.name for p in journal.dir.iterdir()] == ["damaged"]  # no part, no batch, no config left
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda a: a.update(features=a["features"][:, :5]), "features of shape"),
+    (lambda a: a.update(features=a["features"].astype(np.float64)), "features is float64"),
+    (lambda a: a.update(path=a["path"][:1]), "path has 1 rows"),
+    (lambda a: a.pop("sha256"), "arrays"),
+    (lambda a: a.update(image_id=np.array(["caf\udce9", "b"])), "not valid UTF-8"),
+    (lambda a: a.update(view_lo=np.array(3)), "view_lo 3")])
+def test_check_batch_names_what_is_wrong(tmp_path, damage, why):
+    config = make_config(extract_opts(tmp_path))
+    batch = Journal(tmp_path / "c.h5", config).write([_row(1), _row(2)],
+                                                     np.ones((2, config.num_features), np.float32))
+    arrays = Journal.read(batch)
+    check_batch(arrays, config.num_features, config.dtype)  # whole: passes
+    damage(arrays)
+    with pytest.raises(DamagedBatch, match=why):
+        check_batch(arrays, config.num_features, config.dtype)
+
+
+def test_a_journal_part_is_never_a_batch(tmp_path):
+    config = make_config(extract_opts(tmp_path))
+    j = Journal(tmp_path / "c.h5", config)
+    j.write([_row(1)], None)
+    (j.dir / ".batch-00000002.npz.part").write_bytes(b"x")
+    assert [p.name for p in pending_batches(tmp_path / "c.h5")] == ["batch-00000001.npz"]
+
+
+# -- file names that are not UTF-8 ------------------------------------------------------------------------------
+
+def test_a_file_name_that_is_not_utf8_is_listed_and_the_others_commit(tmp_path, reference):
+    root, expected = reference
+    data = tmp_path / "data"
+    _tree(data)
+    bad = os.path.join(os.fsencode(data / "mel"), b"caf\xe9.png")
+    try:
+        with open(bad, "wb") as fh:
+            fh.write((data / "mel" / "01.png").read_bytes())
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    o = extract_opts(tmp_path)
+    r = run_cli("extract", data, *TINY_ARGS, "--batch-size", 4, "--cache", o.cache)
+    assert r.exit_code == 0, r.output
+    assert _same(o.cache, expected)
+    assert read_failed(o.cache) == [("mel/caf\\xe9.png", NOT_UTF8)]
+    assert not pending_batches(o.cache)
+
+
+# -- write errors -----------------------------------------------------------------------------------------------
+
+def _limited(limit: int):
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return preexec
+
+
+@pytest.mark.parametrize("limit, fails", [
+    (2048, "cannot write batch"),  # the first journal write
+    (12 * 1024, "cannot commit to cache"),  # the first commit, which builds the file
+    (None, "cannot commit to cache")])  # a commit in place, growing a cache of 4 rows
+def test_a_write_error_is_one_line_and_a_rerun_completes(tmp_path, reference, limit, fails):
+    root, expected = reference
+    cache = tmp_path / "c.h5"
+    committed = 0
+    if limit is None:
+        shutil.copytree(root / "nv", tmp_path / "half" / "nv")
+        committed = extract(build_index(tmp_path / "half"), extract_opts(tmp_path, cache=cache)).rows
+        limit = cache.stat().st_size  # the journal's batches fit, the grown cache does not
+    run = subprocess.run([*CLI, str(root), *TINY_ARGS, "--batch-size", "4", "--precision", "float32",
+                          "--cache", str(cache)], env=ENV, preexec_fn=_limited(limit), capture_output=True,
+                         text=True, timeout=300)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert fails in lines[0] and "rerun" in lines[0]
+    assert not Path(f"{cache}.tmp").exists() and not Path(f"{cache}.undo").exists()
+    assert (len(load_cache(cache).image_ids) if cache.exists() else 0) == committed
+    s = extract(build_index(root), extract_opts(tmp_path, cache=cache))
+    assert s.extracted + s.already_cached == 8 and _same(cache, expected)
+
+
+def test_a_commit_that_needs_more_room_than_is_free_is_refused(tmp_path, reference, monkeypatch):
+    root, expected = reference
+    o = extract_opts(tmp_path)
+    monkeypatch.setattr(cache_write, "free_bytes", lambda folder: 4096)
+    with pytest.raises(CacheError, match=r"needs about .* MiB and .* has 0.0 MiB free.*free space and rerun"):
+        extract(build_index(root), o)
+    assert not o.cache.exists() and len(pending_batches(o.cache)) == 1
+    monkeypatch.undo()
+    extract(build_index(root), o)
+    assert _same(o.cache, expected) and not journal_dir(o.cache).exists()
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["hashing", "journal write", "between batches"])
+def test_ctrl_c_anywhere_keeps_the_finished_batches(tmp_path, reference, monkeypatch, where):
+    root, expected = reference
+    o = extract_opts(tmp_path)
+    calls = []
+
+    def interrupt_on(k, real):
+        def wrapper(*a, **kw):
+            calls.append(1)
+            if len(calls) == k:
+                raise KeyboardInterrupt
+            return real(*a, **kw)
+        return wrapper
+
+    if where == "hashing":
+        monkeypatch.setattr(extract_mod, "_sha256", interrupt_on(5, extract_mod._sha256))
+    elif where == "journal write":
+        monkeypatch.setattr(Journal, "_write_file", interrupt_on(3, Journal._write_file))  # config, batch 1, batch 2
+    else:
+        monkeypatch.setattr(extract_mod, "seeds_for", interrupt_on(2, extract_mod.seeds_for))
+    r = run_cli("extract", root, *TINY_ARGS, "--batch-size", 4, "--cache", o.cache)
+    assert r.exit_code == 130 and r.output.strip().splitlines() == ["interrupted; finished batches are kept in the "
+                                                                     "cache"], r.output
+    rows = len(load_cache(o.cache).image_ids) if o.cache.exists() else 0
+    assert rows == (0 if where == "hashing" else 4) and not pending_batches(o.cache)
+    monkeypatch.undo()
+    s = extract(build_index(root), o)
+    assert s.already_cached == rows and _same(o.cache, expected)
+
+
+# -- the crash harness ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_an_extraction_killed_at_any_journal_step_reruns_to_the_same_features(tmp_path, reference):
+    """SIGKILL at the 1st, 2nd, ... step of the journal (each half-written file, each rename, each cleanup)
+    until a run gets past the last: every rerun ends with exactly the uninterrupted features."""
+    root, expected = reference
+    n, killed = 0, 0
+    while True:
+        n += 1
+        cache = tmp_path / f"k{n}" / "c.h5"
+        run = subprocess.run([*CLI, str(root), *TINY_ARGS, "--batch-size", "4", "--precision", "float32",
+                              "--cache", str(cache)], env={**ENV, CRASH_ENV: str(n)}, capture_output=True,
+                             text=True, timeout=300)
+        if run.returncode == 0:
+            break
+        assert run.returncode == -signal.SIGKILL, run.stderr
+        killed += 1
+        extract(build_index(root), extract_opts(tmp_path, cache=cache))
+        assert _same(cache, expected), f"killed at journal step {n}: the rerun differs"
+        assert not journal_dir(cache).exists()
+    assert _same(cache, expected) and killed >= 8
