@@ -7,7 +7,6 @@ so a failed or interrupted command never leaves half a run and never damages an 
 
 from __future__ import annotations
 
-import json
 import shutil
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -20,6 +19,7 @@ from .cache import CacheData
 from .errors import InputError
 from .files import sha256_file
 from .tfimport import tensorflow
+from .validate import check_run_config, check_split_file, keras_layers, read_json_object
 
 
 def check_free(out: Path, overwrite: bool, what: str = "run directory") -> None:
@@ -69,28 +69,51 @@ def staged(out: Path, overwrite: bool, what: str = "run directory") -> Iterator[
 
 # --- reading a run ----------------------------------------------------------------------------------------------
 
-def read_config(run: Path) -> dict:
-    """config.json of a train-head or fine-tune run."""
+RUN_FIX = "the run directory is damaged: train it again (`bottleneck train-head ... --out DIR`)"
+
+
+def read_config(run: Path, check: bool = True) -> dict:
+    """config.json of a train-head or fine-tune run, refused in one line when it is not JSON or (`check`) lacks
+    the keys that predict, evaluate, export and fine-tune use."""
     run = Path(run)
     if not (run / "config.json").is_file():
         raise InputError(f"{run} is not a run directory (no config.json there); pass a directory made by "
                          "`bottleneck train-head` or `bottleneck fine-tune`")
-    return json.loads((run / "config.json").read_text())
+    config = read_json_object(run / "config.json", RUN_FIX)
+    if check:
+        check_run_config(config, run / "config.json", RUN_FIX)
+    return config
 
 
 def load_keras(path: Path):
+    """A saved Keras model, in Keras' safe mode; a damaged file or one holding a Lambda layer (arbitrary Python
+    code, which safe mode blocks) is refused in one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; restore it or rerun the command that wrote it")
+    if "Lambda" in keras_layers(path):
+        raise InputError(f"{path} holds a Lambda layer (arbitrary Python code) and will not be loaded; use a model "
+                         "made by bottleneck (train-head, fine-tune or export), whose layers are all built-in")
     tensorflow()
     import keras  # after tensorflow(): its import is the slow, noisy part of start-up
 
-    return keras.saving.load_model(path)
+    try:
+        return keras.saving.load_model(path)
+    except Exception as exc:  # Keras raises ValueError, TypeError, KeyError, OSError... for a damaged archive
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise InputError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {first}); restore it or "
+                         "rerun the command that wrote it") from None
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, object]:
-    """(config.json, the head model) of a train-head run."""
+    """(config.json, the head model) of a train-head run, its config.json, split.csv and head.keras checked."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "head.keras").is_file():
         raise InputError(f"{run_dir} is not a train-head run (no config.json / head.keras there)")
-    return json.loads((run_dir / "config.json").read_text()), load_keras(run_dir / "head.keras")
+    config = read_config(run_dir)
+    if (run_dir / "split.csv").is_file():
+        check_split_file(run_dir / "split.csv", RUN_FIX)
+    return config, load_keras(run_dir / "head.keras")
 
 
 # --- artifacts --------------------------------------------------------------------------------------------------
