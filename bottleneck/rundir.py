@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from .cache import CacheData
-from .errors import InputError
+from .errors import BottleneckError, InputError
 from .files import sha256_file
 from .tfimport import tensorflow
 from .validate import check_run_config, check_split_file, keras_layers, read_json_object
@@ -49,22 +49,43 @@ def publish(tmp: Path, out: Path) -> None:
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         out.rename(old)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            old.rename(out)  # the older run back in place before the error leaves
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
 
 
+def write_failed(out: Path, exc: OSError, what: str = "run directory") -> BottleneckError:
+    """One line for an OSError while a staged directory was written (a full disk, a read-only folder): what
+    failed, and that nothing older was lost (the staging folder is removed; an older `out` was never touched)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    kept = f"{out} is as it was before" if out.exists() else f"nothing was written to {out}"
+    return BottleneckError(f"writing {what + ' ' if what else ''}{out} failed: {exc.strerror or exc}{where}; "
+                           f"{kept} and nothing older was lost; free space or choose another --out and rerun")
+
+
 @contextmanager
 def staged(out: Path, overwrite: bool, what: str = "run directory") -> Iterator[Path]:
-    """`with staged(out, overwrite) as tmp:` write into tmp; published on success, removed on any error."""
-    tmp = stage(out, overwrite, what)
+    """`with staged(out, overwrite) as tmp:` write into tmp; published on success, removed on any error. An OSError
+    (a full disk) becomes one BottleneckError line that says nothing older was lost."""
+    try:
+        tmp = stage(out, overwrite, what)
+    except OSError as exc:
+        shutil.rmtree(staging_dir(out), ignore_errors=True)
+        raise write_failed(out, exc, what) from None
     try:
         yield tmp
+        publish(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(out, exc, what) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    publish(tmp, out)
 
 
 # --- reading a run ----------------------------------------------------------------------------------------------
@@ -72,7 +93,7 @@ def staged(out: Path, overwrite: bool, what: str = "run directory") -> Iterator[
 RUN_FIX = "the run directory is damaged: train it again (`bottleneck train-head ... --out DIR`)"
 
 
-def read_config(run: Path, check: bool = True) -> dict:
+def read_config(run: Path, check: bool = False) -> dict:
     """config.json of a train-head or fine-tune run, refused in one line when it is not JSON or (`check`) lacks
     the keys that predict, evaluate, export and fine-tune use."""
     run = Path(run)
@@ -110,7 +131,7 @@ def load_run(run_dir: str | Path) -> tuple[dict, object]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "head.keras").is_file():
         raise InputError(f"{run_dir} is not a train-head run (no config.json / head.keras there)")
-    config = read_config(run_dir)
+    config = read_config(run_dir, check=True)
     if (run_dir / "split.csv").is_file():
         check_split_file(run_dir / "split.csv", RUN_FIX)
     return config, load_keras(run_dir / "head.keras")

@@ -59,7 +59,7 @@ def load_served(model_or_run: str | Path) -> ServedModel:
         return _load_keras_file(p)
     if (p / "labels.json").is_file() and (p / "model.keras").is_file() and not (p / "config.json").is_file():
         return load_served(p / "model.keras")
-    config = read_config(p)
+    config = read_config(p, check=True)
     provenance = CacheConfig(**config["cache"]["config"])
     size, names = provenance.input_size, run_class_names(config)
     if (p / "model.keras").is_file():
