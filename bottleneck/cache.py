@@ -17,6 +17,7 @@ from .errors import CacheError
 from .journal import journal_dir, pending_batches
 from .tfimport import tensorflow
 from .undo import rollback, undo_path
+from .validate import check_cache, check_virtual_sources
 from .views import view_names
 
 SCHEMA_VERSION = 1
@@ -160,21 +161,19 @@ def read_attrs(path: Path) -> dict:
 
 
 def check_readable(path: Path) -> None:
-    """Refuse a missing file, a file that is not a bottleneck cache, or one of a newer schema."""
+    """Refuse a missing file, a file that is not a bottleneck cache, one of a newer schema, or one whose attributes
+    or datasets are damaged (validate.check_cache): every reader calls this first."""
     if not path.exists():
         raise CacheError(f"cache {path} does not exist; create it with `bottleneck extract DATA --cache {path}`")
-    attrs = read_attrs(path)
-    version = attrs.get("schema_version")
-    if version is None:
-        raise CacheError(f"{path} is not a bottleneck cache (no schema_version attribute)")
-    if int(version) > SCHEMA_VERSION:
-        raise CacheError(f"cache {path} has schema version {version}, newer than this bottleneck "
-                         f"understands ({SCHEMA_VERSION}); upgrade bottleneck")
-    if attrs.get("virtual"):  # HDF5 reads a missing source file as zeros: refuse rather than train on them
-        gone = [s for s in json.loads(attrs.get("virtual_sources", "[]")) if not (path.parent / s).is_file()]
-        if gone:
-            raise CacheError(f"cache {path} is a virtual merge whose shard {gone[0]} (relative to {path.parent}) is "
-                             "missing; put the shard files back beside it, or merge again by copying")
+    with open_cache(path) as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        if attrs.get("virtual"):  # HDF5 reads a missing source file as zeros: refuse rather than train on them
+            gone = [s for s in check_virtual_sources(attrs, path) if not (path.parent / s).is_file()]
+            if gone:
+                raise CacheError(f"cache {path} is a virtual merge whose shard {gone[0]} (relative to "
+                                 f"{path.parent}) is missing; put the shard files back beside it, or merge again by "
+                                 "copying")
+        check_cache(f, path, SCHEMA_VERSION)
 
 
 def load_cache(path: str | Path, dtype=np.float32, features: bool = True) -> CacheData:

@@ -11,6 +11,7 @@ that an interrupted fine-tune keeps its staging folder so that `--resume` can co
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -24,7 +25,7 @@ from .cache import CacheConfig, CacheData, library_versions, load_cache
 from .class_map import ClassMap, map_classes, recorded_map, run_class_names
 from .callbacks import epoch_bar
 from .classifier import assemble_model, predict_images, rebuild_backbone, unfreeze
-from .errors import CacheMismatchError, InputError
+from .errors import BottleneckError, BottleneckWarning, CacheMismatchError, InputError
 from .files import sha256_file, write_json_atomic
 from .heads import OPTIMIZERS, class_weights, make_optimizer
 from .image_data import training_batches
@@ -35,8 +36,11 @@ from .report import write_finetune_report
 from .rundir import check_free, load_keras, predictions_frame, publish, read_config, staging_dir, write_history
 from .splits import SPLITS, load_split
 from .tfimport import tensorflow
+from .validate import keras_layers
 
-PROGRESS = "progress.json"  # in the staging folder: what --resume needs besides last.keras
+PROGRESS = "progress.json"  # in the staging folder: the state --resume continues, naming its model files
+PREVIOUS = "progress.prev.json"  # the state one epoch older, kept (with its files) until the newer one is whole
+CHECKPOINTS = ("last-*.keras", "best-*.keras", ".*.part.keras", "last.keras", "checkpoint.keras")
 
 
 @dataclass(frozen=True)
@@ -112,11 +116,18 @@ def fine_tune(run: str | Path, opts: FineTuneOptions = FineTuneOptions(), callba
     model = job.build_model()  # the head on its rebuilt backbone, top groups unfrozen; or the resumed model
     try:
         job.fit(model, callbacks)
-        result = job.evaluate_and_write(load_keras(job.tmp / "checkpoint.keras"))
+        result = job.evaluate_and_write(load_keras(job.tmp / job.best_file()))
+        publish(job.tmp, job.out)
+    except OSError as exc:  # a full disk: the epochs saved so far stay resumable
+        job.discard_unless_resumable()
+        kept = (f"finished epochs are kept in {job.tmp}: free space and rerun with --resume" if job.resumable()
+                else "nothing was kept")
+        raise BottleneckError(f"writing fine-tune run {job.out} failed: {exc.strerror or exc}"
+                              f"{f' ({exc.filename})' if exc.filename else ''}; nothing older was lost, "
+                              f"{kept}") from None
     except BaseException:
         job.discard_unless_resumable()
         raise
-    publish(job.tmp, job.out)
     return result
 
 
@@ -130,7 +141,8 @@ class FineTuneJob:
     command: list[str]
     out: Path
     tmp: Path  # the staging folder, kept while the job can be resumed
-    state: dict | None  # progress.json: None until the first epoch starts (a new job)
+    state: dict | list | None  # progress.json: None until the first epoch starts (a new job); when resuming,
+    # the saved states to try (progress.json, progress.prev.json) until build_model picks the first readable one
     data: CacheData  # rows only: the image list, labels and groups
     split: np.ndarray
     rows: dict  # split name -> labeled rows
@@ -143,14 +155,14 @@ class FineTuneJob:
             raise InputError(f"run {run} does not exist; pass a directory made by `bottleneck train-head`")
         command = rerun_command(run, opts)  # as asked, before a resume restores the recorded options
         out = Path(opts.out) if opts.out else run.with_name(f"{run.name}-finetune")
-        source = read_config(run)
+        source = read_config(run, check=True)
         if not (run / "head.keras").is_file():
             raise InputError(f"{run} has no head.keras; fine-tune starts from a `bottleneck train-head` run")
         check_free(out, opts.overwrite)
         tmp = staging_dir(out)
         state = None
         if opts.resume:
-            state, opts = _resume_state(run, tmp, opts)
+            state, opts = _resume_state(run, tmp, opts)  # a list of states to try, newest first
         cache_rec = source["cache"]
         root = Path(opts.data) if opts.data else Path(cache_rec["root"])
         if not root.is_dir():
@@ -188,7 +200,9 @@ class FineTuneJob:
         keras.utils.set_random_seed(self.opts.seed)
         with compute_policy(self.opts.precision), strategy.scope():
             if self.state is not None:
-                return load_keras(self.tmp / "last.keras")
+                model = self._resumed_model()
+                if model is not None:
+                    return model
             backbone = rebuild_backbone(self.provenance, self.opts.precision)
             model = assemble_model(self.provenance, load_keras(self.run / "head.keras"), backbone)
             unfrozen = unfreeze(backbone, self.provenance.backbone, parse_unfreeze(self.opts.unfreeze))  # may refuse
@@ -196,6 +210,34 @@ class FineTuneJob:
                           loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
         self._start(unfrozen)
         return model
+
+    def _resumed_model(self):
+        """The last saved model of the newest saved state whose files can be read (an older one when a kill or a
+        disk error damaged the newest), with one warning line per state passed over; None when none can be read:
+        the job starts over."""
+        for state in self.state:
+            try:
+                model = load_keras(self.tmp / state.get("last_file", "last.keras"))
+            except InputError as exc:
+                warnings.warn(f"cannot resume from epoch {state['epoch']}: {exc}; trying the previous checkpoint",
+                              BottleneckWarning, stacklevel=2)
+                continue
+            best = state.get("best_file", "checkpoint.keras")
+            if state["best_epoch"] and not (best and _readable(self.tmp / best)):
+                warnings.warn(f"the best checkpoint {best} (epoch {state['best_epoch']}) cannot be read; the best "
+                              f"of the epochs from {state['epoch'] + 1} on is kept instead", BottleneckWarning,
+                              stacklevel=2)
+                state.update(best=float("inf"), best_epoch=0, best_file=None)
+            self.state = state
+            return model
+        warnings.warn(f"no readable checkpoint in {self.tmp}: starting this fine-tune over from epoch 0",
+                      BottleneckWarning, stacklevel=2)
+        self.state = None
+        return None
+
+    def best_file(self) -> str:
+        """The best epoch's model file (the last one when no epoch since a resume had a best-known loss)."""
+        return self.state.get("best_file") or self.state.get("last_file", "checkpoint.keras")
 
     def _start(self, unfrozen: dict) -> None:
         """A fresh staging folder and the state of a job at epoch 0."""
@@ -269,8 +311,9 @@ class FineTuneJob:
                        title=f"test split, {metrics['test']['n']} images (fine-tuned)")
         write_finetune_report(tmp / "report.md", config, metrics, self.out.name)
         model.save(tmp / "model.keras")
-        for name in ("checkpoint.keras", "last.keras", PROGRESS):  # model.keras is the best checkpoint
-            (tmp / name).unlink(missing_ok=True)
+        for pattern in (*CHECKPOINTS, PROGRESS, PREVIOUS):  # model.keras is the best checkpoint
+            for path in tmp.glob(pattern):
+                path.unlink(missing_ok=True)
         return FineTuneResult(self.out, metrics, state["best_epoch"], state["epoch"], state["seconds"], failed,
                               opts.precision)
 
@@ -290,25 +333,57 @@ class FineTuneJob:
                 "failed": failed, "library_versions": library_versions(), "python": sys.version.split()[0],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
+    def resumable(self) -> bool:
+        return (self.tmp / PROGRESS).is_file() or (self.tmp / PREVIOUS).is_file()
+
     def discard_unless_resumable(self) -> None:
-        if not (self.tmp / PROGRESS).is_file():  # nothing a resume could use
+        if not self.resumable():  # nothing a resume could use
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # --- pieces of the job ---------------------------------------------------------------------------------------
 
-def _resume_state(run: Path, tmp: Path, opts: FineTuneOptions) -> tuple[dict, FineTuneOptions]:
-    """The saved state of an interrupted fine-tune, and its recorded options (only the stopping limits may
-    change on a resume: the model already carries the rest)."""
-    if not (tmp / PROGRESS).is_file() or not (tmp / "last.keras").is_file():
+def _resume_state(run: Path, tmp: Path, opts: FineTuneOptions) -> tuple[list[dict], FineTuneOptions]:
+    """The saved states of an interrupted fine-tune, newest first (build_model resumes from the first whose model
+    file reads), and the recorded options (only the stopping limits may change on a resume: the model already
+    carries the rest)."""
+    states = []
+    for name in (PROGRESS, PREVIOUS):
+        if (tmp / name).is_file():
+            try:
+                state = json.loads((tmp / name).read_text())
+                if isinstance(state, dict) and {"source_run", "options", "epoch", "best_epoch"} <= set(state):
+                    states.append(state)
+                    continue
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                pass
+            warnings.warn(f"{tmp / name} is damaged; it is passed over", BottleneckWarning, stacklevel=2)
+    if not states:
         raise InputError(f"nothing to resume: no interrupted fine-tune in {tmp}; run without --resume")
-    state = json.loads((tmp / PROGRESS).read_text())
+    state = states[0]
     if state["source_run"] != str(run.resolve()):
         raise InputError(f"{tmp} continues a fine-tune of {state['source_run']}, not of {run}; "
                          "pass that run or another --out")
     keep = ("data", "unfreeze", "lr", "optimizer", "batch_size", "augment", "seed", "precision")
     recorded = {k: state["options"][k] for k in keep if k in state["options"]}
-    return state, replace(opts, **{**recorded, "data": Path(recorded["data"]) if recorded["data"] else None})
+    data = recorded.get("data")
+    return states, replace(opts, **{**recorded, "data": Path(data) if data else None})
+
+
+def _readable(path: Path) -> bool:
+    """A .keras file whose archive opens (checked without building the model)."""
+    try:
+        keras_layers(path)
+    except InputError:
+        return False
+    return True
+
+
+def _save_model(model, path: Path) -> None:
+    """Save under a temporary name in the same folder, then rename: a kill mid-save leaves the older files whole."""
+    part = path.with_name(f".{path.stem}.part.keras")
+    model.save(part)
+    os.replace(part, path)
 
 
 def _load_source_cache(cache_rec: dict, run: Path) -> CacheData:
@@ -323,7 +398,9 @@ def _load_source_cache(cache_rec: dict, run: Path) -> CacheData:
 
 
 def _tracker(tmp: Path, state: dict, patience: int):
-    """Early stopping on val loss, best model -> checkpoint.keras, last model + state -> last.keras/progress.json.
+    """Early stopping on val loss, best model -> best-NNNN.keras, last model -> last-NNNN.keras, and the state naming
+    both -> progress.json, written last: the commit of an epoch. The previous state and its files are kept until the
+    next epoch commits (progress.prev.json), so a kill or a damaged file at any moment leaves a state to resume.
     One callback because the three are saved together: a resume must see a consistent state."""
     tensorflow()
     import keras
@@ -337,14 +414,34 @@ def _tracker(tmp: Path, state: dict, patience: int):
             for k, v in logs.items():
                 state["history"].setdefault(k, []).append(float(v))
             if logs["val_loss"] < state["best"]:
-                state.update(best=float(logs["val_loss"]), best_epoch=epoch + 1, wait=0)
-                self.model.save(tmp / "checkpoint.keras")
+                state.update(best=float(logs["val_loss"]), best_epoch=epoch + 1, wait=0,
+                             best_file=f"best-{epoch + 1:04d}.keras")
+                _save_model(self.model, tmp / state["best_file"])
             else:
                 state["wait"] += 1
             state["epoch"] = epoch + 1
             state["stopped"] = state["wait"] >= patience
             self.model.stop_training = state["stopped"]
-            self.model.save(tmp / "last.keras")
+            state["last_file"] = f"last-{epoch + 1:04d}.keras"
+            _save_model(self.model, tmp / state["last_file"])
+            if (tmp / PROGRESS).is_file():
+                os.replace(tmp / PROGRESS, tmp / PREVIOUS)
             write_json_atomic(tmp / PROGRESS, state, indent=1)  # never a half-written state
+            _prune(tmp)
 
     return Tracker()
+
+
+def _prune(tmp: Path) -> None:
+    """Remove model files that neither progress.json nor progress.prev.json names."""
+    named = set()
+    for name in (PROGRESS, PREVIOUS):
+        try:
+            state = json.loads((tmp / name).read_text())
+            named |= {state.get("last_file"), state.get("best_file")}
+        except (OSError, ValueError, AttributeError):
+            continue
+    for pattern in CHECKPOINTS[:2]:
+        for path in tmp.glob(pattern):
+            if path.name not in named:
+                path.unlink(missing_ok=True)

@@ -7,7 +7,6 @@ so a failed or interrupted command never leaves half a run and never damages an 
 
 from __future__ import annotations
 
-import json
 import shutil
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -17,9 +16,10 @@ from typing import Iterator
 import numpy as np
 
 from .cache import CacheData
-from .errors import InputError
+from .errors import BottleneckError, InputError
 from .files import sha256_file
 from .tfimport import tensorflow
+from .validate import check_run_config, check_split_file, keras_layers, read_json_object
 
 
 def check_free(out: Path, overwrite: bool, what: str = "run directory") -> None:
@@ -49,48 +49,92 @@ def publish(tmp: Path, out: Path) -> None:
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         out.rename(old)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            old.rename(out)  # the older run back in place before the error leaves
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
 
 
+def write_failed(out: Path, exc: OSError, what: str = "run directory") -> BottleneckError:
+    """One line for an OSError while a staged directory was written (a full disk, a read-only folder): what
+    failed, and that nothing older was lost (the staging folder is removed; an older `out` was never touched)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    kept = f"{out} is as it was before" if out.exists() else f"nothing was written to {out}"
+    return BottleneckError(f"writing {what + ' ' if what else ''}{out} failed: {exc.strerror or exc}{where}; "
+                           f"{kept} and nothing older was lost; free space or choose another --out and rerun")
+
+
 @contextmanager
 def staged(out: Path, overwrite: bool, what: str = "run directory") -> Iterator[Path]:
-    """`with staged(out, overwrite) as tmp:` write into tmp; published on success, removed on any error."""
-    tmp = stage(out, overwrite, what)
+    """`with staged(out, overwrite) as tmp:` write into tmp; published on success, removed on any error. An OSError
+    (a full disk) becomes one BottleneckError line that says nothing older was lost."""
+    try:
+        tmp = stage(out, overwrite, what)
+    except OSError as exc:
+        shutil.rmtree(staging_dir(out), ignore_errors=True)
+        raise write_failed(out, exc, what) from None
     try:
         yield tmp
+        publish(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(out, exc, what) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    publish(tmp, out)
 
 
 # --- reading a run ----------------------------------------------------------------------------------------------
 
-def read_config(run: Path) -> dict:
-    """config.json of a train-head or fine-tune run."""
+RUN_FIX = "the run directory is damaged: train it again (`bottleneck train-head ... --out DIR`)"
+
+
+def read_config(run: Path, check: bool = False) -> dict:
+    """config.json of a train-head or fine-tune run, refused in one line when it is not JSON or (`check`) lacks
+    the keys that predict, evaluate, export and fine-tune use."""
     run = Path(run)
     if not (run / "config.json").is_file():
         raise InputError(f"{run} is not a run directory (no config.json there); pass a directory made by "
                          "`bottleneck train-head` or `bottleneck fine-tune`")
-    return json.loads((run / "config.json").read_text())
+    config = read_json_object(run / "config.json", RUN_FIX)
+    if check:
+        check_run_config(config, run / "config.json", RUN_FIX)
+    return config
 
 
 def load_keras(path: Path):
+    """A saved Keras model, in Keras' safe mode; a damaged file or one holding a Lambda layer (arbitrary Python
+    code, which safe mode blocks) is refused in one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; restore it or rerun the command that wrote it")
+    if "Lambda" in keras_layers(path):
+        raise InputError(f"{path} holds a Lambda layer (arbitrary Python code) and will not be loaded; use a model "
+                         "made by bottleneck (train-head, fine-tune or export), whose layers are all built-in")
     tensorflow()
     import keras  # after tensorflow(): its import is the slow, noisy part of start-up
 
-    return keras.saving.load_model(path)
+    try:
+        return keras.saving.load_model(path)
+    except Exception as exc:  # Keras raises ValueError, TypeError, KeyError, OSError... for a damaged archive
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise InputError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {first}); restore it or "
+                         "rerun the command that wrote it") from None
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, object]:
-    """(config.json, the head model) of a train-head run."""
+    """(config.json, the head model) of a train-head run, its config.json, split.csv and head.keras checked."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "head.keras").is_file():
         raise InputError(f"{run_dir} is not a train-head run (no config.json / head.keras there)")
-    return json.loads((run_dir / "config.json").read_text()), load_keras(run_dir / "head.keras")
+    config = read_config(run_dir, check=True)
+    if (run_dir / "split.csv").is_file():
+        check_split_file(run_dir / "split.csv", RUN_FIX)
+    return config, load_keras(run_dir / "head.keras")
 
 
 # --- artifacts --------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ extraction used, so a cached image gets the same pixels here.
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -21,13 +20,14 @@ import numpy as np
 from .cache import CacheConfig, load_cache
 from .class_map import run_class_names
 from .classifier import assemble_model, predict_images, set_precision
-from .errors import BottleneckError, ImageDecodeError, InputError
+from .errors import BottleneckError, BottleneckWarning, ImageDecodeError, InputError
 from .files import walk_files, write_json_atomic
 from .heads import predict_proba
 from .images import load_image
 from .precision import resolve_precision
 from .rundir import check_free, load_keras, read_config, staged
 from .tfimport import tensorflow
+from .validate import input_size_of, read_json_object
 
 FORMATS = ("keras", "savedmodel", "tflite")
 # Probabilities of the exported model against the reference. A head run's reference is the head on the cached
@@ -53,15 +53,13 @@ def load_served(model_or_run: str | Path) -> ServedModel:
         raise InputError(f"{p} does not exist; pass a run directory (train-head or fine-tune) or an exported "
                          ".keras model")
     if p.is_file():
-        labels = p.parent / "labels.json"
-        if p.suffix != ".keras" or not labels.is_file():
-            raise InputError(f"{p}: expected a run directory or a .keras model with labels.json beside it "
-                             "(as `bottleneck export --format keras` writes)")
-        info = json.loads(labels.read_text())
-        return ServedModel(load_keras(p), info["class_names"], int(info["input_size"]), info, "keras")
+        if p.suffix != ".keras":
+            raise InputError(f"{p}: expected a run directory or a .keras model (as `bottleneck export --format "
+                             "keras` writes)")
+        return _load_keras_file(p)
     if (p / "labels.json").is_file() and (p / "model.keras").is_file() and not (p / "config.json").is_file():
         return load_served(p / "model.keras")
-    config = read_config(p)
+    config = read_config(p, check=True)
     provenance = CacheConfig(**config["cache"]["config"])
     size, names = provenance.input_size, run_class_names(config)
     if (p / "model.keras").is_file():
@@ -69,6 +67,30 @@ def load_served(model_or_run: str | Path) -> ServedModel:
     if (p / "head.keras").is_file():
         return ServedModel(assemble_model(provenance, load_keras(p / "head.keras")), names, size, config, "head")
     raise InputError(f"{p} holds neither model.keras (fine-tune run) nor head.keras (train-head run)")
+
+
+def _load_keras_file(p: Path) -> ServedModel:
+    """A bare .keras model: its class names and input size from labels.json beside it (an export), else class
+    indices as names and the size of the model's input, with a note."""
+    labels = p.parent / "labels.json"
+    if labels.is_file():
+        fix = f"restore {labels.name} from the export, or delete it to predict with class indices as names"
+        info = read_json_object(labels, fix)
+        names, size = info.get("class_names"), info.get("input_size")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise InputError(f"{labels}: key 'class_names' is missing, empty or not a list of class names; {fix}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InputError(f"{labels}: key 'input_size' is {size!r}, not a positive whole number; {fix}")
+        model = load_keras(p)
+        if model.output_shape[-1] != len(names):
+            raise InputError(f"{labels} names {len(names)} classes but {p} outputs {model.output_shape[-1]}; {fix}")
+        return ServedModel(model, names, size, info, "keras")
+    model = load_keras(p)
+    size = input_size_of(model)
+    names = [str(i) for i in range(int(model.output_shape[-1]))]
+    warnings.warn(f"no labels.json beside {p}: classes are named by index ({', '.join(names)}) and images are "
+                  f"resized to the model's input, {size}x{size}", BottleneckWarning, stacklevel=2)
+    return ServedModel(model, names, size, {"class_names": names, "input_size": size}, "keras")
 
 
 def collect_files(inputs: list[str | Path]) -> list[Path]:

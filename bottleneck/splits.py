@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .validate import check_split_file
 
 SPLITS = ("train", "val", "test")
 
@@ -104,7 +105,12 @@ def load_split(run_dir: Path, image_ids: np.ndarray) -> tuple[np.ndarray, dict]:
     path = Path(run_dir) / "split.csv"
     if not path.is_file():
         raise InputError(f"--split-from {run_dir}: no split.csv there; pass a run directory made by train-head")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    check_split_file(path, "the run directory is damaged: pass another run or train this one again")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable split manifest ({str(exc).strip().splitlines()[0][:120]}); the "
+                         "run directory is damaged: pass another run or train this one again") from None
     if list(df.columns[:2]) != ["image_id", "split"] or not set(df["split"]) <= set(SPLITS):
         raise InputError(f"{path} is not a split manifest (expected columns image_id,split with train/val/test)")
     mapping = dict(zip(df["image_id"], df["split"]))

@@ -1,5 +1,6 @@
 """Import TensorFlow once, quietly: its C++ start-up lines (oneDNN notice, missing CUDA drivers on CPU
-machines) are printed before any log level applies and read like errors to users."""
+machines, absl's "All log messages before absl::InitializeLog()") are printed before any log level applies and
+read like errors to users. `bottleneck --verbose` (or BOTTLENECK_VERBOSE=1) shows them all, for bug reports."""
 
 from __future__ import annotations
 
@@ -7,10 +8,20 @@ import os
 import sys
 
 
+def verbose() -> bool:
+    return os.environ.get("BOTTLENECK_VERBOSE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def tensorflow():
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if verbose():
+        import tensorflow as tf
+
+        return tf
+    # Forced, not a default: a TF_CPP_MIN_LOG_LEVEL left at 0 in a shell would let the lines TensorFlow logs after
+    # start-up (device creation, XLA, cuDNN) through; --verbose is the way to see them.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -21,6 +32,12 @@ def tensorflow():
             tf.config.list_physical_devices()  # device discovery prints its own notices; do it here
             # Each head of a sweep is a new model, so Keras' "retracing" advice is expected, not a problem.
             tf.get_logger().setLevel("ERROR")
+            try:  # absl's Python logger (Keras' saving notes); absl-py comes with TensorFlow
+                from absl import logging as absl_logging
+
+                absl_logging.set_verbosity(absl_logging.ERROR)
+            except ImportError:
+                pass
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -1,12 +1,20 @@
 """The typer app and the one way errors leave it: each command parses options, calls one library function and
 echoes its summary; a `BottleneckError` becomes `error: <message>` and exit 1 (usage errors exit 2, from typer),
-Ctrl-C exit 130 without a traceback."""
+Ctrl-C exit 130, and any other exception `error: <type>: <message> (full traceback in <log>)` and exit 1: no
+traceback ever reaches the terminal."""
 
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import tempfile
+import time
+import traceback
 import warnings
+from pathlib import Path
 
+import click
 import typer
 
 from ..class_map import ClassMap, parse_class_map
@@ -14,6 +22,16 @@ from ..errors import BottleneckError, BottleneckWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Extract CNN bottlenecks once into an HDF5 cache, then train heads off it in seconds.")
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's and absl's own start-up and log "
+                                      "lines (hidden by default; also BOTTLENECK_VERBOSE=1).")):
+    """Extract CNN bottlenecks once into an HDF5 cache, then train heads off it in seconds."""
+    if verbose:
+        # An environment variable rather than a flag passed down: TensorFlow is imported lazily, deep in the
+        # library (tfimport.py), and worker processes (Ray) inherit it.
+        os.environ["BOTTLENECK_VERBOSE"] = "1"
 
 
 CLASS_MAP_HELP = ("The task, made of the cache's classes: 'target=src1,src2;target2=src3', '*' meaning every class "
@@ -46,9 +64,54 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _default_showwarning = warnings.showwarning
 
 
+KEEP_LOGS = 50  # newest crash logs kept in the log folder
+
+
+def log_dirs() -> list[Path]:
+    """Where crash logs go, in order of preference: $BOTTLENECK_LOG_DIR, $XDG_STATE_HOME/bottleneck/logs
+    (~/.local/state/bottleneck/logs, the XDG place for logs), then the temporary folder."""
+    dirs = [Path(os.environ["BOTTLENECK_LOG_DIR"])] if os.environ.get("BOTTLENECK_LOG_DIR") else []
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return dirs + [Path(state) / "bottleneck" / "logs", Path(tempfile.gettempdir()) / f"bottleneck-{uid}" / "logs"]
+
+
+def write_crash_log(exc: BaseException) -> Path | None:
+    """The full traceback of an unexpected error, with the command line, in a new log file; None when no folder
+    can take it (this never raises: it runs while reporting another error)."""
+    text = (f"command: {' '.join(sys.argv)}\ntime: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+            f"python: {sys.version.split()[0]}\n\n" + "".join(traceback.format_exception(exc)))
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in log_dirs():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            path.write_text(text, encoding="utf-8")
+        except Exception:  # noqa: BLE001 -- an unwritable folder: try the next one
+            continue
+        try:
+            for old in sorted(folder.glob("error-*.log"))[:-KEEP_LOGS]:
+                old.unlink()
+        except OSError:
+            pass
+        return path
+    return None
+
+
+def unexpected(exc: Exception) -> None:
+    """One line for an exception the library did not expect, and exit 1; the traceback goes to a log file."""
+    lines = str(exc).strip().splitlines()
+    message = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    log = write_crash_log(exc)
+    where = f"full traceback in {log}" if log else "the traceback could not be saved: no writable log folder"
+    typer.echo(f"error: {message} ({where})", err=True)
+    raise typer.Exit(1)
+
+
 def handle_errors(fn=None, *, interrupted: str = "interrupted; finished batches are kept in the cache"):
     """Map the library's errors to `error: ...` and exit 1; Ctrl-C to `interrupted` and exit 130; the library's
-    warnings to one `warning: ...` line each."""
+    warnings to one `warning: ...` line each; any other exception to one `error: <type>: ...` line and exit 1, its
+    traceback in a log file. typer's own exits and usage errors pass through unchanged."""
     if fn is None:
         return functools.partial(handle_errors, interrupted=interrupted)
 
@@ -64,5 +127,9 @@ def handle_errors(fn=None, *, interrupted: str = "interrupted; finished batches 
         except KeyboardInterrupt:
             typer.echo(interrupted, err=True)
             raise typer.Exit(130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # typer.Exit from `fail`, and usage errors (exit 2)
+        except Exception as exc:  # noqa: BLE001 -- the last door: a bug must not print a traceback at the user
+            unexpected(exc)
 
     return wrapper

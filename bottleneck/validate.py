@@ -1,0 +1,191 @@
+"""Validation at the doors: a cache's attributes and datasets, a run's config.json and split.csv, a saved Keras
+model, each checked before anything reads them, so that a damaged file is refused in one line naming the file,
+the field and the fix instead of failing halfway with a traceback.
+
+Nothing here writes: a refused cache or run directory is left exactly as it was."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+from .errors import CacheError, InputError
+
+# Per-row datasets every cache has (created empty by the writer), and the configuration attributes that
+# CacheConfig needs from every cache; newer optional ones (precision, xla, views...) may be absent.
+ROW_DATASETS = ("features", "label", "image_id", "path", "group", "sha256", "orig_size")
+CONFIG_INTS = ("seed", "input_size", "num_features")
+CONFIG_STRS = ("backbone", "weights", "weights_sha256", "pooling", "preprocessing", "dtype")
+REEXTRACT = "the cache is damaged: extract its images again into a new --cache"
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int_attr(attrs, key: str, path: Path, minimum: int = 0) -> int:
+    value = _text(attrs[key]) if key in attrs else None
+    try:
+        number = int(value)
+        if isinstance(value, float) and value != number:
+            raise ValueError
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < minimum:
+        got = "missing" if value is None else repr(value) if isinstance(value, str) else str(value)
+        raise CacheError(f"cache {path}: attribute {key} is {got}, not a whole number >= {minimum}; {REEXTRACT}")
+    return number
+
+
+def check_cache(f, path: Path, schema_version: int) -> None:
+    """Refuse a cache (an open h5py.File) whose attributes or datasets the readers could not use: schema version,
+    the configuration, the committed row count, the class list, the per-row datasets and the label range."""
+    attrs = f.attrs
+    if "schema_version" not in attrs:
+        raise CacheError(f"{path} is not a bottleneck cache (no schema_version attribute); pass a file written by "
+                         "`bottleneck extract`")
+    version = _int_attr(attrs, "schema_version", path, minimum=1)
+    if version > schema_version:
+        raise CacheError(f"cache {path} has schema version {version}, newer than this bottleneck understands "
+                         f"({schema_version}); upgrade bottleneck")
+    for key in CONFIG_INTS:
+        _int_attr(attrs, key, path, minimum=0 if key == "seed" else 1)
+    for key in CONFIG_STRS:
+        if key not in attrs or not isinstance(_text(attrs[key]), str):
+            raise CacheError(f"cache {path}: attribute {key} is missing or not text; {REEXTRACT}")
+    n = _int_attr(attrs, "n_rows", path)
+    raw = _text(attrs.get("class_names"))
+    try:
+        classes = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError:
+        classes = None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise CacheError(f"cache {path}: attribute class_names is {'missing' if raw is None else repr(raw)[:60]}, "
+                         f"not a JSON list of class names; {REEXTRACT}")
+    if len(set(classes)) != len(classes):
+        raise CacheError(f"cache {path}: attribute class_names names a class twice ({classes}); {REEXTRACT}")
+    for name in ROW_DATASETS:
+        ds = f.get(name)
+        if ds is None or not hasattr(ds, "shape"):
+            raise CacheError(f"cache {path}: dataset {name!r} is missing; {REEXTRACT}")
+        if len(ds.shape) < 1 or ds.shape[0] < n:
+            raise CacheError(f"cache {path}: dataset {name!r} holds {ds.shape[0] if ds.shape else 0} rows but "
+                             f"attribute n_rows says {n} are committed; {REEXTRACT}")
+    width = f["features"].shape[1] if len(f["features"].shape) == 2 else None
+    if width != int(_text(attrs["num_features"])):
+        raise CacheError(f"cache {path}: dataset 'features' has shape {f['features'].shape}, not (rows, "
+                         f"{_text(attrs['num_features'])}) as attribute num_features says; {REEXTRACT}")
+    labels = f["label"][:n]
+    if n and (labels.min() < -1 or labels.max() >= len(classes)):
+        bad = int(labels.max()) if labels.max() >= len(classes) else int(labels.min())
+        raise CacheError(f"cache {path}: dataset 'label' holds class index {bad}, outside the {len(classes)} "
+                         f"classes of attribute class_names (-1 is unlabeled); {REEXTRACT}")
+
+
+def check_virtual_sources(attrs: dict, path: Path) -> list[str]:
+    """The shard files a virtual merge reads its rows from (attribute virtual_sources, a JSON list)."""
+    raw = attrs.get("virtual_sources", "[]")
+    try:
+        sources = json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        sources = None
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        raise CacheError(f"cache {path}: attribute virtual_sources is {raw!r:.60}, not a JSON list of shard files; "
+                         "merge the shards again")
+    return sources
+
+
+# --- run directories ---------------------------------------------------------------------------------------------
+
+def read_json_object(path: Path, fix: str) -> dict:
+    """A JSON file that must hold an object; InputError naming the file and `fix` when it does not."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path} ({exc.strerror}); {fix}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path} holds a JSON {type(value).__name__}, not an object; {fix}")
+    return value
+
+
+def check_run_config(config: dict, path: Path, fix: str) -> None:
+    """The keys of a run's config.json that predict, evaluate, export and fine-tune use: the cache it was trained
+    on (path, provenance, classes), the run's classes and, for a head run, its head options."""
+    from .cache import CacheConfig
+
+    def refuse(field: str, what: str):
+        raise InputError(f"{path}: {field} {what}; {fix}")
+
+    cache = config.get("cache")
+    if not isinstance(cache, dict):
+        refuse("key 'cache'", "is missing or not an object")
+    for key in ("path", "root"):
+        if not isinstance(cache.get(key), str):
+            refuse(f"key 'cache.{key}'", "is missing or not text")
+    provenance = cache.get("config")
+    if not isinstance(provenance, dict):
+        refuse("key 'cache.config'", "is missing or not an object")
+    try:
+        provenance = CacheConfig(**provenance)
+    except TypeError as exc:
+        refuse("key 'cache.config'", f"does not describe a cache configuration ({exc})")
+    if not isinstance(provenance.input_size, int) or provenance.input_size < 1:
+        refuse("key 'cache.config.input_size'", f"is {provenance.input_size!r}, not a positive whole number")
+    names = config.get("class_names") or cache.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        refuse("key 'class_names'", "is missing, empty or not a list of class names")
+    if not isinstance(config.get("head", {}), dict):
+        refuse("key 'head'", "is not an object")
+
+
+def check_split_file(path: Path, fix: str) -> None:
+    """split.csv: text, header image_id,split; load_split checks its values."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            header = fh.readline().strip().lstrip("\ufeff")
+            fh.read()
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text split manifest (not UTF-8); {fix}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path} ({exc.strerror}); {fix}") from None
+    if header.split(",")[:2] != ["image_id", "split"]:
+        raise InputError(f"{path} is not a split manifest (its header is {header[:40]!r}, expected "
+                         f"'image_id,split'); {fix}")
+
+
+def keras_layers(path: Path) -> list[str]:
+    """Class names of every layer a .keras file's config.json holds (a .keras file is a zip archive); refuses a
+    file that is not one."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, json.JSONDecodeError, OSError):
+        raise InputError(f"{path} is not a readable Keras model (a .keras file is a zip archive with a "
+                         "config.json); it is damaged or of another format: restore it or rerun the command that "
+                         "wrote it") from None
+    found: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("class_name"), str):
+                found.append(node["class_name"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(config)
+    return found
+
+
+def input_size_of(model) -> int:
+    """The square side of an image model's input (B, S, S, 3), for a .keras file served without labels.json."""
+    shape = tuple(getattr(model, "input_shape", ()) or ())
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise InputError(f"the model takes input of shape {shape}, not images (batch, size, size, 3); pass a model "
+                         "made by `bottleneck export --format keras` or a fine-tune run")
+    return int(shape[1])
