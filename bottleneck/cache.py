@@ -69,11 +69,31 @@ class CacheConfig:
         return cls(**{k: (v.decode() if isinstance(v, bytes) else v) for k, v in values.items()})
 
 
-def library_versions() -> dict[str, str]:
-    tf = tensorflow()
-    import keras  # after tensorflow(): its import is the slow, noisy part of start-up
+TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel", "tf-nightly")
 
-    return {"bottleneck": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+
+def _installed_version(*distributions: str) -> str | None:
+    from importlib import metadata
+
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def library_versions() -> dict[str, str]:
+    """Versions a cache or run records. TensorFlow's and Keras' come from the installed packages' metadata:
+    importing TensorFlow (~5 s) only to read a string made `merge` and `info`-sized commands slow."""
+    tf_version = _installed_version(*TENSORFLOW_DISTRIBUTIONS)
+    keras_version = _installed_version("keras")
+    if tf_version is None or keras_version is None:  # an unusual install: ask the modules themselves
+        tf = tensorflow()
+        import keras  # after tensorflow(): its import is the slow, noisy part of start-up
+
+        tf_version, keras_version = tf.__version__, keras.__version__
+    return {"bottleneck": __version__, "tensorflow": tf_version, "keras": keras_version,
             "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "numpy": np.__version__}
 
 

@@ -1,76 +1,156 @@
-"""Run the real `bottleneck` CLI with a fault injected at its K-th write, as SQLite's crash tests do.
+"""The crash-test driver: the real `bottleneck` CLI run with a fault injected at its K-th write, for every K, as
+SQLite's crash tests do.
 
-    python tests/faultinject.py MODE K COUNT_FILE -- bottleneck arguments...
+    python tests/faultinject.py MODE RESULTS.json OUTPUT[,OUTPUT...] -- bottleneck arguments...
 
-A write is any file opened for writing (`open`), a folder created (`os.mkdir`), a rename (`os.replace`,
-`os.rename`), a file removed or a folder deleted, or an HDF5 file opened to write (`h5py.File`). At the K-th:
-MODE `fail` raises OSError(ENOSPC), as a full disk does; MODE `crash` ends the process at once (os._exit, as
-SIGKILL would: no cleanup, no atexit). K = 0 injects nothing. COUNT_FILE receives one line per write made (what
-it wrote), so a run with K = 0 tells the harness which K exist.
+A write is any file opened for writing (`open`, `io.open`), a folder created (`os.mkdir`), a rename
+(`os.replace`, `os.rename`), a file or folder removed (`os.unlink`, `os.remove`, `os.rmdir`, `shutil.rmtree`),
+or an HDF5 file opened to write (`h5py.File`). At the K-th: MODE `fail` raises OSError(ENOSPC), as a full disk
+does; MODE `crash` ends the process at once (`os._exit(137)`, as SIGKILL does: no cleanup, no atexit, no finally).
+
+The driver imports TensorFlow and the CLI once, then forks one child per run, so each run costs its own work
+and not five seconds of imports: first an uninterrupted run (it counts the writes), then for each K the faulty
+run followed by the same command without a fault (it must complete: no wedge). After each child the driver
+records its exit code, its stderr and the SHA-256 of each OUTPUT (a file path relative to the working folder),
+(of a cache: of its rows) and writes them all to RESULTS.json for the test to judge; a killed run's outputs are
+not read (a killed commit is the next command's to roll back). Each faulty run starts from what the previous
+rerun left (the command's outputs in place), which is how a user meets a fault: a rerun over earlier results.
 """
 
 from __future__ import annotations
 
 import builtins
 import errno
+import hashlib
 import io
+import json
 import os
 import shutil
 import sys
+import traceback
 
-mode, k, count_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-args = sys.argv[sys.argv.index("--") + 1:]
-writes = 0
-
-
-def hit(what) -> None:
-    global writes
-    writes += 1
-    with _real_open(count_file, "a") as f:  # one line per write, kept current: a crash still leaves the list
-        f.write(f"{what}\n")
-    if writes == k:
-        if mode == "crash":
-            os._exit(137)
-        raise OSError(errno.ENOSPC, "No space left on device (injected)", str(what))
+_real_open = io.open
 
 
-_real_open = builtins.open
+def _install(mode: str, k: int, log: str) -> None:
+    """Patch every write of this (child) process to count, and to fail or die at the k-th."""
+    count = [0]
+
+    def hit(what) -> None:
+        count[0] += 1
+        with _real_open(log, "a") as f:
+            f.write(f"{what}\n")
+        if count[0] == k:
+            if mode == "crash":
+                os._exit(137)
+            raise OSError(errno.ENOSPC, "No space left on device (injected)", str(what))
+
+    def _open(file, mode_="r", *a, **kw):
+        if isinstance(mode_, str) and any(c in mode_ for c in "wax+") and not str(file).startswith("/dev/"):
+            hit(file)
+        return _real_open(file, mode_, *a, **kw)
+
+    builtins.open = io.open = _open  # io.open: what pathlib and zipfile (Keras' .keras files) call
+
+    def wrap(owner, name):
+        real = getattr(owner, name)
+
+        def wrapped(*a, **kw):
+            hit(a[0] if a else name)
+            return real(*a, **kw)
+
+        setattr(owner, name, wrapped)
+
+    for fn in ("mkdir", "replace", "rename", "unlink", "remove", "rmdir"):
+        wrap(os, fn)
+    wrap(shutil, "rmtree")
+    import h5py
+
+    real_h5 = h5py.File.__init__
+
+    def h5_init(self, name, *a, **kw):
+        if kw.get("mode", a[0] if a else "r") != "r":
+            hit(name)
+        real_h5(self, name, *a, **kw)
+
+    h5py.File.__init__ = h5_init
 
 
-def _open(file, mode="r", *a, **kw):
-    if isinstance(mode, str) and any(c in mode for c in "wax+") and not str(file).startswith("/dev/"):
-        hit(file)
-    return _real_open(file, mode, *a, **kw)
+def _child(mode: str, k: int, args: list[str], tag: str) -> None:
+    for fd, name in ((1, "out"), (2, "err")):
+        os.dup2(os.open(f".fi-{tag}.{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    _install(mode, k, f".fi-{tag}.writes")
+    from bottleneck.cli import app
+
+    code = 1
+    try:
+        app(args=args, prog_name="bottleneck")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # what the CLI let through: the test fails on the traceback
+        traceback.print_exc()
+        code = 99
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
-def _wrap(owner, name):
-    real = getattr(owner, name)
-
-    def wrapped(*a, **kw):
-        hit(a[0] if a else name)
-        return real(*a, **kw)
-
-    setattr(owner, name, wrapped)
-
-
-builtins.open = io.open = _open  # io.open: what pathlib and zipfile (Keras' .keras files) call
-for fn in ("mkdir", "replace", "rename", "unlink", "remove", "rmdir"):
-    _wrap(os, fn)
-_wrap(shutil, "rmtree")
-
-import h5py  # noqa: E402
-
-_real_h5 = h5py.File.__init__
+def run(mode: str, k: int, args: list[str], outputs: list[str], tag: str) -> dict:
+    for suffix in ("out", "err", "writes"):
+        if os.path.exists(f".fi-{tag}.{suffix}"):
+            os.remove(f".fi-{tag}.{suffix}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _child(mode, k, args, tag)
+    _, status = os.waitpid(pid, 0)
+    read = {s: (_real_open(f".fi-{tag}.{s}").read() if os.path.exists(f".fi-{tag}.{s}") else "")
+            for s in ("err", "writes")}
+    rc = os.waitstatus_to_exitcode(status)
+    digests = {} if rc == 137 else {p: _digest(p) for p in outputs}  # a killed run's files: the rerun's to judge
+    return {"k": k, "mode": mode, "rc": rc, "stderr": read["err"], "writes": read["writes"].splitlines(),
+            "outputs": digests}
 
 
-def _h5_init(self, name, mode="r", *a, **kw):
-    if mode != "r":
-        hit(name)
-    _real_h5(self, name, mode, *a, **kw)
+def _digest(path: str) -> str | None:
+    """SHA-256 of a file; of a cache, of the rows it holds as bottleneck reads them (its bytes also hold times)."""
+    if not os.path.isfile(path):
+        return None
+    h = hashlib.sha256()
+    if path.endswith(".h5"):
+        from bottleneck.cache import load_cache
+
+        data = load_cache(path)
+        h.update(data.features.tobytes() + data.labels.tobytes())
+        h.update("\n".join([*data.image_ids, *data.sha256, *data.class_names]).encode())
+    else:
+        h.update(_real_open(path, "rb").read())
+    return h.hexdigest()
 
 
-h5py.File.__init__ = _h5_init
+def main() -> None:
+    mode, results, outputs = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    args = sys.argv[sys.argv.index("--") + 1:]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from bottleneck.tfimport import tensorflow
 
-from bottleneck.cli import app  # noqa: E402
+    tensorflow()  # imported once here, before any fork; no op runs in this process
+    import keras  # noqa: F401  (imported for the children)
 
-app(args=args, prog_name="bottleneck")
+    import bottleneck.cli  # noqa: F401
+
+    reference = run("fail", 0, args, outputs, "ref")
+    out = {"reference": reference, "runs": []}
+    for k in range(1, len(reference["writes"]) + 1):
+        fault = run(mode, k, args, outputs, f"{mode}{k}")
+        rerun = run("fail", 0, args, outputs, f"re{k}")
+        out["runs"].append({"fault": fault, "rerun": rerun})
+    with _real_open(results, "w") as f:
+        json.dump(out, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -118,7 +118,9 @@ def test_a_new_run_has_the_legacy_files_and_config_keys(legacy, tmp_path):
     assert {p.name for p in r.run_dir.iterdir()} == old
     old_config = json.loads((legacy / "run" / "config.json").read_text())
     new_config = json.loads((r.run_dir / "config.json").read_text())
-    assert set(new_config) - {"features"} == set(old_config)  # added since: how features were read (memory_gb)
+    # added since: how features were read (memory_gb), and the head's classes with the --class-map behind them
+    assert set(new_config) - {"features", "class_names", "class_map"} == set(old_config)
+    assert new_config["class_names"] == old_config["cache"]["class_names"] and new_config["class_map"] is None
     assert set(new_config["cache"]) == set(old_config["cache"])
     assert new_config["head"] == old_config["head"]
     assert pd.read_csv(r.run_dir / "split.csv").equals(pd.read_csv(legacy / "run" / "split.csv"))

@@ -8,7 +8,6 @@ import json
 import shutil
 
 import h5py
-import numpy as np
 import pandas as pd
 import pytest
 
