@@ -83,7 +83,8 @@ def synthetic_features(rows: int, dim: int, classes: int, seed: int = 0):
 def write_synthetic_cache(path: Path, opts: BenchOptions) -> Path:
     x, y, groups = synthetic_features(opts.rows, opts.dim, opts.classes, opts.seed)
     names = [f"class{c}" for c in range(opts.classes)]
-    config = CacheConfig(backbone="synthetic", weights="none", weights_sha256="", seed=opts.seed, input_size=0,
+    # input_size 1: no image is ever read; the smallest size a valid cache records
+    config = CacheConfig(backbone="synthetic", weights="none", weights_sha256="", seed=opts.seed, input_size=1,
                          pooling="avg", preprocessing="none", dtype="float16", num_features=opts.dim)
     with CacheWriter(path, config, {"dataset": "bench"}, tuple(names)) as w:
         for start in range(0, opts.rows, 4096):

@@ -20,7 +20,7 @@ from .heads import predict_proba
 from .metrics import compute_metrics
 from .plots import plot_confusion
 from .report import write_eval_report
-from .rundir import load_run, predictions_frame, staged
+from .rundir import load_run, predictions_frame, restore_interrupted, staged
 from .runs import require_views, tta_proba
 from .splits import load_split
 
@@ -187,6 +187,7 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
     cache's classes become the run's (targets are the run's classes); by default the run's own map, or by name."""
     memory_gb = resolve_memory_gb(memory_gb)
     run_dir = Path(run_dir)
+    restore_interrupted(run_dir)  # a run left aside by a kill mid-publish
     if not run_dir.is_dir():
         raise InputError(f"run {run_dir} does not exist; pass a directory made by `bottleneck train-head`")
     config, model = load_run(run_dir)

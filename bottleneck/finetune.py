@@ -33,7 +33,8 @@ from .metrics import evaluate_splits
 from .plots import plot_confusion, plot_curves
 from .precision import check_precision, compute_policy, resolve_precision
 from .report import write_finetune_report
-from .rundir import check_free, load_keras, predictions_frame, publish, read_config, staging_dir, write_history
+from .rundir import (check_free, load_keras, predictions_frame, publish, read_config, restore_interrupted, staging_dir,
+                     write_history)
 from .splits import SPLITS, load_split
 from .tfimport import tensorflow
 from .validate import keras_layers
@@ -151,6 +152,7 @@ class FineTuneJob:
     @classmethod
     def open(cls, run: Path, opts: FineTuneOptions) -> FineTuneJob:
         """Check the run, the output and the images before any model is built; load a resumable state."""
+        restore_interrupted(run)  # a run left aside by a kill mid-publish
         if not run.is_dir():
             raise InputError(f"run {run} does not exist; pass a directory made by `bottleneck train-head`")
         command = rerun_command(run, opts)  # as asked, before a resume restores the recorded options

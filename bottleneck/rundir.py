@@ -34,8 +34,16 @@ def staging_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.tmp")
 
 
+def restore_interrupted(out: Path) -> None:
+    """Put back an older `out` that a process killed between `publish`'s two renames left as `.NAME.old`."""
+    old = out.with_name(f".{out.name}.old")
+    if old.is_dir() and not out.exists():
+        old.rename(out)
+
+
 def stage(out: Path, overwrite: bool, what: str = "run directory") -> Path:
     """A fresh, empty staging folder for `out` (a leftover from a crashed run is discarded)."""
+    restore_interrupted(out)
     check_free(out, overwrite, what)
     tmp = staging_dir(out)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -97,6 +105,7 @@ def read_config(run: Path, check: bool = False) -> dict:
     """config.json of a train-head or fine-tune run, refused in one line when it is not JSON or (`check`) lacks
     the keys that predict, evaluate, export and fine-tune use."""
     run = Path(run)
+    restore_interrupted(run)
     if not (run / "config.json").is_file():
         raise InputError(f"{run} is not a run directory (no config.json there); pass a directory made by "
                          "`bottleneck train-head` or `bottleneck fine-tune`")

@@ -25,7 +25,7 @@ from .files import walk_files, write_json_atomic
 from .heads import predict_proba
 from .images import load_image
 from .precision import resolve_precision
-from .rundir import check_free, load_keras, read_config, staged
+from .rundir import check_free, load_keras, read_config, restore_interrupted, staged
 from .tfimport import tensorflow
 from .validate import input_size_of, read_json_object
 
@@ -160,6 +160,7 @@ def export(run: str | Path, fmt: str = "keras", out: str | Path | None = None, d
     if fmt not in FORMATS:
         raise InputError(f"--format should be one of {', '.join(FORMATS)}; received {fmt!r}")
     run = Path(run)
+    restore_interrupted(run)  # a run left aside by a kill mid-publish
     if not run.is_dir():
         raise InputError(f"run {run} does not exist; pass a directory made by train-head or fine-tune")
     out = Path(out) if out else run.with_name(f"{run.name}-{fmt}")

@@ -1,11 +1,12 @@
 """The crash-test driver: the real `bottleneck` CLI run with a fault injected at its K-th write, for every K, as
 SQLite's crash tests do.
 
-    python tests/faultinject.py MODE RESULTS.json OUTPUT[,OUTPUT...] -- bottleneck arguments...
+    python tests/faultinject.py MODE RESULTS.json "OUTPUT[;OUTPUT...]" -- bottleneck arguments...
 
 A write is any file opened for writing (`open`, `io.open`), a folder created (`os.mkdir`), a rename
 (`os.replace`, `os.rename`), a file or folder removed (`os.unlink`, `os.remove`, `os.rmdir`, `shutil.rmtree`),
-or an HDF5 file opened to write (`h5py.File`). At the K-th: MODE `fail` raises OSError(ENOSPC), as a full disk
+or an HDF5 file opened to write (`h5py.File`), in the working folder: the command's own files (what a library
+writes to its temporary or cache folders elsewhere is not counted, and never faulted). At the K-th: MODE `fail` raises OSError(ENOSPC), as a full disk
 does; MODE `crash` ends the process at once (`os._exit(137)`, as SIGKILL does: no cleanup, no atexit, no finally).
 
 The driver imports TensorFlow and the CLI once, then forks one child per run, so each run costs its own work
@@ -35,8 +36,14 @@ _real_open = io.open
 def _install(mode: str, k: int, log: str) -> None:
     """Patch every write of this (child) process to count, and to fail or die at the k-th."""
     count = [0]
+    root = os.getcwd() + os.sep
 
     def hit(what) -> None:
+        if not isinstance(what, (str, bytes, os.PathLike)):
+            return  # an in-memory buffer (Keras zips through one)
+        path = os.fsdecode(what)
+        if os.path.isabs(path) and not path.startswith(root):
+            return  # a library's own temporary or cache files: not the command's writes
         count[0] += 1
         with _real_open(log, "a") as f:
             f.write(f"{what}\n")
@@ -115,12 +122,23 @@ def run(mode: str, k: int, args: list[str], outputs: list[str], tag: str) -> dic
             "outputs": digests}
 
 
-def _digest(path: str) -> str | None:
-    """SHA-256 of a file; of a cache, of the rows it holds as bottleneck reads them (its bytes also hold times)."""
+def _digest(spec: str) -> str | None:
+    """SHA-256 of a file; of a cache, of the rows it holds as bottleneck reads them (its bytes also hold times);
+    `FILE.csv:col1,col2`: of those columns only (what must match where the numbers may not be bit-exact);
+    `FILE?`: only whether it is there."""
+    path, _, columns = spec.rstrip("?").partition(":")
     if not os.path.isfile(path):
         return None
+    if spec.endswith("?"):
+        return "present"
     h = hashlib.sha256()
-    if path.endswith(".h5"):
+    if columns:
+        import csv
+
+        with _real_open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                h.update("\t".join(row[c] for c in columns.split(",")).encode() + b"\n")
+    elif path.endswith(".h5"):
         from bottleneck.cache import load_cache
 
         data = load_cache(path)
@@ -132,7 +150,7 @@ def _digest(path: str) -> str | None:
 
 
 def main() -> None:
-    mode, results, outputs = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    mode, results, outputs = sys.argv[1], sys.argv[2], sys.argv[3].split(";")
     args = sys.argv[sys.argv.index("--") + 1:]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from bottleneck.tfimport import tensorflow

@@ -1,5 +1,5 @@
-"""The crash-test harness: every write of train-head, sweep and merge made to fail (a full disk) or to end the
-process (SIGKILL), one at a time, for every write the command makes (`faultinject.py`).
+"""The crash-test harness: every write of train-head, sweep, merge and fine-tune made to fail (a full disk) or to
+end the process (SIGKILL), one at a time, for every write the command makes (`faultinject.py`).
 
 After each fault: the command either succeeded with the uninterrupted result (a library that handles the error
 itself, e.g. matplotlib's cache folder) or failed with exactly one `error:` line, no traceback and nothing
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def every_write(cwd: Path, mode: str, args: list, outputs: list[str], log_dir: P
     """Run the driver (a fault at each write in turn, each followed by a clean rerun); its results."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
            "BOTTLENECK_LOG_DIR": str(log_dir), "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.run([sys.executable, str(HARNESS), mode, "results.json", ",".join(outputs), "--",
+    proc = subprocess.run([sys.executable, str(HARNESS), mode, "results.json", ";".join(outputs), "--",
                            *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((cwd / "results.json").read_text())
@@ -98,3 +99,17 @@ def test_merge_survives_a_fault_at_every_write(tmp_path, mode):
         assert proc.returncode == 0, proc.stderr
     results = every_write(tmp_path, mode, ["merge", "s0.h5", "s1.h5", "--out", "m.h5"], ["m.h5"], tmp_path / "logs")
     assert judge(results, mode) >= 5
+
+
+@pytest.mark.parametrize("mode", ["fail", "crash"])
+def test_fine_tune_survives_a_fault_at_every_write(ham_run, tmp_path, mode):
+    """Fine-tuning is not bit-exact from run to run on a CPU (threaded convolutions), so what must match is the
+    run's content: every file, every image in its split with its label. The rerun is the same command (without
+    --resume: after a kill it starts over; resuming is tested in test_faults_doors and test_finetune)."""
+    shutil.copytree(ham_run["run"], tmp_path / "head")
+    args = ["fine-tune", "head", "--out", "ft", "--epochs", "1", "--batch-size", "8", "--no-augment", "--unfreeze",
+            "1", "--quiet", "--overwrite"]
+    outputs = ["ft/predictions.csv:image_id,split,true", "ft/split.csv", "ft/model.keras?", "ft/report.md?",
+               "ft/curves.png?", "ft/confusion.png?", "ft/history.csv:epoch"]
+    results = every_write(tmp_path, mode, args, outputs, tmp_path / "logs")
+    assert judge(results, mode) >= 10

@@ -88,6 +88,18 @@ def test_stage_discards_a_leftover_of_a_crashed_run_and_publish_renames(tmp_path
     assert (out / "a.txt").read_text() == "a" and not tmp.exists()
 
 
+def test_an_older_run_set_aside_by_a_kill_mid_publish_comes_back(tmp_path):
+    """Killed between publish's two renames: the older run waits as .run.old, and the next reader or writer of
+    that run directory puts it back."""
+    out = make_run(tmp_path / "run")
+    out.rename(tmp_path / ".run.old")  # where publish's first rename put it
+    assert read_config(out) == {"run": "old"} and not (tmp_path / ".run.old").exists()
+    out.rename(tmp_path / ".run.old")
+    with pytest.raises(InputError, match="already exists"):
+        stage(out, overwrite=False)  # back in place, so it is protected as any existing run
+    assert (out / "only-in-old.txt").read_text() == "old"
+
+
 def test_read_config_refuses_a_folder_without_config_json(tmp_path):
     folder = tmp_path / "not-a-run"
     folder.mkdir()
