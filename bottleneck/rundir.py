@@ -15,11 +15,11 @@ from typing import Iterator
 
 import numpy as np
 
-from .cache import CacheData
+from .cache import CacheConfig, CacheData
 from .errors import BottleneckError, InputError
 from .files import sha256_file
 from .tfimport import tensorflow
-from .validate import check_run_config, check_split_file, keras_layers, read_json_object
+from .validate import check_split_file, keras_layers, read_json_object
 
 
 def check_free(out: Path, overwrite: bool, what: str = "run directory") -> None:
@@ -99,6 +99,34 @@ def staged(out: Path, overwrite: bool, what: str = "run directory") -> Iterator[
 # --- reading a run ----------------------------------------------------------------------------------------------
 
 RUN_FIX = "the run directory is damaged: train it again (`bottleneck train-head ... --out DIR`)"
+
+
+def check_run_config(config: dict, path: Path, fix: str) -> None:
+    """The keys of a run's config.json that predict, evaluate, export and fine-tune use: the cache it was trained
+    on (path, provenance, classes), the run's classes and, for a head run, its head options."""
+    def refuse(field: str, what: str):
+        raise InputError(f"{path}: {field} {what}; {fix}")
+
+    cache = config.get("cache")
+    if not isinstance(cache, dict):
+        refuse("key 'cache'", "is missing or not an object")
+    for key in ("path", "root"):
+        if not isinstance(cache.get(key), str):
+            refuse(f"key 'cache.{key}'", "is missing or not text")
+    provenance = cache.get("config")
+    if not isinstance(provenance, dict):
+        refuse("key 'cache.config'", "is missing or not an object")
+    try:
+        provenance = CacheConfig(**provenance)
+    except TypeError as exc:
+        refuse("key 'cache.config'", f"does not describe a cache configuration ({exc})")
+    if not isinstance(provenance.input_size, int) or provenance.input_size < 1:
+        refuse("key 'cache.config.input_size'", f"is {provenance.input_size!r}, not a positive whole number")
+    names = config.get("class_names") or cache.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        refuse("key 'class_names'", "is missing, empty or not a list of class names")
+    if not isinstance(config.get("head", {}), dict):
+        refuse("key 'head'", "is not an object")
 
 
 def read_config(run: Path, check: bool = False) -> dict:
