@@ -14,7 +14,6 @@ import traceback
 import warnings
 from pathlib import Path
 
-import click
 import typer
 
 from ..class_map import ClassMap, parse_class_map
@@ -127,8 +126,9 @@ def handle_errors(fn=None, *, interrupted: str = "interrupted; finished batches 
         except KeyboardInterrupt:
             typer.echo(interrupted, err=True)
             raise typer.Exit(130)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise  # typer.Exit from `fail`, and usage errors (exit 2)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # typer.Exit from `fail`, and typer's own errors (usage: exit 2). typer, not click: typer no
+            # longer depends on click, so a clean install has no click to import
         except Exception as exc:  # noqa: BLE001 -- the last door: a bug must not print a traceback at the user
             unexpected(exc)
 
