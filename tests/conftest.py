@@ -87,6 +87,22 @@ def make_ham(root, n_lesions=6, images_per_lesion=2, crlf=False, bom=False, extr
     return root
 
 
+def hostile_tree(tmp_path):
+    """A class tree a hostile user makes: a/ and b/ with 3 images each, a/loop -> .. (the root), a/alias -> ../b,
+    a/out.jpg -> a file outside the root, b/ext -> a folder outside it. Returns the root."""
+    root = tmp_path / "data"
+    for k, cls in enumerate("ab"):
+        for i in range(3):
+            write_image(root / cls / f"x{i}.jpg", seed=10 * k + i)
+    write_image(tmp_path / "outside.jpg", seed=50)
+    write_image(tmp_path / "ext" / "o.jpg", seed=51)
+    (root / "a" / "loop").symlink_to("..")
+    (root / "a" / "alias").symlink_to("../b")
+    (root / "a" / "out.jpg").symlink_to(tmp_path / "outside.jpg")
+    (root / "b" / "ext").symlink_to(tmp_path / "ext")
+    return root
+
+
 def feature_cache(path, counts=None, dim=32, images_per_group=2, seed=0, backbone="vgg16", separation=1.5,
                   class_names=None):
     """A real cache written through the library's writer, with synthetic class-dependent features:

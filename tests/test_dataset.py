@@ -2,7 +2,7 @@ import pytest
 
 from bottleneck.dataset import build_index, select_shard
 from bottleneck.errors import InputError
-from conftest import make_ham, write_image
+from conftest import hostile_tree, make_ham, write_image
 
 
 def test_class_folders_keep_names_as_they_are(class_tree):
@@ -125,19 +125,7 @@ def test_shards_partition_the_index(class_tree):
 
 @pytest.fixture
 def linked_classes(tmp_path):
-    """The hostile tree: a/ and b/ with 3 images each, a/loop -> .. (the root), a/alias -> ../b, a/out.jpg -> a
-    file outside the root, b/ext -> a folder outside it."""
-    root = tmp_path / "data"
-    for k, cls in enumerate("ab"):
-        for i in range(3):
-            write_image(root / cls / f"x{i}.jpg", seed=10 * k + i)
-    write_image(tmp_path / "outside.jpg", seed=50)
-    write_image(tmp_path / "ext" / "o.jpg", seed=51)
-    (root / "a" / "loop").symlink_to("..")
-    (root / "a" / "alias").symlink_to("../b")
-    (root / "a" / "out.jpg").symlink_to(tmp_path / "outside.jpg")
-    (root / "b" / "ext").symlink_to(tmp_path / "ext")
-    return root
+    return hostile_tree(tmp_path)
 
 
 def test_class_folders_index_each_real_image_once_and_list_the_links_skipped(linked_classes):

@@ -18,7 +18,7 @@ from bottleneck.dataset import build_index
 from bottleneck.errors import InputError
 from bottleneck.files import is_hidden, scan_folder
 from bottleneck.images import IMAGE_EXTENSIONS
-from conftest import TINY_ARGS, run_cli, write_image
+from conftest import TINY_ARGS, hostile_tree, run_cli
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -26,29 +26,19 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 # --- the reported bug, through the CLI ---------------------------------------------------------------------------
 
 @pytest.fixture
-def hostile_tree(tmp_path):
-    """6 real images in a/ and b/; a/loop -> .. ; a/out.jpg -> a file outside the folder; b/ext -> a folder outside."""
-    root = tmp_path / "data"
-    for k, cls in enumerate("ab"):
-        for i in range(3):
-            write_image(root / cls / f"x{i}.jpg", seed=10 * k + i)
-    write_image(tmp_path / "outside.jpg", seed=50)
-    write_image(tmp_path / "ext" / "o.jpg", seed=51)
-    (root / "a" / "loop").symlink_to("..")
-    (root / "a" / "out.jpg").symlink_to(tmp_path / "outside.jpg")
-    (root / "b" / "ext").symlink_to(tmp_path / "ext")
-    return root
+def hostile(tmp_path):
+    return hostile_tree(tmp_path)
 
 
-def test_extract_stores_each_real_image_once_and_follows_links_out_only_when_asked(hostile_tree, tmp_path):
-    r = run_cli("extract", hostile_tree, *TINY_ARGS, "--cache", tmp_path / "c.h5")
+def test_extract_stores_each_real_image_once_and_follows_links_out_only_when_asked(hostile, tmp_path):
+    r = run_cli("extract", hostile, *TINY_ARGS, "--cache", tmp_path / "c.h5")
     assert r.exit_code == 0, r.output
     data = load_cache(tmp_path / "c.h5", features=False)
     rows = sorted(zip(data.image_ids, (data.class_names[y] for y in data.labels)))
     assert rows == [(f"{c}/x{i}.jpg", c) for c in "ab" for i in range(3)]
     assert "a/loop: symlink loop" in r.output and "b/ext: symlink leaves the image folder" in r.output  # not silent
 
-    r = run_cli("extract", hostile_tree, *TINY_ARGS, "--cache", tmp_path / "f.h5", "--follow-symlinks")
+    r = run_cli("extract", hostile, *TINY_ARGS, "--cache", tmp_path / "f.h5", "--follow-symlinks")
     assert r.exit_code == 0, r.output
     data = load_cache(tmp_path / "f.h5", features=False)
     assert sorted(data.image_ids) == sorted([f"{c}/x{i}.jpg" for c in "ab" for i in range(3)]
@@ -56,10 +46,10 @@ def test_extract_stores_each_real_image_once_and_follows_links_out_only_when_ask
     assert len(set(data.sha256)) == 8  # every row a different file: the loop still cut
 
 
-def test_extract_refuses_a_csv_path_through_a_link_out_of_the_folder(hostile_tree, tmp_path):
+def test_extract_refuses_a_csv_path_through_a_link_out_of_the_folder(hostile, tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text("id,label\na/x0.jpg,mel\nb/ext/o.jpg,nv\n")
-    args = ["extract", hostile_tree, *TINY_ARGS, "--metadata", csv, "--id-column", "id", "--label-column", "label",
+    args = ["extract", hostile, *TINY_ARGS, "--metadata", csv, "--id-column", "id", "--label-column", "label",
             "--cache", tmp_path / "c.h5"]
     r = run_cli(*args)
     assert r.exit_code == 1 and r.output.count("\n") == 1
