@@ -164,8 +164,9 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
         devices = resolve_devices(opts.devices, *visible_devices())
     # A name the cache's UTF-8 columns cannot hold is listed as failed (by a readable escaped form), never
     # stored under another name that fine-tune and predict could not reopen: see forward.unstorable_name.
-    entries = [e for e in index.entries if not unstorable_name(e)]
-    bad_names = [(printable_path(e.rel_path), unstorable_name(e), "") for e in index.entries if unstorable_name(e)]
+    why = [unstorable_name(e) for e in index.entries]  # once per entry: "" when its names can be stored
+    entries = [e for e, w in zip(index.entries, why) if not w]
+    bad_names = [(printable_path(e.rel_path), w, "") for e, w in zip(index.entries, why) if w]
     class_names = tuple(c for c in index.class_names if utf8_ok(c))
     with CacheWriter(path, config, info, class_names, opts.commit_seconds) as writer:
         n_views = max(opts.views, writer.existing_views())  # new rows get every view the cache has
