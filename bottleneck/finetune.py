@@ -37,7 +37,7 @@ from .rundir import (check_free, load_keras, predictions_frame, publish, read_co
                      write_history)
 from .splits import SPLITS, load_split
 from .tfimport import tensorflow
-from .validate import keras_layers
+from .validate import keras_layers, read_json_object
 
 PROGRESS = "progress.json"  # in the staging folder: the state --resume continues, naming its model files
 PREVIOUS = "progress.prev.json"  # the state one epoch older, kept (with its files) until the newer one is whole
@@ -353,12 +353,12 @@ def _resume_state(run: Path, tmp: Path, opts: FineTuneOptions) -> tuple[list[dic
     for name in (PROGRESS, PREVIOUS):
         if (tmp / name).is_file():
             try:
-                state = json.loads((tmp / name).read_text())
-                if isinstance(state, dict) and {"source_run", "options", "epoch", "best_epoch"} <= set(state):
-                    states.append(state)
-                    continue
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                pass
+                state = read_json_object(tmp / name, "it is passed over")
+            except InputError:
+                state = {}
+            if {"source_run", "options", "epoch", "best_epoch"} <= set(state):
+                states.append(state)
+                continue
             warnings.warn(f"{tmp / name} is damaged; it is passed over", BottleneckWarning, stacklevel=2)
     if not states:
         raise InputError(f"nothing to resume: no interrupted fine-tune in {tmp}; run without --resume")
