@@ -39,8 +39,12 @@ def journal_dir(path: Path) -> Path:
 
 
 def pending_batches(path: Path) -> list[Path]:
-    j = journal_dir(path)
-    return sorted(p for p in j.glob("batch-*.npz") if BATCH_NAME.fullmatch(p.name)) if j.is_dir() else []
+    """The journaled batches of `path`, in order. Safe while a writer runs: a commit that empties the journal
+    removes its folder, which may vanish between the check and the listing (then nothing is pending)."""
+    try:
+        return sorted(p for p in journal_dir(path).glob("batch-*.npz") if BATCH_NAME.fullmatch(p.name))
+    except FileNotFoundError:
+        return []
 
 
 class DamagedBatch(Exception):
