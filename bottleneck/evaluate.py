@@ -16,8 +16,10 @@ from .class_map import STAR, ClassMap, map_classes, recorded_map, run_class_name
 from .errors import CacheMismatchError, InputError
 from .feature_store import GIB, features_record, is_streamed, load_cache_within, resolve_memory_gb, take
 from .files import sha256_file, write_json_atomic
+from .clinical import (DecisionRule, binary_rates, binary_stats, bootstrap, bootstrap_record, calibration_figures,
+                       metric_intervals, positive_index, resampling_units)
 from .heads import predict_proba
-from .metrics import compute_metrics
+from .metrics import compute_metrics, decide
 from .plots import plot_confusion
 from .report import write_eval_report
 from .rundir import load_run, predictions_frame, restore_interrupted, staged
@@ -178,19 +180,22 @@ def _check_external(run_dir: Path, own: Path, names: list[str], task: ClassMap, 
 
 
 def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool = False,
-                 memory_gb: float | None = None, class_map: ClassMap | None = None) -> EvalResult:
+                 memory_gb: float | None = None, class_map: ClassMap | None = None,
+                 calibrate: bool = True) -> EvalResult:
     """The run's head on its own test split, or on every labeled image of another cache (external data) that the
     run did not train or validate on; written to RUN/eval-test/ or RUN/eval-<cache>/, replacing the previous
     evaluation of the same data.
 
     memory_gb: features beyond it are streamed from the cache (None: default_memory_gb()). class_map: how the
-    cache's classes become the run's (targets are the run's classes); by default the run's own map, or by name."""
+    cache's classes become the run's (targets are the run's classes); by default the run's own map, or by name.
+    calibrate=False: the head's own probabilities, without the run's calibration (and its decision weights)."""
     memory_gb = resolve_memory_gb(memory_gb)
     run_dir = Path(run_dir)
     restore_interrupted(run_dir)  # a run left aside by a kill mid-publish
     if not run_dir.is_dir():
         raise InputError(f"run {run_dir} does not exist; pass a directory made by `bottleneck train-head`")
-    config, model = load_run(run_dir)
+    config, model = load_run(run_dir, calibrate)
+    rule = DecisionRule.of(config, calibrate)
     names = run_class_names(config)
     trained_on = CacheConfig(**config["cache"]["config"])
     own = Path(config["cache"]["path"])
@@ -238,7 +243,11 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
         held = 0 if is_streamed(data.features) else data.features.nbytes / GIB  # one budget with the features
         proba = tta_proba(model, data, rows, proba, max(0.0, memory_gb - held))
         notes.append(f"probabilities averaged over the plain view and {data.n_views} stored views (TTA)")
-    metrics = compute_metrics(y[rows], proba, names, train_labels=y_train)
+    positive = names.index(rule.positive) if rule.positive in names else positive_index(names, None)
+    metrics = compute_metrics(y[rows], proba, names, train_labels=y_train, decision_weights=rule.decision_weights,
+                              positive=positive)
+    clinical = served_figures(y[rows], proba, data.groups[rows], names, metrics, rule, positive,
+                              int(config["head"]["seed"]))
     baseline_from = "training" if y_train is not None else "evaluated"
 
     out = run_dir / ("eval-" + (path.stem if external else "test"))
@@ -248,20 +257,38 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
               "unmapped_classes": unmapped_counts, "notes": notes,
               "features": features_record(data.features, memory_gb),
               # the baseline predicts the majority class of the run's training split when it can be read
-              "majority_baseline_from": baseline_from}
+              "majority_baseline_from": baseline_from, "decision_rule": rule.record(), **clinical}
     if external:
         record |= {"overlap_checked": overlap.checked, "overlap": overlap.record(),
                    "overlap_message": overlap.message(path.name)}
     record["metrics"] = metrics
     with staged(out, overwrite=True) as tmp:  # an evaluation is derived: the newest replaces the last
         write_json_atomic(tmp / "metrics.json", record)
-        predictions_frame(data, split, proba, rows, names).to_csv(tmp / "predictions.csv", index=False)
+        predictions_frame(data, split, proba, rows, names, rule.decision_weights).to_csv(tmp / "predictions.csv",
+                                                                                         index=False)
         if found:
             _write_excluded(tmp / "excluded.csv", found)
         plot_confusion(metrics["confusion_matrix"], names, tmp / "confusion.png",
                        title=f"{'external: ' + path.stem if external else 'test split'}, {metrics['n']} images")
         write_eval_report(tmp / "report.md", config, record, run_dir.name, out.name)
     return EvalResult(out, metrics, path, external, unmapped_counts, notes, overlap, baseline_from, shown_map)
+
+
+def served_figures(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, names: list[str], metrics: dict,
+                   rule: DecisionRule, positive: int | None, seed: int) -> dict:
+    """Intervals of the headline metrics (into `metrics`), calibration figures and the run's operating point on
+    these images, as an evaluation record's fields."""
+    units = resampling_units(groups)
+    metrics["intervals"] = metric_intervals(y, proba, decide(proba, rule.decision_weights), names, metrics, units,
+                                            seed, positive)
+    out = {"bootstrap": bootstrap_record(units, groups, seed), "calibration": calibration_figures(y, proba, None)}
+    if positive is not None and rule.threshold is not None and names[positive] == rule.positive:
+        flagged = proba[:, positive] >= rule.threshold
+        out["operating_point"] = {"positive": rule.positive, "threshold": rule.threshold,
+                                  "positives": int((y == positive).sum()),
+                                  **bootstrap(binary_stats(y, flagged, positive), binary_rates(y, flagged, positive),
+                                              units, seed)}
+    return out
 
 
 def _write_excluded(path: Path, found: list[dict]) -> None:

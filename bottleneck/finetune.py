@@ -33,7 +33,7 @@ from .metrics import evaluate_splits
 from .plots import plot_confusion, plot_curves
 from .precision import check_precision, compute_policy, resolve_precision
 from .report import write_finetune_report
-from .rundir import (check_free, load_keras, predictions_frame, publish, read_config, restore_interrupted, staging_dir,
+from .rundir import (check_free, load_head, load_keras, predictions_frame, publish, read_config, restore_interrupted, staging_dir,
                      write_history)
 from .splits import SPLITS, load_split
 from .tfimport import tensorflow
@@ -206,7 +206,10 @@ class FineTuneJob:
                 if model is not None:
                     return model
             backbone = rebuild_backbone(self.provenance, self.opts.precision)
-            model = assemble_model(self.provenance, load_keras(self.run / "head.keras"), backbone)
+            # The head as trained: a calibration fitted to the cached features' head does not hold for a
+            # fine-tuned one, so it is taken out (the fine-tuned model reports uncalibrated probabilities).
+            model = assemble_model(self.provenance, load_head(self.run, read_config(self.run), calibrate=False),
+                                   backbone)
             unfrozen = unfreeze(backbone, self.provenance.backbone, parse_unfreeze(self.opts.unfreeze))  # may refuse
             model.compile(optimizer=make_optimizer(self.opts.optimizer, self.opts.lr),
                           loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])

@@ -171,6 +171,28 @@ def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, 
     return TrainedHead(model, history, best, seconds)
 
 
+def probabilities_layer(model):
+    """The head's last Dense layer ("probabilities"), in a head or in a model that nests one (backbone + head)."""
+    for layer in model.layers:
+        if layer.name == "probabilities":
+            return layer
+        if hasattr(layer, "layers"):
+            try:
+                return probabilities_layer(layer)
+            except InputError:
+                continue
+    raise InputError(f"model {model.name!r} has no layer named 'probabilities'; it was not made by bottleneck")
+
+
+def fold_calibration(model, calibration, undo: bool = False) -> None:
+    """Fold a clinical.Calibration into the head's last layer, in place: logits (W x + b) become
+    (W x + b + shift) / T, so the model outputs calibrated probabilities. undo=True takes it out again."""
+    layer = probabilities_layer(model)
+    w, b = layer.get_weights()
+    t, shift = calibration.temperature, np.asarray(calibration.shift, dtype=w.dtype)
+    layer.set_weights([w * t, b * t - shift] if undo else [w / t, (b + shift) / t])
+
+
 def predict_proba(model, x, batch_size: int = 1024) -> np.ndarray:
     """(N, D) features -> (N, C) probabilities, float64 so that rows sum to 1 for the metrics.
 

@@ -85,8 +85,21 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(positive, score))
 
 
-def _melanoma(y: np.ndarray, pred: np.ndarray, class_names: list[str]) -> dict | None:
-    idx = next((i for i, n in enumerate(class_names) if n.casefold() in _MELANOMA_FOLDED), None)
+def melanoma_index(class_names: list[str]) -> int | None:
+    """The class named mel/melanoma (any case), else None."""
+    return next((i for i, n in enumerate(class_names) if n.casefold() in _MELANOMA_FOLDED), None)
+
+
+def decide(proba: np.ndarray, decision_weights=None) -> np.ndarray:
+    """Predicted class per row: argmax of the probabilities, times the decision weights when given (a calibrated
+    head's class weights, which keep the balanced decision rule; see clinical.Calibration)."""
+    if decision_weights is None or len(decision_weights) == 0:
+        return np.asarray(proba).argmax(axis=1)
+    return (np.asarray(proba) * np.asarray(decision_weights, dtype=np.float64)).argmax(axis=1)
+
+
+def _melanoma(y: np.ndarray, pred: np.ndarray, class_names: list[str], idx: int | None = None) -> dict | None:
+    idx = melanoma_index(class_names) if idx is None else idx
     if idx is None:
         return None
     is_mel = y == idx
@@ -98,18 +111,21 @@ def _melanoma(y: np.ndarray, pred: np.ndarray, class_names: list[str]) -> dict |
 
 
 def compute_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str],
-                    train_labels: np.ndarray | None = None) -> dict:
+                    train_labels: np.ndarray | None = None, decision_weights=None,
+                    positive: int | None = None) -> dict:
     """Metrics of softmax outputs `proba` (N, C) against class indices `y_true` (N,), as a JSON-ready dict.
 
     Undefined values (AUC of a class absent from y_true or whose probabilities are all tied, with a
     "roc_auc_note" then; melanoma sensitivity without melanoma cases) are None, never NaN. The majority
-    baseline predicts the most frequent class of `train_labels` (of y_true when None).
+    baseline predicts the most frequent class of `train_labels` (of y_true when None). Predictions are
+    `decide(proba, decision_weights)`; "positive" holds the sensitivity/specificity of class index `positive`
+    (default: the melanoma-named class), "melanoma" those of the melanoma-named class.
     """
     class_names = list(class_names)
     y, p = _check_inputs(y_true, proba, class_names)
     c = len(class_names)
     labels = list(range(c))
-    pred = p.argmax(axis=1)  # (N,) predicted class index
+    pred = decide(p, decision_weights)  # (N,) predicted class index
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
@@ -139,7 +155,8 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str
             "majority_baseline": {"class": class_names[maj],
                                   "accuracy": float((y == maj).mean()),
                                   "balanced_accuracy": _balanced_accuracy(y, baseline_pred)},
-            "melanoma": _melanoma(y, pred, class_names)}
+            "melanoma": _melanoma(y, pred, class_names),
+            "positive": _melanoma(y, pred, class_names, positive)}
 
 
 def fmt(v, digits: int = 3) -> str:
@@ -148,13 +165,14 @@ def fmt(v, digits: int = 3) -> str:
 
 
 def evaluate_splits(y: np.ndarray, proba: np.ndarray, split_of_rows: np.ndarray, class_names, y_train,
-                    splits=("val", "test")) -> dict:
+                    splits=("val", "test"), decision_weights=None, positive: int | None = None) -> dict:
     """`compute_metrics` per split name of `splits` that has rows; y, proba and split_of_rows are row-aligned."""
     out = {}
     for s in splits:
         m = split_of_rows == s
         if m.any():
-            out[s] = compute_metrics(y[m], proba[m], class_names, train_labels=y_train)
+            out[s] = compute_metrics(y[m], proba[m], class_names, train_labels=y_train,
+                                     decision_weights=decision_weights, positive=positive)
     return out
 
 

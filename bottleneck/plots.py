@@ -115,3 +115,53 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path, title:
     ax.set_ylabel("true class (images)")
     ax.set_title(title or "Confusion matrix")
     return _save(fig, path)
+
+
+def plot_reliability(figures: dict, path, title: str = "") -> Path:
+    """Reliability diagram: accuracy against confidence per bin, before and after calibration, with the ECE of
+    each in the legend; a perfectly calibrated head lies on the diagonal. `figures`: clinical.calibration_figures."""
+    fig = _figure(5.5, 5.0)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for key, label, style in (("before", "head as trained", dict(color="tab:red", marker="o")),
+                              ("after", "calibrated", dict(color="tab:blue", marker="s"))):
+        points = figures.get(f"reliability_{key}")
+        if not points:
+            continue
+        conf = [p["confidence"] for p in points]
+        acc = [p["accuracy"] for p in points]
+        ax.plot(conf, acc, label=f"{label} (ECE {figures[f'ece_{key}']:.3f})", markersize=4, **style)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title(title or "Reliability diagram")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_roc(y: np.ndarray, proba: np.ndarray, class_names: list[str], path, positive: int | None = None,
+             point: dict | None = None, title: str = "") -> Path:
+    """One-vs-rest ROC curve per class present; the positive class drawn bold, its operating point marked."""
+    from sklearn.metrics import roc_curve
+
+    fig = _figure(6.0, 5.5)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    for k, name in enumerate(class_names):
+        hit = y == k
+        if hit.all() or not hit.any():
+            continue
+        fpr, tpr, _ = roc_curve(hit, proba[:, k])
+        bold = k == positive
+        ax.plot(fpr, tpr, linewidth=2.5 if bold else 1.0, alpha=1.0 if bold else 0.6, label=name,
+                zorder=3 if bold else 2)
+    if point and point.get("threshold") is not None:
+        sens, spec = point["test"]["sensitivity"]["value"], point["test"]["specificity"]["value"]
+        ax.plot([1 - spec], [sens], marker="*", markersize=14, color="black", linestyle="none", zorder=4,
+                label=f"operating point (p >= {point['threshold']:.3f})")
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_title(title or "ROC curves, one class against the rest")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)

@@ -28,7 +28,105 @@ def class_map_section(record: dict | None) -> list[str]:
     return lines + [""]
 
 
-def write_head_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
+def ci(record: dict | None, digits: int = 3) -> str:
+    """An interval record as `0.812 (0.781-0.842)`; "-" when undefined."""
+    if not record:
+        return "-"
+    if record.get("lower") is None:
+        return fmt(record["value"], digits)
+    return f"{fmt(record['value'], digits)} ({fmt(record['lower'], digits)}-{fmt(record['upper'], digits)})"
+
+
+def results_section(metrics: dict, names: list[str]) -> list[str]:
+    """Headline test figures with their bootstrap intervals, and per-class recall with intervals."""
+    test, boot = metrics["test"], metrics["bootstrap"]
+    iv = test["intervals"]
+    pos = metrics.get("positive")
+    lines = ["### Test split, with 95% intervals",
+             f"Intervals: {boot['resamples']} bootstrap resamples of the test split's {boot['units']} "
+             f"{'lesions/patients' if boot['unit'].startswith('lesion') else 'images (no group ids)'} "
+             f"(percentile method, seed {boot['seed']}). Predictions: "
+             + ("the head's own classes (calibration changes probabilities, not decisions)."
+                if (metrics.get("calibration") or {}).get("applied") else "the class of highest probability."), ""]
+    header = ["n", "balanced acc", "macro AUC"] + ([f"{pos} sensitivity", f"{pos} specificity"] if pos else [])
+    row = [test["n"], ci(iv["balanced_accuracy"]), ci(iv["roc_auc_macro"])]
+    row += [ci(iv["sensitivity"]), ci(iv["specificity"])] if pos else []
+    lines += _table(header, [row]) + [""]
+    lines += _table(["class", "test images", "recall (95% interval)"],
+                    [[n, test["per_class"][n]["support"], ci(iv["recall"][n])] for n in names])
+    return lines + [""]
+
+
+def operating_point_section(metrics: dict) -> list[str]:
+    op = metrics.get("operating_point") or {}
+    lines = ["## Operating point"]
+    if op.get("threshold") is None:
+        return lines + [f"None: {op.get('reason', 'not computed')}.", ""]
+    t, pos = op["test"], op["positive"]
+    lines += [f"A screening reader flags an image as {pos} when its {pos} probability is at least "
+              f"**{op['threshold']:.4f}**, the threshold chosen on the validation split to reach "
+              f"{op['target_sensitivity']:.0%} sensitivity there ({op['val']['positives']} validation {pos} images, "
+              f"{fmt(op['val']['sensitivity'])} reached, specificity {fmt(op['val']['specificity'])}). On the test "
+              f"split ({op['test_images']} images, {op['test_positives']} {pos}, prevalence "
+              f"{op['test_prevalence']:.1%}):", ""]
+    lines += _table(["sensitivity", "specificity", "PPV", "NPV"],
+                    [[ci(t["sensitivity"]), ci(t["specificity"]), ci(t["ppv"]), ci(t["npv"])]])
+    return lines + ["", "![ROC curves, operating point marked](roc.png)", ""]
+
+
+def calibration_section(metrics: dict) -> list[str]:
+    cal = metrics["calibration"]
+    f = cal["test"]
+    lines = ["## Calibration", f"Expected calibration error ({f['bins']} bins, top class) and Brier score on the "
+             "test split; lower is better.", ""]
+    if cal.get("applied"):
+        shift = any(cal["prior_shift"])
+        lines += [f"Temperature scaling fitted on the validation split: T = {cal['temperature']:.3f}"
+                  + (", after undoing the prior shift of the balanced class weights (probabilities then estimate "
+                     "the training prevalence; the predicted classes stay the head's own)" if shift else "")
+                  + ". `head.keras`, `predictions.csv`, `evaluate`, `predict` and `export` give the calibrated "
+                  "probabilities (`--no-calibrate` for the head's own).", ""]
+        lines += _table(["", "ECE", "Brier"], [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"])],
+                                               ["calibrated", fmt(f["ece_after"]), fmt(f["brier_after"])]])
+    else:
+        lines += [f"Not calibrated: {cal['reason']}.", ""]
+        lines += _table(["", "ECE", "Brier"], [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"])]])
+    return lines + ["", "![reliability diagram](calibration.png)", ""]
+
+
+def lesion_section(metrics: dict) -> list[str]:
+    les = metrics.get("lesion_level") or {}
+    lines = ["## Lesion-level results"]
+    if "metrics" not in les:
+        return lines + [les.get("note", "not computed") + ".", ""]
+    m, iv = les["metrics"], les["metrics"]["intervals"]
+    pos = metrics.get("positive")
+    lines += [f"Probabilities averaged over each lesion's images: {les['lesions']} test lesions "
+              f"({les['lesions_with_several_images']} with more than one image); intervals resample lesions.", ""]
+    header = ["lesions", "balanced acc", "macro AUC"] + ([f"{pos} sensitivity", f"{pos} specificity"] if pos else [])
+    row = [m["n"], ci(iv["balanced_accuracy"]), ci(iv["roc_auc_macro"])]
+    row += [ci(iv["sensitivity"]), ci(iv["specificity"])] if pos else []
+    return lines + _table(header, [row]) + [""]
+
+
+def subgroup_section(metrics: dict) -> list[str]:
+    sub = metrics.get("subgroups") or {}
+    lines = ["## Subgroups"]
+    if not sub.get("columns"):
+        return lines + [sub.get("note", "None asked for (--subgroups none)") + ".", ""]
+    pos = metrics.get("positive")
+    at = "at the operating point" if sub["at"] == "operating point" else "at the argmax"
+    lines += [f"Test split by metadata column; intervals resample lesions within the subgroup. A subgroup of "
+              f"few images or few {pos or 'positive'} cases has a wide interval: read it before the figure.", ""]
+    for col, rows in sub["tables"].items():
+        header = [col, "images", "lesions", "balanced acc"] + ([f"{pos} images", f"{pos} sensitivity ({at})"]
+                                                               if pos else [])
+        lines += _table(header, [[r["value"], r["images"], r["lesions"], ci(r["balanced_accuracy"])]
+                                 + ([r["positives"], ci(r["sensitivity"])] if pos else []) for r in rows]) + [""]
+    return lines
+
+
+def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits: list[str] = ()) -> Path:
     cache, head, split = config["cache"], config["head"], config["split"]
     cc = cache["config"]
     names = run_class_names(config)
@@ -66,11 +164,19 @@ def write_head_report(path: Path, config: dict, metrics: dict, name: str) -> Pat
     lines += _table(["split", "n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
                      "melanoma sens", "melanoma spec"], rows)
     test = metrics["test"]
-    lines += ["", "### Class-wise results on the test split", ""]
+    lines += [""]
+    if "bootstrap" in metrics:
+        lines += results_section(metrics, names)
+    lines += ["### Class-wise results on the test split", ""]
     lines += _table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
                     [[n, test["per_class"][n]["support"], fmt(test["per_class"][n]["precision"]),
                       fmt(test["per_class"][n]["recall"]), fmt(test["per_class"][n]["f1"]),
                       fmt(test["roc_auc_per_class"].get(n))] for n in names])
+    if metrics.get("warnings"):
+        lines += ["", "**Warnings**", ""] + [f"- {w}" for w in metrics["warnings"]]
+    if "bootstrap" in metrics:
+        lines += [""] + operating_point_section(metrics) + calibration_section(metrics) + lesion_section(metrics)
+        lines += subgroup_section(metrics)
     views = config.get("views") or {}
     if views.get("augment") or views.get("tta"):
         lines += ["", "### Augmented views",
@@ -99,8 +205,10 @@ def write_head_report(path: Path, config: dict, metrics: dict, name: str) -> Pat
               "", "![training curves](curves.png)", "", "![confusion matrix, test split](confusion.png)", "",
               "## Files",
               "`config.json` (how to rerun), `split.csv`, `history.csv`, `metrics.json`, `predictions.csv`, "
-              "`curves.png`, `confusion.png`, `head.keras`.", "",
+              "`curves.png`, `confusion.png`, `calibration.png`, `roc.png`, `head.keras`.", "",
               f"Rerun: `{' '.join(config['command'])}`", ""]
+    if limits:
+        lines += ["## Limitations", ""] + [f"- {x}" for x in limits] + [""]
     path.write_text("\n".join(lines))
     return path
 
@@ -137,6 +245,29 @@ def write_finetune_report(path: Path, config: dict, metrics: dict, name: str) ->
     return path
 
 
+def served_section(record: dict, m: dict, names: list[str]) -> list[str]:
+    """An evaluation's intervals, calibration and the run's operating point on the evaluated images."""
+    rule, boot, iv, cal = record["decision_rule"], record["bootstrap"], m["intervals"], record["calibration"]
+    pos = (m.get("positive") or {}).get("class")
+    lines = [f"With 95% intervals ({boot['resamples']} bootstrap resamples of {boot['units']} "
+             f"{'lesions/patients' if boot['unit'].startswith('lesion') else 'images'}); probabilities "
+             + (f"calibrated by the run (temperature {rule['temperature']:.3f})." if rule["calibrated"] else
+                "as the head gives them (not calibrated)."), ""]
+    header = ["balanced acc", "macro AUC"] + ([f"{pos} sensitivity", f"{pos} specificity"] if pos else [])
+    row = [ci(iv["balanced_accuracy"]), ci(iv["roc_auc_macro"])] + ([ci(iv["sensitivity"]), ci(iv["specificity"])]
+                                                                    if pos else [])
+    lines += _table(header, [row])
+    lines += ["", f"Calibration on these images: ECE {fmt(cal['ece_before'])} ({cal['bins']} bins), Brier "
+              f"{fmt(cal['brier_before'])}."]
+    op = record.get("operating_point")
+    if op:
+        lines += ["", f"At the run's operating point ({op['positive']} probability >= {op['threshold']:.4f}, chosen "
+                  f"on its validation split; {op['positives']} {op['positive']} images here):", ""]
+        lines += _table(["sensitivity", "specificity", "PPV", "NPV"],
+                        [[ci(op["sensitivity"]), ci(op["specificity"]), ci(op["ppv"]), ci(op["npv"])]])
+    return lines
+
+
 def write_eval_report(path: Path, config: dict, record: dict, run_name: str, name: str) -> Path:
     """report.md of `bottleneck evaluate`: which data, what was left out and why, and the results."""
     m, external = record["metrics"], record["external"]
@@ -162,6 +293,7 @@ def write_eval_report(path: Path, config: dict, record: dict, run_name: str, nam
                       fmt(base["accuracy"]), fmt(base["balanced_accuracy"]), fmt(mel.get("sensitivity")),
                       fmt(mel.get("specificity"))]])
     names = run_class_names(config)
+    lines += [""] + served_section(record, m, names)
     lines += ["", "### Class-wise results", ""]
     lines += _table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
                     [[n, m["per_class"][n]["support"], fmt(m["per_class"][n]["precision"]),

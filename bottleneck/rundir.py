@@ -17,6 +17,7 @@ import numpy as np
 
 from .cache import CacheConfig, CacheData
 from .errors import BottleneckError, InputError
+from .metrics import decide
 from .files import sha256_file
 from .tfimport import tensorflow
 from .validate import check_split_file, keras_layers, read_json_object
@@ -163,15 +164,28 @@ def load_keras(path: Path):
                          "rerun the command that wrote it") from None
 
 
-def load_run(run_dir: str | Path) -> tuple[dict, object]:
-    """(config.json, the head model) of a train-head run, its config.json, split.csv and head.keras checked."""
+def load_head(run_dir: Path, config: dict, calibrate: bool = True):
+    """head.keras of a run; calibrate=False takes out the calibration folded into it (--no-calibrate)."""
+    from .clinical import Calibration
+    from .heads import fold_calibration
+
+    head = load_keras(run_dir / "head.keras")
+    calibration = Calibration.from_record(config.get("calibration"))
+    if calibration is not None and not calibrate:
+        fold_calibration(head, calibration, undo=True)
+    return head
+
+
+def load_run(run_dir: str | Path, calibrate: bool = True) -> tuple[dict, object]:
+    """(config.json, the head model) of a train-head run, its config.json, split.csv and head.keras checked.
+    calibrate=False: the head as trained, without the calibration folded into head.keras."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "head.keras").is_file():
         raise InputError(f"{run_dir} is not a train-head run (no config.json / head.keras there)")
     config = read_config(run_dir, check=True)
     if (run_dir / "split.csv").is_file():
         check_split_file(run_dir / "split.csv", RUN_FIX)
-    return config, load_keras(run_dir / "head.keras")
+    return config, load_head(run_dir, config, calibrate)
 
 
 # --- artifacts --------------------------------------------------------------------------------------------------
@@ -185,8 +199,11 @@ def write_history(path: Path, history: dict) -> None:
     df.to_csv(path, index=False)
 
 
-def predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, rows: np.ndarray, class_names):
+def predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, rows: np.ndarray, class_names,
+                      decision_weights=None):
     """predictions.csv's rows: image id, path, group, split, true and predicted class, p_<class> per class.
+
+    predicted: `metrics.decide(proba, decision_weights)`, the rule the metrics use (a calibrated run's weights).
 
     Write it with a plain `.to_csv(path, index=False)` (no float_format): pandas then writes each probability at
     full precision."""
@@ -196,7 +213,7 @@ def predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, row
     df = pd.DataFrame({"image_id": data.image_ids[rows], "path": data.paths[rows], "group": data.groups[rows],
                        "split": split[rows],
                        "true": [class_names[i] if i >= 0 else "" for i in labels],
-                       "predicted": [class_names[i] for i in proba.argmax(axis=1)]})
+                       "predicted": [class_names[i] for i in decide(proba, decision_weights)]})
     for j, name in enumerate(class_names):
         # Unrounded (float64, written as the shortest text that reads back to the same number): the metrics of
         # metrics.json recompute exactly from this file; 6 decimals made ties that moved the AUCs.

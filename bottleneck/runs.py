@@ -21,9 +21,11 @@ from .class_map import ClassMap, map_classes, recorded_map
 from .errors import InputError
 from .feature_store import (GIB, ViewsReader, features_record, is_streamed, load_cache_within, resolve_memory_gb,
                             take)
-from .heads import HeadConfig, TrainedHead, fit_head, predict_proba
+from .clinical import (Calibration, ClinicalOptions, calibration_figures, check_target, choose_threshold, clinical_results,
+                       few_groups_warning, limitations, positive_index, small_class_warnings, warn)
+from .heads import HeadConfig, TrainedHead, class_weights, fit_head, fold_calibration, predict_proba
 from .metrics import evaluate_splits
-from .plots import plot_confusion, plot_curves
+from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sanity import run_warnings
 from .report import write_head_report
 from .files import write_json_atomic
@@ -47,6 +49,7 @@ class RunOptions:
     memory_gb: float | None = None  # features beyond this (GiB, float32) are streamed; None: default_memory_gb()
     views_memory_gb: float | None = None  # views beyond this are streamed; None: what memory_gb leaves them
     class_map: ClassMap | None = None  # the task (class_map.py); None: the cache's classes, or --split-from's map
+    clinical: ClinicalOptions = ClinicalOptions()  # --positive, --target-sensitivity, --subgroups, --no-calibrate
 
 
 @dataclass
@@ -76,12 +79,19 @@ def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) ->
         command += ["--class-map", opts.class_map.spec]
     if opts.memory_gb is not None:  # the resolved budget: the rerun streams (or not) as this run did
         command += ["--memory-gb", f"{opts.memory_gb:g}"]
+    c = opts.clinical
+    command += ["--positive", c.positive] if c.positive else []
+    command += ["--target-sensitivity", f"{c.target_sensitivity:g}"]
+    if c.subgroups is not None:
+        command += ["--subgroups", ",".join(c.subgroups) or "none"]
+    command += [] if c.calibrate else ["--no-calibrate"]
     return command + ["--augment"] * opts.augment + ["--tta"] * opts.tta
 
 
 def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: RunOptions = RunOptions()) -> RunResult:
     """Train a head off `cache`, evaluate it on validation and test, and write a run directory."""
     head.validate()
+    check_target(opts.clinical.target_sensitivity)
     opts = replace(opts, memory_gb=resolve_memory_gb(opts.memory_gb))
     cache = Path(cache)
     out = Path(opts.out) if opts.out else opts.runs_dir / f"{cache.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -123,9 +133,11 @@ class HeadFit:
     trained: TrainedHead
     rows: np.ndarray  # every labeled row of the split (train, val, test), in that order
     fit_rows: np.ndarray  # the rows it was fitted on
-    proba: np.ndarray  # (len(rows), C), with TTA when asked
+    proba: np.ndarray  # (len(rows), C), with TTA when asked; calibrated when `calibration` is set
     metrics: dict
     sizes: dict  # split -> images, groups, per-class counts
+    calibration: Calibration | None = None  # folded into trained.model's last layer
+    raw_proba: np.ndarray | None = None  # the head's own probabilities of `rows`, before calibration
 
 
 def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: RunOptions = RunOptions(),
@@ -145,16 +157,32 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
         require_views(data, fit_rows if opts.augment else rows)
     val_x, val_y = (None, None) if final else (take(x, idx["val"]), y[idx["val"]])
 
-    def evaluate(p):
-        return evaluate_splits(y[rows], p, split[rows], names, y[fit_rows], splits=eval_splits)
-
     views_gb = views_budget_gb(data, opts)
     batches = view_batches(data, fit_rows, head, views_gb) if opts.augment else None
     trained = fit_head(take(x, fit_rows), y[fit_rows], val_x, val_y, len(names), head,
                        callbacks=[epoch_bar(head.epochs, opts.progress)], batches=batches)
     plain_proba = predict_proba(trained.model, take(x, rows))
-    proba = tta_proba(trained.model, data, rows, plain_proba, views_gb) if opts.tta else plain_proba
-    metrics = evaluate(proba)
+    raw = tta_proba(trained.model, data, rows, plain_proba, views_gb) if opts.tta else plain_proba
+    in_val, in_test = split[rows] == "val", split[rows] == "test"
+    positive = positive_index(names, opts.clinical.positive)
+    if final:
+        calibration, cal_record = None, {"applied": False, "reason": "trained on train+val: no held-out "
+                                         "validation split to fit a temperature on"}
+    elif not opts.clinical.calibrate:
+        calibration, cal_record = None, {"applied": False, "reason": "switched off (--no-calibrate)"}
+    else:
+        calibration = Calibration.fit(raw[in_val], y[rows][in_val],
+                                      class_weights(y[fit_rows], len(names), head.class_weight))
+        cal_record = calibration.record()
+    finish = calibration.apply if calibration else (lambda p: p)
+    weights = calibration.decision_weights if calibration else None
+
+    def evaluate(p):
+        return evaluate_splits(y[rows], finish(p), split[rows], names, y[fit_rows], splits=eval_splits,
+                               decision_weights=weights, positive=positive)
+
+    proba = finish(raw)
+    metrics = evaluate(raw)
     if opts.augment or opts.tta:  # the effect of views, on the same split
         compare = {}
         if opts.augment:
@@ -170,11 +198,29 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
                         "accuracy": float((proba[fitted].argmax(1) == y[rows][fitted]).mean())}
     # Degenerate features or a one-class head: said in metrics.json and warned (one `warning:` line in the CLI).
     found = run_warnings(take(x, fit_rows), proba[split[rows] == "test"], names)
-    if found:
-        metrics["warnings"] = found
     sizes = {s: {"images": int(len(idx[s])), "groups": int(len({g for g in data.groups[idx[s]] if g})),
                  "per_class": {n: int((y[idx[s]] == c).sum()) for c, n in enumerate(names)}} for s in SPLITS}
-    return HeadFit(trained, rows, fit_rows, proba, metrics, sizes)
+    test = rows[in_test]
+    metrics["calibration"] = cal_record | {"test": calibration_figures(y[test], raw[in_test],
+                                                                        proba[in_test] if calibration else None)}
+    metrics |= clinical_results(names, y[test], proba[in_test], data.groups[test],
+                                {k: v[test] for k, v in getattr(data, "meta", {}).items()}, metrics["test"],
+                                opts.clinical, head.seed, weights,
+                                None if final else (y[rows][in_val], proba[in_val]))
+    point = metrics["operating_point"]
+    if calibration and point.get("threshold") is not None:  # the same target on the head's own probabilities
+        k = names.index(point["positive"])
+        point["threshold_uncalibrated"] = choose_threshold(y[rows][in_val], raw[in_val][:, k], k,
+                                                           opts.clinical.target_sensitivity)
+    small = small_class_warnings({s: sizes[s] for s in SPLITS if s != "val" or not final})
+    small += few_groups_warning(metrics["bootstrap"]["units"], bool(sizes["test"]["groups"]))
+    warn(small)
+    if found or small:
+        metrics["warnings"] = found + small
+    metrics["small_numbers"] = small
+    if calibration:
+        fold_calibration(trained.model, calibration)
+    return HeadFit(trained, rows, fit_rows, proba, metrics, sizes, calibration, raw)
 
 
 def head_run_config(data: CacheData, fit: HeadFit, head: HeadConfig, split_info: dict, opts: RunOptions,
@@ -186,7 +232,11 @@ def head_run_config(data: CacheData, fit: HeadFit, head: HeadConfig, split_info:
             "views": {"stored": data.n_views, "augment": opts.augment, "tta": opts.tta},
             "features": features_record(data.features, resolve_memory_gb(opts.memory_gb)),
             "best_epoch": fit.trained.best_epoch, "epochs_run": len(fit.trained.history["loss"]),
-            "train_seconds": round(fit.trained.seconds, 3), "library_versions": library_versions(),
+            "train_seconds": round(fit.trained.seconds, 3),
+            "calibration": {k: v for k, v in fit.metrics["calibration"].items() if k != "test"},
+            "operating_point": {k: fit.metrics["operating_point"].get(k) for k in
+                                ("positive", "threshold", "threshold_uncalibrated", "target_sensitivity", "chosen_on")},
+            "library_versions": library_versions(),
             "python": sys.version.split()[0], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
 
 
@@ -195,14 +245,24 @@ def write_head_run(tmp: Path, data: CacheData, split: np.ndarray, fit: HeadFit, 
     names = data.class_names
     save_split(tmp / "split.csv", data.image_ids, split)
     write_history(tmp / "history.csv", fit.trained.history)
-    predictions_frame(data, split, fit.proba, fit.rows, names).to_csv(tmp / "predictions.csv", index=False)
+    weights = fit.calibration.decision_weights if fit.calibration else None
+    predictions_frame(data, split, fit.proba, fit.rows, names, weights).to_csv(tmp / "predictions.csv", index=False)
     write_json_atomic(tmp / "metrics.json", fit.metrics)
     write_json_atomic(tmp / "config.json", config)
     fit.trained.model.save(tmp / "head.keras")
     plot_curves(fit.trained.history, tmp / "curves.png")
     plot_confusion(fit.metrics["test"]["confusion_matrix"], names, tmp / "confusion.png",
                    title=f"test split, {fit.metrics['test']['n']} images")
-    write_head_report(tmp / "report.md", config, fit.metrics, name)
+    test = fit.rows[split[fit.rows] == "test"]
+    in_test = split[fit.rows] == "test"
+    plot_reliability(fit.metrics["calibration"]["test"], tmp / "calibration.png",
+                     title=f"Reliability, test split ({len(test)} images)")
+    point = fit.metrics["operating_point"]
+    plot_roc(data.labels[test], fit.proba[in_test], names, tmp / "roc.png",
+             None if point["positive"] is None else names.index(point["positive"]), point,
+             title=f"ROC, test split ({len(test)} images)")
+    overlap = test_overlap(data, split)
+    write_head_report(tmp / "report.md", config, fit.metrics, name, limitations(config, fit.metrics, overlap))
 
 
 def fit_and_write(data: CacheData, split: np.ndarray, split_info: dict, head: HeadConfig, out: Path,
@@ -215,6 +275,13 @@ def fit_and_write(data: CacheData, split: np.ndarray, split_info: dict, head: He
         write_head_run(tmp, data, split, fit, config, out.name)
     return RunResult(out, fit.metrics, fit.sizes, fit.trained.best_epoch, fit.trained.seconds, split_info,
                      data.class_map)
+
+
+def test_overlap(data: CacheData, split: np.ndarray) -> int:
+    """Test images whose bytes (SHA-256) equal those of a training or validation image (a duplicate file)."""
+    sha = data.sha256
+    seen = {h for h in sha[(split == "train") | (split == "val")] if h}
+    return int(sum(1 for h in sha[split == "test"] if h and h in seen))
 
 
 def metrics_copy(metrics: dict, splits) -> dict:

@@ -22,10 +22,12 @@ from .class_map import run_class_names
 from .classifier import assemble_model, predict_images, set_precision
 from .errors import BottleneckError, BottleneckWarning, ImageDecodeError, InputError
 from .files import walk_files, write_json_atomic
-from .heads import predict_proba
+from .clinical import Calibration, DecisionRule
+from .heads import fold_calibration, predict_proba
+from .metrics import decide
 from .images import load_image
 from .precision import resolve_precision
-from .rundir import check_free, load_keras, read_config, restore_interrupted, staged
+from .rundir import check_free, load_head, load_keras, read_config, restore_interrupted, staged
 from .tfimport import tensorflow
 from .validate import input_size_of, read_json_object
 
@@ -46,8 +48,9 @@ class ServedModel:
     kind: str  # "head" | "finetune" | "keras"
 
 
-def load_served(model_or_run: str | Path) -> ServedModel:
-    """A head run, a fine-tune run, or a .keras file with labels.json (an export) beside it."""
+def load_served(model_or_run: str | Path, calibrate: bool = True) -> ServedModel:
+    """A head run, a fine-tune run, or a .keras file with labels.json (an export) beside it. calibrate=False: the
+    head's own probabilities, the calibration folded into a head run's (or an export's) last layer taken out."""
     p = Path(model_or_run)
     if not p.exists():
         raise InputError(f"{p} does not exist; pass a run directory (train-head or fine-tune) or an exported "
@@ -56,16 +59,20 @@ def load_served(model_or_run: str | Path) -> ServedModel:
         if p.suffix != ".keras":
             raise InputError(f"{p}: expected a run directory or a .keras model (as `bottleneck export --format "
                              "keras` writes)")
-        return _load_keras_file(p)
+        served = _load_keras_file(p)
+        calibration = Calibration.from_record(served.config.get("calibration"))
+        if calibration is not None and not calibrate:
+            fold_calibration(served.model, calibration, undo=True)
+        return served
     if (p / "labels.json").is_file() and (p / "model.keras").is_file() and not (p / "config.json").is_file():
-        return load_served(p / "model.keras")
+        return load_served(p / "model.keras", calibrate)
     config = read_config(p, check=True)
     provenance = CacheConfig(**config["cache"]["config"])
     size, names = provenance.input_size, run_class_names(config)
     if (p / "model.keras").is_file():
         return ServedModel(load_keras(p / "model.keras"), names, size, config, "finetune")
     if (p / "head.keras").is_file():
-        return ServedModel(assemble_model(provenance, load_keras(p / "head.keras")), names, size, config, "head")
+        return ServedModel(assemble_model(provenance, load_head(p, config, calibrate)), names, size, config, "head")
     raise InputError(f"{p} holds neither model.keras (fine-tune run) nor head.keras (train-head run)")
 
 
@@ -118,23 +125,34 @@ class PredictResult:
 
 
 def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path | None = None,
-            batch_size: int = 32, tta: bool = False, precision: str = "auto") -> PredictResult:
+            batch_size: int = 32, tta: bool = False, precision: str = "auto", calibrate: bool = True) -> PredictResult:
     """Class probabilities of raw image files; unreadable files get an error and no probabilities. The backbone
-    computes in `precision` (`auto`: the fastest native one here, see precision.py)."""
+    computes in `precision` (`auto`: the fastest native one here, see precision.py).
+
+    The run's decision rule applies (clinical.DecisionRule): calibrated probabilities and their decision weights
+    (calibrate=False: the head's own, argmax), and its operating point: columns `<positive>_threshold` and
+    `<positive>_at_threshold` (whether the image is flagged)."""
     import pandas as pd  # 0.5 s of import: kept off the start-up of every other command
 
     if batch_size < 1:
         raise InputError(f"--batch-size should be a positive integer; received {batch_size}")
     files = collect_files(inputs)
     requested, precision = precision, resolve_precision(precision)
-    served = load_served(model_or_run)
+    served = load_served(model_or_run, calibrate)
+    rule = DecisionRule.of(served.config, calibrate)
     model, precision = set_precision(served.model, precision, required=requested != "auto")
     proba, errors = predict_images(model, [str(f) for f in files], served.input_size, batch_size, tta)
     names = served.class_names
+    chosen = decide(proba, rule.decision_weights)
     frame = pd.DataFrame({"path": [str(f) for f in files],
-                          "predicted": [names[int(np.argmax(p))] if not e else "" for p, e in zip(proba, errors)]})
+                          "predicted": [names[int(k)] if not e else "" for k, e in zip(chosen, errors)]})
     for j, name in enumerate(names):
         frame[f"p_{name}"] = np.asarray(proba[:, j], dtype=np.float64)  # unrounded, as predictions.csv
+    if rule.threshold is not None and rule.positive in names:
+        score = proba[:, names.index(rule.positive)]
+        frame[f"{rule.positive}_threshold"] = rule.threshold
+        frame[f"{rule.positive}_at_threshold"] = ["" if e else bool(v >= rule.threshold)
+                                                  for v, e in zip(score, errors)]
     frame["error"] = errors
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -155,8 +173,10 @@ class ExportResult:
 
 
 def export(run: str | Path, fmt: str = "keras", out: str | Path | None = None, data: str | Path | None = None,
-           sample: int = 16, overwrite: bool = False) -> ExportResult:
-    """Write one self-contained model (raw RGB in, probabilities out) plus labels.json, after a parity check."""
+           sample: int = 16, overwrite: bool = False, calibrate: bool = True) -> ExportResult:
+    """Write one self-contained model (raw RGB in, probabilities out) plus labels.json, after a parity check.
+    The run's calibration stays folded in (calibrate=False takes it out); labels.json says which, and carries
+    the decision weights and the operating point that go with the exported probabilities."""
     if fmt not in FORMATS:
         raise InputError(f"--format should be one of {', '.join(FORMATS)}; received {fmt!r}")
     run = Path(run)
@@ -165,7 +185,8 @@ def export(run: str | Path, fmt: str = "keras", out: str | Path | None = None, d
         raise InputError(f"run {run} does not exist; pass a directory made by train-head or fine-tune")
     out = Path(out) if out else run.with_name(f"{run.name}-{fmt}")
     check_free(out, overwrite, what="")
-    served = load_served(run)
+    served = load_served(run, calibrate)
+    rule = DecisionRule.of(served.config, calibrate)
     if served.kind == "keras":
         raise InputError(f"{run} is an export, not a run; export from the run directory it came from")
     pixels, reference, atol = _parity_reference(served, run, data, sample)
@@ -181,7 +202,13 @@ def export(run: str | Path, fmt: str = "keras", out: str | Path | None = None, d
         cache = served.config["cache"]
         labels = {"class_names": served.class_names, "input_size": served.input_size,
                   "input": f"raw RGB float32 0..255, shape (batch, {served.input_size}, {served.input_size}, 3)",
-                  "output": "softmax probabilities in class_names order",
+                  "output": "softmax probabilities in class_names order"
+                            + (", calibrated" if rule.calibrated else ""),
+                  "calibration": (rule.calibration.record() if rule.calibrated else
+                                  {"applied": False, "reason": "the run has none" if rule.calibration is None
+                                   else "exported with --no-calibrate"}),
+                  "decision": "argmax of probabilities x decision_weights" if rule.decision_weights else "argmax",
+                  "operating_point": {"positive": rule.positive, "threshold": rule.threshold},
                   "class_map": served.config.get("class_map"),  # how class_names were made of the cache's
                   "preprocessing": cache["config"]["preprocessing"] + " (inside the model)",
                   "backbone": cache["config"]["backbone"], "source_run": str(run.resolve()), "format": fmt,

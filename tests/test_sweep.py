@@ -158,7 +158,9 @@ def test_sweep_resumes_and_leaves_a_best_run(tmp_path, cache):
     assert all((out / "configs" / i / "result.json").is_file() for i in board["id"])
     best = json.loads((out / "best" / "config.json").read_text())
     assert best["trained_on"] == "train+val" and best["sweep_config_id"] == board["id"][0]
-    assert set(json.loads((out / "best" / "metrics.json").read_text())) == {"test", "train"}
+    best_metrics = json.loads((out / "best" / "metrics.json").read_text())
+    assert {"test", "train"} <= set(best_metrics) and "val" not in best_metrics  # val was trained on
+    assert not best_metrics["calibration"]["applied"] and best_metrics["operating_point"]["threshold"] is None
     assert (out / "best" / "report.md").is_file() and (out / "best" / "head.keras").is_file()
     best_mtime = (out / "best" / "head.keras").stat().st_mtime
 

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..clinical import TARGET_SENSITIVITY, ClinicalOptions, parse_subgroups
 from ..evaluate import evaluate_run
 from ..feature_store import default_memory_gb
 from ..heads import HeadConfig, parse_hidden
@@ -45,6 +46,15 @@ def train_head_command(
     tta: bool = typer.Option(False, help="Average predictions over stored views (needs extract --views)."),
     class_map: Optional[str] = typer.Option(None, help=CLASS_MAP_HELP + " Default: the cache's classes, or the "
                                             "class map of the --split-from run."),
+    positive: Optional[str] = typer.Option(None, help="The class whose sensitivity/specificity are reported and "
+                                           "whose operating point is chosen. Default: mel/melanoma when present."),
+    target_sensitivity: float = typer.Option(TARGET_SENSITIVITY, help="Sensitivity the operating point reaches "
+                                             "on the validation split (its threshold is then reported on test)."),
+    subgroups: Optional[str] = typer.Option(None, help="Metadata columns of the subgroup table, comma-separated, "
+                                            "or none. Default: sex, age (banded), body site and dataset, where the "
+                                            "cache has them."),
+    calibrate: bool = typer.Option(True, help="Fit temperature scaling on validation (after undoing the "
+                                   "class-weight prior) and fold it into the head."),
     memory_gb: Optional[float] = typer.Option(None, help=MEMORY_HELP, show_default=False),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -58,7 +68,8 @@ def train_head_command(
                       patience=patience, class_weight=class_weight, standardize=standardize, seed=seed)
     opts = RunOptions(out=out, split=SplitSpec.held_out(val, test, seed), split_from=split_from, overwrite=overwrite,
                       progress=not quiet, augment=augment, tta=tta, memory_gb=memory_gb,
-                      class_map=class_map_arg(class_map))
+                      class_map=class_map_arg(class_map),
+                      clinical=ClinicalOptions(positive, target_sensitivity, parse_subgroups(subgroups), calibrate))
     echo_lines(train_head_lines(train_head_run(cache, head, opts)))
 
 
@@ -72,6 +83,8 @@ def evaluate_command(
                                             "named nowhere are left out and counted), or a .toml/.csv file. Default: "
                                             "the run's own class map, or classes of the same name."),
     tta: bool = typer.Option(False, help="Average predictions over the cache's stored views."),
+    calibrate: bool = typer.Option(True, help="Use the run's calibration (its default); --no-calibrate for the "
+                                   "head's own probabilities."),
     memory_gb: Optional[float] = typer.Option(None, help=MEMORY_HELP, show_default=False),
 ):
     """Evaluate a run's head on its own test split, or on another (external) cache.
@@ -79,7 +92,7 @@ def evaluate_command(
     Example: bottleneck evaluate runs/baseline --cache cache/ph2.h5 --class-map "mel=melanoma;nv=common_nevus"
     """
     echo_lines(evaluate_lines(evaluate_run(run, cache, tta=tta, memory_gb=memory_gb,
-                                           class_map=class_map_arg(class_map))))
+                                           class_map=class_map_arg(class_map), calibrate=calibrate)))
 
 
 @app.command("sweep")

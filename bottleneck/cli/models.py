@@ -58,13 +58,15 @@ def predict_command(
     tta: bool = typer.Option(False, help="Average over the 8 flips/rotations of each image."),
     batch_size: int = typer.Option(32, help="Images per batch."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    calibrate: bool = typer.Option(True, help="The run's calibrated probabilities, decision weights and operating "
+                                   "point (default); --no-calibrate for the head's own probabilities, argmax."),
 ):
     """Class probabilities and the top class of each image; unreadable files are listed, not fatal.
 
     Example: bottleneck predict runs/baseline-finetune new_images/ --out predictions.csv --tta
     """
-    echo_lines(predict_lines(predict(model, paths, out=out, batch_size=batch_size, tta=tta, precision=precision),
-                             out, tta))
+    echo_lines(predict_lines(predict(model, paths, out=out, batch_size=batch_size, tta=tta, precision=precision,
+                                     calibrate=calibrate), out, tta))
 
 
 @app.command("export")
@@ -75,9 +77,11 @@ def export_command(
     out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN-<format> next to RUN)."),
     data: Optional[Path] = typer.Option(None, help="Image root for the parity check, if the images moved."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    calibrate: bool = typer.Option(True, help="Keep the run's calibration in the exported model (default); "
+                                   "--no-calibrate exports the head's own probabilities."),
 ):
     """Write one model taking raw RGB images (preprocessing inside) plus labels.json, after a parity check.
 
     Example: bottleneck export runs/baseline-finetune --format savedmodel --out exported/ham
     """
-    echo_lines(export_lines(export(run, format, out=out, data=data, overwrite=overwrite)))
+    echo_lines(export_lines(export(run, format, out=out, data=data, overwrite=overwrite, calibrate=calibrate)))

@@ -1,0 +1,297 @@
+"""Figures a clinician can defend: bootstrap intervals over lesions, the operating point, calibration, lesion-level
+results and warnings, from the numpy parts up to real train-head, evaluate and predict runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bottleneck.clinical import (Calibration, age_band, binary_rates, bootstrap, brier_score, choose_threshold,
+                                 expected_calibration_error, metric_intervals, parse_subgroups, ratio,
+                                 resample_weights, resampling_units, softmax, weighted_auc)
+from bottleneck.errors import InputError
+from bottleneck.metrics import compute_metrics, decide
+from conftest import feature_cache, run_cli
+
+
+# --- the bootstrap ------------------------------------------------------------------------------------------------
+
+def test_resampling_units_are_groups_or_the_image_itself():
+    units = resampling_units(np.array(["a", "b", "a", "", ""], dtype=object))
+    assert units[0] == units[2] and len({units[1], units[3], units[4], units[0]}) == 4
+
+
+def test_weighted_statistics_equal_the_same_resample_drawn_by_hand():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 40)
+    score = np.round(rng.random(40), 1)  # ties included
+    pred = score > 0.5
+    units = resampling_units(np.array([f"L{i // 2}" for i in range(40)], dtype=object))
+    w = next(resample_weights(units, 5, seed=1))
+    recall, auc = ratio((y == 1) & pred, y == 1)(w), weighted_auc(y == 1, score)(w)
+    for b in range(5):
+        rows = np.repeat(np.arange(40), w[b].astype(int))  # the resample as a list of rows, duplicates repeated
+        assert len(rows) == 40 and set(np.bincount(units[rows])) <= {0, 2, 4, 6, 8, 10, 12}  # whole lesions
+        yb = y[rows]
+        assert recall[b] == pytest.approx(pred[rows][yb == 1].mean())
+        assert auc[b] == pytest.approx(roc_auc_score(yb, score[rows]))
+
+
+def test_intervals_resample_lesions_not_images():
+    """Four identical images per lesion carry the evidence of one: resampling lesions gives the interval of the
+    lesions alone, resampling images pretends to four times the evidence (a narrower interval)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    hit = rng.random(60) < 0.8
+    rep = np.repeat(np.arange(60), 4)
+    stat = {"recall": ratio(hit[rep] & (y[rep] == 1), y[rep] == 1)}
+    value = {"recall": float(hit[y == 1].mean())}
+    by_lesion = bootstrap(stat, value, rep, seed=0)["recall"]
+    by_image = bootstrap(stat, value, np.arange(240), seed=0)["recall"]
+    alone = bootstrap({"recall": ratio(hit & (y == 1), y == 1)}, value, np.arange(60), seed=0)["recall"]
+    assert by_lesion["lower"] <= value["recall"] <= by_lesion["upper"] and by_lesion["resamples"] == 1000
+    width = {k: r["upper"] - r["lower"] for k, r in (("lesion", by_lesion), ("image", by_image), ("alone", alone))}
+    assert width["lesion"] == pytest.approx(width["alone"], rel=0.25)
+    assert width["image"] < 0.75 * width["lesion"]
+
+
+def test_metric_intervals_cover_every_headline_metric_and_are_reproducible():
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1, 2], 30)
+    proba = softmax(rng.normal(0, 1, (90, 3)) + 2 * np.eye(3)[y])
+    names = ["bcc", "mel", "nv"]
+    m = compute_metrics(y, proba, names, positive=1)
+    units = resampling_units(np.array([f"L{i // 3}" for i in range(90)], dtype=object))
+    a = metric_intervals(y, proba, decide(proba), names, m, units, seed=7, positive=1)
+    b = metric_intervals(y, proba, decide(proba), names, m, units, seed=7, positive=1)
+    assert a == b
+    for key in ("balanced_accuracy", "roc_auc_macro", "sensitivity", "specificity"):
+        assert a[key]["lower"] <= a[key]["value"] <= a[key]["upper"], key
+    assert a["balanced_accuracy"]["value"] == m["balanced_accuracy"]
+    assert a["sensitivity"]["value"] == m["positive"]["sensitivity"] == m["per_class"]["mel"]["recall"]
+    assert set(a["recall"]) == set(names)
+
+
+# --- operating point, calibration ---------------------------------------------------------------------------------
+
+def test_threshold_reaches_the_target_on_validation():
+    y = np.r_[np.ones(20, int), np.zeros(30, int)]
+    score = np.r_[np.linspace(0.05, 0.95, 20), np.linspace(0.0, 0.5, 30)]
+    t = choose_threshold(y, score, 1, 0.95)
+    flagged = score >= t
+    assert flagged[y == 1].mean() >= 0.95 and t == pytest.approx(np.sort(score[:20])[1])  # 19 of 20, no lower
+    assert choose_threshold(y, score, 1, 1.0) == pytest.approx(0.05)
+    assert choose_threshold(np.zeros(5, int), score[:5], 1, 0.95) is None
+    rates = binary_rates(y, flagged, 1)
+    assert rates["sensitivity"] == 0.95 and rates["ppv"] == pytest.approx(19 / flagged.sum())
+
+
+def test_ece_and_brier_of_known_cases():
+    y = np.array([0, 1] * 50)
+    sure = np.tile([0.9, 0.1], (100, 1))  # 90% confident, right half the time
+    assert expected_calibration_error(y, sure) == pytest.approx(0.4)
+    assert brier_score(y, np.eye(2)[y]) == 0 and brier_score(y, sure) == pytest.approx((0.01 * 2 + 0.81 * 2) / 2)
+
+
+@pytest.mark.parametrize("weights", [None, {0: 0.5, 1: 1.0, 2: 4.0}])
+def test_temperature_scaling_recovers_a_known_overconfidence(weights):
+    """Labels drawn from softmax(z); the head says softmax(3 z) tilted by the class weights: T = 3 undoes it."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1.5, (4000, 3))
+    true_p = softmax(z)
+    y = np.array([rng.choice(3, p=p) for p in true_p])
+    w = np.array([weights[k] for k in range(3)]) if weights else np.ones(3)
+    head = softmax(3 * z + np.log(w))
+    cal = Calibration.fit(head, y, weights)
+    assert cal.temperature == pytest.approx(3.0, rel=0.1)
+    calibrated = cal.apply(head)
+    assert expected_calibration_error(y, calibrated) < 0.03 < expected_calibration_error(y, head)
+    np.testing.assert_allclose(cal.undo(calibrated), head, atol=1e-9)
+    assert (decide(calibrated, cal.decision_weights) == head.argmax(1)).all()  # decisions are the head's own
+
+
+def test_calibration_folded_into_the_head_equals_the_numpy_one():
+    from bottleneck.heads import HeadConfig, build_head, fold_calibration
+
+    x = np.random.default_rng(0).normal(0, 1, (32, 8)).astype(np.float32)
+    model = build_head(8, 3, HeadConfig(hidden=(6,), standardize=False))
+    before = model.predict(x, verbose=0).astype(np.float64)
+    cal = Calibration(0.6, (0.5, -0.2, 1.1), (1.0, 1.0, 1.0))
+    fold_calibration(model, cal)
+    np.testing.assert_allclose(model.predict(x, verbose=0), cal.apply(before), atol=1e-5)
+    fold_calibration(model, cal, undo=True)
+    np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-5)
+
+
+def test_subgroup_helpers():
+    assert [age_band(v) for v in ("25", "30.0", "49", "50", "69.9", "70", "85", "", "n/a", "-5")] == \
+        ["<30", "30-49", "30-49", "50-69", "50-69", "70+", "70+", "unknown", "unknown", "unknown"]
+    assert parse_subgroups(None) is None and parse_subgroups("none") == () and parse_subgroups("sex, age") == \
+        ("sex", "age")
+    with pytest.raises(InputError, match="--subgroups"):
+        parse_subgroups(" , ")
+
+
+# --- real runs ----------------------------------------------------------------------------------------------------
+
+FAST = ["--epochs", "6", "--patience", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def clinical_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clinical")
+    cache = feature_cache(tmp / "c.h5", counts={"bcc": 60, "mel": 80, "nv": 160}, separation=0.5)
+    r = run_cli("train-head", cache, "--out", tmp / "run", *FAST)
+    assert r.exit_code == 0, r.output
+    return {"cache": cache, "run": tmp / "run", "tmp": tmp}
+
+
+def test_train_head_reports_intervals_operating_point_calibration_and_lesions(clinical_run):
+    d = clinical_run["run"]
+    m = json.loads((d / "metrics.json").read_text())
+    config = json.loads((d / "config.json").read_text())
+    iv = m["test"]["intervals"]
+    assert m["bootstrap"]["resamples"] == 1000 and m["bootstrap"]["unit"].startswith("lesion")
+    assert m["bootstrap"]["units"] == config["split"]["sizes"]["test"]["groups"]
+    for key in ("balanced_accuracy", "roc_auc_macro", "sensitivity", "specificity"):
+        assert iv[key]["lower"] <= iv[key]["value"] <= iv[key]["upper"], key
+    assert iv["balanced_accuracy"]["value"] == m["test"]["balanced_accuracy"] and set(iv["recall"]) == \
+        {"bcc", "mel", "nv"}
+
+    op = m["operating_point"]
+    assert op["positive"] == m["positive"] == "mel" and op["chosen_on"] == "val"
+    assert op["val"]["sensitivity"] >= 0.95 and set(op["test"]) == {"sensitivity", "specificity", "ppv", "npv"}
+    preds = pd.read_csv(d / "predictions.csv", keep_default_na=False)
+    test = preds[preds.split == "test"]
+    flagged = test["p_mel"] >= op["threshold"]
+    assert op["test"]["sensitivity"]["value"] == pytest.approx(flagged[test["true"] == "mel"].mean())
+    assert config["operating_point"]["threshold"] == op["threshold"]
+
+    cal = m["calibration"]
+    assert cal["applied"] and cal["temperature"] > 0 and cal["fitted_on"] == "val"
+    assert {"ece_before", "ece_after", "brier_before", "brier_after"} <= set(cal["test"])
+    assert config["calibration"]["temperature"] == cal["temperature"]
+    # predictions.csv holds the calibrated probabilities; its predicted column is the decision rule's
+    names = ["bcc", "mel", "nv"]
+    p = test[[f"p_{n}" for n in names]].to_numpy()
+    assert (test["predicted"] == [names[k] for k in decide(p, cal["decision_weights"])]).all()
+    assert (test["true"] == test["predicted"]).mean() == pytest.approx(m["test"]["accuracy"])
+
+    lesions = m["lesion_level"]
+    assert lesions["lesions"] == config["split"]["sizes"]["test"]["groups"] == lesions["metrics"]["n"]
+    assert "balanced_accuracy" in lesions["metrics"]["intervals"]
+    assert m["subgroups"]["columns"] == [] and "--metadata" in m["subgroups"]["note"]
+
+    for png in ("calibration.png", "roc.png"):
+        assert Image.open(d / png).size[0] > 100
+    report = (d / "report.md").read_text()
+    b = iv["balanced_accuracy"]
+    assert f"{b['value']:.3f} ({b['lower']:.3f}-{b['upper']:.3f})" in report
+    for section in ("## Operating point", "## Calibration", "## Lesion-level results", "## Limitations"):
+        assert section in report, section
+
+
+def test_the_saved_head_gives_the_calibrated_probabilities_and_evaluate_agrees(clinical_run):
+    from bottleneck.cache import load_cache
+    from bottleneck.rundir import load_run
+
+    d = clinical_run["run"]
+    preds = pd.read_csv(d / "predictions.csv", keep_default_na=False)
+    data = load_cache(clinical_run["cache"])
+    rows = [list(data.image_ids).index(i) for i in preds["image_id"]]
+    cols = ["p_bcc", "p_mel", "p_nv"]
+    _, head = load_run(d)
+    np.testing.assert_allclose(head.predict(data.features[rows], verbose=0), preds[cols], atol=1e-4)
+    config, raw_head = load_run(d, calibrate=False)
+    raw = raw_head.predict(data.features[rows], verbose=0)
+    np.testing.assert_allclose(Calibration.from_record(config["calibration"]).apply(raw), preds[cols], atol=1e-4)
+    assert (raw.argmax(1) == np.array([cols.index(f"p_{n}") for n in preds["predicted"]])).all()
+
+    m = json.loads((d / "metrics.json").read_text())["test"]
+    assert run_cli("evaluate", d).exit_code == 0
+    ev = json.loads((d / "eval-test" / "metrics.json").read_text())
+    assert ev["decision_rule"]["calibrated"] and ev["metrics"]["balanced_accuracy"] == pytest.approx(
+        m["balanced_accuracy"])
+    assert ev["metrics"]["intervals"]["balanced_accuracy"]["lower"] is not None
+    assert ev["operating_point"]["threshold"] == config["operating_point"]["threshold"]
+    assert run_cli("evaluate", d, "--no-calibrate").exit_code == 0
+    ev = json.loads((d / "eval-test" / "metrics.json").read_text())
+    assert not ev["decision_rule"]["calibrated"]
+    assert ev["operating_point"]["threshold"] == config["operating_point"]["threshold_uncalibrated"]
+    assert ev["metrics"]["balanced_accuracy"] == pytest.approx(m["balanced_accuracy"])  # same decisions
+    ev_preds = pd.read_csv(d / "eval-test" / "predictions.csv")
+    np.testing.assert_allclose(ev_preds[cols], raw[preds.split == "test"], atol=1e-4)
+
+
+def test_no_calibrate_positive_and_target(clinical_run):
+    tmp = clinical_run["tmp"]
+    r = run_cli("train-head", clinical_run["cache"], "--out", tmp / "plain", "--no-calibrate", "--positive", "bcc",
+                "--target-sensitivity", "0.8", "--subgroups", "none", *FAST)
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp / "plain" / "metrics.json").read_text())
+    assert not m["calibration"]["applied"] and "--no-calibrate" in m["calibration"]["reason"]
+    assert "ece_after" not in m["calibration"]["test"]
+    assert m["positive"] == m["operating_point"]["positive"] == m["test"]["positive"]["class"] == "bcc"
+    assert m["operating_point"]["target_sensitivity"] == 0.8 and m["operating_point"]["val"]["sensitivity"] >= 0.8
+    assert m["subgroups"]["columns"] == [] and "note" not in m["subgroups"]
+    command = json.loads((tmp / "plain" / "config.json").read_text())["command"]
+    assert "--no-calibrate" in command and command[command.index("--positive") + 1] == "bcc"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--positive", "scc"], "--positive 'scc' is not a class of this run; pass one of bcc, mel, nv"),
+    (["--target-sensitivity", "1.5"], "--target-sensitivity should be in (0, 1]"),
+    (["--subgroups", "sex"], "--subgroups sex: no such metadata column in the cache"),
+])
+def test_bad_clinical_options_are_refused_and_write_nothing(clinical_run, args, message):
+    out = clinical_run["tmp"] / "bad"
+    r = run_cli("train-head", clinical_run["cache"], "--out", out, *args, *FAST)
+    assert r.exit_code == 1 and message in r.output and not out.exists()
+
+
+def test_small_classes_and_few_test_lesions_are_warned(tmp_path):
+    cache = feature_cache(tmp_path / "c.h5", counts={"bcc": 20, "mel": 40, "nv": 60}, images_per_group=4)
+    r = run_cli("train-head", cache, "--out", tmp_path / "run", *FAST)
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert any("test split: bcc has" in w and "under 10" in w for w in m["warnings"])
+    assert any("lesions (groups) (under 30)" in w for w in m["warnings"])
+    assert m["small_numbers"] and all(w in m["warnings"] for w in m["small_numbers"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Small numbers: test split: bcc has" in report
+    assert "warning: test split: bcc has" in r.output
+
+
+def test_predict_and_export_carry_the_operating_point(ham_run, tmp_path):
+    config = json.loads((ham_run["run"] / "config.json").read_text())
+    op = config["operating_point"]
+    images = sorted(ham_run["root"].rglob("*.jpg"))[:4]
+    r = run_cli("predict", ham_run["run"], *images, "--out", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.output
+    p = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    if op["threshold"] is None:  # no mel lesion in this tiny validation split
+        assert not any(c.endswith("_at_threshold") for c in p.columns)
+    else:
+        assert (p["mel_threshold"] == op["threshold"]).all()
+        assert (p["mel_at_threshold"].astype(str) == (p["p_mel"] >= op["threshold"]).astype(str)).all()
+    r = run_cli("predict", ham_run["run"], *images, "--out", tmp_path / "raw.csv", "--no-calibrate")
+    assert r.exit_code == 0, r.output
+    raw = pd.read_csv(tmp_path / "raw.csv", keep_default_na=False)
+    cols = [c for c in p.columns if c.startswith("p_")]
+    cal = Calibration.from_record(config["calibration"])
+    np.testing.assert_allclose(cal.apply(raw[cols].to_numpy()), p[cols], atol=1e-4)
+    assert (raw["predicted"] == p["predicted"]).all()
+    r = run_cli("export", ham_run["run"], "--out", tmp_path / "exp", "--no-calibrate")
+    assert r.exit_code == 0, r.output
+    labels = json.loads((tmp_path / "exp" / "labels.json").read_text())
+    assert labels["calibration"] == {"applied": False, "reason": "exported with --no-calibrate"}
+    assert labels["operating_point"]["threshold"] == op.get("threshold_uncalibrated")
+    r = run_cli("predict", tmp_path / "exp" / "model.keras", *images, "--out", tmp_path / "exp.csv")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "exp.csv")[cols], raw[cols], atol=1e-4)
