@@ -192,6 +192,8 @@ def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits
     else:
         lines += ["", "Augmented views: not used (plain view for training and evaluation)."]
     hidden = " -> ".join(str(h) for h in head["hidden"]) or "none"
+    if config.get("selection"):
+        lines += ["", "## Selection", f"Chosen by sweep `{config.get('from', '')}`: {config['selection']}."]
     lines += ["", "## Training",
               f"- head: {cc['num_features']} -> {'standardise (train mean/std) -> ' if head.get('standardize') else ''}"
               f"{hidden} -> {len(names)}, dropout {head['dropout']}, "

@@ -144,7 +144,8 @@ def sweep_lines(r: SweepResult, n_configs: int, folds: int, metric: str) -> list
              format_leaderboard(r.leaderboard, metric, top=20),
              f"leaderboard: {r.out / 'leaderboard.csv'}"]
     if r.best_dir:
-        lines += [f"\nbest ({r.leaderboard[0]['id']}) retrained on train+val, evaluated once on test:",
+        lines += [f"winner: {r.selection}",
+                  f"\nbest ({r.winner}) retrained on train+val, evaluated once on test:",
                   format_table({"test": r.best_metrics["test"]}),
                   f"best run: {r.best_dir}  (report: {r.best_dir / 'report.md'})"]
     return lines

@@ -304,6 +304,34 @@ class SweepResult:
     best_dir: Path | None
     best_metrics: dict | None
     class_map: dict | None = None  # class_map.map_classes's record when a --class-map defined the task
+    winner: str | None = None  # the configuration retrained as best (see choose_winner)
+    selection: str = ""  # how it was chosen, in words
+
+
+def head_size(row: dict) -> tuple[int, int]:
+    """How complex a leaderboard row's head is: (hidden units in all, hidden layers); a linear head is (0, 0)."""
+    hidden = [int(h) for h in str(row["hidden"] or "").split(",") if h.strip() and int(h)]
+    return sum(hidden), len(hidden)
+
+
+def choose_winner(rows: list[dict], metric: str) -> tuple[str | None, str]:
+    """(id, how) of the winner: the best mean score; configurations whose mean is within one standard deviation
+    (over folds) of the best count as tied, and the simplest head among them wins (fewest hidden units, then
+    layers; then the higher mean). Without a spread (no folds) the best mean wins outright."""
+    scored = [r for r in rows if r["score"] is not None]
+    if not scored:
+        return None, "no configuration has a score"
+    best = scored[0]
+    if best["std"] is None:
+        return best["id"], f"highest validation {metric} ({fmt(best['score'])}, one validation split, no spread)"
+    floor = best["score"] - best["std"]
+    tied = [r for r in scored if r["score"] >= floor]
+    winner = min(tied, key=lambda r: (head_size(r), -r["score"], r["id"]))
+    how = (f"highest mean {metric} over folds is {fmt(best['score'])} ± {fmt(best['std'])} ({best['id']}); "
+           f"{len(tied)} configuration{'s' * (len(tied) != 1)} within one standard deviation of it "
+           f"(mean >= {fmt(floor)}) count as tied, and the simplest head among them wins (fewest hidden units, "
+           f"then fewest layers): {winner['id']}")
+    return winner["id"], how
 
 
 def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) -> SweepResult:
@@ -345,10 +373,12 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
         computed += 1
 
     board = _leaderboard(results, opts.metric, out)
+    winner, how = choose_winner(board, opts.metric)
+    (out / "leaderboard.md").write_text(format_leaderboard(board, opts.metric) + f"\n\nWinner: {how}.\n")
     best_dir, best_metrics = None, None
-    if board and board[0]["score"] is not None:
-        best_dir, best_metrics = _final_fit(data, split, out, results, board[0]["id"], opts)
-    return SweepResult(out, board, computed, skipped, best_dir, best_metrics, data.class_map)
+    if winner is not None:
+        best_dir, best_metrics = _final_fit(data, split, out, results, winner, opts, how)
+    return SweepResult(out, board, computed, skipped, best_dir, best_metrics, data.class_map, winner, how)
 
 
 def _leaderboard(results: list[dict], metric: str, out: Path) -> list[dict]:
@@ -370,7 +400,6 @@ def _leaderboard(results: list[dict], metric: str, out: Path) -> list[dict]:
     if len(df):
         df = df[["rank", *[c for c in df.columns if c != "rank"]]]
     df.rename(columns={"score": metric, "std": f"{metric}_std"}).to_csv(out / "leaderboard.csv", index=False)
-    (out / "leaderboard.md").write_text(format_leaderboard(rows, metric) + "\n")
     return rows
 
 
@@ -387,7 +416,7 @@ def format_leaderboard(rows: list[dict], metric: str, top: int | None = None) ->
     return "\n".join(lines)
 
 
-def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions):
+def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions, how: str = ""):
     """Retrain the winner on train+val for its mean best epoch count, evaluate once on test."""
     best = next(r for r in results if r["id"] == best_id)
     best_dir = out / "best"
@@ -402,6 +431,6 @@ def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions
                       replace(cfg, epochs=epochs), best_dir, run_opts,
                       command=["bottleneck", "sweep", str(data.path), "--out", str(out)]
                       + (["--class-map", opts.class_map.spec] if opts.class_map else []), final=True,
-                      extra_config={"sweep_config_id": best_id, "selected_by": opts.metric,
+                      extra_config={"sweep_config_id": best_id, "selected_by": opts.metric, "selection": how,
                                     "validation": best["summary"]})
     return r.run_dir, r.metrics

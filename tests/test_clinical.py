@@ -295,3 +295,23 @@ def test_predict_and_export_carry_the_operating_point(ham_run, tmp_path):
     r = run_cli("predict", tmp_path / "exp" / "model.keras", *images, "--out", tmp_path / "exp.csv")
     assert r.exit_code == 0, r.output
     np.testing.assert_allclose(pd.read_csv(tmp_path / "exp.csv")[cols], raw[cols], atol=1e-4)
+
+
+# --- sweep: the winner rule ----------------------------------------------------------------------------------------
+
+def _row(id_, score, std, hidden):
+    return {"id": id_, "score": score, "std": std, "hidden": hidden}
+
+
+def test_sweep_winner_is_the_simplest_head_within_one_std_of_the_best():
+    from bottleneck.sweep import choose_winner, head_size
+
+    assert head_size(_row("a", 0, 0, "512,512")) == (1024, 2) and head_size(_row("b", 0, 0, "")) == (0, 0)
+    rows = [_row("big", 0.80, 0.03, "1024,512"), _row("mid", 0.79, 0.02, "512,512"),
+            _row("small", 0.775, 0.04, "256"), _row("linear", 0.70, 0.01, "")]
+    winner, how = choose_winner(rows, "balanced_accuracy")
+    assert winner == "small" and "3 configurations within one standard deviation" in how and "(mean >= 0.770)" in how
+    rows[2]["score"] = 0.76  # now outside 0.80 - 0.03: the next simplest tied head wins
+    assert choose_winner(rows, "balanced_accuracy")[0] == "mid"
+    no_spread = [_row("big", 0.80, None, "1024"), _row("small", 0.799, None, "8")]
+    assert choose_winner(no_spread, "balanced_accuracy")[0] == "big"  # one split: no spread to call a tie
