@@ -115,14 +115,19 @@ def test_a_new_run_has_the_legacy_files_and_config_keys(legacy, tmp_path):
     r = train_head_run(legacy / "cache.h5", HeadConfig(hidden=(16,), epochs=3, seed=0),
                        RunOptions(out=tmp_path / "run", split=SplitSpec(0.5, 0.25, 0.25, 0), progress=False))
     old = {p.name for p in (legacy / "run").iterdir()} | {"curves.png", "confusion.png"}  # plots not kept there
+    old |= {"calibration.png", "roc.png"}  # added since: the reliability diagram and the ROC curves
     assert {p.name for p in r.run_dir.iterdir()} == old
     old_config = json.loads((legacy / "run" / "config.json").read_text())
     new_config = json.loads((r.run_dir / "config.json").read_text())
-    # added since: how features were read (memory_gb), and the head's classes with the --class-map behind them
-    assert set(new_config) - {"features", "class_names", "class_map"} == set(old_config)
+    # added since: how features were read (memory_gb), the head's classes with the --class-map behind them, and
+    # the calibration and operating point that evaluate, predict and export apply
+    assert set(new_config) - {"features", "class_names", "class_map", "calibration", "operating_point"} == \
+        set(old_config)
     assert new_config["class_names"] == old_config["cache"]["class_names"] and new_config["class_map"] is None
     assert set(new_config["cache"]) == set(old_config["cache"])
     assert new_config["head"] == old_config["head"]
     assert pd.read_csv(r.run_dir / "split.csv").equals(pd.read_csv(legacy / "run" / "split.csv"))
     old_metrics = json.loads((legacy / "run" / "metrics.json").read_text())
-    assert set(json.loads((r.run_dir / "metrics.json").read_text())) == set(old_metrics)
+    clinical = {"calibration", "bootstrap", "positive", "operating_point", "lesion_level", "subgroups",
+                "small_numbers", "warnings"}  # added since (issue: results a clinician can defend)
+    assert set(json.loads((r.run_dir / "metrics.json").read_text())) - clinical == set(old_metrics) - {"warnings"}
