@@ -24,7 +24,7 @@ from .feature_store import (GIB, ViewsReader, features_record, is_streamed, load
 from .clinical import (Calibration, ClinicalOptions, calibration_figures, check_target, choose_threshold, clinical_results,
                        few_groups_warning, limitations, positive_index, small_class_warnings, warn)
 from .heads import HeadConfig, TrainedHead, class_weights, fit_head, fold_calibration, predict_proba
-from .metrics import evaluate_splits
+from .metrics import decide, evaluate_splits
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sanity import run_warnings
 from .report import write_head_report
@@ -77,14 +77,14 @@ def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) ->
         command += ["--split-from", str(opts.split_from)]
     if opts.class_map is not None:
         command += ["--class-map", opts.class_map.spec]
-    if opts.memory_gb is not None:  # the resolved budget: the rerun streams (or not) as this run did
-        command += ["--memory-gb", f"{opts.memory_gb:g}"]
     c = opts.clinical
     command += ["--positive", c.positive] if c.positive else []
     command += ["--target-sensitivity", f"{c.target_sensitivity:g}"]
     if c.subgroups is not None:
         command += ["--subgroups", ",".join(c.subgroups) or "none"]
     command += [] if c.calibrate else ["--no-calibrate"]
+    if opts.memory_gb is not None:  # the resolved budget: the rerun streams (or not) as this run did
+        command += ["--memory-gb", f"{opts.memory_gb:g}"]
     return command + ["--augment"] * opts.augment + ["--tta"] * opts.tta
 
 
@@ -171,18 +171,25 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
     elif not opts.clinical.calibrate:
         calibration, cal_record = None, {"applied": False, "reason": "switched off (--no-calibrate)"}
     else:
-        calibration = Calibration.fit(raw[in_val], y[rows][in_val],
+        # Fitted on the plain view; with TTA the calibrated probabilities of the views are averaged, as the
+        # folded head gives them to evaluate --tta and predict --tta.
+        calibration = Calibration.fit(plain_proba[in_val], y[rows][in_val],
                                       class_weights(y[fit_rows], len(names), head.class_weight))
         cal_record = calibration.record()
+        fold_calibration(trained.model, calibration)
     finish = calibration.apply if calibration else (lambda p: p)
     weights = calibration.decision_weights if calibration else None
 
-    def evaluate(p):
-        return evaluate_splits(y[rows], finish(p), split[rows], names, y[fit_rows], splits=eval_splits,
-                               decision_weights=weights, positive=positive)
+    def evaluate(p, calibrated=False):
+        return evaluate_splits(y[rows], p if calibrated else finish(p), split[rows], names, y[fit_rows],
+                               splits=eval_splits, decision_weights=weights, positive=positive)
 
-    proba = finish(raw)
-    metrics = evaluate(raw)
+    proba = finish(plain_proba)
+    if opts.tta and calibration:
+        proba = tta_proba(trained.model, data, rows, proba, views_gb)
+    elif opts.tta:
+        proba = raw
+    metrics = evaluate(proba, calibrated=True)
     if opts.augment or opts.tta:  # the effect of views, on the same split
         compare = {}
         if opts.augment:
@@ -195,7 +202,7 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
         metrics["views_comparison"] = compare
     fitted = np.isin(rows, fit_rows)
     metrics["train"] = {"n": int(len(fit_rows)),
-                        "accuracy": float((proba[fitted].argmax(1) == y[rows][fitted]).mean())}
+                        "accuracy": float((decide(proba[fitted], weights) == y[rows][fitted]).mean())}
     # Degenerate features or a one-class head: said in metrics.json and warned (one `warning:` line in the CLI).
     found = run_warnings(take(x, fit_rows), proba[split[rows] == "test"], names)
     sizes = {s: {"images": int(len(idx[s])), "groups": int(len({g for g in data.groups[idx[s]] if g})),
@@ -218,8 +225,6 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
     if found or small:
         metrics["warnings"] = found + small
     metrics["small_numbers"] = small
-    if calibration:
-        fold_calibration(trained.model, calibration)
     return HeadFit(trained, rows, fit_rows, proba, metrics, sizes, calibration, raw)
 
 

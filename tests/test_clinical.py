@@ -315,3 +315,4 @@ def test_sweep_winner_is_the_simplest_head_within_one_std_of_the_best():
     assert choose_winner(rows, "balanced_accuracy")[0] == "mid"
     no_spread = [_row("big", 0.80, None, "1024"), _row("small", 0.799, None, "8")]
     assert choose_winner(no_spread, "balanced_accuracy")[0] == "big"  # one split: no spread to call a tie
+

@@ -8,6 +8,7 @@ import json
 import shutil
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -119,7 +120,8 @@ def test_external_baseline_is_the_training_majority_or_says_it_is_not(run):
 
 
 def recomputed(predictions, class_names, split=None) -> tuple[float, float]:
-    """Balanced accuracy (argmax) and macro one-vs-rest ROC AUC from predictions.csv alone, with scikit-learn."""
+    """Balanced accuracy and macro one-vs-rest ROC AUC from predictions.csv and the run's decision weights (its
+    config.json) alone, with scikit-learn: predicted = argmax(p * decision weights)."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     df = pd.read_csv(predictions, keep_default_na=False)
@@ -127,7 +129,11 @@ def recomputed(predictions, class_names, split=None) -> tuple[float, float]:
         df = df[df["split"] == split]
     y = df["true"].map({n: i for i, n in enumerate(class_names)}).to_numpy()
     p = df[[f"p_{n}" for n in class_names]].to_numpy()  # (N, C) float64, as written
-    return balanced_accuracy_score(y, p.argmax(axis=1)), roc_auc_score(y, p, multi_class="ovr", average="macro")
+    run = predictions.parent if (predictions.parent / "config.json").is_file() else predictions.parent.parent
+    weights = json.loads((run / "config.json").read_text())["calibration"]["decision_weights"]
+    pred = (p * np.asarray(weights)).argmax(axis=1)
+    assert (df["predicted"].map({n: i for i, n in enumerate(class_names)}).to_numpy() == pred).all()
+    return balanced_accuracy_score(y, pred), roc_auc_score(y, p, multi_class="ovr", average="macro")
 
 
 def test_predictions_csv_recomputes_the_metrics_exactly(run):

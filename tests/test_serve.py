@@ -12,7 +12,7 @@ import bottleneck.serve as serve
 from bottleneck.cache import load_cache
 from bottleneck.errors import BottleneckError
 from bottleneck.heads import predict_proba
-from bottleneck.rundir import load_run
+from bottleneck.rundir import load_run, read_config
 from bottleneck.serve import export, predict
 from conftest import run_cli, write_image  # the session fixtures ham_run and tuned come from conftest.py
 
@@ -35,7 +35,10 @@ def test_predict_a_folder_with_bad_files_lists_them(ham_run, tmp_path):
     for tta in (False, True):
         r = predict(ham_run["run"], [folder], out=out, tta=tta, batch_size=2)
         df = pd.read_csv(out, keep_default_na=False)
-        assert len(df) == 5 and list(df.columns) == ["path", "predicted", "p_bkl", "p_mel", "p_nv", "error"]
+        threshold = ["mel_threshold", "mel_at_threshold"] * (read_config(ham_run["run"])["operating_point"]["threshold"]
+                                                             is not None)
+        assert len(df) == 5 and list(df.columns) == ["path", "predicted", "p_bkl", "p_mel", "p_nv", *threshold,
+                                                     "error"]
         bad = df[df["error"] != ""]
         assert sorted(bad["path"].map(lambda p: p.rsplit("/", 1)[-1])) == ["empty.jpg", "notes.txt"]
         assert sorted(p.rsplit("/", 1)[-1] for p, _ in r.failed) == ["empty.jpg", "notes.txt"]
