@@ -21,8 +21,9 @@ from .class_map import ClassMap, map_classes, recorded_map
 from .errors import InputError
 from .feature_store import (GIB, ViewsReader, features_record, is_streamed, load_cache_within, resolve_memory_gb,
                             take)
-from .clinical import (Calibration, ClinicalOptions, calibration_figures, check_target, choose_threshold, clinical_results,
-                       few_groups_warning, limitations, positive_index, small_class_warnings, warn)
+from .clinical import (Calibration, ClinicalOptions, calibration_figures, check_target, choose_threshold,
+                       clinical_results, few_groups_warning, limitations, positive_index, small_class_warnings,
+                       subgroup_columns, warn)
 from .heads import HeadConfig, TrainedHead, class_weights, fit_head, fold_calibration, predict_proba
 from .metrics import decide, evaluate_splits
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
@@ -98,6 +99,8 @@ def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: Run
     check_free(out, opts.overwrite)  # before loading anything: fail fast and touch nothing
     opts = replace(opts, class_map=task_map(opts.class_map, opts.split_from))
     data = map_classes(load_cache_within(cache, opts.memory_gb), opts.class_map)
+    positive_index(data.class_names, opts.clinical.positive)  # bad --positive or --subgroups: refused before training
+    subgroup_columns(getattr(data, "meta", {}), opts.clinical.subgroups)
     split, split_info = resolve_split(data, opts.split, opts.split_from)
     return fit_and_write(data, split, split_info, head, out, opts, rerun_command(cache, out, head, opts))
 
