@@ -178,8 +178,10 @@ def _add_meta_column(f, column: str, n: int) -> None:
     if column in group:
         del group[column]
     ds = group.create_dataset(column, (n,), maxshape=(None,), dtype=STRING_DTYPE, chunks=(4096,))
-    for start in range(0, n, 1 << 16):  # written, not left to HDF5's fill value, in bounded blocks
-        ds[start:min(n, start + (1 << 16))] = [""] * (min(n, start + (1 << 16)) - start)
+    block = 1 << 16
+    for start in range(0, n, block):  # written, not left to HDF5's fill value, in bounded blocks
+        stop = min(n, start + block)
+        ds[start:stop] = [""] * (stop - start)
 
 
 def _append_rows(ds, n: int, values) -> None:
