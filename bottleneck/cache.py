@@ -6,7 +6,7 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -114,6 +114,8 @@ class CacheData:
     attrs: dict = field(default_factory=dict)
     views_ok: np.ndarray | None = None  # (N,) bool: row has all `n_views` stored views
     class_map: dict | None = None  # class_map.map_classes's record when the labels were relabelled by a map
+    # metadata columns (`extract --meta-columns`): name -> (N,) str, "" when missing; {} for caches without any
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_views(self) -> int:
@@ -123,8 +125,29 @@ class CacheData:
     def root(self) -> Path:
         return Path(self.attrs.get("root", ""))
 
+    def select(self, rows) -> CacheData:
+        """The rows `rows` (indices or a boolean mask) of every per-row array, metadata columns included; streamed
+        features (a FeatureReader) stay lazy."""
+        rows = np.asarray(rows)
+        feats = self.features[rows] if isinstance(self.features, np.ndarray) else self.features.take(rows)
+        return replace(self, features=feats, labels=self.labels[rows], image_ids=self.image_ids[rows],
+                       paths=self.paths[rows], groups=self.groups[rows], sha256=self.sha256[rows],
+                       sizes=self.sizes[rows], views_ok=None if self.views_ok is None else self.views_ok[rows],
+                       meta={c: v[rows] for c, v in self.meta.items()})
+
 
 STRING_DTYPE = h5py.string_dtype("utf-8")  # every string column of a cache
+META = "meta"  # the group of the metadata columns: one (N,) string dataset each, named by attribute meta_columns
+
+
+def meta_dataset(column: str) -> str:
+    return f"{META}/{column}"
+
+
+def stored_meta_columns(f) -> list[str]:
+    """The metadata columns an open cache holds, in order (attribute meta_columns; none in older caches)."""
+    raw = f.attrs.get("meta_columns", "[]")
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
 
 def decode_strings(values) -> np.ndarray:
@@ -211,7 +234,8 @@ def load_cache(path: str | Path, dtype=np.float32, features: bool = True) -> Cac
             labels=f["label"][:n].astype(np.int32),
             image_ids=decode_strings(f["image_id"][:n]), paths=decode_strings(f["path"][:n]), groups=decode_strings(f["group"][:n]),
             sha256=decode_strings(f["sha256"][:n]), sizes=f["orig_size"][:n].astype(np.int32), attrs=attrs,
-            views_ok=f["views_ok"][:n].astype(bool) if "views_ok" in f else np.zeros(n, bool))
+            views_ok=f["views_ok"][:n].astype(bool) if "views_ok" in f else np.zeros(n, bool),
+            meta={c: decode_strings(f[meta_dataset(c)][:n]) for c in stored_meta_columns(f)})
 
 
 def read_views(path: str | Path, rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
@@ -248,7 +272,8 @@ def recorded_config(path: Path) -> CacheConfig | None:
 
 
 def describe_cache(path: str | Path) -> dict:
-    """What `bottleneck info` shows: configuration, counts per class, failed images, pending batches."""
+    """What `bottleneck info` shows: configuration, counts per class, failed images, pending batches, and the
+    metadata columns with how many rows have a value in each."""
     path = Path(path)
     if not path.exists() and pending_batches(path):
         raise CacheError(f"cache {path} has only journaled batches from an interrupted first run; "
@@ -260,4 +285,5 @@ def describe_cache(path: str | Path) -> dict:
             "groups": len({g for g in data.groups if g}), "class_counts": counts,
             "unlabeled": int((labels < 0).sum()), "failed": read_failed(path), "views": data.n_views,
             "view_names": view_names(data.n_views), "rows_with_views": int(data.views_ok.sum()),
+            "meta_columns": {c: int(sum(1 for v in values if v)) for c, values in data.meta.items()},
             "pending_batches": len(pending_batches(path))}

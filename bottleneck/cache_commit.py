@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import decode_strings
-from .journal import ROW_FIELDS, Journal
+from .cache import META, STRING_DTYPE, decode_strings, meta_dataset, stored_meta_columns
+from .journal import ROW_FIELDS, Journal, batch_meta
 from .row_keys import KEYS, id_key, keys_for, matching_rows, read_keys
 
 
@@ -33,12 +33,14 @@ class CommittedState:
     id_keys: np.ndarray | None = None  # id keys of the rows committed when the writer started (read when needed)
     known: dict[str, int] = field(default_factory=dict)  # ids this writer has placed: image id -> row
     absent: set[str] = field(default_factory=set)  # ids this writer looked up and did not find
+    meta_columns: list[str] = field(default_factory=list)  # the cache's metadata columns, in order
 
     @classmethod
     def read(cls, f) -> CommittedState:
         failed = dict(zip(decode_strings(f["failed/path"][:]), zip(decode_strings(f["failed/reason"][:]),
                                                                    decode_strings(f["failed/sha256"][:]))))
-        return cls(int(f.attrs["n_rows"]), json.loads(f.attrs["class_names"]), failed)
+        return cls(int(f.attrs["n_rows"]), json.loads(f.attrs["class_names"]), failed,
+                   meta_columns=stored_meta_columns(f))
 
     def resolve(self, f, image_ids: list[str]) -> list[int | None]:
         """The row of each id, or None for an id not in the cache; a key match is confirmed by reading that row's
@@ -105,6 +107,11 @@ def apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, ..
         for name, has in zip(b["label"], b["has_label"]):
             if has and name not in classes:
                 classes.append(str(name))
+        meta_names, meta = batch_meta(b)  # (C,), (rows, C)
+        for c in meta_names:
+            if c not in state.meta_columns:  # columns are only ever added, as classes are
+                _add_meta_column(f, c, n)
+                state.meta_columns.append(c)
         new_rows = []
         rows_of_batch = []
         ids = [str(i) for i in b["image_id"]]
@@ -116,6 +123,8 @@ def apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, ..
                 rows_of_batch.append(r)
                 for k in ROW_FIELDS:
                     f[k][r] = str(b[k][i])
+                for c, value in zip(meta_names, meta[i]):  # columns the batch lacks keep their values
+                    f[meta_dataset(c)][r] = str(value)
                 f[KEYS][r] = keys_for([image_id], [b["sha256"][i]])[0]
                 f["label"][r] = label
                 f["orig_size"][r] = b["size"][i]
@@ -129,6 +138,9 @@ def apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, ..
             sel = np.array([i for i, _ in new_rows])
             for k in ROW_FIELDS:
                 _append_rows(f[k], n, [str(v) for v in b[k][sel]])
+            for c in state.meta_columns:  # every column grows with the rows: "" where the batch lacks it
+                values = meta[sel, meta_names.index(c)] if c in meta_names else [""] * len(sel)
+                _append_rows(f[meta_dataset(c)], n, [str(v) for v in values])
             _append_rows(f[KEYS], n, keys_for(b["image_id"][sel], b["sha256"][sel]))
             _append_rows(f["label"], n, np.array([lab for _, lab in new_rows], dtype=np.int32))
             _append_rows(f["orig_size"], n, b["size"][sel])
@@ -152,10 +164,24 @@ def apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, ..
         f["views_ok"].resize(n, axis=0)
         f["views_ok"][grow:] = False
     f.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in info.items()})
-    f.attrs.update(class_names=json.dumps(classes), updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    f.attrs.update(class_names=json.dumps(classes), meta_columns=json.dumps(state.meta_columns),
+                   updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     f.attrs["n_rows"] = n  # last: the committed count
     state.n = n
     return added
+
+
+def _add_meta_column(f, column: str, n: int) -> None:
+    """A new metadata column meta/<column>, resizable like every per-row string dataset, "" for the n rows it
+    did not know (a leftover of the same name, from no committed state, is replaced)."""
+    group = f.require_group(META)
+    if column in group:
+        del group[column]
+    ds = group.create_dataset(column, (n,), maxshape=(None,), dtype=STRING_DTYPE, chunks=(4096,))
+    block = 1 << 16
+    for start in range(0, n, block):  # written, not left to HDF5's fill value, in bounded blocks
+        stop = min(n, start + block)
+        ds[start:stop] = [""] * (stop - start)
 
 
 def _append_rows(ds, n: int, values) -> None:

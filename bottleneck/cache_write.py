@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .cache import (SCHEMA_VERSION, STRING_DTYPE, CacheConfig, library_versions, open_cache, read_attrs,
+from .cache import (META, SCHEMA_VERSION, STRING_DTYPE, CacheConfig, library_versions, open_cache, read_attrs,
                     recorded_config)
 from .cache_commit import CommittedState, apply_batches, drop_tracebacks, interrupts_deferred
 from .errors import CacheError, CacheLockedError, CacheMismatchError
@@ -139,7 +139,7 @@ class CacheWriter:
 
     # -- reading what is there ----------------------------------------------------------------
     def lookup(self, image_ids, shas) -> tuple[dict[str, dict], dict[str, int]]:
-        """Which of these images the cache holds: image id -> {sha256, label, group, path, row, views}, and
+        """Which of these images the cache holds: image id -> {sha256, label, group, path, row, views, meta}, and
         sha256 -> row for the same bytes under any id. Reads the row keys and only the rows they point to."""
         if not self.path.exists():
             return {}, {}
@@ -161,7 +161,8 @@ class CacheWriter:
                     label = int(stored["label"][k])
                     found[image_id] = {"sha256": stored["sha256"][k], "label": classes[label] if label >= 0 else None,
                                        "group": stored["group"][k], "path": stored["path"][k], "row": r,
-                                       "views": views if stored["views_ok"][k] else 0}
+                                       "views": views if stored["views_ok"][k] else 0,
+                                       "meta": {c: col[k] for c, col in stored["meta"].items()}}
                     break
         for sha, key in zip(shas, sha_keys):
             for r in by_sha.get(key, ()):
@@ -186,7 +187,8 @@ class CacheWriter:
                     views: np.ndarray | None = None, view_lo: int = 0):
         """Journal one batch durably; commit it when it is the cache's first or `commit_seconds` have passed.
 
-        rows: dicts with image_id, path, label (name|None), group, sha256, width, height, has_features;
+        rows: dicts with image_id, path, label (name|None), group, sha256, width, height, has_features and
+        optionally meta ({column: text}: the row's metadata columns; a cached row keeps the columns not given);
         features: (len(rows), D) aligned with rows (ignored where has_features is False); failed: (path,
         reason, sha256); views: (len(rows), V, D) of which views view_lo..V (1-based) are new, or None."""
         self.journal.write(rows, features, failed, views, view_lo)
@@ -302,6 +304,7 @@ class CacheWriter:
                              chunks=(chunk_rows, d))
             for name in ROW_FIELDS:
                 f.create_dataset(name, (0,), maxshape=(None,), dtype=STRING_DTYPE, chunks=(4096,))
+            f.create_group(META)  # one column per metadata column, created by the commit that first brings it
             f.create_dataset("label", (0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
             f.create_dataset("orig_size", (0, 2), maxshape=(None, 2), dtype=np.int32, chunks=(4096, 2))
             f.create_dataset(KEYS, (0, 2), maxshape=(None, 2), dtype=np.uint64, chunks=(8192, 2))

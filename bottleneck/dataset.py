@@ -1,4 +1,5 @@
-"""The dataset index: what images there are, their labels and groups, from class folders or a metadata CSV.
+"""The dataset index: what images there are, their labels, groups and metadata columns (age, sex, body site...),
+from class folders or a metadata CSV.
 
 Nothing here decodes an image; the index is cheap to build and every later stage (extraction, splits)
 reads its labels and groups from the cache, not from here.
@@ -26,6 +27,9 @@ class Entry:
     rel_path: str  # POSIX path relative to the index root, stored in the cache
     label: str | None  # None when unknown
     group: str = ""  # lesion or patient id; "" when the source has none
+    # (column, value) of the CSV's metadata columns kept for the cache (`--meta-columns`), stripped text, ""
+    # when missing; a tuple of pairs, not a dict, so that an Entry stays hashable
+    meta: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class DatasetIndex:
     shard: str = ""  # "I/N" when `select_shard` kept one shard; "" for the whole index
     whole_fingerprint: str = ""  # a sharded index's `index_fingerprint` of the whole index it came from
     whole_images: int = 0  # ... and how many images that whole index had
+    meta_columns: tuple[str, ...] = ()  # the columns of every entry's `meta`: CSV order, or as --meta-columns names
 
     @property
     def fingerprint(self) -> str:
@@ -81,11 +86,14 @@ def _safe_name(text: str) -> str:
 
 def build_index(data: str | Path, metadata: str | Path | None = None, id_column: str | None = None,
                 label_column: str | None = None, group_column: str | None = None,
-                follow_symlinks: bool = False) -> DatasetIndex:
+                follow_symlinks: bool = False, meta_columns: str | tuple[str, ...] = "all") -> DatasetIndex:
     """Index `data`: class folders (`DATA/<class>/*`), or an image folder plus a metadata CSV.
 
     A symlink is followed only when its target lies inside `data` (`follow_symlinks`: wherever it leads, loops
-    still cut); each real file is indexed once, and what was skipped is in `skipped_paths` with the reason."""
+    still cut); each real file is indexed once, and what was skipped is in `skipped_paths` with the reason.
+    `meta_columns` (`--meta-columns`): which CSV columns each entry carries as metadata, "all" (every column but
+    the id, label and group ones), "none", or a list of names (or "C,C")."""
+    wanted = parse_meta_columns(meta_columns)
     root = Path(data).expanduser()
     if not root.exists():
         raise InputError(f"data folder {root} does not exist; pass the folder that holds your images")
@@ -99,8 +107,23 @@ def build_index(data: str | Path, metadata: str | Path | None = None, id_column:
         metadata = _find_known_csv(root)
     if metadata is not None:
         return _index_from_csv(root, Path(metadata).expanduser(), id_column, label_column, group_column,
-                               follow_symlinks)
+                               follow_symlinks, wanted)
+    if wanted not in ("all", "none"):
+        raise InputError(f"--meta-columns {','.join(wanted)} needs a metadata CSV, but {root} is indexed as class "
+                         "folders, which carry no metadata columns; pass --metadata CSV, or drop --meta-columns")
     return _index_from_folders(root, follow_symlinks)
+
+
+def parse_meta_columns(value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    """`--meta-columns`: "all", "none", or the named columns (from "C,C" or a sequence), stripped, each once."""
+    if isinstance(value, str):
+        if value.strip().lower() in ("all", "none"):
+            return value.strip().lower()
+        value = value.split(",")
+    names = tuple(dict.fromkeys(c.strip() for c in value if c.strip()))
+    if not names:
+        raise InputError(f"--meta-columns should be all, none or column names like age,sex; received {value!r}")
+    return names
 
 
 def _find_known_csv(root: Path) -> Path | None:
@@ -190,7 +213,7 @@ def _read_csv(path: Path):
 
 
 def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column,
-                    follow_symlinks: bool) -> DatasetIndex:
+                    follow_symlinks: bool, wanted: str | tuple[str, ...] = "all") -> DatasetIndex:
     df = _read_csv(csv)
     columns = set(df.columns)
     source, cols = _detect_format(columns)
@@ -221,10 +244,14 @@ def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column
     else:
         labels = [None] * len(df)
     groups = list(df[grp_col]) if grp_col is not None else [""] * len(df)
+    own = {id_col, lab_col, grp_col} | (set(ISIC2019_CLASSES) if source == "isic2019" and lab_col is None else set())
+    meta_cols = _meta_columns(csv, list(df.columns), wanted, own)
+    values = {c: [v if isinstance(v, str) else "" for v in df[c]] for c in meta_cols}  # a short row: NaN -> ""
+    metas = [tuple((c, values[c][k]) for c in meta_cols) for k in range(len(df))]
 
     finder = _ImageFinder(root, follow_symlinks)
     entries, missing, named = [], [], {}  # named: real path -> the first id that named it
-    for image_id, label, group in zip(ids, labels, groups):
+    for image_id, label, group, meta in zip(ids, labels, groups, metas):
         found = finder.find(image_id, csv)
         if found is None:
             missing.append(image_id)
@@ -234,14 +261,37 @@ def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column
             raise InputError(f"image ids {named[real]!r} and {image_id!r} in {csv} name the same file "
                              f"{path.relative_to(root).as_posix()}; each row must name a different image")
         named[real] = image_id
-        entries.append(Entry(image_id, path, path.relative_to(root).as_posix(), label, group))
+        entries.append(Entry(image_id, path, path.relative_to(root).as_posix(), label, group, meta))
     if not entries:
         raise InputError(f"none of the {len(df)} ids in {csv} (column {id_col!r}) matches an image file under "
                          f"{root}; check the image folder and --id-column{_skipped_hint(finder.skipped)}")
     unlisted = tuple(p.relative_to(root).as_posix() for p, r in zip(finder.images, finder.reals) if r not in named)
     classes = tuple(sorted({e.label for e in entries if e.label is not None}))
     return DatasetIndex(root, _safe_name(root.name), source, tuple(entries), classes, csv.resolve(),
-                        tuple(missing), unlisted, skipped_paths=finder.skipped)
+                        tuple(missing), unlisted, skipped_paths=finder.skipped, meta_columns=meta_cols)
+
+
+def _meta_columns(csv: Path, columns: list[str], wanted: str | tuple[str, ...], own: set) -> tuple[str, ...]:
+    """The CSV columns kept as metadata: every one but the id/label/group columns (`own`) for "all", none for
+    "none", else the named ones, each of which the CSV must have and the cache must be able to name."""
+    if wanted == "none":
+        return ()
+    if wanted == "all":
+        return tuple(c for c in columns if c not in own and _storable_column(c))
+    unknown = [c for c in wanted if c not in columns]
+    if unknown:
+        raise InputError(f"{csv} has no column {unknown[0]!r} (--meta-columns); its columns are: "
+                         f"{', '.join(columns)}")
+    for c in wanted:
+        if not _storable_column(c):
+            raise InputError(f"column {c!r} of {csv} cannot name a metadata column of the cache (it holds '/' or is "
+                             "'.'); rename it in the CSV, or leave it out of --meta-columns")
+    return wanted
+
+
+def _storable_column(name: str) -> bool:
+    """Whether `name` can be an HDF5 dataset name under meta/ (a '/' would make a subgroup)."""
+    return bool(name) and "/" not in name and name not in (".", "..")
 
 
 class _ImageFinder:

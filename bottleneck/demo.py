@@ -46,13 +46,16 @@ from .summaries import extract_lines, info_lines, train_head_lines
 
 DEMO_CLASSES: tuple[str, ...] = ("bcc", "mel", "nv")
 LAYOUTS: tuple[str, ...] = ("ham10000", "folders")
-HAM10000_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
+# As in the released HAM10000 metadata, whose `dataset` column names the site (vidir_modern, rosendahl, ...).
+HAM10000_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization",
+                                     "dataset")
+DEMO_SITES: tuple[tuple[str, float], ...] = (("site_a", 0.6), ("site_b", 0.4))  # two made-up clinics
 METADATA_NAME = "HAM10000_metadata.csv"
 MARKER_NAME = "demo.json"
 _PARTS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 # Bump when the drawing or the layout changes: a folder made by older code then no longer counts as
-# "the same dataset" and is not silently reused.
-_FORMAT = 1
+# "the same dataset" and is not silently reused. 2: the metadata gained the `dataset` (site) column.
+_FORMAT = 2
 _JPEG_QUALITY = 90
 # Images per lesion in the HAM10000 layout: 1, 2 or 3 (mean 1.55; the real set has 1.34).
 _PHOTOS_P = (0.6, 0.25, 0.15)
@@ -75,6 +78,7 @@ class _Lesion:
     age: str
     sex: str
     localization: str
+    dataset: str  # the (made-up) site that photographed it, for subgroup reports
     image_ids: tuple[str, ...]
     seed: tuple[int, int]  # (dataset seed, lesion number): this lesion's own random stream
 
@@ -220,6 +224,9 @@ def _plan(images_per_class: int, seed: int, multi_photo: bool) -> list[_Lesion]:
     # one lesion get scattered image ids as in HAM10000.
     drafts = [drafts[i] for i in rng.permutation(len(drafts))]
     image_numbers = iter(rng.permutation(sum(n for _, n in drafts)) + 1)
+    # Sites come from a stream of their own (entropy of another length than any lesion's), so that adding them
+    # changed no other column and no pixel.
+    site_rng = np.random.default_rng([seed, 0, 1])
     lesions = []
     for number, (dx, n) in enumerate(drafts, start=1):
         look = _LOOKS[dx]
@@ -231,6 +238,7 @@ def _plan(images_per_class: int, seed: int, multi_photo: bool) -> list[_Lesion]:
             age=f"{float(np.clip(5 * round(rng.normal(*look.age) / 5), 5, 85)):.1f}",
             sex=str(rng.choice(("male", "female"))),
             localization=_pick(rng, look.localization),
+            dataset=_pick(site_rng, DEMO_SITES),
             image_ids=tuple(sorted(f"ISIC_{next(image_numbers):07d}" for _ in range(n))),
             seed=(seed, number),
         ))
@@ -258,7 +266,8 @@ def _write_metadata(path: Path, lesions: list[_Lesion]) -> None:
         writer.writerow(HAM10000_COLUMNS)
         for les in lesions:  # already in lesion-id order; a lesion's photos stay together as in HAM10000
             for image_id in les.image_ids:
-                writer.writerow((les.lesion_id, image_id, les.dx, les.dx_type, les.age, les.sex, les.localization))
+                writer.writerow((les.lesion_id, image_id, les.dx, les.dx_type, les.age, les.sex, les.localization,
+                                 les.dataset))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
             old = existing.get(entry.image_id)
             if old is not None and old["sha256"] == sha:
                 summary.already_cached += 1
-                if (old["label"], old["group"], old["path"]) != (entry.label, entry.group, entry.rel_path):
+                if _row_changed(old, entry):
                     updates.append(entry_row(entry, sha, has_features=False))
                 if old["views"] < n_views:
                     view_todo.setdefault(old["views"] + 1, []).append((entry, sha))
@@ -225,8 +225,17 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
     return summary
 
 
+def _row_changed(old: dict, entry: Entry) -> bool:
+    """Whether a cached row (`CacheWriter.lookup`'s record) differs from the entry in what needs no inference: label,
+    group, path, or a metadata column (one the cache does not hold yet counts as changed)."""
+    if (old["label"], old["group"], old["path"]) != (entry.label, entry.group, entry.rel_path):
+        return True
+    return any(old["meta"].get(column) != value for column, value in entry.meta)
+
+
 def _journal_metadata(writer: CacheWriter, updates, reused, unreadable) -> None:
-    """Rows that need no inference: label/group changes, and images whose bytes are cached under another id."""
+    """Rows that need no inference: label/group/metadata changes, and images whose bytes are cached under another
+    id."""
     rows, feats = list(updates), [np.zeros(writer.config.num_features, np.float32)] * len(updates)
     for entry, sha, src_row in reused:
         rows.append(entry_row(entry, sha))

@@ -22,7 +22,8 @@ from .tfimport import tensorflow
 
 def entry_row(entry: Entry, sha: str, size=(0, 0), has_features=True) -> dict:
     return dict(image_id=entry.image_id, path=entry.rel_path, label=entry.label, group=entry.group,
-                sha256=sha, width=int(size[0]), height=int(size[1]), has_features=has_features)
+                sha256=sha, width=int(size[0]), height=int(size[1]), has_features=has_features,
+                meta=dict(entry.meta))
 
 
 NOT_UTF8 = "file name is not valid UTF-8; rename it"

@@ -29,9 +29,13 @@ ROW_FIELDS = ("image_id", "path", "group", "sha256")  # string columns, one per 
 BATCH_NAME = re.compile(r"batch-(\d+)\.npz")
 STALE = (".batch-*.npz.part", "batch-*.npz.tmp", ".config.json.part", "config.json.tmp")  # cut off mid-write
 CRASH_ENV = "BOTTLENECK_CRASH_AT_JOURNAL"  # crash harness: SIGKILL self at the Nth journal step (tests)
-# What a batch holds: name -> (dimensions, dtype kind); "D" stands for the cache's dtype.
+# What a batch holds: name -> (dimensions, dtype kind); "D" stands for the cache's dtype. `meta_names` (C,) names
+# the metadata columns (`extract --meta-columns`) and `meta` (n, C) holds each row's values.
 ARRAYS = {**{k: (1, "U") for k in (*ROW_FIELDS, "label")}, "has_label": (1, "b"), "has_features": (1, "b"),
-          "size": (2, "i"), "features": (2, "D"), "failed": (2, "U"), "view_lo": (0, "i"), "views": (3, "D")}
+          "size": (2, "i"), "features": (2, "D"), "failed": (2, "U"), "view_lo": (0, "i"), "views": (3, "D"),
+          "meta_names": (1, "U"), "meta": (2, "U")}
+META_ARRAYS = ("meta_names", "meta")  # absent from batches journaled by versions that stored no metadata columns
+NOT_PER_ROW = ("failed", "meta_names")  # arrays whose first dimension is not the batch's rows
 
 
 def journal_dir(path: Path) -> Path:
@@ -45,6 +49,18 @@ def pending_batches(path: Path) -> list[Path]:
         return sorted(p for p in journal_dir(path).glob("batch-*.npz") if BATCH_NAME.fullmatch(p.name))
     except FileNotFoundError:
         return []
+
+
+def meta_names(rows: list[dict]) -> list[str]:
+    """The metadata columns of a batch's rows (each row's optional `meta` dict), in order of first appearance."""
+    return list(dict.fromkeys(c for r in rows for c in (r.get("meta") or {})))
+
+
+def batch_meta(arrays: dict) -> tuple[list[str], np.ndarray]:
+    """A journaled batch's metadata columns and its (n, C) values; none for a batch of an older version."""
+    if "meta_names" not in arrays:
+        return [], np.zeros((len(arrays["image_id"]), 0), str)
+    return [str(c) for c in arrays["meta_names"]], arrays["meta"]
 
 
 class DamagedBatch(Exception):
@@ -64,16 +80,20 @@ def utf8_ok(text: str) -> bool:
 def check_batch(arrays: dict, num_features: int, dtype: str) -> None:
     """Raise DamagedBatch unless `arrays` is a whole batch of this cache's configuration: every array, each
     of the expected rank, dtype and row count."""
-    if set(arrays) != set(ARRAYS):
-        raise DamagedBatch(f"arrays {sorted(arrays)} instead of {sorted(ARRAYS)}")
+    expected = ARRAYS if any(k in arrays for k in META_ARRAYS) else {k: v for k, v in ARRAYS.items()
+                                                                      if k not in META_ARRAYS}
+    if set(arrays) != set(expected):
+        raise DamagedBatch(f"arrays {sorted(arrays)} instead of {sorted(expected)}")
     n = len(arrays["image_id"])
-    for name, (ndim, kind) in ARRAYS.items():
+    for name, (ndim, kind) in expected.items():
         a = arrays[name]
         want = np.dtype(dtype) if kind == "D" else None
         if a.ndim != ndim or (want is not None and a.dtype != want) or (want is None and a.dtype.kind != kind):
             raise DamagedBatch(f"{name} is {a.dtype} of shape {a.shape}")
-        if ndim and name != "failed" and a.shape[0] != n:
+        if ndim and name not in NOT_PER_ROW and a.shape[0] != n:
             raise DamagedBatch(f"{name} has {a.shape[0]} rows, image_id {n}")
+    if "meta" in arrays and arrays["meta"].shape[1] != len(arrays["meta_names"]):
+        raise DamagedBatch(f"meta of shape {arrays['meta'].shape} for {len(arrays['meta_names'])} meta_names")
     if arrays["size"].shape[1] != 2 or arrays["failed"].shape[1] != 3:
         raise DamagedBatch(f"size of shape {arrays['size'].shape}, failed of shape {arrays['failed'].shape}")
     if arrays["features"].shape[1] != num_features or arrays["views"].shape[2] != num_features:
@@ -81,7 +101,7 @@ def check_batch(arrays: dict, num_features: int, dtype: str) -> None:
                            f"{arrays['views'].shape}, where the cache holds {num_features} features")
     if not 0 <= int(arrays["view_lo"]) <= arrays["views"].shape[1]:
         raise DamagedBatch(f"view_lo {int(arrays['view_lo'])} with {arrays['views'].shape[1]} views")
-    for name, (_, kind) in ARRAYS.items():
+    for name, (_, kind) in expected.items():
         if kind == "U" and not utf8_ok("".join(arrays[name].ravel().tolist())):
             raise DamagedBatch(f"{name} holds a name that is not valid UTF-8")
 
@@ -111,6 +131,10 @@ class Journal:
         if features is None:
             features = np.zeros((n, d), np.float32)
         payload = {k: np.array([r[k] or "" for r in rows], dtype=str).reshape(n) for k in ROW_FIELDS}
+        names = meta_names(rows)
+        payload.update(meta_names=np.array(names, dtype=str).reshape(len(names)),
+                       meta=np.array([[(r.get("meta") or {}).get(c, "") for c in names] for r in rows],
+                                     dtype=str).reshape(n, len(names)))
         payload.update(
             label=np.array([r["label"] if r["label"] is not None else "" for r in rows], dtype=str).reshape(n),
             has_label=np.array([r["label"] is not None for r in rows], dtype=bool).reshape(n),

@@ -19,8 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .cache import (SCHEMA_VERSION, STRING_DTYPE, CacheConfig, check_readable, load_cache, open_cache, read_attrs,
-                    read_failed, read_views)
+from .cache import (META, SCHEMA_VERSION, STRING_DTYPE, CacheConfig, check_readable, decode_strings, load_cache,
+                    meta_dataset, open_cache, read_attrs, read_failed, read_views, stored_meta_columns)
 from .cache_write import CacheWriter
 from .errors import CacheError, CacheMismatchError, InputError
 from .journal import ROW_FIELDS
@@ -131,8 +131,9 @@ def merge_caches(shards: list[str | Path], out: str | Path, batch_rows: int = 40
     """Merge caches of one configuration (e.g. `extract --shard I/N` outputs) into `out`.
 
     Copying (the default), rows are keyed by image id, so merging into an existing cache adds nothing twice;
-    views are merged when every shard has the same number. `virtual` writes a new `out` of HDF5 virtual datasets
-    over the shards' files instead (referred to by paths relative to `out`, so the folder can move whole)."""
+    views are merged when every shard has the same number; metadata columns are the union of the shards', "" where
+    a shard lacks one. `virtual` writes a new `out` of HDF5 virtual datasets over the shards' files instead
+    (referred to by paths relative to `out`, so the folder can move whole)."""
     paths, out = [Path(s) for s in shards], Path(out)
     if not paths:
         raise CacheError("merge needs at least one shard cache")
@@ -167,10 +168,11 @@ def _copy(out: Path, paths: list[Path], config: CacheConfig, info: dict, batch_r
             views_all = read_views(d.path) if len(n_views) == 1 and d.n_views else None
             for start in range(0, len(d.labels), batch_rows):
                 sl = slice(start, start + batch_rows)
+                metas = [{c: str(v[k]) for c, v in d.meta.items()} for k in range(*sl.indices(len(d.labels)))]
                 rows = [dict(image_id=i, path=p, label=d.class_names[l] if l >= 0 else None, group=g, sha256=s,
-                             width=int(w), height=int(h))
-                        for i, p, l, g, s, (w, h) in zip(d.image_ids[sl], d.paths[sl], d.labels[sl], d.groups[sl],
-                                                         d.sha256[sl], d.sizes[sl])]
+                             width=int(w), height=int(h), meta=m)
+                        for i, p, l, g, s, (w, h), m in zip(d.image_ids[sl], d.paths[sl], d.labels[sl], d.groups[sl],
+                                                            d.sha256[sl], d.sizes[sl], metas)]
                 views = views_all[sl] if views_all is not None else None
                 writer.write_batch(rows, d.features[sl], views=views, view_lo=1 if views is not None else 0)
             failed = read_failed(d.path, with_sha=True)  # (path, reason, sha256): the record as the shard has it
@@ -193,11 +195,12 @@ def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: Cach
     views = {int(a.get("views", 0)) for a in attrs}
     n_views = views.pop() if len(views) == 1 else 0  # as the copying merge: views only when every shard agrees
     names = ["features", *ROW_FIELDS, "label", "orig_size", KEYS] + (["views", "views_ok"] if n_views else [])
-    parts, keys, failed = [], [], {}
+    parts, keys, failed, metas = [], [], {}, []
     for p in paths:
         with open_cache(p) as f:
             n = int(f.attrs["n_rows"])
-            shapes = {k: (f[k].shape, f[k].dtype) for k in names if k in f}
+            metas.append(stored_meta_columns(f))
+            shapes = {k: (f[k].shape, f[k].dtype) for k in [*names, *map(meta_dataset, metas[-1])] if k in f}
             keys.append(read_keys(f, n))  # computed for caches older than the keys
         parts.append((os.path.relpath(p.resolve(), out.resolve().parent), n, shapes))
         for path, reason, sha in read_failed(p, with_sha=True):
@@ -205,11 +208,17 @@ def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: Cach
     total = sum(n for _, n, _ in parts)
     if not total:
         raise CacheError(f"the caches {', '.join(map(str, paths))} hold no rows; nothing to merge")
+    # The union of the metadata columns: virtual where every shard has the column, else copied with "" filled in.
+    columns = list(dict.fromkeys(c for cols in metas for c in cols))
+    names += [meta_dataset(c) for c in columns if all(c in cols for cols in metas)]
+    copied = {c: _meta_values(paths, [n for _, n, _ in parts], metas, c) for c in columns
+              if not all(c in cols for cols in metas)}
     stored_keys = all(KEYS in s and s[KEYS][0][0] >= n for _, n, s in parts)
     tmp = out.with_name(out.name + ".tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with h5py.File(tmp, "w") as f:
+            f.require_group(META)
             for name in names:
                 if name == KEYS and not stored_keys:
                     f.create_dataset(KEYS, data=np.concatenate(keys), maxshape=(None, 2), chunks=(8192, 2))
@@ -223,6 +232,9 @@ def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: Cach
                                                                      dtype=dtype)[:n]
                     start += n
                 f.create_virtual_dataset(name, layout, fillvalue=0 if dtype.kind != "O" else None)
+            for c, values in copied.items():
+                f.create_dataset(meta_dataset(c), data=np.array(values, dtype=object), dtype=STRING_DTYPE,
+                                 maxshape=(None,), chunks=(4096,))
             for k, col in (("path", list(failed)), ("reason", [v[0] for v in failed.values()]),
                            ("sha256", [v[1] for v in failed.values()])):
                 f.create_dataset(f"failed/{k}", data=np.array(col, dtype=object), dtype=STRING_DTYPE,
@@ -231,10 +243,23 @@ def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: Cach
             f.attrs.update(schema_version=SCHEMA_VERSION, n_rows=total, class_names=json.dumps(classes[0]),
                            views=n_views, library_versions=attrs[0].get("library_versions", "{}"),
                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), virtual=True,
-                           virtual_sources=json.dumps([rel for rel, _, _ in parts]), **info)
+                           virtual_sources=json.dumps([rel for rel, _, _ in parts]),
+                           meta_columns=json.dumps(columns), **info)
             f.attrs["updated"] = f.attrs["created"]
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, out)
     return total
+
+
+def _meta_values(paths: list[Path], rows: list[int], metas: list[list[str]], column: str) -> list[str]:
+    """A metadata column over every shard's committed rows in turn: "" for the rows of a shard without it."""
+    values: list[str] = []
+    for p, n, cols in zip(paths, rows, metas):
+        if column in cols:
+            with open_cache(p) as f:
+                values += list(decode_strings(f[meta_dataset(column)][:n]))
+        else:
+            values += [""] * n
+    return values

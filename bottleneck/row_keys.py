@@ -58,10 +58,10 @@ def matching_rows(column: np.ndarray, wanted) -> dict[int, list[int]]:
     return out
 
 
-def read_rows(f, rows: np.ndarray, n: int) -> dict[str, np.ndarray]:
+def read_rows(f, rows: np.ndarray, n: int) -> dict:
     """The string columns, labels and views_ok of `rows` (sorted), read point by point when they are few and as
-    whole columns when they are many."""
-    from .cache import decode_strings
+    whole columns when they are many; "meta" is {column: values} of the metadata columns."""
+    from .cache import decode_strings, meta_dataset, stored_meta_columns
 
     rows = np.asarray(rows, dtype=np.int64)
     whole = len(rows) > n // 8
@@ -72,4 +72,8 @@ def read_rows(f, rows: np.ndarray, n: int) -> dict[str, np.ndarray]:
             continue
         col = f[name][:n][rows] if whole else (f[name][rows] if len(rows) else f[name][:0])
         out[name] = decode_strings(col) if name in ROW_FIELDS else col
+    out["meta"] = {}
+    for c in stored_meta_columns(f):
+        ds = f[meta_dataset(c)]
+        out["meta"][c] = decode_strings(ds[:n][rows] if whole else (ds[rows] if len(rows) else ds[:0]))
     return out

@@ -70,6 +70,9 @@ def info_lines(cache: Path, d: dict) -> list[str]:
     if d["views"]:
         lines.append(f"views: {d['views']} per image besides the plain one ({', '.join(d['view_names'])}); "
                      f"{d['rows_with_views']} rows complete")
+    if d.get("meta_columns"):
+        lines.append("metadata columns (rows with a value): "
+                     + ", ".join(f"{c} ({n})" for c, n in d["meta_columns"].items()))
     lines.append("classes:")
     lines += [f"  {name}: {count}" for name, count in d["class_counts"].items()]
     if d["unlabeled"]:

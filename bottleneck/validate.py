@@ -40,7 +40,8 @@ def _int_attr(attrs, key: str, path: Path, minimum: int = 0) -> int:
 
 def check_cache(f, path: Path, schema_version: int) -> None:
     """Refuse a cache (an open h5py.File) whose attributes or datasets the readers could not use: schema version,
-    the configuration, the committed row count, the class list, the per-row datasets and the label range."""
+    the configuration, the committed row count, the class list, the per-row datasets (metadata columns included)
+    and the label range."""
     attrs = f.attrs
     if "schema_version" not in attrs:
         raise CacheError(f"{path} is not a bottleneck cache (no schema_version attribute); pass a file written by "
@@ -65,7 +66,7 @@ def check_cache(f, path: Path, schema_version: int) -> None:
                          f"not a JSON list of class names; {REEXTRACT}")
     if len(set(classes)) != len(classes):
         raise CacheError(f"cache {path}: attribute class_names names a class twice ({classes}); {REEXTRACT}")
-    for name in ROW_DATASETS:
+    for name in (*ROW_DATASETS, *(f"meta/{c}" for c in _meta_columns(attrs, path))):
         ds = f.get(name)
         if ds is None or not hasattr(ds, "shape"):
             raise CacheError(f"cache {path}: dataset {name!r} is missing; {REEXTRACT}")
@@ -81,6 +82,20 @@ def check_cache(f, path: Path, schema_version: int) -> None:
         bad = int(labels.max()) if labels.max() >= len(classes) else int(labels.min())
         raise CacheError(f"cache {path}: dataset 'label' holds class index {bad}, outside the {len(classes)} "
                          f"classes of attribute class_names (-1 is unlabeled); {REEXTRACT}")
+
+
+def _meta_columns(attrs, path: Path) -> list[str]:
+    """Attribute meta_columns: a JSON list of distinct column names (absent in older caches: none)."""
+    raw = _text(attrs.get("meta_columns", "[]"))
+    try:
+        columns = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError:
+        columns = None
+    if (not isinstance(columns, list) or not all(isinstance(c, str) and c and "/" not in c for c in columns)
+            or len(set(columns)) != len(columns)):
+        raise CacheError(f"cache {path}: attribute meta_columns is {raw!r:.60}, not a JSON list of distinct metadata "
+                         f"column names; {REEXTRACT}")
+    return columns
 
 
 def check_virtual_sources(attrs: dict, path: Path) -> list[str]:

@@ -52,6 +52,7 @@ def test_a_legacy_cache_is_read_and_extended_in_place(legacy):
     data = load_cache(cache)
     assert len(data.labels) == 18 and data.class_names == ["bcc", "mel", "nv"] and data.n_views == 1
     assert data.config.backbone == "vgg16" and data.config.input_size == 32 and data.views_ok.all()
+    assert data.meta == {}  # no metadata columns before they existed
     assert describe_cache(cache)["class_counts"] == {"bcc": 6, "mel": 6, "nv": 6}
     before, views_before = data.features.copy(), read_views(cache)
 
@@ -74,7 +75,7 @@ def test_this_version_writes_the_legacy_layout_and_the_same_features(legacy, tmp
     extract(build_index(legacy / "images"), ExtractOptions(**OPTS, cache=fresh))
     old, new = layout(legacy / "cache.h5"), layout(fresh)
     assert set(new.pop("attrs")) - set(old.pop("attrs")) == {"precision", "xla", "shard", "index_fingerprint",
-                                                              "index_images"}  # attributes added since 0.1.0
+                                                              "index_images", "meta_columns"}  # added since 0.1.0
     assert new.pop("row_keys") == ((18, 2), "uint64", (8192, 2))  # the one dataset added: lookups by key
     assert new == old
     assert load_cache(legacy / "cache.h5").config.precision == "float32"  # what 0.1.0 computed in

@@ -35,7 +35,7 @@ def test_ham10000_layout_mimics_the_real_dataset(ham):
     assert ham.root.is_dir() and ham.metadata == ham.root / "HAM10000_metadata.csv"
     assert b"\r\n" not in ham.metadata.read_bytes()
     header, *rows = read_rows(ham)
-    assert header == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+    assert header == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
     assert tuple(header) == HAM10000_COLUMNS
     assert len(rows) == ham.n_images == sum(ham.class_counts.values())
     ids = [r[1] for r in rows]
@@ -43,6 +43,11 @@ def test_ham10000_layout_mimics_the_real_dataset(ham):
     assert all(r[0].startswith("HAM_") and len(r[0]) == 11 and r[1].startswith("ISIC_") for r in rows)
     assert {r[3] for r in rows} <= {"histo", "follow_up", "consensus", "confocal"}
     assert all(5 <= float(r[4]) <= 85 and r[5] in ("male", "female") and r[6] for r in rows)
+    assert {r[7] for r in rows} == {"site_a", "site_b"}  # two sites, for subgroup reports
+    by_lesion = defaultdict(set)
+    for r in rows:
+        by_lesion[r[0]].add(r[7])
+    assert all(len(sites) == 1 for sites in by_lesion.values())  # a lesion is photographed at one site
 
     parts = {p.name for p in ham.root.iterdir() if p.is_dir()}
     assert parts == {"HAM10000_images_part_1", "HAM10000_images_part_2"}
@@ -195,3 +200,4 @@ def test_demo_set_indexes_as_ham10000(ham):
     assert len(idx.entries) == ham.n_images and not idx.rows_without_image and not idx.images_without_row
     assert idx.class_names == DEMO_CLASSES
     assert len({e.group for e in idx.entries}) == ham.n_lesions
+    assert idx.meta_columns == ("dx_type", "age", "sex", "localization", "dataset")  # subgroups for reports

@@ -23,6 +23,9 @@ def extract_command(
     id_column: Optional[str] = typer.Option(None, help="CSV column with image ids (file names or stems)."),
     label_column: Optional[str] = typer.Option(None, help="CSV column with class labels."),
     group_column: Optional[str] = typer.Option(None, help="CSV column with lesion/patient ids for grouped splits."),
+    meta_columns: str = typer.Option("all", help="CSV columns stored per row as metadata (for subgroup reports): "
+                                     "all (every column but the id, label and group ones), none, or names like "
+                                     "age,sex,localization."),
     follow_symlinks: bool = typer.Option(False, help="Follow symlinks that lead outside the image folder too (by "
                                          "default only links into it are followed; loops are cut either way)."),
     backbone: str = typer.Option("inception_v3", help="Backbone name; see `bottleneck backbones`."),
@@ -56,7 +59,7 @@ def extract_command(
     Example: bottleneck extract data/HAM10000 --backbone inception_v3 --weights imagenet
     """
     check_engine(engine, views, workers)
-    index = build_index(data, metadata, id_column, label_column, group_column, follow_symlinks)
+    index = build_index(data, metadata, id_column, label_column, group_column, follow_symlinks, meta_columns)
     if shard:
         index = select_shard(index, shard)
     opts = ExtractOptions(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
