@@ -6,7 +6,7 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
@@ -124,16 +124,6 @@ class CacheData:
     @property
     def root(self) -> Path:
         return Path(self.attrs.get("root", ""))
-
-    def select(self, rows) -> CacheData:
-        """The rows `rows` (indices or a boolean mask) of every per-row array, metadata columns included; streamed
-        features (a FeatureReader) stay lazy."""
-        rows = np.asarray(rows)
-        feats = self.features[rows] if isinstance(self.features, np.ndarray) else self.features.take(rows)
-        return replace(self, features=feats, labels=self.labels[rows], image_ids=self.image_ids[rows],
-                       paths=self.paths[rows], groups=self.groups[rows], sha256=self.sha256[rows],
-                       sizes=self.sizes[rows], views_ok=None if self.views_ok is None else self.views_ok[rows],
-                       meta={c: v[rows] for c, v in self.meta.items()})
 
 
 STRING_DTYPE = h5py.string_dtype("utf-8")  # every string column of a cache

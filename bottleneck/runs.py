@@ -100,7 +100,7 @@ def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: Run
     opts = replace(opts, class_map=task_map(opts.class_map, opts.split_from))
     data = map_classes(load_cache_within(cache, opts.memory_gb), opts.class_map)
     positive_index(data.class_names, opts.clinical.positive)  # bad --positive or --subgroups: refused before training
-    subgroup_columns(getattr(data, "meta", {}), opts.clinical.subgroups)
+    subgroup_columns(data.meta, opts.clinical.subgroups)
     split, split_info = resolve_split(data, opts.split, opts.split_from)
     return fit_and_write(data, split, split_info, head, out, opts, rerun_command(cache, out, head, opts))
 
@@ -214,7 +214,7 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
     metrics["calibration"] = cal_record | {"test": calibration_figures(y[test], raw[in_test],
                                                                         proba[in_test] if calibration else None)}
     metrics |= clinical_results(names, y[test], proba[in_test], data.groups[test],
-                                {k: v[test] for k, v in getattr(data, "meta", {}).items()}, metrics["test"],
+                                {k: v[test] for k, v in data.meta.items()}, metrics["test"],
                                 opts.clinical, head.seed, weights,
                                 None if final else (y[rows][in_val], proba[in_val]))
     point = metrics["operating_point"]

@@ -316,3 +316,44 @@ def test_sweep_winner_is_the_simplest_head_within_one_std_of_the_best():
     no_spread = [_row("big", 0.80, None, "1024"), _row("small", 0.799, None, "8")]
     assert choose_winner(no_spread, "balanced_accuracy")[0] == "big"  # one split: no spread to call a tie
 
+
+
+# --- the whole flow on a HAM10000-layout dataset -------------------------------------------------------------------
+
+def test_ham10000_layout_report_has_every_figure_and_a_subgroup_table(tmp_path):
+    """Images and HAM10000_metadata.csv -> extract (metadata stored in the cache) -> default train-head: intervals,
+    operating point, calibration, lesion-level results, subgroups by sex, age band and localization."""
+    from conftest import TINY_ARGS, write_image
+
+    root = tmp_path / "ham"
+    lines = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
+    sites, k = ("back", "face", "acral"), 0
+    for les in range(48):
+        for _ in range(2):
+            image_id = f"ISIC_{k:07d}"
+            write_image(root / "HAM10000_images_part_1" / f"{image_id}.jpg", seed=k % 96)
+            age = "" if les % 11 == 0 else str(20 + 15 * (les % 5))
+            lines.append(f"HAM_{les:07d},{image_id},{('mel', 'nv', 'bkl')[les % 3]},histo,{age},"
+                         f"{('male', 'female')[les % 2]},{sites[les % 3]}")
+            k += 1
+    (root / "HAM10000_metadata.csv").write_text("\n".join(lines) + "\n")
+    cache = tmp_path / "ham.h5"
+    r = run_cli("extract", root, "--cache", cache, *TINY_ARGS)
+    assert r.exit_code == 0, r.output
+    r = run_cli("train-head", cache, "--out", tmp_path / "run", *FAST)
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    sub = m["subgroups"]
+    assert sub["columns"] == ["sex", "age", "localization"]
+    ages = [row["value"] for row in sub["tables"]["age"]]
+    assert set(ages) <= {"<30", "30-49", "50-69", "70+", "unknown"} and len(ages) >= 3
+    sexes = {row["value"]: row for row in sub["tables"]["sex"]}
+    assert set(sexes) == {"female", "male"} and sum(r["images"] for r in sexes.values()) == m["test"]["n"]
+    for row in sub["tables"]["localization"]:
+        assert {"images", "lesions", "positives", "balanced_accuracy", "sensitivity"} <= set(row)
+    assert m["lesion_level"]["lesions"] == m["bootstrap"]["units"]
+    assert m["operating_point"]["positive"] == "mel"
+    report = (tmp_path / "run" / "report.md").read_text()
+    for section in ("## Operating point", "## Calibration", "## Lesion-level results", "## Subgroups",
+                    "| sex | images |", "| age | images |", "| localization | images |", "## Limitations"):
+        assert section in report, section

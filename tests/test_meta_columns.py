@@ -84,18 +84,6 @@ def test_default_stores_every_other_column_in_row_order(clinic):
     with pytest.warns(BottleneckWarning, match="streaming"):  # the budgeted reader carries them too
         streamed = load_cache_within(clinic["cache"], memory_gb=1e-9)
     assert {c: list(v) for c, v in streamed.meta.items()} == {c: list(v) for c, v in data.meta.items()}
-    sub = streamed.select(np.array([5, 1]))  # streamed features stay lazy; the columns follow the rows
-    assert list(sub.meta["age"]) == [data.meta["age"][5], data.meta["age"][1]]
-    np.testing.assert_array_equal(sub.features[:], data.features[[5, 1]])
-
-
-def test_a_row_subset_keeps_its_metadata(clinic):
-    data = load_cache(clinic["cache"])
-    rows = np.flatnonzero(data.meta["sex"] == "male")
-    sub = data.select(rows)
-    assert len(sub.labels) == 4 == sub.features.shape[0]
-    assert set(sub.meta["sex"]) == {"male"} and list(sub.meta["age"]) == list(data.meta["age"][rows])
-    assert list(sub.image_ids) == list(data.image_ids[rows])
 
 
 def test_meta_columns_subset_and_none(clinic, tmp_path):
