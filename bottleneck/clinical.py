@@ -97,11 +97,14 @@ def mean_of(stats: list[Callable]) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def bootstrap(stats: dict[str, Callable], values: dict[str, float | None], units: np.ndarray, seed: int,
-              resamples: int = RESAMPLES, level: float = LEVEL) -> dict[str, dict | None]:
+              resamples: int = RESAMPLES, level: float = LEVEL, support: dict[str, int] | None = None
+              ) -> dict[str, dict | None]:
     """Percentile intervals of each statistic: {name: {value, lower, upper, resamples}} (None: no value).
 
     `stats` map weights (b, N) to (b,) values; `values` are the point estimates (from the data as drawn).
-    "resamples" counts those in which the statistic was defined (e.g. a class was drawn at all)."""
+    "resamples" counts those in which the statistic was defined (e.g. a class was drawn at all). `support`:
+    how many units the statistic rests on (e.g. lesions of the positive class); under 2, resampling cannot show
+    its uncertainty (one lesion gives a zero-width interval), so lower and upper are None."""
     names = [k for k in stats if values.get(k) is not None]
     draws = {k: [] for k in names}
     if names and len(units):
@@ -117,9 +120,16 @@ def bootstrap(stats: dict[str, Callable], values: dict[str, float | None], units
         d = np.concatenate(draws[k]) if draws[k] else np.zeros(0)
         d = d[np.isfinite(d)]
         lo, hi = (np.percentile(d, [tail, 100 - tail]) if len(d) else (np.nan, np.nan))
+        if (support or {}).get(k, 2) < 2:
+            lo = hi = np.nan
         out[k] = {"value": float(values[k]), "lower": None if np.isnan(lo) else float(lo),
                   "upper": None if np.isnan(hi) else float(hi), "resamples": int(len(d))}
     return out
+
+
+def units_in(units: np.ndarray, rows: np.ndarray) -> int:
+    """How many resampling units the rows of boolean mask `rows` belong to."""
+    return int(len(np.unique(units[rows])))
 
 
 def bootstrap_record(units: np.ndarray, groups: np.ndarray, seed: int, resamples: int = RESAMPLES) -> dict:
@@ -151,10 +161,13 @@ def metric_intervals(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, class_n
         stats["specificity"] = ratio((y != positive) & (pred != positive), y != positive)
         pos = metrics.get("positive") or {}
         values |= {"sensitivity": pos.get("sensitivity"), "specificity": pos.get("specificity")}
+    support = {f"recall:{n}": units_in(units, y == k) for k, n in enumerate(class_names)}
     for n in class_names:
         stats[f"recall:{n}"] = recalls[n]
         values[f"recall:{n}"] = metrics["per_class"][n]["recall"] if metrics["per_class"][n]["support"] else None
-    found = bootstrap(stats, values, units, seed, resamples)
+    if positive is not None:
+        support |= {"sensitivity": units_in(units, y == positive), "specificity": units_in(units, y != positive)}
+    found = bootstrap(stats, values, units, seed, resamples, support=support)
     out = {k: v for k, v in found.items() if not k.startswith("recall:")}
     out["recall"] = {n: found[f"recall:{n}"] for n in class_names}
     return out
@@ -181,6 +194,12 @@ def binary_rates(y: np.ndarray, flagged: np.ndarray, positive: int) -> dict:
 
     return {"sensitivity": share(flagged & is_pos, is_pos), "specificity": share(~flagged & ~is_pos, ~is_pos),
             "ppv": share(flagged & is_pos, flagged), "npv": share(~flagged & ~is_pos, ~flagged)}
+
+
+def binary_support(y: np.ndarray, flagged: np.ndarray, positive: int, units: np.ndarray) -> dict[str, int]:
+    is_pos = y == positive
+    return {"sensitivity": units_in(units, is_pos), "specificity": units_in(units, ~is_pos),
+            "ppv": units_in(units, flagged), "npv": units_in(units, ~flagged)}
 
 
 def binary_stats(y: np.ndarray, flagged: np.ndarray, positive: int) -> dict[str, Callable]:
@@ -414,7 +433,9 @@ def subgroup_table(column: str, values: np.ndarray, y: np.ndarray, pred: np.ndar
             row["positives"] = int(is_pos.sum())
             stats["sensitivity"] = ratio(hit & is_pos, is_pos)
             values_["sensitivity"] = float(hit[is_pos].mean()) if is_pos.any() else None
-        row |= bootstrap(stats, values_, units, seed, resamples)
+        row |= bootstrap(stats, values_, units, seed, resamples,
+                         support={"balanced_accuracy": int(units.max()) + 1,
+                                  "sensitivity": units_in(units, ym == positive) if positive is not None else 0})
         rows.append(row)
     return rows
 
@@ -468,7 +489,7 @@ def operating_point(y_val, score_val, y_test, score_test, units, positive: int, 
     flagged = score_test >= threshold
     val = binary_rates(y_val, score_val >= threshold, positive)
     test = bootstrap(binary_stats(y_test, flagged, positive), binary_rates(y_test, flagged, positive), units,
-                     seed, resamples)
+                     seed, resamples, support=binary_support(y_test, flagged, positive, units))
     return {"positive": name, "threshold": threshold, "target_sensitivity": target, "chosen_on": "val",
             "val": {"sensitivity": val["sensitivity"], "specificity": val["specificity"],
                     "positives": int((y_val == positive).sum())},

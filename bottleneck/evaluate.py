@@ -16,8 +16,8 @@ from .class_map import STAR, ClassMap, map_classes, recorded_map, run_class_name
 from .errors import CacheMismatchError, InputError
 from .feature_store import GIB, features_record, is_streamed, load_cache_within, resolve_memory_gb, take
 from .files import sha256_file, write_json_atomic
-from .clinical import (DecisionRule, binary_rates, binary_stats, bootstrap, bootstrap_record, calibration_figures,
-                       metric_intervals, positive_index, resampling_units)
+from .clinical import (DecisionRule, binary_rates, binary_stats, binary_support, bootstrap, bootstrap_record,
+                       calibration_figures, metric_intervals, positive_index, resampling_units)
 from .heads import predict_proba
 from .metrics import compute_metrics, decide
 from .plots import plot_confusion
@@ -287,7 +287,7 @@ def served_figures(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, names: 
         out["operating_point"] = {"positive": rule.positive, "threshold": rule.threshold,
                                   "positives": int((y == positive).sum()),
                                   **bootstrap(binary_stats(y, flagged, positive), binary_rates(y, flagged, positive),
-                                              units, seed)}
+                                              units, seed, support=binary_support(y, flagged, positive, units))}
     return out
 
 

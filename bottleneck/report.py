@@ -117,7 +117,9 @@ def subgroup_section(metrics: dict) -> list[str]:
     pos = metrics.get("positive")
     at = "at the operating point" if sub["at"] == "operating point" else "at the argmax"
     lines += [f"Test split by metadata column; intervals resample lesions within the subgroup. A subgroup of "
-              f"few images or few {pos or 'positive'} cases has a wide interval: read it before the figure.", ""]
+              f"few images or few {pos or 'positive'} cases has a wide interval: read it before the figure. A "
+              "figure resting on a single lesion has no interval (resampling one lesion cannot show its "
+              "uncertainty), and under about ten cases the percentile interval understates it.", ""]
     for col, rows in sub["tables"].items():
         header = [col, "images", "lesions", "balanced acc"] + ([f"{pos} images", f"{pos} sensitivity ({at})"]
                                                                if pos else [])

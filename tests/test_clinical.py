@@ -357,3 +357,15 @@ def test_ham10000_layout_report_has_every_figure_and_a_subgroup_table(tmp_path):
     for section in ("## Operating point", "## Calibration", "## Lesion-level results", "## Subgroups",
                     "| sex | images |", "| age | images |", "| localization | images |", "## Limitations"):
         assert section in report, section
+
+
+def test_a_figure_resting_on_one_lesion_has_no_interval():
+    y = np.array([1, 1, 0, 0, 0, 0])
+    flagged = np.array([True, True, False, True, False, False])
+    units = resampling_units(np.array(["A", "A", "B", "C", "D", "E"], dtype=object))  # every positive: lesion A
+    from bottleneck.clinical import binary_stats, binary_support
+
+    found = bootstrap(binary_stats(y, flagged, 1), binary_rates(y, flagged, 1), units, seed=0,
+                      support=binary_support(y, flagged, 1, units))
+    assert found["sensitivity"]["value"] == 1.0 and found["sensitivity"]["lower"] is None
+    assert found["specificity"]["lower"] is not None  # four negative lesions: an interval
