@@ -555,10 +555,11 @@ def limitations(config: dict, metrics: dict, overlap: int) -> list[str]:
     test = sizes["test"]
     out = []
     grouped = any(sizes[s]["groups"] for s in sizes)
+    origin = f"reused from `{split['from']}`" if split.get("from") else f"seed {split.get('seed')}"
     out.append(("One split, grouped by lesion/patient (no lesion in two splits)" if grouped else
                 "One split with no lesion/patient ids: images of one lesion may sit in both training and test, "
-                "which flatters every figure") + f", seed {config['head']['seed']}; "
-               "another seed moves the figures within (roughly) their intervals.")
+                "which flatters every figure") + f", {origin}; another split or seed moves the figures within "
+               "(roughly) their intervals.")
     out.append(f"The test split has {test['images']} images"
                + (f" of {test['groups']} lesions" if test["groups"] else "") + ": "
                + ", ".join(f"{n} {k}" for n, k in test["per_class"].items()) + ".")

@@ -122,6 +122,7 @@ class PredictResult:
     class_names: list[str]
     failed: list = field(default_factory=list)  # (path, reason)
     precision: str = "float32"  # what the backbone computed in, or "as saved" (a model from elsewhere)
+    rule: dict | None = None  # clinical.DecisionRule.record(): calibration, decision weights, operating point
 
 
 def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path | None = None,
@@ -157,7 +158,7 @@ def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path 
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out, index=False)
-    return PredictResult(frame, names, [(str(f), e) for f, e in zip(files, errors) if e], precision)
+    return PredictResult(frame, names, [(str(f), e) for f, e in zip(files, errors) if e], precision, rule.record())
 
 
 # --- export ---------------------------------------------------------------------------------------------------

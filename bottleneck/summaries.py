@@ -174,6 +174,15 @@ def predict_lines(r: PredictResult, out: Path, tta: bool) -> list[str]:
         lines.append(f"  ... and {len(ok) - 20} more")
     lines += [f"  unreadable: {path}: {reason}" for path, reason in r.failed[:10]]
     lines += _more(r.failed, 10, " (see the error column)")
+    rule = r.rule or {}
+    if rule.get("temperature") is not None:
+        lines.append("probabilities calibrated by the run (temperature scaling)" if rule["calibrated"] else
+                     "probabilities as the head gives them (--no-calibrate)")
+    if rule.get("threshold") is not None:
+        flagged = int(ok[f"{rule['positive']}_at_threshold"].astype(bool).sum())  # readable rows: True or False
+        lines.append(f"operating point: {rule['positive']} flagged when p_{rule['positive']} >= "
+                     f"{rule['threshold']:.4f} (chosen on the run's validation split): {flagged} of {len(ok)} images "
+                     f"flagged (column {rule['positive']}_at_threshold)")
     return lines + [f"written: {out}"]
 
 

@@ -275,11 +275,11 @@ def test_predict_and_export_carry_the_operating_point(ham_run, tmp_path):
     r = run_cli("predict", ham_run["run"], *images, "--out", tmp_path / "p.csv")
     assert r.exit_code == 0, r.output
     p = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
-    if op["threshold"] is None:  # no mel lesion in this tiny validation split
-        assert not any(c.endswith("_at_threshold") for c in p.columns)
-    else:
-        assert (p["mel_threshold"] == op["threshold"]).all()
-        assert (p["mel_at_threshold"].astype(str) == (p["p_mel"] >= op["threshold"]).astype(str)).all()
+    assert op["positive"] == "mel" and op["threshold"] is not None  # the fixture's val split has a mel lesion
+    assert (p["mel_threshold"] == op["threshold"]).all()
+    assert (p["mel_at_threshold"].astype(str) == (p["p_mel"] >= op["threshold"]).astype(str)).all()
+    flagged = int((p["p_mel"] >= op["threshold"]).sum())
+    assert f"{flagged} of 4 images flagged (column mel_at_threshold)" in r.output
     r = run_cli("predict", ham_run["run"], *images, "--out", tmp_path / "raw.csv", "--no-calibrate")
     assert r.exit_code == 0, r.output
     raw = pd.read_csv(tmp_path / "raw.csv", keep_default_na=False)
