@@ -35,7 +35,8 @@ def every_write(cwd: Path, mode: str, args: list, outputs: list[str], log_dir: P
 
 
 def one_line_error(r: dict) -> bool:
-    lines = [x for x in r["stderr"].splitlines() if x.strip()]
+    """Exit 1 with one `error:` line; `warning:` lines the run printed before the fault (small classes) aside."""
+    lines = [x for x in r["stderr"].splitlines() if x.strip() and not x.startswith("warning: ")]
     return r["rc"] == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r["stderr"]
 
 
