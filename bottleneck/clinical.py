@@ -96,15 +96,23 @@ def mean_of(stats: list[Callable]) -> Callable[[np.ndarray], np.ndarray]:
     return stat
 
 
-def bootstrap(stats: dict[str, Callable], values: dict[str, float | None], units: np.ndarray, seed: int,
+def point_values(stats: dict[str, Callable], n: int) -> dict[str, float | None]:
+    """Each statistic of the rows as drawn (every weight 1); None where it is undefined."""
+    drawn = {k: float(f(np.ones((1, n)))[0]) for k, f in stats.items()}
+    return {k: None if math.isnan(v) else v for k, v in drawn.items()}
+
+
+def bootstrap(stats: dict[str, Callable], values: dict[str, float | None] | None, units: np.ndarray, seed: int,
               resamples: int = RESAMPLES, level: float = LEVEL, support: dict[str, int] | None = None
               ) -> dict[str, dict | None]:
     """Percentile intervals of each statistic: {name: {value, lower, upper, resamples}} (None: no value).
 
-    `stats` map weights (b, N) to (b,) values; `values` are the point estimates (from the data as drawn).
+    `stats` map weights (b, N) to (b,) values; `values` are the point estimates (None: the statistics of the
+    rows as drawn, `point_values`).
     "resamples" counts those in which the statistic was defined (e.g. a class was drawn at all). `support`:
     how many units the statistic rests on (e.g. lesions of the positive class); under 2, resampling cannot show
     its uncertainty (one lesion gives a zero-width interval), so lower and upper are None."""
+    values = point_values(stats, len(units)) if values is None else values
     names = [k for k in stats if values.get(k) is not None]
     draws = {k: [] for k in names}
     if names and len(units):
@@ -187,13 +195,7 @@ def positive_index(class_names: list[str], positive: str | None) -> int | None:
 
 def binary_rates(y: np.ndarray, flagged: np.ndarray, positive: int) -> dict:
     """Sensitivity, specificity, PPV and NPV of flagging rows as the positive class (None when undefined)."""
-    is_pos = y == positive
-
-    def share(num, den):
-        return float(num.sum() / den.sum()) if den.any() else None
-
-    return {"sensitivity": share(flagged & is_pos, is_pos), "specificity": share(~flagged & ~is_pos, ~is_pos),
-            "ppv": share(flagged & is_pos, flagged), "npv": share(~flagged & ~is_pos, ~flagged)}
+    return point_values(binary_stats(y, flagged, positive), len(y))
 
 
 def binary_support(y: np.ndarray, flagged: np.ndarray, positive: int, units: np.ndarray) -> dict[str, int]:
@@ -316,14 +318,8 @@ class DecisionRule:
 
 def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> float:
     """Top-label ECE: |accuracy - confidence| per equal-width confidence bin, weighted by the bin's share."""
-    conf = proba.max(axis=1)
-    hit = (proba.argmax(axis=1) == y).astype(np.float64)
-    which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)  # bin k holds (k/bins, (k+1)/bins]
-    total = 0.0
-    for k in np.unique(which):
-        m = which == k
-        total += m.sum() * abs(hit[m].mean() - conf[m].mean())
-    return float(total / len(y)) if len(y) else 0.0
+    points = reliability(y, proba, bins)
+    return float(sum(p["n"] * abs(p["accuracy"] - p["confidence"]) for p in points) / len(y)) if len(y) else 0.0
 
 
 def brier_score(y: np.ndarray, proba: np.ndarray) -> float:
@@ -336,7 +332,7 @@ def reliability(y: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> list[
     """The reliability diagram's points: per non-empty bin, its mean confidence, accuracy and count."""
     conf = proba.max(axis=1)
     hit = proba.argmax(axis=1) == y
-    which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)  # bin k holds (k/bins, (k+1)/bins]
     return [{"confidence": float(conf[which == k].mean()), "accuracy": float(hit[which == k].mean()),
              "n": int((which == k).sum())} for k in np.unique(which)]
 
@@ -423,17 +419,14 @@ def subgroup_table(column: str, values: np.ndarray, y: np.ndarray, pred: np.ndar
         ym, pm, gm = y[m], pred[m], groups[m]
         units = resampling_units(gm)
         present = np.unique(ym)
-        recalls = [ratio((ym == k) & (pm == k), ym == k) for k in present]
-        values_ = {"balanced_accuracy": float(np.mean([(pm[ym == k] == k).mean() for k in present]))}
-        stats = {"balanced_accuracy": mean_of(recalls)}
+        stats = {"balanced_accuracy": mean_of([ratio((ym == k) & (pm == k), ym == k) for k in present])}
         row = {"value": value, "images": int(m.sum()), "lesions": int(units.max()) + 1}
         if positive is not None:
             hit = flagged[m] if flagged is not None else pm == positive
             is_pos = ym == positive
             row["positives"] = int(is_pos.sum())
             stats["sensitivity"] = ratio(hit & is_pos, is_pos)
-            values_["sensitivity"] = float(hit[is_pos].mean()) if is_pos.any() else None
-        row |= bootstrap(stats, values_, units, seed, resamples,
+        row |= bootstrap(stats, None, units, seed, resamples,
                          support={"balanced_accuracy": int(units.max()) + 1,
                                   "sensitivity": units_in(units, ym == positive) if positive is not None else 0})
         rows.append(row)
@@ -488,8 +481,8 @@ def operating_point(y_val, score_val, y_test, score_test, units, positive: int, 
                 "reason": f"the validation split has no {name} image to choose a threshold on"}
     flagged = score_test >= threshold
     val = binary_rates(y_val, score_val >= threshold, positive)
-    test = bootstrap(binary_stats(y_test, flagged, positive), binary_rates(y_test, flagged, positive), units,
-                     seed, resamples, support=binary_support(y_test, flagged, positive, units))
+    test = bootstrap(binary_stats(y_test, flagged, positive), None, units, seed, resamples,
+                     support=binary_support(y_test, flagged, positive, units))
     return {"positive": name, "threshold": threshold, "target_sensitivity": target, "chosen_on": "val",
             "val": {"sensitivity": val["sensitivity"], "specificity": val["specificity"],
                     "positives": int((y_val == positive).sum())},

@@ -16,7 +16,7 @@ from .class_map import STAR, ClassMap, map_classes, recorded_map, run_class_name
 from .errors import CacheMismatchError, InputError
 from .feature_store import GIB, features_record, is_streamed, load_cache_within, resolve_memory_gb, take
 from .files import sha256_file, write_json_atomic
-from .clinical import (DecisionRule, binary_rates, binary_stats, binary_support, bootstrap, bootstrap_record,
+from .clinical import (DecisionRule, binary_stats, binary_support, bootstrap, bootstrap_record,
                        calibration_figures, metric_intervals, positive_index, resampling_units)
 from .heads import predict_proba
 from .metrics import compute_metrics, decide
@@ -286,8 +286,8 @@ def served_figures(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, names: 
         flagged = proba[:, positive] >= rule.threshold
         out["operating_point"] = {"positive": rule.positive, "threshold": rule.threshold,
                                   "positives": int((y == positive).sum()),
-                                  **bootstrap(binary_stats(y, flagged, positive), binary_rates(y, flagged, positive),
-                                              units, seed, support=binary_support(y, flagged, positive, units))}
+                                  **bootstrap(binary_stats(y, flagged, positive), None, units, seed,
+                                              support=binary_support(y, flagged, positive, units))}
     return out
 
 

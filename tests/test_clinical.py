@@ -365,7 +365,7 @@ def test_a_figure_resting_on_one_lesion_has_no_interval():
     units = resampling_units(np.array(["A", "A", "B", "C", "D", "E"], dtype=object))  # every positive: lesion A
     from bottleneck.clinical import binary_stats, binary_support
 
-    found = bootstrap(binary_stats(y, flagged, 1), binary_rates(y, flagged, 1), units, seed=0,
+    found = bootstrap(binary_stats(y, flagged, 1), None, units, seed=0,
                       support=binary_support(y, flagged, 1, units))
     assert found["sensitivity"]["value"] == 1.0 and found["sensitivity"]["lower"] is None
     assert found["specificity"]["lower"] is not None  # four negative lesions: an interval
