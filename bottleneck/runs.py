@@ -140,7 +140,6 @@ class HeadFit:
     metrics: dict
     sizes: dict  # split -> images, groups, per-class counts
     calibration: Calibration | None = None  # folded into trained.model's last layer
-    raw_proba: np.ndarray | None = None  # the head's own probabilities of `rows`, before calibration
 
 
 def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: RunOptions = RunOptions(),
@@ -228,7 +227,7 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
     if found or small:
         metrics["warnings"] = found + small
     metrics["small_numbers"] = small
-    return HeadFit(trained, rows, fit_rows, proba, metrics, sizes, calibration, raw)
+    return HeadFit(trained, rows, fit_rows, proba, metrics, sizes, calibration)
 
 
 def head_run_config(data: CacheData, fit: HeadFit, head: HeadConfig, split_info: dict, opts: RunOptions,
