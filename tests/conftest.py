@@ -24,7 +24,7 @@ def auto_is_float32():
     """`--precision auto` resolves to float32 in tests, as on a CPU without native bf16, so that every machine
     computes the same features (a random VGG's differ between images by ~1e-3, bf16's own rounding). Tests of the
     real choice pass the CPU flags explicitly, or restore `REAL_FASTEST_NATIVE`."""
-    import bottleneck.precision as precision
+    import bottleneck.backbones.precision as precision
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(precision, "fastest_native", lambda gpu=None, flags=None: "float32")
@@ -32,7 +32,7 @@ def auto_is_float32():
 
 
 def _real_fastest_native():
-    from bottleneck.precision import fastest_native
+    from bottleneck.backbones.precision import fastest_native
 
     return fastest_native
 
@@ -107,8 +107,8 @@ def feature_cache(path, counts=None, dim=32, images_per_group=2, seed=0, backbon
                   class_names=None):
     """A real cache written through the library's writer, with synthetic class-dependent features:
     train-head tests need no CNN pass. counts: {class name: images}; groups of `images_per_group`."""
-    from bottleneck.cache import CacheConfig
-    from bottleneck.cache_write import CacheWriter
+    from bottleneck.cache.store import CacheConfig
+    from bottleneck.cache.writer import CacheWriter
 
     counts = {"bcc": 60, "mel": 60, "nv": 120} if counts is None else counts
     rng = np.random.default_rng(seed)
@@ -146,7 +146,7 @@ def restamp(path, sha256=None, salt=None, source=None):
 
 def extract_opts(tmp_path, **kw):
     """ExtractOptions of the tiny backbone writing tmp_path/c.h5, in batches of 4, quietly."""
-    from bottleneck.extract import ExtractOptions
+    from bottleneck.extract.run import ExtractOptions
 
     base = dict(TINY, cache=tmp_path / "c.h5", batch_size=4, progress=False)
     base.update(kw)
@@ -181,10 +181,10 @@ OPTS = dict(epochs=3, patience=3, lr=1e-5, batch_size=8, augment=False, progress
 @pytest.fixture(scope="session")
 def ham_run(tmp_path_factory):
     """A HAM10000-style tree (9 lesions x 2 images, 3 classes), its vgg16/32px cache and a head run."""
-    from bottleneck.dataset import build_index
-    from bottleneck.extract import ExtractOptions, extract
-    from bottleneck.heads import HeadConfig
-    from bottleneck.runs import RunOptions, train_head_run
+    from bottleneck.images.index import build_index
+    from bottleneck.extract.run import ExtractOptions, extract
+    from bottleneck.heads.model import HeadConfig
+    from bottleneck.runs.train import RunOptions, train_head_run
 
     tmp = tmp_path_factory.mktemp("ham")
     root = make_ham(tmp / "ham", n_lesions=9, images_per_lesion=2)
@@ -200,7 +200,7 @@ def split_paths(ham_run) -> dict[str, set[str]]:
     """Absolute image paths of ham_run's train/val/test splits."""
     import pandas as pd
 
-    from bottleneck.cache import load_cache
+    from bottleneck.cache.store import load_cache
 
     data = load_cache(ham_run["cache"], features=False)
     split = pd.read_csv(ham_run["run"] / "split.csv").set_index("image_id")["split"]
@@ -215,8 +215,8 @@ def tuned(ham_run):
     """One fine-tune, with one test image corrupted first and every image the training pipeline reads recorded."""
     import keras
 
-    import bottleneck.image_data as image_data
-    from bottleneck.finetune import FineTuneOptions, fine_tune
+    import bottleneck.images.pipeline as image_data
+    from bottleneck.models.finetune import FineTuneOptions, fine_tune
 
     paths = split_paths(ham_run)
     bad_test = sorted(paths["test"])[0]
@@ -244,8 +244,8 @@ def tuned(ham_run):
 
 def train_loss(model, ham_run, paths) -> float:
     """Mean cross-entropy of `model` (raw images in) on ham_run's training images."""
-    from bottleneck.cache import load_cache
-    from bottleneck.images import load_image
+    from bottleneck.cache.store import load_cache
+    from bottleneck.images.decode import load_image
 
     data = load_cache(ham_run["cache"], features=False)
     label = {str(ham_run["root"] / p): y for p, y in zip(data.paths, data.labels)}

@@ -139,7 +139,7 @@ def _digest(spec: str) -> str | None:
             for row in csv.DictReader(f):
                 h.update("\t".join(row[c] for c in columns.split(",")).encode() + b"\n")
     elif path.endswith(".h5"):
-        from bottleneck.cache import load_cache
+        from bottleneck.cache.store import load_cache
 
         data = load_cache(path)
         h.update(data.features.tobytes() + data.labels.tobytes())
@@ -153,7 +153,7 @@ def main() -> None:
     mode, results, outputs = sys.argv[1], sys.argv[2], sys.argv[3].split(";")
     args = sys.argv[sys.argv.index("--") + 1:]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from bottleneck.tfimport import tensorflow
+    from bottleneck.util.tfimport import tensorflow
 
     tensorflow()  # imported once here, before any fork; no op runs in this process
     import keras  # noqa: F401  (imported for the children)

@@ -12,18 +12,18 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
-from bottleneck.cache import describe_cache, load_cache, read_views
-from bottleneck.dataset import build_index
-from bottleneck.evaluate import evaluate_run
-from bottleneck.extract import ExtractOptions, extract
-from bottleneck.heads import HeadConfig, predict_proba
-from bottleneck.rundir import load_run
-from bottleneck.row_keys import keys_for
-from bottleneck.runs import RunOptions, train_head_run
-from bottleneck.serve import HEAD_RUN_ATOL, predict
-from bottleneck.splits import SplitSpec
 from conftest import write_image
+
+from bottleneck.cache.store import describe_cache, load_cache, read_views
+from bottleneck.images.index import build_index
+from bottleneck.runs.evaluate import evaluate_run
+from bottleneck.extract.run import ExtractOptions, extract
+from bottleneck.heads.model import HeadConfig, predict_proba
+from bottleneck.cache.row_keys import keys_for
+from bottleneck.runs.directory import load_run
+from bottleneck.runs.train import RunOptions, train_head_run
+from bottleneck.models.serve import HEAD_RUN_ATOL, predict
+from bottleneck.heads.splits import SplitSpec
 
 LEGACY = Path(__file__).parent / "data" / "legacy-0.1.0"
 OPTS = dict(backbone="vgg16", weights="none", image_size=32, views=1, progress=False)  # as make.py extracted

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_ARGS, feature_cache, write_image
 
 pytestmark = pytest.mark.crash

@@ -17,7 +17,6 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import OPTS, feature_cache, file_digest, run_cli
 
 
@@ -238,7 +237,7 @@ def interrupted_fine_tune(ham_run, out: Path, after_epochs: int):
     """A real fine-tune (epochs=3) interrupted after `after_epochs` epochs; returns its staging folder."""
     import keras
 
-    from bottleneck.finetune import FineTuneOptions, fine_tune
+    from bottleneck.models.finetune import FineTuneOptions, fine_tune
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -286,7 +285,7 @@ def test_checkpoints_are_written_under_a_temporary_name(ham_run, tmp_path, monke
     """A save that dies midway (here: raises after writing part of the file) leaves the committed state whole."""
     import keras
 
-    import bottleneck.finetune as finetune
+    import bottleneck.models.finetune as finetune
 
     real_save = keras.Model.save
     calls = []

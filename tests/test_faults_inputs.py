@@ -10,15 +10,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import TINY_ARGS, hostile_tree, run_cli
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from bottleneck.cache import load_cache
-from bottleneck.dataset import build_index
+from bottleneck.cache.store import load_cache
+from bottleneck.images.index import build_index
 from bottleneck.errors import InputError
-from bottleneck.files import is_hidden, scan_folder
-from bottleneck.images import IMAGE_EXTENSIONS
-from conftest import TINY_ARGS, hostile_tree, run_cli
+from bottleneck.util.files import is_hidden, scan_folder
+from bottleneck.images.decode import IMAGE_EXTENSIONS
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

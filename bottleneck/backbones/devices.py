@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-from .errors import InputError
-from .tfimport import tensorflow
+from ..errors import InputError
+from ..util import tensorflow
 
 
 def resolve_devices(spec: str | None, gpus: list[str], cpus: list[str]) -> list[str]:

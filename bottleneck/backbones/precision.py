@@ -15,8 +15,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import BottleneckWarning, InputError
-from .tfimport import tensorflow
+from ..errors import BottleneckWarning, InputError
+from ..util import tensorflow
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 XLA_MODES = ("auto", "on", "off")

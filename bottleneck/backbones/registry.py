@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import InputError, WeightsError
-from .files import sha256_file
+from ..errors import InputError, WeightsError
+from ..util import sha256_file, tensorflow
 from .precision import compute_policy
-from .tfimport import tensorflow
 
 POOLINGS = ("avg", "max")
 

@@ -34,21 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import create_backbone
-from .cache import CacheConfig, library_versions, load_cache
-from .cache_write import CacheWriter
-from .dataset import build_index
-from .demo import make_demo_dataset
-from .errors import InputError
-from .extract import ExtractOptions, extract, make_config, make_forward
-from .heads import HeadConfig, fit_head
-from .image_data import inference_batches, pad_batch
-from .images import load_image
-from .precision import BF16_FLAGS, cpu_flags, fastest_native, has_gpu, resolve_xla
-from .runs import RunOptions, train_head_run
-from .sweep import SweepOptions, expand_grid, run_sweep
-from .tfimport import tensorflow
-
+from ..backbones import BF16_FLAGS, cpu_flags, create_backbone, fastest_native, has_gpu, resolve_xla
+from ..cache import CacheConfig, CacheWriter, library_versions, load_cache
+from ..errors import InputError
+from ..extract import ExtractOptions, extract, make_config, make_forward
+from ..heads import HeadConfig, fit_head
+from ..images import build_index, inference_batches, load_image, pad_batch
+from ..runs import RunOptions, SweepOptions, expand_grid, run_sweep, train_head_run
+from ..synthetic import make_demo_dataset
+from ..util import tensorflow
 
 PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow", "ray")
 
@@ -207,7 +201,7 @@ def bench_ray(opts: BenchOptions, workdir: Path) -> dict:
     """The same images extracted by the local engine and by `--engine ray` on a local Ray instance started for it:
     steady-state images/s of each, and what Ray pays before its first batch. Skipped without the [ray] extra."""
     try:
-        from .extract_ray import require_ray
+        from ..extract import require_ray
 
         require_ray()
     except InputError as err:
@@ -360,8 +354,8 @@ def bench_rerun(opts: BenchOptions, workdir: Path) -> dict:
 MEMORY_SCRIPT = """
 import resource, sys
 from pathlib import Path
-from bottleneck.dataset import build_index
 from bottleneck.extract import ExtractOptions, extract
+from bottleneck.images import build_index
 extract(build_index(sys.argv[1]), ExtractOptions(backbone="mobilenet_v2", weights="none", image_size=96,
         cache=Path(sys.argv[2]), progress=False, dtype="float32"))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import META, STRING_DTYPE, decode_strings, meta_dataset, stored_meta_columns
 from .journal import ROW_FIELDS, Journal, batch_meta
 from .row_keys import KEYS, id_key, keys_for, matching_rows, read_keys
+from .store import META, STRING_DTYPE, decode_strings, meta_dataset, stored_meta_columns
 
 
 @dataclass

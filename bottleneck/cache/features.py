@@ -25,9 +25,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .cache import load_cache, open_cache
-from .errors import BottleneckWarning, CacheError, InputError
-from .tfimport import tensorflow
+from ..errors import BottleneckWarning, CacheError, InputError
+from ..util import tensorflow
+from .store import load_cache, open_cache
 
 GIB = 2**30
 RAM_FRACTION = 0.25  # of the machine's memory, the default budget: the model, TF and copies need the rest

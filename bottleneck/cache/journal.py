@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BottleneckWarning, CacheError
+from ..errors import BottleneckWarning, CacheError
 
 ROW_FIELDS = ("image_id", "path", "group", "sha256")  # string columns, one per row
 BATCH_NAME = re.compile(r"batch-(\d+)\.npz")

@@ -19,12 +19,26 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .cache import (META, SCHEMA_VERSION, STRING_DTYPE, CacheConfig, check_readable, decode_strings, load_cache,
-                    meta_dataset, open_cache, read_attrs, read_failed, read_views, stored_meta_columns)
-from .cache_write import CacheWriter
-from .errors import CacheError, CacheMismatchError, InputError
+from ..errors import CacheError, CacheMismatchError, InputError
 from .journal import ROW_FIELDS
 from .row_keys import KEYS, read_keys
+from .store import (
+    META,
+    SCHEMA_VERSION,
+    STRING_DTYPE,
+    CacheConfig,
+    check_readable,
+    decode_strings,
+    load_cache,
+    meta_dataset,
+    open_cache,
+    read_attrs,
+    read_failed,
+    read_views,
+    stored_meta_columns,
+)
+from .writer import CacheWriter
+
 
 @dataclass(frozen=True)
 class MergeResult:

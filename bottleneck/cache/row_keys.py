@@ -38,7 +38,7 @@ def read_keys(f, n: int) -> np.ndarray:
     """The keys of the first n rows of the open cache `f`, stored or (older caches) computed."""
     if KEYS in f and f[KEYS].shape[0] >= n:
         return f[KEYS][:n]
-    from .cache import decode_strings
+    from .store import decode_strings
 
     return keys_for(decode_strings(f["image_id"][:n]), decode_strings(f["sha256"][:n]))
 
@@ -61,7 +61,7 @@ def matching_rows(column: np.ndarray, wanted) -> dict[int, list[int]]:
 def read_rows(f, rows: np.ndarray, n: int) -> dict:
     """The string columns, labels and views_ok of `rows` (sorted), read point by point when they are few and as
     whole columns when they are many; "meta" is {column: values} of the metadata columns."""
-    from .cache import decode_strings, meta_dataset, stored_meta_columns
+    from .store import decode_strings, meta_dataset, stored_meta_columns
 
     rows = np.asarray(rows, dtype=np.int64)
     whole = len(rows) > n // 8

@@ -12,13 +12,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
-from .errors import CacheError
+from .. import __version__
+from ..errors import CacheError
+from ..images import view_names
+from ..util import tensorflow
+from .checks import check_cache, check_virtual_sources
 from .journal import journal_dir, pending_batches
-from .tfimport import tensorflow
 from .undo import rollback, undo_path
-from .validate import check_cache, check_virtual_sources
-from .views import view_names
 
 SCHEMA_VERSION = 1
 

@@ -23,7 +23,7 @@ import time
 import zlib
 from pathlib import Path
 
-from .errors import CacheError
+from ..errors import CacheError
 
 PAGE = 4096
 MAGIC = b"BNUNDO01"

@@ -24,12 +24,20 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .cache import (META, SCHEMA_VERSION, STRING_DTYPE, CacheConfig, library_versions, open_cache, read_attrs,
-                    recorded_config)
-from .cache_commit import CommittedState, apply_batches, drop_tracebacks, interrupts_deferred
-from .errors import CacheError, CacheLockedError, CacheMismatchError
+from ..errors import CacheError, CacheLockedError, CacheMismatchError
+from .commit import CommittedState, apply_batches, drop_tracebacks, interrupts_deferred
 from .journal import ROW_FIELDS, DamagedBatch, Journal, first_line, os_reason, pending_batches
 from .row_keys import KEYS, id_key, matching_rows, read_keys, read_rows, sha_key
+from .store import (
+    META,
+    SCHEMA_VERSION,
+    STRING_DTYPE,
+    CacheConfig,
+    library_versions,
+    open_cache,
+    read_attrs,
+    recorded_config,
+)
 from .undo import CacheReadersError, FdFile, UndoFile, fsync_dir, lock_exclusive, rollback
 
 COMMIT_SECONDS = 10.0  # how often a running extraction makes its journaled batches readable

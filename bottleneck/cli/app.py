@@ -16,8 +16,8 @@ from pathlib import Path
 
 import typer
 
-from ..class_map import ClassMap, parse_class_map
 from ..errors import BottleneckError, BottleneckWarning
+from ..heads import ClassMap, parse_class_map
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Extract CNN bottlenecks once into an HDF5 cache, then train heads off it in seconds.")

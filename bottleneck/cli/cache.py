@@ -7,12 +7,11 @@ from typing import List, Optional
 
 import typer
 
-from ..cache import describe_cache
-from ..dataset import build_index, select_shard
+from ..cache import describe_cache, merge_caches
 from ..extract import ExtractOptions, check_engine, extract
-from ..merge import merge_caches
-from ..summaries import extract_lines, info_lines, merge_lines
+from ..images import build_index, select_shard
 from .app import app, echo_lines, handle_errors
+from .summaries import extract_lines, info_lines, merge_lines
 
 
 @app.command("extract")

@@ -7,15 +7,21 @@ from typing import List, Optional
 
 import typer
 
-from ..clinical import TARGET_SENSITIVITY, ClinicalOptions, parse_subgroups
-from ..evaluate import evaluate_run
-from ..feature_store import default_memory_gb
-from ..heads import HeadConfig, parse_hidden
-from ..runs import RunOptions, train_head_run
-from ..splits import SplitSpec
-from ..summaries import evaluate_lines, sweep_lines, train_head_lines
-from ..sweep import GRID_KEYS, SweepOptions, expand_grid, grid_from_options, run_sweep
+from ..cache import default_memory_gb
+from ..heads import HeadConfig, SplitSpec, parse_hidden
+from ..runs import (
+    GRID_KEYS,
+    RunOptions,
+    SweepOptions,
+    evaluate_run,
+    expand_grid,
+    grid_from_options,
+    run_sweep,
+    train_head_run,
+)
+from ..stats import TARGET_SENSITIVITY, ClinicalOptions, parse_subgroups
 from .app import CLASS_MAP_HELP, app, class_map_arg, echo_lines, handle_errors
+from .summaries import evaluate_lines, sweep_lines, train_head_lines
 
 MEMORY_HELP = ("Memory for the cache's features, in GiB (2^30 bytes) as float32: larger ones are streamed from the "
                "cache in chunk order (slower, same results within training noise). Default: a quarter of this "

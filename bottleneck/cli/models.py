@@ -7,10 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from ..finetune import FineTuneOptions, fine_tune, parse_unfreeze
-from ..serve import export, predict
-from ..summaries import export_lines, fine_tune_lines, predict_lines
+from ..models import FineTuneOptions, export, fine_tune, parse_unfreeze, predict
 from .app import app, class_map_arg, echo_lines, handle_errors
+from .summaries import export_lines, fine_tune_lines, predict_lines
 
 PRECISION_HELP = ("Backbone compute precision: auto (the fastest native here: bfloat16 on CPUs with AVX512-BF16/AMX, "
                   "float16 on GPUs, else float32), float32, bfloat16 or float16.")

@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .class_map import describe
-from .dataset import DatasetIndex
-from .evaluate import EvalResult
-from .extract import ExtractSummary
-from .finetune import FineTuneResult
-from .merge import MergeResult
-from .metrics import format_table
-from .runs import RunResult
-from .serve import ExportResult, PredictResult
-from .sweep import SweepResult, format_leaderboard
+from ..cache import MergeResult
+from ..extract import ExtractSummary
+from ..heads import describe
+from ..images import DatasetIndex
+from ..models import ExportResult, FineTuneResult, PredictResult
+from ..runs import EvalResult, RunResult, SweepResult, format_leaderboard
+from ..stats import format_table
 
 INFO_CONFIG_KEYS = ("backbone", "weights", "input_size", "pooling", "preprocessing", "precision", "xla", "dtype",
                     "num_features")

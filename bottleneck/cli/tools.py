@@ -9,8 +9,8 @@ import typer
 
 from ..backbones import REGISTRY
 from ..bench import PARTS, BenchOptions, format_results, parse_sizes, run_bench
-from ..demo import run_demo
 from .app import app, handle_errors
+from .demo import run_demo
 
 
 @app.command("bench")

@@ -12,12 +12,11 @@ import os
 
 import numpy as np
 
-from .backbones import get_spec
-from .cache import CacheConfig
-from .dataset import Entry
-from .errors import InputError
-from .journal import utf8_ok
-from .tfimport import tensorflow
+from ..backbones import get_spec
+from ..cache import CacheConfig, utf8_ok
+from ..errors import InputError
+from ..images import Entry
+from ..util import tensorflow
 
 
 def entry_row(entry: Entry, sha: str, size=(0, 0), has_features=True) -> dict:

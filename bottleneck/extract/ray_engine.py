@@ -21,8 +21,8 @@ from contextlib import contextmanager
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cache import CacheConfig
-from .errors import ImageDecodeError, InputError
+from ..cache import CacheConfig
+from ..errors import ImageDecodeError, InputError
 
 NEEDS_RAY = '--engine ray needs Ray: pip install -e ".[ray]" (or pip install "ray[data]")'
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
@@ -79,7 +79,7 @@ def _quiet_ray_data() -> None:
 
 def _decode(batch: dict, size: int) -> dict:
     """A Ray task: {"i", "path"} -> {"i", "pixels" (n, S, S, 3) uint8, "width", "height", "error" ("" if decoded)}."""
-    from .image_data import decode_image
+    from ..images import decode_image
 
     decoded = [decode_image(str(path), size) for path in batch["path"]]
     return {"i": np.asarray(batch["i"], np.int64),
@@ -96,7 +96,7 @@ class _Backbone:
 
     def __init__(self, config: CacheConfig, weights: str, batch_size: int):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        from .backbones import create_backbone
+        from ..backbones import create_backbone
         from .forward import make_forward
 
         model = create_backbone(config.backbone, weights, config.input_size, config.pooling, config.seed,
@@ -105,8 +105,8 @@ class _Backbone:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict) -> dict:
-        from .image_data import pad_batch
-        from .tfimport import tensorflow
+        from ..images import pad_batch
+        from ..util import tensorflow
 
         tf = tensorflow()
         n = len(batch["i"])

@@ -14,19 +14,23 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backbones import POOLINGS, create_backbone, get_spec, parse_weights, resolve_size
-from .cache import CacheConfig, read_attrs, recorded_config
-from .cache_write import COMMIT_SECONDS, CacheWriter
-from .dataset import DatasetIndex, Entry
-from .devices import Replicas, resolve_devices, visible_devices
-from .errors import ImageDecodeError, InputError
-from .files import sha256_file
+from ..backbones import (
+    POOLINGS,
+    Replicas,
+    create_backbone,
+    get_spec,
+    parse_weights,
+    resolve_devices,
+    resolve_precision,
+    resolve_size,
+    resolve_xla,
+    visible_devices,
+)
+from ..cache import COMMIT_SECONDS, CacheConfig, CacheWriter, read_attrs, recorded_config, utf8_ok
+from ..errors import ImageDecodeError, InputError
+from ..images import DatasetIndex, Entry, apply_view, check_views, inference_batches, pad_batch, seeds_for
+from ..util import sha256_file, tensorflow
 from .forward import check_dtype_range, entry_row, make_forward, printable_path, unstorable_name
-from .image_data import inference_batches, pad_batch
-from .journal import utf8_ok
-from .precision import resolve_precision, resolve_xla
-from .tfimport import tensorflow
-from .views import apply_view, check_views, seeds_for
 
 DTYPES = ("float16", "float32")
 ENGINES = ("local", "ray")
@@ -94,7 +98,7 @@ def check_engine(engine: str, views: int = 0, workers: int | None = None) -> str
     if engine not in ENGINES:
         raise InputError(f"--engine should be one of {', '.join(ENGINES)}; received {engine!r}")
     if engine == "ray":
-        from .extract_ray import require_ray
+        from .ray_engine import require_ray
 
         require_ray()
         if views:
@@ -205,7 +209,7 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
             if view_todo or n_views:
                 raise InputError(f"cache {path} holds {n_views} augmented views per image, which --engine ray "
                                  "does not compute; extend it with --engine local")
-            from .extract_ray import run_backbone_ray
+            from .ray_engine import run_backbone_ray
 
             start = time.perf_counter()
             run_backbone_ray(writer, todo, config, opts, summary)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from .tfimport import tensorflow
+from ..util import tensorflow
 
 
 def epoch_bar(total: int, enabled: bool = True, desc: str = "train-head"):

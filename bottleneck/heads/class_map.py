@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheData
-from .errors import InputError
+from ..cache import CacheData
+from ..errors import InputError
 
 STAR = "*"
 FILE_SUFFIXES = (".toml", ".csv")

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import InputError
-from .feature_store import chunk_batches, is_streamed
-from .tfimport import tensorflow
+from ..cache import chunk_batches, is_streamed
+from ..errors import InputError
+from ..util import tensorflow
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")  # of heads and of fine-tuning: see make_optimizer
 CLASS_WEIGHTS = ("balanced", "none")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .validate import check_split_file
+from ..errors import InputError
+from ..util import check_split_file
 
 SPLITS = ("train", "val", "test")
 

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import InputError
-from .files import Walk, scan_folder
-from .images import IMAGE_EXTENSIONS, sniff_format
+from ..errors import InputError
+from ..util import Walk, scan_folder
+from .decode import IMAGE_EXTENSIONS, sniff_format
 
 ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
 

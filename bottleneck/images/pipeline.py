@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ImageDecodeError
-from .images import load_image
-from .tfimport import tensorflow
+from ..errors import ImageDecodeError
+from ..util import tensorflow
+from .decode import load_image
 
 
 def decode_image(path: str, size: int) -> tuple[np.ndarray, np.int32, np.int32, str]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .tfimport import tensorflow
+from ..errors import InputError
+from ..util import tensorflow
 
 DIHEDRAL = 7  # non-identity dihedral views; more views are random crops with colour jitter
 

@@ -10,14 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import create_backbone, get_spec, layer_groups
-from .cache import CacheConfig
-from .errors import InputError, WeightsError
-from .files import sha256_file
-from .image_data import inference_batches, pad_batch
-from .precision import POLICIES, compute_policy, model_precision
-from .tfimport import tensorflow
-from .views import DIHEDRAL, apply_view
+from ..backbones import POLICIES, compute_policy, create_backbone, get_spec, layer_groups, model_precision
+from ..cache import CacheConfig
+from ..errors import InputError, WeightsError
+from ..images import DIHEDRAL, apply_view, inference_batches, pad_batch
+from ..util import sha256_file, tensorflow
 
 DIHEDRAL_VIEWS = DIHEDRAL + 1  # identity plus the 7 stored-view transforms of views.py
 

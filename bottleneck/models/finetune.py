@@ -21,23 +21,39 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheConfig, CacheData, library_versions, load_cache
-from .class_map import ClassMap, map_classes, recorded_map, run_class_names
-from .callbacks import epoch_bar
+from ..backbones import check_precision, compute_policy, resolve_precision
+from ..cache import CacheConfig, CacheData, library_versions, load_cache
+from ..errors import BottleneckError, BottleneckWarning, CacheMismatchError, InputError
+from ..heads import (
+    OPTIMIZERS,
+    SPLITS,
+    ClassMap,
+    class_weights,
+    epoch_bar,
+    load_split,
+    make_optimizer,
+    map_classes,
+    recorded_map,
+    run_class_names,
+)
+from ..images import training_batches
+from ..runs import (
+    check_free,
+    load_head,
+    load_keras,
+    plot_confusion,
+    plot_curves,
+    predictions_frame,
+    publish,
+    read_config,
+    restore_interrupted,
+    staging_dir,
+    write_finetune_report,
+    write_history,
+)
+from ..stats import evaluate_splits
+from ..util import keras_layers, read_json_object, sha256_file, tensorflow, write_json_atomic
 from .classifier import assemble_model, predict_images, rebuild_backbone, unfreeze
-from .errors import BottleneckError, BottleneckWarning, CacheMismatchError, InputError
-from .files import sha256_file, write_json_atomic
-from .heads import OPTIMIZERS, class_weights, make_optimizer
-from .image_data import training_batches
-from .metrics import evaluate_splits
-from .plots import plot_confusion, plot_curves
-from .precision import check_precision, compute_policy, resolve_precision
-from .report import write_finetune_report
-from .rundir import (check_free, load_head, load_keras, predictions_frame, publish, read_config, restore_interrupted, staging_dir,
-                     write_history)
-from .splits import SPLITS, load_split
-from .tfimport import tensorflow
-from .validate import keras_layers, read_json_object
 
 PROGRESS = "progress.json"  # in the staging folder: the state --resume continues, naming its model files
 PREVIOUS = "progress.prev.json"  # the state one epoch older, kept (with its files) until the newer one is whole

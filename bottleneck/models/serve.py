@@ -17,19 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheConfig, load_cache
-from .class_map import run_class_names
+from ..backbones import resolve_precision
+from ..cache import CacheConfig, load_cache
+from ..errors import BottleneckError, BottleneckWarning, ImageDecodeError, InputError
+from ..heads import fold_calibration, predict_proba, run_class_names
+from ..images import load_image
+from ..runs import check_free, load_head, load_keras, read_config, restore_interrupted, staged
+from ..stats import Calibration, DecisionRule, decide
+from ..util import input_size_of, read_json_object, tensorflow, walk_files, write_json_atomic
 from .classifier import assemble_model, predict_images, set_precision
-from .errors import BottleneckError, BottleneckWarning, ImageDecodeError, InputError
-from .files import walk_files, write_json_atomic
-from .clinical import Calibration, DecisionRule
-from .heads import fold_calibration, predict_proba
-from .metrics import decide
-from .images import load_image
-from .precision import resolve_precision
-from .rundir import check_free, load_head, load_keras, read_config, restore_interrupted, staged
-from .tfimport import tensorflow
-from .validate import input_size_of, read_json_object
 
 FORMATS = ("keras", "savedmodel", "tflite")
 # Probabilities of the exported model against the reference. A head run's reference is the head on the cached

@@ -15,12 +15,12 @@ from typing import Iterator
 
 import numpy as np
 
-from .cache import CacheConfig, CacheData
-from .errors import BottleneckError, InputError
-from .metrics import decide
-from .files import sha256_file
-from .tfimport import tensorflow
-from .validate import check_split_file, keras_layers, read_json_object
+from ..cache import CacheConfig, CacheData
+from ..errors import BottleneckError, InputError
+from ..stats import decide
+from ..util import sha256_file
+from ..util import tensorflow
+from ..util import check_split_file, keras_layers, read_json_object
 
 
 def check_free(out: Path, overwrite: bool, what: str = "run directory") -> None:
@@ -166,8 +166,8 @@ def load_keras(path: Path):
 
 def load_head(run_dir: Path, config: dict, calibrate: bool = True):
     """head.keras of a run; calibrate=False takes out the calibration folded into it (--no-calibrate)."""
-    from .clinical import Calibration
-    from .heads import fold_calibration
+    from ..stats import Calibration
+    from ..heads import fold_calibration
 
     head = load_keras(run_dir / "head.keras")
     calibration = Calibration.from_record(config.get("calibration"))

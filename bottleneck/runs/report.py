@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .class_map import describe, run_class_names
-from .metrics import fmt
+from ..heads import describe, run_class_names
+from ..stats import fmt
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:

@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cache import CacheData, read_views
-from .class_map import ClassMap, map_classes
-from .errors import InputError
-from .feature_store import GIB, features_fit, is_streamed, load_cache_within, resolve_memory_gb, take
-from .files import sha256_file, write_json_atomic
-from .heads import HeadConfig, TrainedHead, fit_head, parse_hidden, predict_proba
-from .metrics import compute_metrics, fmt
-from .rundir import write_history
-from .runs import RunOptions, fit_and_write, require_views, resolve_split, task_map, tta_proba
-from .splits import SplitSpec, load_split, save_split
+from ..cache import CacheData, read_views
+from ..heads import ClassMap, map_classes
+from ..errors import InputError
+from ..cache import GIB, features_fit, is_streamed, load_cache_within, resolve_memory_gb, take
+from ..util import sha256_file, write_json_atomic
+from ..heads import HeadConfig, TrainedHead, fit_head, parse_hidden, predict_proba
+from ..stats import compute_metrics, fmt
+from .directory import write_history
+from .train import RunOptions, fit_and_write, require_views, resolve_split, task_map, tta_proba
+from ..heads import SplitSpec, load_split, save_split
 
 METRICS = ("balanced_accuracy", "accuracy", "roc_auc_macro", "melanoma_sensitivity")
 

@@ -15,24 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheData, library_versions, read_views
-from .callbacks import epoch_bar
-from .class_map import ClassMap, map_classes, recorded_map
-from .errors import InputError
-from .feature_store import (GIB, ViewsReader, features_record, is_streamed, load_cache_within, resolve_memory_gb,
-                            take)
-from .clinical import (Calibration, ClinicalOptions, calibration_figures, check_target, choose_threshold,
-                       clinical_results, few_groups_warning, limitations, positive_index, small_class_warnings,
-                       subgroup_columns, warn)
-from .heads import HeadConfig, TrainedHead, class_weights, fit_head, fold_calibration, predict_proba
-from .metrics import decide, evaluate_splits
+from ..cache import CacheData, library_versions, read_views
+from ..heads import epoch_bar
+from ..heads import ClassMap, map_classes, recorded_map
+from ..errors import InputError
+from ..cache import GIB, ViewsReader, features_record, is_streamed, load_cache_within, resolve_memory_gb, take
+from ..stats import (Calibration, ClinicalOptions, calibration_figures, check_target, choose_threshold,
+                     clinical_results, few_groups_warning, limitations, positive_index, small_class_warnings,
+                     subgroup_columns, warn)
+from ..heads import HeadConfig, TrainedHead, class_weights, fit_head, fold_calibration, predict_proba
+from ..stats import decide, evaluate_splits
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sanity import run_warnings
 from .report import write_head_report
-from .files import write_json_atomic
-from .rundir import cache_record, check_free, predictions_frame, read_config, staged, write_history
-from .splits import SPLITS, SplitSpec, check_split, load_split, make_split, save_split
-from .views import view_sampler
+from ..util import write_json_atomic
+from .directory import cache_record, check_free, predictions_frame, read_config, staged, write_history
+from ..heads import SPLITS, SplitSpec, check_split, load_split, make_split, save_split
+from ..images import view_sampler
 
 EVAL_SPLITS = ("val", "test")
 

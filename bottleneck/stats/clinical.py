@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import BottleneckWarning, InputError
+from ..errors import BottleneckWarning, InputError
 from .metrics import compute_metrics, decide, melanoma_index
 
 RESAMPLES = 1000  # bootstrap resamples of every interval

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 # scikit-learn is imported inside the functions that use it: importing it costs ~1-2 s, which every command
 # (`bottleneck --help`, `info`) would otherwise pay at start-up through the CLI's imports.

@@ -25,24 +25,16 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from .cache import describe_cache
-from .dataset import build_index
-from .errors import InputError
-from .extract import ExtractOptions, extract
-from .files import write_text_atomic
-from .heads import HeadConfig
+from ..errors import InputError
+from ..util import write_text_atomic
 from .lesions import LOOKS as _LOOKS
 from .lesions import Canvas as _Canvas
 from .lesions import draw_lesion as _draw_lesion
 from .lesions import photograph as _photograph
 from .lesions import to_image as _to_image
-from .runs import RunOptions, train_head_run
-from .splits import SplitSpec
-from .summaries import extract_lines, info_lines, train_head_lines
 
 DEMO_CLASSES: tuple[str, ...] = ("bcc", "mel", "nv")
 LAYOUTS: tuple[str, ...] = ("ham10000", "folders")
@@ -135,33 +127,6 @@ def make_demo_dataset(out_dir, *, images_per_class: int = 40, image_size: int = 
               "files": sorted(files.values())}
     write_text_atomic(out / MARKER_NAME, json.dumps(marker, indent=1) + "\n")
     return dataset
-
-
-def run_demo(out: Path = Path("demo_data"), *, images_per_class: int = 40, backbone: str = "resnet50",
-             weights: str = "none", image_size: int = 96, run: Path = Path("runs/demo"), seed: int = 0,
-             echo: Callable[[str], None] = print) -> Path:
-    """`bottleneck demo`: make the synthetic dataset, then extract, info and train-head on it, echoing each
-    command and what it prints, as a user typing them would see. Returns the run directory."""
-    ds = make_demo_dataset(out, images_per_class=images_per_class, seed=seed)
-    echo(f"demo data: {ds.n_images} JPEG images of {ds.n_lesions} lesions in {ds.root} "
-         f"({', '.join(f'{k}: {v}' for k, v in ds.class_counts.items())})")
-    cache = Path("cache") / f"demo-{backbone}-{weights}-{image_size}.h5"
-    echo(f"\n$ bottleneck extract {out} --backbone {backbone} --weights {weights} --image-size {image_size} "
-         f"--cache {cache}")
-    index = build_index(ds.root, ds.metadata)
-    summary = extract(index, ExtractOptions(backbone=backbone, weights=weights, image_size=image_size, seed=seed,
-                                            cache=cache))
-    for line in extract_lines(summary, index):
-        echo(line)
-    echo(f"\n$ bottleneck info {cache}")
-    for line in info_lines(cache, describe_cache(cache)):
-        echo(line)
-    echo(f"\n$ bottleneck train-head {cache} --out {run} --overwrite")
-    result = train_head_run(cache, HeadConfig(seed=seed),
-                            RunOptions(out=run, split=SplitSpec.held_out(0.15, 0.15, seed), overwrite=True))
-    for line in train_head_lines(result):
-        echo(line)
-    return result.run_dir
 
 
 def _check_int(name: str, value, low: int, high: int) -> int:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bottleneck.cache import load_cache
-from bottleneck.devices import resolve_devices
-from bottleneck.errors import InputError
 from conftest import run_cli, write_image
+
+from bottleneck.cache.store import load_cache
+from bottleneck.backbones.devices import resolve_devices
+from bottleneck.errors import InputError
 
 GPUS = ["/device:GPU:0", "/device:GPU:1"]
 CPUS = ["/device:CPU:0"]
@@ -50,8 +50,8 @@ from pathlib import Path
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from bottleneck.dataset import build_index
-from bottleneck.extract import ExtractOptions, extract
+from bottleneck.images.index import build_index
+from bottleneck.extract.run import ExtractOptions, extract
 root, out = sys.argv[1], Path(sys.argv[2])
 for name, devices in (("one", "cpu"), ("two", "/cpu:0,/cpu:1")):
     s = extract(build_index(root), ExtractOptions(backbone="vgg16", weights="none", image_size=32, batch_size=3,
@@ -67,7 +67,7 @@ def test_two_replicas_give_the_features_of_one_device(tmp_path):
         write_image(root / ("mel" if i % 2 else "nv") / f"{i}.png", seed=i, size=(60, 50))
     write_image(root / "nv" / "broken.jpg", seed=9)
     (root / "nv" / "broken.jpg").write_bytes(b"not an image")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[2]))
     run = subprocess.run([sys.executable, "-c", MIRRORED, str(root), str(tmp_path)], env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -1,7 +1,6 @@
 """`bottleneck bench` on a small synthetic cache: every part it is asked for prints its figures."""
 
 import pytest
-
 from conftest import run_cli
 
 
@@ -28,7 +27,7 @@ def test_bench_refuses_too_few_images_for_a_steady_state():
 
 
 def test_the_decode_ceiling_shares_cores_on_a_cpu_and_bounds_a_gpu():
-    from bottleneck.bench import decode_ceiling
+    from bottleneck.bench.parts import decode_ceiling
 
     assert decode_ceiling(10, 190, gpu=False) == pytest.approx(0.95)  # decode steals 5% of the cores
     assert decode_ceiling(1000, 600, gpu=True) == pytest.approx(0.6)  # a GPU waits for the decoders

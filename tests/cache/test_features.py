@@ -10,16 +10,23 @@ import math
 import h5py
 import numpy as np
 import pytest
-
-from bottleneck.cache import load_cache
-from bottleneck.errors import InputError
-from bottleneck.evaluate import evaluate_run
-from bottleneck.feature_store import (FeatureReader, check_memory_gb, chunk_batches, default_memory_gb,
-                                      features_fit, load_cache_within, total_memory_bytes)
-from bottleneck.heads import HeadConfig, fit_head, predict_proba
-from bottleneck.runs import RunOptions, train_head_run
-from bottleneck.views import view_sampler
 from conftest import feature_cache, run_cli
+
+from bottleneck.cache.store import load_cache
+from bottleneck.errors import InputError
+from bottleneck.runs.evaluate import evaluate_run
+from bottleneck.cache.features import (
+    FeatureReader,
+    check_memory_gb,
+    chunk_batches,
+    default_memory_gb,
+    features_fit,
+    load_cache_within,
+    total_memory_bytes,
+)
+from bottleneck.heads.model import HeadConfig, fit_head, predict_proba
+from bottleneck.runs.train import RunOptions, train_head_run
+from bottleneck.images.views import view_sampler
 
 pytestmark = pytest.mark.filterwarnings("ignore:features of .* streaming them")  # the notice the CLI prints
 

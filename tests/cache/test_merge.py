@@ -9,9 +9,9 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-
-from bottleneck.cache import load_cache, read_attrs
 from conftest import TINY_ARGS, run_cli, write_image
+
+from bottleneck.cache.store import load_cache, read_attrs
 
 
 def _tree(root, extra=0):

@@ -10,13 +10,13 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-
-from bottleneck.cache import CacheConfig, check_readable, describe_cache, load_cache, read_attrs
-from bottleneck.cache_write import CacheWriter
-from bottleneck.errors import BottleneckWarning, CacheError
-from bottleneck.feature_store import load_cache_within
-from bottleneck.journal import Journal, pending_batches
 from conftest import TINY_ARGS, file_digest, run_cli, write_image
+
+from bottleneck.cache.store import CacheConfig, check_readable, describe_cache, load_cache, read_attrs
+from bottleneck.cache.writer import CacheWriter
+from bottleneck.errors import BottleneckWarning, CacheError
+from bottleneck.cache.features import load_cache_within
+from bottleneck.cache.journal import Journal, pending_batches
 
 # A clinic's export: id, label and group columns, and metadata with a missing value, spaces to strip, a comma.
 HEADER = "image,diagnosis,patient,age,sex,site,note"
@@ -133,7 +133,7 @@ def test_metadata_change_updates_rows_without_inference(clinic, cache):
 
 def test_metadata_only_rerun_journals_no_features(clinic, cache, monkeypatch):
     """The rerun above needs no backbone: building one would fail here."""
-    import bottleneck.extract as extract_module
+    import bottleneck.extract.run as extract_module
 
     monkeypatch.setattr(extract_module, "_build", lambda *a, **k: pytest.fail("the backbone was built"))
     csv = clinic["root"] / "changed2.csv"
@@ -150,7 +150,7 @@ def test_older_cache_without_meta_loads_and_gains_columns_on_rerun(clinic, cache
     data = load_cache(cache)
     assert data.meta == {} and len(data.labels) == 8
     assert describe_cache(cache)["meta_columns"] == {}
-    import bottleneck.extract as extract_module
+    import bottleneck.extract.run as extract_module
 
     monkeypatch.setattr(extract_module, "_build", lambda *a, **k: pytest.fail("the backbone was built"))
     r = extract_cli(clinic["root"], clinic["csv"], cache)

@@ -6,12 +6,19 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-
-from bottleneck.cache import (CacheConfig, check_readable, decode_strings, describe_cache, load_cache, pending_batches,
-                              read_views)
-from bottleneck.cache_write import CacheWriter
-from bottleneck.errors import CacheError
 from conftest import TINY_ARGS, feature_cache, make_ham, run_cli
+
+from bottleneck.cache.store import (
+    CacheConfig,
+    check_readable,
+    decode_strings,
+    describe_cache,
+    load_cache,
+    pending_batches,
+    read_views,
+)
+from bottleneck.cache.writer import CacheWriter
+from bottleneck.errors import CacheError
 
 
 def test_extract_then_info_on_a_ham10000_folder(tmp_path):

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bottleneck.cache import journal_dir, load_cache, pending_batches, read_failed
-from bottleneck.cache_write import CacheWriter
-from bottleneck.dataset import build_index
-from bottleneck.errors import CacheLockedError, CacheMismatchError
-from bottleneck.extract import extract, make_config
-from bottleneck.undo import CRASH_ENV, undo_path
 from conftest import TINY_ARGS, extract_opts, feature_cache, file_digest, run_cli, write_image
+
+from bottleneck.cache.store import journal_dir, load_cache, pending_batches, read_failed
+from bottleneck.cache.writer import CacheWriter
+from bottleneck.images.index import build_index
+from bottleneck.errors import CacheLockedError, CacheMismatchError
+from bottleneck.extract.run import extract, make_config
+from bottleneck.cache.undo import CRASH_ENV, undo_path
 
 
 @pytest.mark.parametrize("change, named", [
@@ -65,8 +65,8 @@ def test_a_second_writer_is_refused(tmp_path, class_tree):
 RESUME_SCRIPT = """
 import sys
 from pathlib import Path
-from bottleneck.dataset import build_index
-from bottleneck.extract import ExtractOptions, extract
+from bottleneck.images.index import build_index
+from bottleneck.extract.run import ExtractOptions, extract
 extract(build_index(sys.argv[1]), ExtractOptions(backbone="vgg16", weights="none", image_size=32,
         batch_size=4, cache=Path(sys.argv[2]), progress=False, precision=sys.argv[3]))
 """
@@ -79,7 +79,7 @@ def test_sigkill_loses_at_most_the_batch_in_flight_and_rerun_completes(tmp_path,
     for i in range(160):
         write_image(root / ("mel" if i % 2 else "nv") / f"{i:03d}.png", seed=i, size=(96, 96))
     killed = tmp_path / "killed.h5"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[2]))
     proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, str(root), str(killed), precision], env=env)
     deadline = time.time() + 120
     while time.time() < deadline and len(pending_batches(killed)) < 3:  # the folder comes and goes with commits
@@ -113,7 +113,7 @@ def test_a_first_extraction_is_readable_while_it_runs_and_after_a_sigkill(tmp_pa
     for i in range(96):
         write_image(root / ("mel" if i % 2 else "nv") / f"{i:03d}.png", seed=i, size=(96, 96))
     cache = tmp_path / "growing.h5"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[2]))
     proc = subprocess.Popen([sys.executable, "-c", READ_WHILE_RUNNING, str(root), str(cache), "float32"], env=env)
     seen, deadline = [], time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(seen) < 4:
@@ -142,8 +142,8 @@ def test_a_first_extraction_is_readable_while_it_runs_and_after_a_sigkill(tmp_pa
 COMMIT_SCRIPT = """
 import sys
 import numpy as np
-from bottleneck.cache import load_cache
-from bottleneck.cache_write import CacheWriter
+from bottleneck.cache.store import load_cache
+from bottleneck.cache.writer import CacheWriter
 cache = sys.argv[1]
 config = load_cache(cache, features=False).config
 n = 1100  # past the first 1,024-row chunk of features
@@ -173,7 +173,7 @@ def test_a_commit_killed_at_any_write_leaves_the_cache_as_it_was(tmp_path):
     reads back byte for byte as before the commit, and the next writer commits the journal to the same result
     as an uninterrupted commit."""
     original = feature_cache(tmp_path / "orig.h5", counts={"bcc": 100, "mel": 100}, dim=32)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
     reference = tmp_path / "ref.h5"
     shutil.copyfile(original, reference)
     subprocess.run([sys.executable, "-c", COMMIT_SCRIPT, str(reference)], env=env, check=True)
@@ -230,7 +230,7 @@ def test_a_commit_appends_in_place_and_finds_cached_rows_by_key(tmp_path):
 def test_a_write_error_inside_a_commit_rolls_it_back_and_keeps_the_batches(tmp_path):
     cache = feature_cache(tmp_path / "c.h5", counts={"bcc": 100, "mel": 100}, dim=32)
     before, digest = _cache_state(cache), file_digest(cache)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
     limit = cache.stat().st_size + 8192  # the journal fits, the grown cache does not
     run = subprocess.run([sys.executable, "-c", COMMIT_SCRIPT, str(cache), str(limit)], env=env,
                          capture_output=True, text=True)
@@ -246,8 +246,8 @@ def test_a_write_error_inside_a_commit_rolls_it_back_and_keeps_the_batches(tmp_p
 WRITE_CUT_OFF = """
 import resource, signal, sys
 import numpy as np
-from bottleneck.cache import CacheConfig, read_attrs
-from bottleneck.cache_write import CacheWriter
+from bottleneck.cache.store import CacheConfig, read_attrs
+from bottleneck.cache.writer import CacheWriter
 path = sys.argv[1]
 config = CacheConfig.from_attrs(read_attrs(path))
 with CacheWriter(path, config) as w:

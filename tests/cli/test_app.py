@@ -3,7 +3,6 @@ exit status 1, and nothing written; a usage error exits 2. A CLI test of one com
 command's module tests (extract in test_extract.py, info in test_cache.py, merge in test_merge.py, ...)."""
 
 import pytest
-
 from conftest import TINY_ARGS, run_cli
 
 

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import TINY_ARGS, extract_opts, run_cli
 
 NO_RAY = '--engine ray needs Ray: pip install -e ".[ray]" (or pip install "ray[data]")'
@@ -30,7 +29,7 @@ def tree_with_bad_image(class_tree):
 
 
 def rows_of(path):
-    from bottleneck.cache import load_cache, read_failed
+    from bottleneck.cache.store import load_cache, read_failed
 
     data = load_cache(path)
     order = np.argsort(data.image_ids)
@@ -69,10 +68,10 @@ def test_ray_engine_writes_the_local_cache(ray_instance, tree_with_bad_image, tm
 
 @pytest.mark.ray
 def test_ray_rerun_skips_the_cache_and_local_extends_it(ray_instance, class_tree, tmp_path):
-    from bottleneck.dataset import build_index
-    from bottleneck.extract import extract
-
     from conftest import write_image
+
+    from bottleneck.images.index import build_index
+    from bottleneck.extract.run import extract
 
     opts = extract_opts(tmp_path, engine="ray")
     first = extract(build_index(class_tree), opts)

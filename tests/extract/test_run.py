@@ -8,14 +8,14 @@ import json
 import h5py
 import numpy as np
 import pytest
-
-from bottleneck.backbones import create_backbone, get_spec
-from bottleneck.cache import load_cache, read_failed
-from bottleneck.dataset import build_index
-from bottleneck.errors import ImageDecodeError
-from bottleneck.extract import ExtractOptions, extract
-from bottleneck.images import load_image
 from conftest import TINY_ARGS, extract_opts, file_digest, make_ham, run_cli, write_image
+
+from bottleneck.backbones.registry import create_backbone, get_spec
+from bottleneck.cache.store import load_cache, read_failed
+from bottleneck.images.index import build_index
+from bottleneck.errors import ImageDecodeError
+from bottleneck.extract.run import ExtractOptions, extract
+from bottleneck.images.decode import load_image
 
 
 def model_features(o: ExtractOptions, paths) -> np.ndarray:

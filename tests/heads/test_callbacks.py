@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bottleneck.callbacks import epoch_bar
+from bottleneck.heads.callbacks import epoch_bar
 
 
 def tiny_fit(callback, epochs=3):

@@ -8,8 +8,15 @@ import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from bottleneck.errors import InputError
-from bottleneck.heads import (HeadConfig, build_head, class_weights, fit_head, make_optimizer, parse_hidden,
-                              predict_proba)
+from bottleneck.heads.model import (
+    HeadConfig,
+    build_head,
+    class_weights,
+    fit_head,
+    make_optimizer,
+    parse_hidden,
+    predict_proba,
+)
 
 
 def blobs(n_per_class=40, dim=8, classes=3, seed=0):

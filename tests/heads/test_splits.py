@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from bottleneck.errors import InputError
-from bottleneck.splits import SplitSpec, check_split, load_split, make_split, save_split
+from bottleneck.heads.splits import SplitSpec, check_split, load_split, make_split, save_split
 
 
 def ham_like(n_lesions=300, seed=0):

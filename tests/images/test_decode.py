@@ -11,7 +11,7 @@ import pytest
 from PIL import ExifTags, Image, ImageFile
 
 from bottleneck.errors import ImageDecodeError
-from bottleneck.images import IMAGE_EXTENSIONS, decode_image, load_image, sniff_format
+from bottleneck.images.decode import IMAGE_EXTENSIONS, decode_image, load_image, sniff_format
 
 
 def _save(img: Image.Image, path: Path, fmt: str, **kw) -> Path:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_image
 
 from bottleneck.errors import ImageDecodeError
-from bottleneck.image_data import augment_image, inference_batches, pad_batch, training_batches
-from bottleneck.images import load_image
-from conftest import write_image
+from bottleneck.images.pipeline import augment_image, inference_batches, pad_batch, training_batches
+from bottleneck.images.decode import load_image
 
 SIZE = 16
 

@@ -7,19 +7,19 @@ import json
 import h5py
 import numpy as np
 import pytest
-
-from bottleneck.backbones import create_backbone, get_spec
-from bottleneck.cache import load_cache, read_views
-from bottleneck.dataset import build_index
-from bottleneck.errors import InputError
-from bottleneck.evaluate import evaluate_run
-from bottleneck.extract import ExtractOptions, extract
-from bottleneck.heads import HeadConfig, predict_proba
-from bottleneck.images import load_image
-from bottleneck.rundir import load_run
-from bottleneck.runs import RunOptions, train_head_run, tta_proba
-from bottleneck.views import view_sampler
 from conftest import TINY, make_ham, write_image
+
+from bottleneck.backbones.registry import create_backbone, get_spec
+from bottleneck.cache.store import load_cache, read_views
+from bottleneck.images.index import build_index
+from bottleneck.errors import InputError
+from bottleneck.runs.evaluate import evaluate_run
+from bottleneck.extract.run import ExtractOptions, extract
+from bottleneck.heads.model import HeadConfig, predict_proba
+from bottleneck.images.decode import load_image
+from bottleneck.runs.directory import load_run
+from bottleneck.runs.train import RunOptions, train_head_run, tta_proba
+from bottleneck.images.views import view_sampler
 
 FAST = HeadConfig(epochs=4, patience=3, hidden=(32,))
 

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bottleneck.backbones import REGISTRY, get_spec, layer_groups
-from bottleneck.cache import CacheConfig
-from bottleneck.classifier import assemble_model, preprocess_layer, rebuild_backbone, unfreeze
+from bottleneck.backbones.registry import REGISTRY, get_spec, layer_groups
+from bottleneck.cache.store import CacheConfig
+from bottleneck.models.classifier import assemble_model, preprocess_layer, rebuild_backbone, unfreeze
 from bottleneck.errors import InputError, WeightsError
 
 
@@ -36,7 +36,7 @@ def test_batchnorm_statistics_do_not_move(tmp_path):
     """mobilenet_v2 (weights none: this looks at variables, not features) with every group unfrozen."""
     import keras
 
-    from bottleneck.heads import HeadConfig, build_head
+    from bottleneck.heads.model import HeadConfig, build_head
 
     cc = CacheConfig(backbone="mobilenet_v2", weights="none", weights_sha256="", seed=0, input_size=32,
                      pooling="avg", preprocessing=get_spec("mobilenet_v2").preprocessing, dtype="float32",
@@ -66,7 +66,7 @@ def test_a_cache_of_another_preprocessing_is_refused():
 
 
 def test_the_assembled_model_is_preprocessing_then_backbone_then_head():
-    from bottleneck.heads import HeadConfig, build_head
+    from bottleneck.heads.model import HeadConfig, build_head
 
     backbone = rebuild_backbone(VGG)
     head = build_head(512, 3, HeadConfig(hidden=(8,), standardize=False))

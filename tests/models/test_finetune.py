@@ -9,14 +9,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from bottleneck.backbones import get_spec, layer_groups
-from bottleneck.cache import CacheConfig
-from bottleneck.classifier import assemble_model, rebuild_backbone
-from bottleneck.errors import InputError
-from bottleneck.finetune import FineTuneOptions, fine_tune
-from bottleneck.rundir import load_run
 from conftest import OPTS, run_cli, train_loss
+
+from bottleneck.backbones.registry import get_spec, layer_groups
+from bottleneck.cache.store import CacheConfig
+from bottleneck.models.classifier import assemble_model, rebuild_backbone
+from bottleneck.errors import InputError
+from bottleneck.models.finetune import FineTuneOptions, fine_tune
+from bottleneck.runs.directory import load_run
 
 
 def test_fine_tune_leaves_a_run_and_lowers_the_training_loss(ham_run, tuned):

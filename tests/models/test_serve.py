@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-import bottleneck.serve as serve
-from bottleneck.cache import load_cache
-from bottleneck.errors import BottleneckError
-from bottleneck.heads import predict_proba
-from bottleneck.rundir import load_run, read_config
-from bottleneck.serve import export, predict
 from conftest import run_cli, write_image  # the session fixtures ham_run and tuned come from conftest.py
+
+import bottleneck.models.serve as serve
+from bottleneck.cache.store import load_cache
+from bottleneck.errors import BottleneckError
+from bottleneck.heads.model import predict_proba
+from bottleneck.runs.directory import load_run, read_config
+from bottleneck.models.serve import export, predict
 
 
 def head_on_cache(ham_run) -> dict[str, np.ndarray]:
@@ -53,7 +53,7 @@ def test_tta_averages_the_eight_dihedral_views(ham_run, tmp_path):
     plain = predict(ham_run["run"], [img]).frame
     tta = predict(ham_run["run"], [img], tta=True).frame
     served = serve.load_served(ham_run["run"])
-    from bottleneck.images import load_image
+    from bottleneck.images.decode import load_image
 
     x = load_image(img, 32)[0].astype(np.float32)
     views = [np.rot90(x, k) for k in range(4)] + [np.rot90(x, k)[:, ::-1] for k in range(4)]
@@ -77,8 +77,8 @@ def test_predict_with_a_head_run_equals_the_head_on_the_cache(ham_run):
 def test_export_round_trip_parity(ham_run, fmt):
     import keras
 
-    from bottleneck.images import load_image
-    from bottleneck.tfimport import tensorflow
+    from bottleneck.images.decode import load_image
+    from bottleneck.util.tfimport import tensorflow
 
     out = ham_run["tmp"] / f"export-{fmt}"
     r = export(ham_run["run"], fmt, out=out)
@@ -115,7 +115,7 @@ def test_predict_and_export_a_fine_tuned_run(tuned, tmp_path):
     assert r.tolerance == serve.FINETUNE_RUN_ATOL and r.worst_difference <= r.tolerance
     img = sorted(tuned["paths"]["train"])[0]
     p = predict(run, [img]).frame
-    from bottleneck.images import load_image
+    from bottleneck.images.decode import load_image
 
     x = load_image(img, 32)[0][None].astype(np.float32)
     want = keras.saving.load_model(tmp_path / "exp" / "model.keras").predict(x, verbose=0)[0]

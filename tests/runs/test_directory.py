@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bottleneck.cache import load_cache
+from bottleneck.cache.store import load_cache
 from bottleneck.errors import InputError
-from bottleneck.rundir import (check_free, predictions_frame, publish, read_config, stage, staged, staging_dir,
+from bottleneck.runs.directory import (check_free, predictions_frame, publish, read_config, stage, staged, staging_dir,
                                write_history)
 from conftest import feature_cache
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bottleneck.evaluate import evaluate_run
-from bottleneck.heads import HeadConfig
-from bottleneck.runs import RunOptions, train_head_run
+from bottleneck.runs.evaluate import evaluate_run
+from bottleneck.heads.model import HeadConfig
+from bottleneck.runs.train import RunOptions, train_head_run
 from conftest import feature_cache, restamp, run_cli
 
 COUNTS = {"bcc": 30, "mel": 30, "nv": 60}  # nv is the training majority

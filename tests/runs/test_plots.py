@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from bottleneck.errors import InputError
-from bottleneck.plots import plot_confusion, plot_curves
+from bottleneck.runs.plots import plot_confusion, plot_curves
 
 
 def assert_png(path):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from bottleneck.errors import BottleneckWarning
-from bottleneck.feature_store import load_cache_within
-from bottleneck.metrics import compute_metrics
-from bottleneck.sanity import feature_spread, feature_warnings, prediction_warnings
+from bottleneck.cache.features import load_cache_within
+from bottleneck.stats.metrics import compute_metrics
+from bottleneck.runs.sanity import feature_spread, feature_warnings, prediction_warnings
 from conftest import feature_cache, run_cli
 
 NAMES = ["bcc", "mel", "nv"]
@@ -19,8 +19,8 @@ NAMES = ["bcc", "mel", "nv"]
 def constant_cache(path, value=0.25, dim=16, counts=(40, 40, 80)):
     """A real cache (written by the library's writer) whose every image has the same feature vector, as a wrong
     weights file gives."""
-    from bottleneck.cache import CacheConfig
-    from bottleneck.cache_write import CacheWriter
+    from bottleneck.cache.store import CacheConfig
+    from bottleneck.cache.writer import CacheWriter
 
     config = CacheConfig(backbone="vgg16", weights="none", weights_sha256="", seed=0, input_size=32, pooling="avg",
                          preprocessing="test", dtype="float16", num_features=dim)

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bottleneck.cache import load_cache
-from bottleneck.dataset import build_index
+from bottleneck.cache.store import load_cache
+from bottleneck.images.index import build_index
 from bottleneck.errors import InputError
-from bottleneck.extract import ExtractOptions, extract
-from bottleneck.heads import HeadConfig
-from bottleneck.rundir import load_run
-from bottleneck.runs import RunOptions, train_head_run
+from bottleneck.extract.run import ExtractOptions, extract
+from bottleneck.heads.model import HeadConfig
+from bottleneck.runs.directory import load_run
+from bottleneck.runs.train import RunOptions, train_head_run
 from conftest import TINY, feature_cache, make_ham, run_cli
 
 FAST = HeadConfig(epochs=8, patience=4)
@@ -79,7 +79,7 @@ def test_same_seed_same_metrics_other_seed_other_split(tmp_path, cache):
     b = train_head_run(cache, FAST, RunOptions(out=tmp_path / "b", progress=False))
     assert (a.run_dir / "metrics.json").read_text() == (b.run_dir / "metrics.json").read_text()
     assert (a.run_dir / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()
-    from bottleneck.splits import SplitSpec
+    from bottleneck.heads.splits import SplitSpec
 
     c = train_head_run(cache, HeadConfig(epochs=8, patience=4, seed=1),
                        RunOptions(out=tmp_path / "c", split=SplitSpec(seed=1), progress=False))

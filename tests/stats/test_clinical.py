@@ -8,15 +8,27 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import feature_cache, run_cli
 from PIL import Image
 
-from bottleneck.clinical import (Calibration, age_band, binary_rates, bootstrap, brier_score, choose_threshold,
-                                 expected_calibration_error, metric_intervals, parse_subgroups, ratio,
-                                 resample_weights, resampling_units, softmax, weighted_auc)
+from bottleneck.stats.clinical import (
+    Calibration,
+    age_band,
+    binary_rates,
+    bootstrap,
+    brier_score,
+    choose_threshold,
+    expected_calibration_error,
+    metric_intervals,
+    parse_subgroups,
+    ratio,
+    resample_weights,
+    resampling_units,
+    softmax,
+    weighted_auc,
+)
 from bottleneck.errors import InputError
-from bottleneck.metrics import compute_metrics, decide
-from conftest import feature_cache, run_cli
-
+from bottleneck.stats.metrics import compute_metrics, decide
 
 # --- the bootstrap ------------------------------------------------------------------------------------------------
 
@@ -117,7 +129,7 @@ def test_temperature_scaling_recovers_a_known_overconfidence(weights):
 
 
 def test_calibration_folded_into_the_head_equals_the_numpy_one():
-    from bottleneck.heads import HeadConfig, build_head, fold_calibration
+    from bottleneck.heads.model import HeadConfig, build_head, fold_calibration
 
     x = np.random.default_rng(0).normal(0, 1, (32, 8)).astype(np.float32)
     model = build_head(8, 3, HeadConfig(hidden=(6,), standardize=False))
@@ -198,8 +210,8 @@ def test_train_head_reports_intervals_operating_point_calibration_and_lesions(cl
 
 
 def test_the_saved_head_gives_the_calibrated_probabilities_and_evaluate_agrees(clinical_run):
-    from bottleneck.cache import load_cache
-    from bottleneck.rundir import load_run
+    from bottleneck.cache.store import load_cache
+    from bottleneck.runs.directory import load_run
 
     d = clinical_run["run"]
     preds = pd.read_csv(d / "predictions.csv", keep_default_na=False)
@@ -304,7 +316,7 @@ def _row(id_, score, std, hidden):
 
 
 def test_sweep_winner_is_the_simplest_head_within_one_std_of_the_best():
-    from bottleneck.sweep import choose_winner, head_size
+    from bottleneck.runs.sweep import choose_winner, head_size
 
     assert head_size(_row("a", 0, 0, "512,512")) == (1024, 2) and head_size(_row("b", 0, 0, "")) == (0, 0)
     rows = [_row("big", 0.80, 0.03, "1024,512"), _row("mid", 0.79, 0.02, "512,512"),
@@ -363,7 +375,7 @@ def test_a_figure_resting_on_one_lesion_has_no_interval():
     y = np.array([1, 1, 0, 0, 0, 0])
     flagged = np.array([True, True, False, True, False, False])
     units = resampling_units(np.array(["A", "A", "B", "C", "D", "E"], dtype=object))  # every positive: lesion A
-    from bottleneck.clinical import binary_stats, binary_support
+    from bottleneck.stats.clinical import binary_stats, binary_support
 
     found = bootstrap(binary_stats(y, flagged, 1), None, units, seed=0,
                       support=binary_support(y, flagged, 1, units))

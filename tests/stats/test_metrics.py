@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from bottleneck.errors import InputError
-from bottleneck.metrics import compute_metrics, format_table
+from bottleneck.stats.metrics import compute_metrics, format_table
 
 
 def onehot_proba(pred, c: int, conf: float = 0.8) -> np.ndarray:

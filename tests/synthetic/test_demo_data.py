@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bottleneck.demo import DEMO_CLASSES, HAM10000_COLUMNS, MARKER_NAME, make_demo_dataset
+from bottleneck.synthetic.demo_data import DEMO_CLASSES, HAM10000_COLUMNS, MARKER_NAME, make_demo_dataset
 from bottleneck.errors import InputError
 
 SMALL = dict(images_per_class=6, image_size=48)
@@ -113,7 +113,7 @@ def test_folder_layout_has_one_folder_per_class_and_one_photo_per_lesion(tmp_pat
     assert counts == ds.class_counts == {"bcc": 6, "mel": 6, "nv": 12}
     # Class folders cannot say which photos share a lesion, so each lesion gets one photo (no split leak).
     assert ds.n_lesions == ds.n_images == 24
-    from bottleneck.dataset import build_index
+    from bottleneck.images.index import build_index
 
     idx = build_index(ds.root)
     assert idx.source == "folders" and idx.class_names == DEMO_CLASSES and len(idx.entries) == 24
@@ -193,7 +193,7 @@ def test_bad_arguments_name_the_value(tmp_path, kwargs, match):
 
 
 def test_demo_set_indexes_as_ham10000(ham):
-    from bottleneck.dataset import build_index
+    from bottleneck.images.index import build_index
 
     idx = build_index(ham.root)
     assert idx.source == "ham10000" and idx.metadata == ham.metadata

@@ -9,8 +9,18 @@ import time
 
 import pytest
 
-from bottleneck.files import (LINK_BROKEN, LINK_LOOP, LINK_OUTSIDE, NOT_REGULAR, is_hidden, scan_folder,
-                              sha256_file, walk_files, write_json_atomic, write_text_atomic)
+from bottleneck.util.files import (
+    LINK_BROKEN,
+    LINK_LOOP,
+    LINK_OUTSIDE,
+    NOT_REGULAR,
+    is_hidden,
+    scan_folder,
+    sha256_file,
+    walk_files,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def test_sha256_file_equals_hashlib_over_many_chunks(tmp_path):

@@ -3,11 +3,11 @@ import sys, shutil
 from pathlib import Path
 sys.path.insert(0, "tests")
 from conftest import write_image
-from bottleneck.dataset import build_index
-from bottleneck.extract import ExtractOptions, extract
-from bottleneck.heads import HeadConfig
-from bottleneck.runs import RunOptions, train_head_run
-from bottleneck.splits import SplitSpec
+from bottleneck.images.index import build_index
+from bottleneck.extract.run import ExtractOptions, extract
+from bottleneck.heads.model import HeadConfig
+from bottleneck.runs.train import RunOptions, train_head_run
+from bottleneck.heads.splits import SplitSpec
 
 out = Path(sys.argv[1])
 shutil.rmtree(out, ignore_errors=True)

@@ -1,0 +1,38 @@
+"""The HDF5 cache: its layout and reading (`store`, `checks`), safe writing (`writer`, `commit`, `journal`, `undo`,
+`row_keys`), shard merging (`merge`) and reading features within a memory budget (`features`).
+
+What other packages may use is named here; everything else is private to the package."""
+
+
+from .features import (
+                       GIB,
+                       ViewsReader,
+                       chunk_batches,
+                       default_memory_gb,
+                       features_fit,
+                       features_record,
+                       is_streamed,
+                       load_cache_within,
+                       resolve_memory_gb,
+                       take,
+)
+from .journal import utf8_ok
+from .merge import MergeResult, merge_caches
+from .store import (
+                       CacheConfig,
+                       CacheData,
+                       describe_cache,
+                       library_versions,
+                       load_cache,
+                       read_attrs,
+                       read_views,
+                       recorded_config,
+)
+from .writer import COMMIT_SECONDS, CacheWriter
+
+__all__ = [
+    "COMMIT_SECONDS", "CacheConfig", "CacheData", "CacheWriter", "GIB", "MergeResult", "ViewsReader", "chunk_batches",
+    "default_memory_gb", "describe_cache", "features_fit", "features_record", "is_streamed", "library_versions",
+    "load_cache", "load_cache_within", "merge_caches", "read_attrs", "read_views", "recorded_config",
+    "resolve_memory_gb", "take", "utf8_ok",
+]

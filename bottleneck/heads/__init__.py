@@ -1,0 +1,27 @@
+"""The classifier head on cached features (`model`), its callbacks, the grouped splits and CV folds (`splits`)
+and the class maps that define a task (`class_map`).
+
+What other packages may use is named here; everything else is private to the package."""
+
+
+from .callbacks import epoch_bar
+from .class_map import STAR, ClassMap, describe, map_classes, parse_class_map, recorded_map, run_class_names
+from .model import (
+                    OPTIMIZERS,
+                    HeadConfig,
+                    TrainedHead,
+                    class_weights,
+                    fit_head,
+                    fold_calibration,
+                    make_optimizer,
+                    parse_hidden,
+                    predict_proba,
+)
+from .splits import SPLITS, SplitSpec, check_split, load_split, make_split, save_split
+
+__all__ = [
+    "ClassMap", "HeadConfig", "OPTIMIZERS", "SPLITS", "STAR", "SplitSpec", "TrainedHead", "check_split",
+    "class_weights", "describe", "epoch_bar", "fit_head", "fold_calibration", "load_split", "make_optimizer",
+    "make_split", "map_classes", "parse_class_map", "parse_hidden", "predict_proba", "recorded_map",
+    "run_class_names", "save_split",
+]

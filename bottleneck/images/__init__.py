@@ -1,0 +1,17 @@
+"""From files to pixels: one image decoded by content (`decode`), the one decode -> resize -> batch pipeline
+(`pipeline`), the dataset index over class folders or a metadata CSV (`index`), and the stored augmented views
+(`views`).
+
+What other packages may use is named here; everything else is private to the package."""
+
+
+from .decode import load_image
+from .index import DatasetIndex, Entry, build_index, select_shard
+from .pipeline import decode_image, inference_batches, pad_batch, training_batches
+from .views import DIHEDRAL, apply_view, check_views, seeds_for, view_names, view_sampler
+
+__all__ = [
+    "DIHEDRAL", "DatasetIndex", "Entry", "apply_view", "build_index", "check_views", "decode_image",
+    "inference_batches", "load_image", "pad_batch", "seeds_for", "select_shard", "training_batches", "view_names",
+    "view_sampler",
+]

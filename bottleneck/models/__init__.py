@@ -1,0 +1,13 @@
+"""Backbone and head as one model from images: the classifier, fine-tuning (`finetune`, resumable through
+`checkpoints`), and serving it (`serve`: predict and export).
+
+What other packages may use is named here; everything else is private to the package."""
+
+
+from .finetune import FineTuneOptions, FineTuneResult, fine_tune, parse_unfreeze
+from .serve import ExportResult, PredictResult, export, predict
+
+__all__ = [
+    "ExportResult", "FineTuneOptions", "FineTuneResult", "PredictResult", "export", "fine_tune", "parse_unfreeze",
+    "predict",
+]
