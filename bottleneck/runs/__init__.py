@@ -1,0 +1,20 @@
+"""Runs of heads and what they write: the run directory (`directory`), train-head (`train`), evaluate, sweep
+(`grid`, `folds`, `leaderboard`), the plots, the report and the sanity checks.
+
+What other packages may use is named here; everything else is private to the package."""
+
+
+from .directory import (check_free, load_head, load_keras, predictions_frame, publish, read_config, restore_interrupted,
+                        staged, staging_dir, write_history)
+from .evaluate import EvalResult, evaluate_run
+from .plots import plot_confusion, plot_curves
+from .report import write_finetune_report
+from .sweep import GRID_KEYS, SweepOptions, SweepResult, expand_grid, format_leaderboard, grid_from_options, run_sweep
+from .train import RunOptions, RunResult, train_head_run
+
+__all__ = [
+    "EvalResult", "GRID_KEYS", "RunOptions", "RunResult", "SweepOptions", "SweepResult", "check_free", "evaluate_run",
+    "expand_grid", "format_leaderboard", "grid_from_options", "load_head", "load_keras", "plot_confusion",
+    "plot_curves", "predictions_frame", "publish", "read_config", "restore_interrupted", "run_sweep", "staged",
+    "staging_dir", "train_head_run", "write_finetune_report", "write_history",
+]
