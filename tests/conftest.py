@@ -181,9 +181,9 @@ OPTS = dict(epochs=3, patience=3, lr=1e-5, batch_size=8, augment=False, progress
 @pytest.fixture(scope="session")
 def ham_run(tmp_path_factory):
     """A HAM10000-style tree (9 lesions x 2 images, 3 classes), its vgg16/32px cache and a head run."""
-    from bottleneck.images.index import build_index
     from bottleneck.extract.run import ExtractOptions, extract
     from bottleneck.heads.model import HeadConfig
+    from bottleneck.images.index import build_index
     from bottleneck.runs.train import RunOptions, train_head_run
 
     tmp = tmp_path_factory.mktemp("ham")

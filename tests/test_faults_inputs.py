@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from bottleneck.cache.store import load_cache
-from bottleneck.images.index import build_index
 from bottleneck.errors import InputError
-from bottleneck.util.files import is_hidden, scan_folder
 from bottleneck.images.decode import IMAGE_EXTENSIONS
+from bottleneck.images.index import build_index
+from bottleneck.util.files import is_hidden, scan_folder
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -18,12 +18,12 @@ from conftest import TINY_ARGS, extract_opts, run_cli, write_image
 
 import bottleneck.cache.writer as cache_write
 import bottleneck.extract.run as extract_mod
-from bottleneck.cache.store import load_cache, read_failed
-from bottleneck.images.index import build_index
-from bottleneck.errors import BottleneckWarning, CacheError
-from bottleneck.extract.run import extract, make_config
-from bottleneck.extract.forward import NOT_UTF8
 from bottleneck.cache.journal import CRASH_ENV, DamagedBatch, Journal, check_batch, journal_dir, pending_batches
+from bottleneck.cache.store import load_cache, read_failed
+from bottleneck.errors import BottleneckWarning, CacheError
+from bottleneck.extract.forward import NOT_UTF8
+from bottleneck.extract.run import extract, make_config
+from bottleneck.images.index import build_index
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[1]))
 CLI = [sys.executable, "-m", "bottleneck", "extract"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..stats import group_keys
 from ..util import check_split_file
 
 SPLITS = ("train", "val", "test")
@@ -59,7 +60,7 @@ def make_split(labels: np.ndarray, groups: np.ndarray, image_ids: np.ndarray, cl
                          "at least two")
 
     # Group key: the group id when there is one, else the image id (sorted: independent of row order).
-    keys = np.array([f"g:{g}" if g else f"i:{i}" for g, i in zip(groups[labeled], image_ids[labeled])])
+    keys = group_keys(groups[labeled], image_ids[labeled])
     uniq, inverse = np.unique(keys, return_inverse=True)
     counts = np.bincount(labels[labeled], minlength=len(class_names))
     members: list[list[int]] = [[] for _ in uniq]

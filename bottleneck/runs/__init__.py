@@ -4,8 +4,18 @@
 What other packages may use is named here; everything else is private to the package."""
 
 
-from .directory import (check_free, load_head, load_keras, predictions_frame, publish, read_config, restore_interrupted,
-                        staged, staging_dir, write_history)
+from .directory import (
+                        check_free,
+                        load_head,
+                        load_keras,
+                        predictions_frame,
+                        publish,
+                        read_config,
+                        restore_interrupted,
+                        staged,
+                        staging_dir,
+                        write_history,
+)
 from .evaluate import EvalResult, evaluate_run
 from .plots import plot_confusion, plot_curves
 from .report import write_finetune_report

@@ -18,9 +18,7 @@ import numpy as np
 from ..cache import CacheConfig, CacheData
 from ..errors import BottleneckError, InputError
 from ..stats import decide
-from ..util import sha256_file
-from ..util import tensorflow
-from ..util import check_split_file, keras_layers, read_json_object
+from ..util import check_split_file, keras_layers, read_json_object, sha256_file, tensorflow
 
 
 def check_free(out: Path, overwrite: bool, what: str = "run directory") -> None:
@@ -166,8 +164,8 @@ def load_keras(path: Path):
 
 def load_head(run_dir: Path, config: dict, calibrate: bool = True):
     """head.keras of a run; calibrate=False takes out the calibration folded into it (--no-calibrate)."""
-    from ..stats import Calibration
     from ..heads import fold_calibration
+    from ..stats import Calibration
 
     head = load_keras(run_dir / "head.keras")
     calibration = Calibration.from_record(config.get("calibration"))

@@ -11,20 +11,37 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import CacheConfig, CacheData, load_cache
-from ..heads import STAR, ClassMap, map_classes, recorded_map, run_class_names
+from ..cache import (
+    GIB,
+    CacheConfig,
+    CacheData,
+    features_record,
+    is_streamed,
+    load_cache,
+    load_cache_within,
+    resolve_memory_gb,
+    take,
+)
 from ..errors import CacheMismatchError, InputError
-from ..cache import GIB, features_record, is_streamed, load_cache_within, resolve_memory_gb, take
+from ..heads import STAR, ClassMap, load_split, map_classes, predict_proba, recorded_map, run_class_names
+from ..stats import (
+    DecisionRule,
+    binary_stats,
+    binary_support,
+    bootstrap,
+    bootstrap_record,
+    calibration_figures,
+    compute_metrics,
+    decide,
+    metric_intervals,
+    positive_index,
+    resampling_units,
+)
 from ..util import sha256_file, write_json_atomic
-from ..stats import (DecisionRule, binary_stats, binary_support, bootstrap, bootstrap_record, calibration_figures,
-                     metric_intervals, positive_index, resampling_units)
-from ..heads import predict_proba
-from ..stats import compute_metrics, decide
+from .directory import load_run, predictions_frame, restore_interrupted, staged
 from .plots import plot_confusion
 from .report import write_eval_report
-from .directory import load_run, predictions_frame, restore_interrupted, staged
 from .train import require_views, tta_proba
-from ..heads import load_split
 
 LEAKING = ("train", "val")  # the splits a head learned from (val picks the epoch; a final fit trains on it)
 # Sources whose group ids name lesions in one namespace: ISIC 2019's lesion_id column reuses HAM10000's ids.

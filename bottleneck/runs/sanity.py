@@ -12,8 +12,8 @@ import warnings
 
 import numpy as np
 
-from ..errors import BottleneckWarning
 from ..cache import is_streamed
+from ..errors import BottleneckWarning
 
 CONSTANT_STD = 1e-6  # a feature whose std over the training rows is below this carries nothing
 CONSTANT_SHARE = 0.99  # of the dimensions: more than this constant, and the features are

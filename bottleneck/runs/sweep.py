@@ -25,16 +25,24 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..cache import CacheData, read_views
-from ..heads import ClassMap, map_classes
+from ..cache import GIB, CacheData, features_fit, is_streamed, load_cache_within, read_views, resolve_memory_gb, take
 from ..errors import InputError
-from ..cache import GIB, features_fit, is_streamed, load_cache_within, resolve_memory_gb, take
+from ..heads import (
+    ClassMap,
+    HeadConfig,
+    SplitSpec,
+    TrainedHead,
+    fit_head,
+    load_split,
+    map_classes,
+    parse_hidden,
+    predict_proba,
+    save_split,
+)
+from ..stats import compute_metrics, fmt, group_keys
 from ..util import sha256_file, write_json_atomic
-from ..heads import HeadConfig, TrainedHead, fit_head, parse_hidden, predict_proba
-from ..stats import compute_metrics, fmt
 from .directory import write_history
 from .train import RunOptions, fit_and_write, require_views, resolve_split, task_map, tta_proba
-from ..heads import SplitSpec, load_split, save_split
 
 METRICS = ("balanced_accuracy", "accuracy", "roc_auc_macro", "melanoma_sensitivity")
 
@@ -146,7 +154,7 @@ def make_folds(data: CacheData, split: np.ndarray, k: int, seed: int) -> np.ndar
 
     dev = np.flatnonzero(np.isin(split, ("train", "val")))
     y = data.labels[dev]
-    groups = np.array([g or f"i:{i}" for g, i in zip(data.groups[dev], data.image_ids[dev])])
+    groups = group_keys(data.groups[dev], data.image_ids[dev])
     for c in np.unique(y):
         n_groups = len(set(groups[y == c]))
         if n_groups < k:
@@ -162,10 +170,6 @@ def make_folds(data: CacheData, split: np.ndarray, k: int, seed: int) -> np.ndar
 EARLY_STOP_FRACTION = 0.15  # of a CV fold's training groups, per class stratum: its early-stopping slice
 
 
-def _group_keys(data: CacheData, rows: np.ndarray) -> np.ndarray:
-    return np.array([f"g:{g}" if g else f"i:{i}" for g, i in zip(data.groups[rows], data.image_ids[rows])])
-
-
 def early_stopping_slice(data: CacheData, rows: np.ndarray, seed, fraction: float = EARLY_STOP_FRACTION,
                          where: str = " of a CV fold", fix: str = "use fewer --folds, or --folds 0"
                          ) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +181,7 @@ def early_stopping_slice(data: CacheData, rows: np.ndarray, seed, fraction: floa
     (split seed, fold)) and the data decide, not the row order."""
     rows = np.asarray(rows)
     labels = data.labels[rows]
-    uniq, inverse = np.unique(_group_keys(data, rows), return_inverse=True)  # sorted: row order does not matter
+    uniq, inverse = np.unique(group_keys(data.groups[rows], data.image_ids[rows]), return_inverse=True)  # sorted: row order does not matter
     n_classes = len(data.class_names)
     rarest_first = np.lexsort((np.arange(n_classes), np.bincount(labels, minlength=n_classes)))
     place = np.empty(n_classes, int)

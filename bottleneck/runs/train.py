@@ -15,23 +15,59 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import CacheData, library_versions, read_views
-from ..heads import epoch_bar
-from ..heads import ClassMap, map_classes, recorded_map
+from ..cache import (
+    GIB,
+    CacheData,
+    ViewsReader,
+    features_record,
+    is_streamed,
+    library_versions,
+    load_cache_within,
+    read_views,
+    resolve_memory_gb,
+    take,
+)
 from ..errors import InputError
-from ..cache import GIB, ViewsReader, features_record, is_streamed, load_cache_within, resolve_memory_gb, take
-from ..stats import (Calibration, ClinicalOptions, calibration_figures, check_target, choose_threshold,
-                     clinical_results, few_groups_warning, limitations, positive_index, small_class_warnings,
-                     subgroup_columns, warn)
-from ..heads import HeadConfig, TrainedHead, class_weights, fit_head, fold_calibration, predict_proba
-from ..stats import decide, evaluate_splits
-from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
-from .sanity import run_warnings
-from .report import write_head_report
+from ..heads import (
+    SPLITS,
+    ClassMap,
+    HeadConfig,
+    SplitSpec,
+    TrainedHead,
+    check_split,
+    class_weights,
+    epoch_bar,
+    fit_head,
+    fold_calibration,
+    load_split,
+    make_split,
+    map_classes,
+    predict_proba,
+    recorded_map,
+    save_split,
+)
+from ..images import view_sampler
+from ..stats import (
+    Calibration,
+    ClinicalOptions,
+    calibration_figures,
+    check_target,
+    choose_threshold,
+    clinical_results,
+    decide,
+    evaluate_splits,
+    few_groups_warning,
+    limitations,
+    positive_index,
+    small_class_warnings,
+    subgroup_columns,
+    warn,
+)
 from ..util import write_json_atomic
 from .directory import cache_record, check_free, predictions_frame, read_config, staged, write_history
-from ..heads import SPLITS, SplitSpec, check_split, load_split, make_split, save_split
-from ..images import view_sampler
+from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
+from .report import write_head_report
+from .sanity import run_warnings
 
 EVAL_SPLITS = ("val", "test")
 

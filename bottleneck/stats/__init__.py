@@ -23,17 +23,17 @@ from .clinical import (
                        metric_intervals,
                        parse_subgroups,
                        positive_index,
-                       resampling_units,
                        small_class_warnings,
                        subgroup_columns,
                        warn,
 )
 from .metrics import compute_metrics, decide, evaluate_splits, fmt, format_table
+from .units import group_keys, resampling_units
 
 __all__ = [
     "Calibration", "ClinicalOptions", "DecisionRule", "TARGET_SENSITIVITY", "binary_stats", "binary_support",
     "bootstrap", "bootstrap_record", "calibration_figures", "check_target", "choose_threshold", "clinical_results",
-    "compute_metrics", "decide", "evaluate_splits", "few_groups_warning", "fmt", "format_table", "limitations",
+    "compute_metrics", "decide", "evaluate_splits", "few_groups_warning", "fmt", "format_table", "group_keys", "limitations",
     "metric_intervals", "parse_subgroups", "positive_index", "resampling_units", "small_class_warnings",
     "subgroup_columns", "warn",
 ]

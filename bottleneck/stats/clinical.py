@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import BottleneckWarning, InputError
 from .metrics import compute_metrics, decide, melanoma_index
+from .units import resampling_units
 
 RESAMPLES = 1000  # bootstrap resamples of every interval
 LEVEL = 0.95  # two-sided percentile intervals
@@ -37,12 +38,6 @@ UNKNOWN = "unknown"
 
 
 # ---------------------------------------------------------------------------------------------- bootstrap
-
-def resampling_units(groups: np.ndarray) -> np.ndarray:
-    """(N,) index of each row's resampling unit: its group (lesion/patient), or the row itself without one."""
-    keys = np.asarray([f"g{g}" if g else f"r{i}" for i, g in enumerate(groups)], dtype=str)
-    return np.unique(keys, return_inverse=True)[1].reshape(-1) if len(keys) else np.zeros(0, dtype=np.int64)
-
 
 def resample_weights(units: np.ndarray, resamples: int, seed: int):
     """Blocks of (b, N) row weights, one row per resample: how often each row's unit was drawn."""

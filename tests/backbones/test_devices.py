@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import run_cli, write_image
 
-from bottleneck.cache.store import load_cache
 from bottleneck.backbones.devices import resolve_devices
+from bottleneck.cache.store import load_cache
 from bottleneck.errors import InputError
 
 GPUS = ["/device:GPU:0", "/device:GPU:1"]

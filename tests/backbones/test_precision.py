@@ -13,15 +13,22 @@ import pytest
 from conftest import OPTS, REAL_FASTEST_NATIVE, TINY_ARGS, extract_opts, run_cli, write_image
 
 from bottleneck.backbones import precision
+from bottleneck.backbones.precision import (
+    cpu_flags,
+    fastest_native,
+    model_precision,
+    native_bf16,
+    resolve_precision,
+    resolve_xla,
+)
 from bottleneck.backbones.registry import create_backbone
 from bottleneck.cache.store import load_cache
-from bottleneck.models.classifier import set_precision
-from bottleneck.images.index import build_index
 from bottleneck.errors import BottleneckWarning, InputError
 from bottleneck.extract.run import extract
-from bottleneck.backbones.precision import cpu_flags, fastest_native, model_precision, native_bf16, resolve_precision, resolve_xla
-from bottleneck.runs.directory import load_keras
+from bottleneck.images.index import build_index
+from bottleneck.models.classifier import set_precision
 from bottleneck.models.serve import load_served
+from bottleneck.runs.directory import load_keras
 
 # /proc/cpuinfo lines of the two kinds of machine we run on (flags shortened)
 EPYC_BF16 = "processor\t: 0\ncpu family\t: 25\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"

@@ -5,7 +5,14 @@ import socket
 import numpy as np
 import pytest
 
-from bottleneck.backbones.registry import REGISTRY, create_backbone, get_spec, layer_groups, list_backbones, parse_weights
+from bottleneck.backbones.registry import (
+    REGISTRY,
+    create_backbone,
+    get_spec,
+    layer_groups,
+    list_backbones,
+    parse_weights,
+)
 from bottleneck.errors import InputError, WeightsError
 
 

@@ -12,9 +12,6 @@ import numpy as np
 import pytest
 from conftest import feature_cache, run_cli
 
-from bottleneck.cache.store import load_cache
-from bottleneck.errors import InputError
-from bottleneck.runs.evaluate import evaluate_run
 from bottleneck.cache.features import (
     FeatureReader,
     check_memory_gb,
@@ -24,9 +21,12 @@ from bottleneck.cache.features import (
     load_cache_within,
     total_memory_bytes,
 )
+from bottleneck.cache.store import load_cache
+from bottleneck.errors import InputError
 from bottleneck.heads.model import HeadConfig, fit_head, predict_proba
-from bottleneck.runs.train import RunOptions, train_head_run
 from bottleneck.images.views import view_sampler
+from bottleneck.runs.evaluate import evaluate_run
+from bottleneck.runs.train import RunOptions, train_head_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:features of .* streaming them")  # the notice the CLI prints
 

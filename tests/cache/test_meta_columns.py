@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from conftest import TINY_ARGS, file_digest, run_cli, write_image
 
+from bottleneck.cache.features import load_cache_within
+from bottleneck.cache.journal import Journal, pending_batches
 from bottleneck.cache.store import CacheConfig, check_readable, describe_cache, load_cache, read_attrs
 from bottleneck.cache.writer import CacheWriter
 from bottleneck.errors import BottleneckWarning, CacheError
-from bottleneck.cache.features import load_cache_within
-from bottleneck.cache.journal import Journal, pending_batches
 
 # A clinic's export: id, label and group columns, and metadata with a missing value, spaces to strip, a comma.
 HEADER = "image,diagnosis,patient,age,sex,site,note"

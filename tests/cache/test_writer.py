@@ -19,11 +19,11 @@ import pytest
 from conftest import TINY_ARGS, extract_opts, feature_cache, file_digest, run_cli, write_image
 
 from bottleneck.cache.store import journal_dir, load_cache, pending_batches, read_failed
+from bottleneck.cache.undo import CRASH_ENV, undo_path
 from bottleneck.cache.writer import CacheWriter
-from bottleneck.images.index import build_index
 from bottleneck.errors import CacheLockedError, CacheMismatchError
 from bottleneck.extract.run import extract, make_config
-from bottleneck.cache.undo import CRASH_ENV, undo_path
+from bottleneck.images.index import build_index
 
 
 @pytest.mark.parametrize("change, named", [

@@ -70,8 +70,8 @@ def test_ray_engine_writes_the_local_cache(ray_instance, tree_with_bad_image, tm
 def test_ray_rerun_skips_the_cache_and_local_extends_it(ray_instance, class_tree, tmp_path):
     from conftest import write_image
 
-    from bottleneck.images.index import build_index
     from bottleneck.extract.run import extract
+    from bottleneck.images.index import build_index
 
     opts = extract_opts(tmp_path, engine="ray")
     first = extract(build_index(class_tree), opts)

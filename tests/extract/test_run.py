@@ -12,10 +12,10 @@ from conftest import TINY_ARGS, extract_opts, file_digest, make_ham, run_cli, wr
 
 from bottleneck.backbones.registry import create_backbone, get_spec
 from bottleneck.cache.store import load_cache, read_failed
-from bottleneck.images.index import build_index
 from bottleneck.errors import ImageDecodeError
 from bottleneck.extract.run import ExtractOptions, extract
 from bottleneck.images.decode import load_image
+from bottleneck.images.index import build_index
 
 
 def model_features(o: ExtractOptions, paths) -> np.ndarray:

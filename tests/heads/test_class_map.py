@@ -11,8 +11,8 @@ import pytest
 from conftest import feature_cache, restamp, run_cli
 
 from bottleneck.cache.store import load_cache
-from bottleneck.heads.class_map import map_classes, parse_class_map
 from bottleneck.errors import InputError
+from bottleneck.heads.class_map import map_classes, parse_class_map
 
 COUNTS = {"bcc": 30, "mel": 30, "nv": 60}
 FAST = ["--hidden", "16", "--epochs", "6", "--patience", "3", "--quiet"]

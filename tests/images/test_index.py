@@ -1,8 +1,8 @@
 import pytest
 from conftest import hostile_tree, make_ham, write_image
 
-from bottleneck.images.index import build_index, select_shard
 from bottleneck.errors import InputError
+from bottleneck.images.index import build_index, select_shard
 
 
 def test_class_folders_keep_names_as_they_are(class_tree):

@@ -8,8 +8,8 @@ import pytest
 from conftest import write_image
 
 from bottleneck.errors import ImageDecodeError
-from bottleneck.images.pipeline import augment_image, inference_batches, pad_batch, training_batches
 from bottleneck.images.decode import load_image
+from bottleneck.images.pipeline import augment_image, inference_batches, pad_batch, training_batches
 
 SIZE = 16
 

@@ -11,15 +11,15 @@ from conftest import TINY, make_ham, write_image
 
 from bottleneck.backbones.registry import create_backbone, get_spec
 from bottleneck.cache.store import load_cache, read_views
-from bottleneck.images.index import build_index
 from bottleneck.errors import InputError
-from bottleneck.runs.evaluate import evaluate_run
 from bottleneck.extract.run import ExtractOptions, extract
 from bottleneck.heads.model import HeadConfig, predict_proba
 from bottleneck.images.decode import load_image
-from bottleneck.runs.directory import load_run
-from bottleneck.runs.train import RunOptions, train_head_run, tta_proba
+from bottleneck.images.index import build_index
 from bottleneck.images.views import view_sampler
+from bottleneck.runs.directory import load_run
+from bottleneck.runs.evaluate import evaluate_run
+from bottleneck.runs.train import RunOptions, train_head_run, tta_proba
 
 FAST = HeadConfig(epochs=4, patience=3, hidden=(32,))
 

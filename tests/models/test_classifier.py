@@ -10,8 +10,8 @@ import pytest
 
 from bottleneck.backbones.registry import REGISTRY, get_spec, layer_groups
 from bottleneck.cache.store import CacheConfig
-from bottleneck.models.classifier import assemble_model, preprocess_layer, rebuild_backbone, unfreeze
 from bottleneck.errors import InputError, WeightsError
+from bottleneck.models.classifier import assemble_model, preprocess_layer, rebuild_backbone, unfreeze
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -13,8 +13,8 @@ from conftest import OPTS, run_cli, train_loss
 
 from bottleneck.backbones.registry import get_spec, layer_groups
 from bottleneck.cache.store import CacheConfig
-from bottleneck.models.classifier import assemble_model, rebuild_backbone
 from bottleneck.errors import InputError
+from bottleneck.models.classifier import assemble_model, rebuild_backbone
 from bottleneck.models.finetune import FineTuneOptions, fine_tune
 from bottleneck.runs.directory import load_run
 

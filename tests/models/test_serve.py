@@ -13,8 +13,8 @@ import bottleneck.models.serve as serve
 from bottleneck.cache.store import load_cache
 from bottleneck.errors import BottleneckError
 from bottleneck.heads.model import predict_proba
-from bottleneck.runs.directory import load_run, read_config
 from bottleneck.models.serve import export, predict
+from bottleneck.runs.directory import load_run, read_config
 
 
 def head_on_cache(ham_run) -> dict[str, np.ndarray]:

@@ -8,12 +8,20 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import feature_cache
 
 from bottleneck.cache.store import load_cache
 from bottleneck.errors import InputError
-from bottleneck.runs.directory import (check_free, predictions_frame, publish, read_config, stage, staged, staging_dir,
-                               write_history)
-from conftest import feature_cache
+from bottleneck.runs.directory import (
+    check_free,
+    predictions_frame,
+    publish,
+    read_config,
+    stage,
+    staged,
+    staging_dir,
+    write_history,
+)
 
 
 def make_run(path, text="old"):

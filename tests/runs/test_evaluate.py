@@ -8,13 +8,13 @@ import json
 import h5py
 import numpy as np
 import pytest
+from conftest import feature_cache, run_cli
 
 from bottleneck.errors import CacheMismatchError
 from bottleneck.heads.class_map import resolve
-from bottleneck.runs.evaluate import by_name, evaluate_run
 from bottleneck.heads.model import HeadConfig
+from bottleneck.runs.evaluate import by_name, evaluate_run
 from bottleneck.runs.train import RunOptions, train_head_run
-from conftest import feature_cache, run_cli
 
 FAST = HeadConfig(epochs=8, patience=4)
 

@@ -11,11 +11,11 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
-from bottleneck.runs.evaluate import evaluate_run
-from bottleneck.heads.model import HeadConfig
-from bottleneck.runs.train import RunOptions, train_head_run
 from conftest import feature_cache, restamp, run_cli
+
+from bottleneck.heads.model import HeadConfig
+from bottleneck.runs.evaluate import evaluate_run
+from bottleneck.runs.train import RunOptions, train_head_run
 
 COUNTS = {"bcc": 30, "mel": 30, "nv": 60}  # nv is the training majority
 

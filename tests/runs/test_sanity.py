@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-
-from bottleneck.errors import BottleneckWarning
-from bottleneck.cache.features import load_cache_within
-from bottleneck.stats.metrics import compute_metrics
-from bottleneck.runs.sanity import feature_spread, feature_warnings, prediction_warnings
 from conftest import feature_cache, run_cli
+
+from bottleneck.cache.features import load_cache_within
+from bottleneck.errors import BottleneckWarning
+from bottleneck.runs.sanity import feature_spread, feature_warnings, prediction_warnings
+from bottleneck.stats.metrics import compute_metrics
 
 NAMES = ["bcc", "mel", "nv"]
 

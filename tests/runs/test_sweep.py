@@ -9,17 +9,27 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import feature_cache
 from typer.testing import CliRunner
 
 from bottleneck.cache.store import load_cache
 from bottleneck.cli import app
 from bottleneck.errors import InputError
-from bottleneck.runs.train import resolve_split
-from bottleneck.heads.splits import SplitSpec
 from bottleneck.heads.model import HeadConfig
-from bottleneck.runs.sweep import (SweepOptions, _bind, cv_parts, early_stopping_slice, expand_grid, fit_part,
-                              load_grid_toml, make_folds, parse_values, run_sweep)
-from conftest import feature_cache
+from bottleneck.heads.splits import SplitSpec
+from bottleneck.runs.sweep import (
+    SweepOptions,
+    _bind,
+    cv_parts,
+    early_stopping_slice,
+    expand_grid,
+    fit_part,
+    load_grid_toml,
+    make_folds,
+    parse_values,
+    run_sweep,
+)
+from bottleneck.runs.train import resolve_split
 
 runner = CliRunner()
 SMALL = dict(epochs=[6], patience=[3])

@@ -8,16 +8,16 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY, feature_cache, make_ham, run_cli
 from PIL import Image
 
 from bottleneck.cache.store import load_cache
-from bottleneck.images.index import build_index
 from bottleneck.errors import InputError
 from bottleneck.extract.run import ExtractOptions, extract
 from bottleneck.heads.model import HeadConfig
+from bottleneck.images.index import build_index
 from bottleneck.runs.directory import load_run
 from bottleneck.runs.train import RunOptions, train_head_run
-from conftest import TINY, feature_cache, make_ham, run_cli
 
 FAST = HeadConfig(epochs=8, patience=4)
 

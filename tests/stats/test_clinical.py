@@ -11,6 +11,7 @@ import pytest
 from conftest import feature_cache, run_cli
 from PIL import Image
 
+from bottleneck.errors import InputError
 from bottleneck.stats.clinical import (
     Calibration,
     age_band,
@@ -27,7 +28,6 @@ from bottleneck.stats.clinical import (
     softmax,
     weighted_auc,
 )
-from bottleneck.errors import InputError
 from bottleneck.stats.metrics import compute_metrics, decide
 
 # --- the bootstrap ------------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bottleneck.synthetic.demo_data import DEMO_CLASSES, HAM10000_COLUMNS, MARKER_NAME, make_demo_dataset
 from bottleneck.errors import InputError
+from bottleneck.synthetic.demo_data import DEMO_CLASSES, HAM10000_COLUMNS, MARKER_NAME, make_demo_dataset
 
 SMALL = dict(images_per_class=6, image_size=48)
 
