@@ -82,6 +82,7 @@ class Replicas:
         tf = tensorflow()
         k = self.count
         xs, ss = tf.split(x, k), tf.split(seeds, k)
-        dist_x = self.strategy.experimental_distribute_values_from_function(lambda ctx: xs[ctx.replica_id_in_sync_group])
-        dist_s = self.strategy.experimental_distribute_values_from_function(lambda ctx: ss[ctx.replica_id_in_sync_group])
+        spread = self.strategy.experimental_distribute_values_from_function
+        dist_x = spread(lambda ctx: xs[ctx.replica_id_in_sync_group])
+        dist_s = spread(lambda ctx: ss[ctx.replica_id_in_sync_group])
         return self.strategy.gather(self.strategy.run(fn, args=(dist_x, dist_s)), axis=0)

@@ -143,7 +143,7 @@ def _construct(build, name: str, ref: WeightsRef, size: int, pooling: str):
     if ref.kind == "imagenet":
         try:
             model = build(weights="imagenet", **kwargs)
-        except Exception as exc:  # the download raises many types (URL, SSL, HTTP, OSError)
+        except Exception as exc:  # noqa: BLE001 -- the download raises many types (URL, SSL, HTTP, OSError)
             raise WeightsError(
                 f"could not obtain ImageNet weights for {name} ({type(exc).__name__}: {exc}); this machine may be "
                 "offline. Pass --weights PATH to a local weights file (e.g. Keras' *_notop.h5 for this backbone) "

@@ -110,7 +110,8 @@ def check_split(paths: list[Path], attrs: list[dict], out: Path | None = None, o
                                          "or another version of its metadata; merge the shards of one extraction")
             elif n != ref[2]:
                 raise CacheMismatchError(f"cache {p} is shard {s} but {ref[0]} is shard {ref[3]} of the same index: "
-                                         f"shards of different splits overlap; extract every shard with --shard I/{ref[2]}")
+                                         "shards of different splits overlap; extract every shard with "
+                                         f"--shard I/{ref[2]}")
             if s in held and counts_twice:
                 raise InputError(f"shard {s} of index {fp[:12]}... is passed twice: {held[s]} and {p}; pass each "
                                  "shard once")
@@ -183,9 +184,9 @@ def _copy(out: Path, paths: list[Path], config: CacheConfig, info: dict, batch_r
             for start in range(0, len(d.labels), batch_rows):
                 sl = slice(start, start + batch_rows)
                 metas = [{c: str(v[k]) for c, v in d.meta.items()} for k in range(*sl.indices(len(d.labels)))]
-                rows = [dict(image_id=i, path=p, label=d.class_names[l] if l >= 0 else None, group=g, sha256=s,
+                rows = [dict(image_id=i, path=p, label=d.class_names[lab] if lab >= 0 else None, group=g, sha256=s,
                              width=int(w), height=int(h), meta=m)
-                        for i, p, l, g, s, (w, h), m in zip(d.image_ids[sl], d.paths[sl], d.labels[sl], d.groups[sl],
+                        for i, p, lab, g, s, (w, h), m in zip(d.image_ids[sl], d.paths[sl], d.labels[sl], d.groups[sl],
                                                             d.sha256[sl], d.sizes[sl], metas)]
                 views = views_all[sl] if views_all is not None else None
                 writer.write_batch(rows, d.features[sl], views=views, view_lo=1 if views is not None else 0)

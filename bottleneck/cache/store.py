@@ -222,7 +222,8 @@ def load_cache(path: str | Path, dtype=np.float32, features: bool = True) -> Cac
             path=path, config=CacheConfig.from_attrs(attrs), class_names=json.loads(attrs["class_names"]),
             features=(f["features"][:n] if features else np.zeros((0, f["features"].shape[1]))).astype(dtype),
             labels=f["label"][:n].astype(np.int32),
-            image_ids=decode_strings(f["image_id"][:n]), paths=decode_strings(f["path"][:n]), groups=decode_strings(f["group"][:n]),
+            image_ids=decode_strings(f["image_id"][:n]), paths=decode_strings(f["path"][:n]),
+            groups=decode_strings(f["group"][:n]),
             sha256=decode_strings(f["sha256"][:n]), sizes=f["orig_size"][:n].astype(np.int32), attrs=attrs,
             views_ok=f["views_ok"][:n].astype(bool) if "views_ok" in f else np.zeros(n, bool),
             meta={c: decode_strings(f[meta_dataset(c)][:n]) for c in stored_meta_columns(f)})

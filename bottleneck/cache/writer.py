@@ -286,7 +286,7 @@ class CacheWriter:
                 raise out.error
             out.closed = True
             os.fsync(fd)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- any failure: the new file is removed, the error re-raised
             drop_tracebacks(exc)
             gc.collect()  # h5py objects held by the traceback close now, while writes are still discarded
             tmp.unlink(missing_ok=True)

@@ -257,7 +257,7 @@ def _write_artifact(model, fmt: str, tmp: Path):
         return lambda x: loaded.serve(tf.constant(x)).numpy()
     try:
         flat = tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
-    except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError, ...
+    except Exception as exc:  # noqa: BLE001 -- the converter raises ConverterError, ValueError, RuntimeError, ...
         raise BottleneckError(f"the TFLite converter failed on this model ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}); export --format savedmodel and "
                               "convert it with a newer TensorFlow") from None
