@@ -1,10 +1,12 @@
-"""`bottleneck bench`: the synthetic data it times (`data`), the timed parts (`parts`) and the printed table
-(`report`).
+"""`bottleneck bench`: the synthetic data it times (`data`), the timed parts (`parts`), the limits a rate is compared
+with (`ceilings`) and the printed table (`report`).
 
 What other packages may use is named here; everything else is private to the package."""
 
 
-from .parts import PARTS, BenchOptions, format_results, parse_sizes, run_bench
+from .data import BenchOptions, parse_sizes
+from .parts import PARTS, run_bench
+from .report import format_results
 
 __all__ = [
     "BenchOptions", "PARTS", "format_results", "parse_sizes", "run_bench",

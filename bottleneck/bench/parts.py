@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..backbones import BF16_FLAGS, cpu_flags, create_backbone, fastest_native, has_gpu, resolve_xla
-from ..cache import CacheConfig, CacheWriter, library_versions, load_cache
+from ..backbones import create_backbone, fastest_native, has_gpu, resolve_xla
+from ..cache import CacheConfig, CacheWriter, load_cache
 from ..errors import InputError
 from ..extract import ExtractOptions, extract, make_config, make_forward
 from ..heads import HeadConfig, fit_head
@@ -43,50 +40,11 @@ from ..images import build_index, inference_batches, load_image, pad_batch
 from ..runs import RunOptions, SweepOptions, expand_grid, run_sweep, train_head_run
 from ..synthetic import make_demo_dataset
 from ..util import tensorflow
+from .ceilings import decode_ceiling, forward_flops, matmul_flops_per_s
+from .data import BenchOptions, synthetic_features, synthetic_rows, write_bench_images, write_synthetic_cache
+from .report import machine_info
 
 PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow", "ray")
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    rows: int = 10_000
-    dim: int = 2048
-    classes: int = 7
-    epochs: int = 5
-    backbone: str = "inception_v3"
-    image_size: int | None = None
-    images: int = 256  # extraction figures; steady state is timed after the first batch
-    batch_size: int = 32
-    sweep_epochs: int = 3  # per configuration in the sweep benchmark (fixed: no early stopping)
-    grow_rows: tuple[int, ...] = (100_000, 1_000_000)  # cache sizes the `grow` part adds 1% to
-    seed: int = 0
-
-
-def synthetic_features(rows: int, dim: int, classes: int, seed: int = 0):
-    """HAM10000-like class imbalance (67% one class), groups of ~1.4 images, class-dependent means."""
-    rng = np.random.default_rng(seed)
-    shares = np.array([0.67, 0.11, 0.11, 0.05, 0.03, 0.015, 0.015])[:classes]
-    shares = shares / shares.sum()
-    y = rng.choice(classes, size=rows, p=shares)
-    centers = rng.normal(0, 0.3, size=(classes, dim))
-    x = np.abs(centers[y] + rng.normal(0, 1, size=(rows, dim))).astype(np.float16)  # (N, D) like ReLU features
-    groups = np.array([f"L{i // 2 if i % 3 else i}" for i in range(rows)], dtype=object)
-    return x, y, groups
-
-
-def write_synthetic_cache(path: Path, opts: BenchOptions) -> Path:
-    x, y, groups = synthetic_features(opts.rows, opts.dim, opts.classes, opts.seed)
-    names = [f"class{c}" for c in range(opts.classes)]
-    # input_size 1: no image is ever read; the smallest size a valid cache records
-    config = CacheConfig(backbone="synthetic", weights="none", weights_sha256="", seed=opts.seed, input_size=1,
-                         pooling="avg", preprocessing="none", dtype="float16", num_features=opts.dim)
-    with CacheWriter(path, config, {"dataset": "bench"}, tuple(names)) as w:
-        for start in range(0, opts.rows, 4096):
-            sl = slice(start, start + 4096)
-            w.write_batch([dict(image_id=f"b{i}", path=f"b{i}.jpg", label=names[y[i]], group=groups[i],
-                                sha256=f"{i:064x}", width=600, height=450) for i in range(*sl.indices(opts.rows))],
-                          x[sl])
-    return path
 
 
 def bench_head_epoch(opts: BenchOptions) -> dict:
@@ -120,56 +78,6 @@ def bench_train_head_run(opts: BenchOptions, workdir: Path) -> dict:
     seconds = time.perf_counter() - start
     epochs = json.loads((r.run_dir / "config.json").read_text())["epochs_run"]
     return {"seconds": seconds, "epochs_run": epochs, "train_seconds": r.seconds}
-
-
-def write_bench_images(folder: Path, n: int, seed: int = 0, start: int = 0) -> Path:
-    """`n` HAM10000-sized (600 x 450) JPEGs in two class folders: smooth colour fields plus sensor-like noise at
-    quality 90, so that decoding costs about what a real dermoscopy photo costs (a flat synthetic image decodes
-    several times faster)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed + start)
-    for i in range(start, start + n):
-        base = Image.fromarray(rng.integers(40, 220, (6, 8, 3), dtype=np.uint8)).resize((600, 450), Image.BICUBIC)
-        pixels = np.asarray(base, np.float32) + rng.normal(0, 8, (450, 600, 3))
-        path = folder / ("mel" if i % 2 else "nv") / f"img{i:06d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
-    return folder
-
-
-def forward_flops(model) -> float:
-    """Multiply-adds x 2 of one image through `model`'s convolutions and dense layers (the rest is noise)."""
-    total = 0.0
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
-            continue
-        out = layer.output.shape  # (None, H, W, C) or (None, C)
-        kernel = layer.weights[0].shape  # (kh, kw, cin, cout), (kh, kw, cin, mult) or (in, out)
-        if kind == "Dense":
-            total += 2.0 * kernel[0] * kernel[1]
-        elif kind == "DepthwiseConv2D":
-            total += 2.0 * out[1] * out[2] * out[3] * kernel[0] * kernel[1]
-        else:
-            total += 2.0 * out[1] * out[2] * out[3] * kernel[0] * kernel[1] * kernel[2]
-    return total
-
-
-def matmul_flops_per_s(precision: str, n: int = 2048, repeats: int = 3) -> float:
-    """FLOP/s of an n x n matrix product in `precision` on this machine: the ceiling a convolution lowers to."""
-    tf = tensorflow()
-    dtype = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[precision]
-    a = tf.random.stateless_normal((n, n), (1, 2), dtype=tf.float32)
-    a = tf.cast(a, dtype)
-    matmul = tf.function(lambda x: tf.reduce_sum(tf.cast(tf.matmul(x, x), tf.float32)))
-    matmul(a).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best
 
 
 def _forward_rate(forward, batches: list, rounds: int = 1) -> float:
@@ -266,12 +174,6 @@ def bench_extraction(opts: BenchOptions, workdir: Path) -> dict:
         r["speedup_vs_float32"] = r["end_to_end_images_per_s"] / f32["end_to_end_images_per_s"]
     out["images_per_s"] = max(r["end_to_end_images_per_s"] for r in out["precisions"].values())
     return out
-
-
-def decode_ceiling(forward: float, decode: float, gpu: bool) -> float:
-    """The most `extract` could reach, as a fraction of the pure forward rate: on a GPU decoding runs beside the
-    forward pass and bounds it when slower; on a CPU it takes time from the same cores."""
-    return min(1.0, decode / forward) if gpu else 1 / (1 + forward / decode)
 
 
 def bench_variants(backbone: str) -> list[tuple[str, str]]:
@@ -418,26 +320,6 @@ def bench_views(opts: BenchOptions, workdir: Path, n_views: int = 7) -> dict:
             "bytes_per_view_per_image": (sizev - size0) / (n * n_views)}
 
 
-def parse_sizes(text: str) -> tuple[int, ...]:
-    """"100000,1000000" -> (100000, 1000000); each a positive integer."""
-    try:
-        sizes = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise InputError(f"--grow-rows should be comma-separated positive row counts like 100000,1000000; "
-                         f"received {text!r}")
-    return sizes
-
-
-def _grow_rows(start: int, n: int, dim: int):
-    """Synthetic rows start..start+n-1 and their (n, dim) features: cheap to make, distinct per row."""
-    rows = [dict(image_id=f"g{i:08d}", path=f"c{i % 7}/g{i:08d}.jpg", label=f"c{i % 7}", group=f"L{i // 2}",
-                 sha256=f"{i:064x}", width=600, height=450) for i in range(start, start + n)]
-    feats = np.broadcast_to(np.arange(start, start + n, dtype=np.float32)[:, None] % 1000 / 1000, (n, dim))
-    return rows, feats
-
-
 def bench_grow(opts: BenchOptions, workdir: Path, batch: int = 50_000) -> dict:
     """For each size N of `opts.grow_rows`: build an N-row cache (committed in place every `batch` rows, the
     first and last commit timed), then add 1% of N: open the writer, read the cached rows as `extract` does to
@@ -450,12 +332,12 @@ def bench_grow(opts: BenchOptions, workdir: Path, batch: int = 50_000) -> dict:
         commits = []
         with CacheWriter(cache, config, commit_seconds=0) as w:
             for start in range(0, n, batch):
-                rows, feats = _grow_rows(start, min(batch, n - start), opts.dim)
+                rows, feats = synthetic_rows(start, min(batch, n - start), opts.dim)
                 t = time.perf_counter()
                 w.write_batch(rows, feats)  # journal + commit (commit_seconds=0)
                 commits.append(time.perf_counter() - t)
         size = cache.stat().st_size
-        rows, feats = _grow_rows(n, k, opts.dim)
+        rows, feats = synthetic_rows(n, k, opts.dim)
         timed = {}
         for name, target in (("alone", workdir / f"grow-{n}-alone.h5"), ("append", cache)):
             start = time.perf_counter()
@@ -471,29 +353,10 @@ def bench_grow(opts: BenchOptions, workdir: Path, batch: int = 50_000) -> dict:
         copy_s = time.perf_counter() - start
         (workdir / "copy.h5").unlink()
         out.append({"rows": n, "added": k, "cache_mib": size / 2**20, "first_commit_s": commits[0],
-                    "last_commit_s": commits[-1], "batch": batch, **timed, "ratio": timed["append_s"] / timed["alone_s"],
-                    "copy_s": copy_s})
+                    "last_commit_s": commits[-1], "batch": batch, **timed,
+                    "ratio": timed["append_s"] / timed["alone_s"], "copy_s": copy_s})
         cache.unlink()
     return {"sizes": out}
-
-
-def machine_info() -> dict:
-    """What a figure depends on: CPU model and the flags that decide the fast paths, cores, GPUs, libraries."""
-    tf = tensorflow()
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    except OSError:
-        model = platform.processor()
-    flags = cpu_flags()
-    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", *BF16_FLAGS, "amx_tile") if f in flags]
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return {"cpu": model or platform.machine(), "flags": shown, "cores": os.cpu_count(), "gpus": gpus,
-            "fastest_native_precision": fastest_native(), "versions": library_versions()}
 
 
 def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
@@ -523,81 +386,3 @@ def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
         if "run" in results:
             results["run_vs_pass"] = results["run"]["seconds"] / one_pass
     return results
-
-
-def format_results(r: dict, opts: BenchOptions) -> str:
-    m = r["machine"]
-    lines = [f"machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '(none of note)'}, "
-             f"{len(m['gpus'])} GPU, fastest native precision {m['fastest_native_precision']}; "
-             + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k != "bottleneck")]
-    if "head" in r:
-        h = r["head"]
-        lines.append(f"head epoch ({h['rows']} x {h['dim']}, batch 128, default head): {h['epoch_s']:.3f} s "
-                     f"(first epoch, with tracing: {h['first_epoch_s']:.3f} s)")
-    if "run" in r:
-        lines.append(f"whole default train-head run ({opts.rows} x {opts.dim} cache): {r['run']['seconds']:.1f} s "
-                     f"({r['run']['epochs_run']} epochs, {r['run']['train_seconds']:.1f} s of fitting)")
-    if "extract" in r:
-        e = r["extract"]
-        lines.append(f"extraction, {e['backbone']} {e['input_size']} px, batch {e['batch_size']}, {e['images']} JPEGs "
-                     f"600x450 ({e['gflop_per_image']:.2f} GFLOP per image); decode only: "
-                     f"{e['decode_images_per_s']:.0f} images/s on {m['cores']} cores")
-        for precision, p in e["precisions"].items():
-            lines.append(
-                f"  {precision}: extract {p['end_to_end_images_per_s']:.2f} images/s "
-                f"(steady state), pure forward {p['forward_images_per_s']:.2f} images/s, efficiency "
-                f"{p['efficiency']:.2f} ({' and '.join(f'{x:.2f}' for x in p['efficiency_runs'])}; decoding "
-                f"allows at most {p['ceiling']:.2f}{'' if m['gpus'] else ' on shared cores'}); forward {p['forward_gflop_per_s']:.0f} GFLOP/s vs matrix product "
-                f"{p['matmul_gflop_per_s']:.0f} GFLOP/s; {p['speedup_vs_float32']:.2f}x float32 end to end; "
-                f"whole run incl. tracing {p['whole_run_images_per_s']:.2f} images/s")
-        lines.append(f"  -> one pass over {opts.rows} images: {r['backbone_pass_s']:.0f} s")
-    if "epoch_vs_pass" in r:
-        lines.append(f"one head epoch = {100 * r['epoch_vs_pass']:.3f}% of one backbone pass")
-    if "run_vs_pass" in r:
-        lines.append(f"whole train-head run = {100 * r['run_vs_pass']:.2f}% of one backbone pass")
-    if "batch1" in r:
-        b = r["batch1"]
-        lines.append(f"one image at a time (batch 1, {b['images']} images): {b['batch1_images_per_s']:.2f} images/s "
-                     f"vs extract {b['extract_images_per_s']:.2f} images/s = {b['speedup']:.1f}x")
-    if "load" in r:
-        c = r["load"]
-        lines.append(f"loading {c['rows']} x {c['dim']} features: cache {c['cache_s']:.2f} s ({c['cache_mib']:.0f} MiB) "
-                     f"vs one text file per image {c['text_s']:.1f} s ({c['text_mib']:.0f} MiB) = {c['speedup']:.0f}x")
-    if "rerun" in r:
-        u = r["rerun"]
-        lines.append(f"rerun of a {u['images']}-image extraction ({u['full_s']:.1f} s): nothing new "
-                     f"{u['nothing_new_s']:.1f} s = {100 * u['nothing_new_fraction']:.1f}%; {u['added']} new images "
-                     f"(1%) {u['one_percent_s']:.1f} s = {100 * u['one_percent_fraction']:.1f}%")
-    if "memory" in r:
-        (n1, n8), (r1, r8) = r["memory"]["images"], r["memory"]["peak_rss_mib"]
-        lines.append(f"peak RSS of extract (mobilenet_v2 96 px): {r1:.0f} MiB at {n1} images, {r8:.0f} MiB at {n8} "
-                     f"images ({r['memory']['growth']:.2f}x)")
-    if "sweep" in r:
-        w = r["sweep"]
-        lines.append(f"sweep of {w['configs']} configurations ({w['epochs']} epochs each): {w['sweep_s']:.1f} s; "
-                     f"16 x one in-process head: {w['in_process_x16_s']:.1f} s; 16 separate train-head commands: "
-                     f"{w['commands_x16_s']:.1f} s (mean of {w['commands_timed']} timed, x16)")
-    if "views" in r:
-        v = r["views"]
-        lines.append(f"extracting {v['views']} views besides the plain one ({v['images']} images, {opts.backbone}): "
-                     f"{v['views_s']:.1f} s vs {v['plain_s']:.1f} s plain = {v['cost_ratio']:.1f}x; disk "
-                     f"{v['bytes_per_view_per_image'] / 1024:.1f} KiB per view per image "
-                     f"({v['bytes_per_view_per_image'] * opts.rows / 2**20:.0f} MiB per view for {opts.rows} images)")
-    for g in r.get("grow", {}).get("sizes", []):
-        lines.append(
-            f"adding 1% ({g['added']} rows x {opts.dim}) to a {g['rows']}-row cache ({g['cache_mib']:.0f} MiB): "
-            f"{g['append_s']:.2f} s vs {g['alone_s']:.2f} s into an empty cache = {g['ratio']:.2f}x (finding which "
-            f"are cached already: {g['append_read_rows_s']:.3f} s); commit of {g['batch']} rows into the "
-            f"growing cache: first {g['first_commit_s']:.2f} s, last {g['last_commit_s']:.2f} s; copying the "
-            f"file, as every commit did before: {g['copy_s']:.2f} s")
-    if "ray" in r:
-        y = r["ray"]
-        if "skipped" in y:
-            lines.append(f"ray engine: skipped ({y['skipped']})")
-        else:
-            lines.append(f"ray engine vs local, {y['images']} JPEGs ({opts.backbone}): after start-up "
-                         f"{y['ray_images_per_s']:.2f} vs {y['local_images_per_s']:.2f} images/s = {y['ratio']:.2f}x "
-                         "(Ray's includes its backbone actor's start); "
-                         f"whole backbone stage {y['ray_whole_s']:.1f} s vs {y['local_whole_s']:.1f} s, of which "
-                         f"starting Ray {y['ray_start_s']:.1f} s vs building the backbone {y['local_build_s']:.1f} s")
-    return "\n".join(lines)

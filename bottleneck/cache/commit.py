@@ -92,72 +92,15 @@ def apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, ..
 
     Rows past the committed count are written first and `n_rows` is advanced last, so a reader of the
     committed count never sees a row that is not whole."""
-    added = 0
     n, classes, failed = state.n, state.classes, state.failed
     failed_before = dict(failed)
-    if KEYS not in f or f[KEYS].shape[0] < n:  # a cache from before the keys (or grown by such a version)
-        keys = read_keys(f, n)
-        if KEYS in f:
-            del f[KEYS]
-        f.create_dataset(KEYS, data=keys, maxshape=(None, 2), chunks=(8192, 2))
+    _ensure_row_keys(f, n)
     # New class names are appended, never inserted, so label indices already stored stay valid.
     classes.extend(c for c in class_names if c not in classes)
     for batch in batches:
-        b = Journal.read(batch)
-        for name, has in zip(b["label"], b["has_label"]):
-            if has and name not in classes:
-                classes.append(str(name))
-        meta_names, meta = batch_meta(b)  # (C,), (rows, C)
-        for c in meta_names:
-            if c not in state.meta_columns:  # columns are only ever added, as classes are
-                _add_meta_column(f, c, n)
-                state.meta_columns.append(c)
-        new_rows = []
-        rows_of_batch = []
-        ids = [str(i) for i in b["image_id"]]
-        for i, (image_id, r) in enumerate(zip(ids, state.resolve(f, ids))):
-            label = classes.index(str(b["label"][i])) if b["has_label"][i] else -1
-            failed.pop(str(b["path"][i]), None)
-            r = state.known.get(image_id, r)  # an id twice in one batch: its first copy was appended above
-            if r is not None:  # refresh metadata (and features when recomputed) in place
-                rows_of_batch.append(r)
-                for k in ROW_FIELDS:
-                    f[k][r] = str(b[k][i])
-                for c, value in zip(meta_names, meta[i]):  # columns the batch lacks keep their values
-                    f[meta_dataset(c)][r] = str(value)
-                f[KEYS][r] = keys_for([image_id], [b["sha256"][i]])[0]
-                f["label"][r] = label
-                f["orig_size"][r] = b["size"][i]
-                if b["has_features"][i]:
-                    f["features"][r] = b["features"][i]
-            else:
-                rows_of_batch.append(n + len(new_rows))
-                state.known[image_id] = n + len(new_rows)
-                new_rows.append((i, label))
-        if new_rows:
-            sel = np.array([i for i, _ in new_rows])
-            for k in ROW_FIELDS:
-                _append_rows(f[k], n, [str(v) for v in b[k][sel]])
-            for c in state.meta_columns:  # every column grows with the rows: "" where the batch lacks it
-                values = meta[sel, meta_names.index(c)] if c in meta_names else [""] * len(sel)
-                _append_rows(f[meta_dataset(c)], n, [str(v) for v in values])
-            _append_rows(f[KEYS], n, keys_for(b["image_id"][sel], b["sha256"][sel]))
-            _append_rows(f["label"], n, np.array([lab for _, lab in new_rows], dtype=np.int32))
-            _append_rows(f["orig_size"], n, b["size"][sel])
-            _append_rows(f["features"], n, b["features"][sel])
-            n += len(new_rows)
-            added += len(new_rows)
-        if int(b["view_lo"]) > 0:
-            _store_views(f, n, rows_of_batch, b["views"], int(b["view_lo"]))
-        for fpath, reason, sha in b["failed"]:
-            failed[str(fpath)] = (str(reason), str(sha))
+        n = _apply_batch(f, Journal.read(batch), n, state)
     if failed != failed_before:
-        for name, col in (("path", list(failed)), ("reason", [v[0] for v in failed.values()]),
-                          ("sha256", [v[1] for v in failed.values()])):
-            ds = f[f"failed/{name}"]
-            ds.resize(len(col), axis=0)
-            if col:
-                ds[:] = col
+        _write_failed(f, failed)
     if "views" in f and f["views"].shape[0] < n:  # rows added without views (they get them next run)
         grow = f["views"].shape[0]
         f["views"].resize(n, axis=0)
@@ -167,8 +110,92 @@ def apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, ..
     f.attrs.update(class_names=json.dumps(classes), meta_columns=json.dumps(state.meta_columns),
                    updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     f.attrs["n_rows"] = n  # last: the committed count
+    added = n - state.n
     state.n = n
     return added
+
+
+def _ensure_row_keys(f, n: int) -> None:
+    """The row-key dataset, rebuilt from the rows for a cache from before the keys (or grown by such a version)."""
+    if KEYS not in f or f[KEYS].shape[0] < n:
+        keys = read_keys(f, n)
+        if KEYS in f:
+            del f[KEYS]
+        f.create_dataset(KEYS, data=keys, maxshape=(None, 2), chunks=(8192, 2))
+
+
+def _apply_batch(f, b: dict, n: int, state: CommittedState) -> int:
+    """One journaled batch `b`: its known ids refreshed in place, its new ones appended past row `n`, its views and
+    failed images recorded; returns the row count after it (still uncommitted: `n_rows` is the caller's)."""
+    classes, failed = state.classes, state.failed
+    for name, has in zip(b["label"], b["has_label"]):
+        if has and name not in classes:
+            classes.append(str(name))
+    meta_names, meta = batch_meta(b)  # (C,), (rows, C)
+    for c in meta_names:
+        if c not in state.meta_columns:  # columns are only ever added, as classes are
+            _add_meta_column(f, c, n)
+            state.meta_columns.append(c)
+    new_rows = []
+    rows_of_batch = []
+    ids = [str(i) for i in b["image_id"]]
+    for i, (image_id, r) in enumerate(zip(ids, state.resolve(f, ids))):
+        label = classes.index(str(b["label"][i])) if b["has_label"][i] else -1
+        failed.pop(str(b["path"][i]), None)
+        r = state.known.get(image_id, r)  # an id twice in one batch: its first copy was appended above
+        if r is not None:
+            rows_of_batch.append(r)
+            _refresh_row(f, b, i, r, image_id, label, meta_names, meta[i])
+        else:
+            rows_of_batch.append(n + len(new_rows))
+            state.known[image_id] = n + len(new_rows)
+            new_rows.append((i, label))
+    if new_rows:
+        _append_new_rows(f, b, n, new_rows, meta_names, meta, state.meta_columns)
+        n += len(new_rows)
+    if int(b["view_lo"]) > 0:
+        _store_views(f, n, rows_of_batch, b["views"], int(b["view_lo"]))
+    for fpath, reason, sha in b["failed"]:
+        failed[str(fpath)] = (str(reason), str(sha))
+    return n
+
+
+def _refresh_row(f, b: dict, i: int, r: int, image_id: str, label: int, meta_names: list[str], meta_row) -> None:
+    """Row `r` of the cache rewritten from row `i` of batch `b`: metadata, and features when recomputed."""
+    for k in ROW_FIELDS:
+        f[k][r] = str(b[k][i])
+    for c, value in zip(meta_names, meta_row):  # columns the batch lacks keep their values
+        f[meta_dataset(c)][r] = str(value)
+    f[KEYS][r] = keys_for([image_id], [b["sha256"][i]])[0]
+    f["label"][r] = label
+    f["orig_size"][r] = b["size"][i]
+    if b["has_features"][i]:
+        f["features"][r] = b["features"][i]
+
+
+def _append_new_rows(f, b: dict, n: int, new_rows: list[tuple[int, int]], meta_names: list[str], meta: np.ndarray,
+                     meta_columns: list[str]) -> None:
+    """The batch rows `new_rows` ((batch row, label) each) written as cache rows n.., past the committed count."""
+    sel = np.array([i for i, _ in new_rows])
+    for k in ROW_FIELDS:
+        _append_rows(f[k], n, [str(v) for v in b[k][sel]])
+    for c in meta_columns:  # every column grows with the rows: "" where the batch lacks it
+        values = meta[sel, meta_names.index(c)] if c in meta_names else [""] * len(sel)
+        _append_rows(f[meta_dataset(c)], n, [str(v) for v in values])
+    _append_rows(f[KEYS], n, keys_for(b["image_id"][sel], b["sha256"][sel]))
+    _append_rows(f["label"], n, np.array([lab for _, lab in new_rows], dtype=np.int32))
+    _append_rows(f["orig_size"], n, b["size"][sel])
+    _append_rows(f["features"], n, b["features"][sel])
+
+
+def _write_failed(f, failed: dict[str, tuple[str, str]]) -> None:
+    """The failed-image table (path, reason, sha256) rewritten whole from `failed`."""
+    for name, col in (("path", list(failed)), ("reason", [v[0] for v in failed.values()]),
+                      ("sha256", [v[1] for v in failed.values()])):
+        ds = f[f"failed/{name}"]
+        ds.resize(len(col), axis=0)
+        if col:
+            ds[:] = col
 
 
 def _add_meta_column(f, column: str, n: int) -> None:

@@ -160,12 +160,7 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
     check_views(opts.views)
     check_engine(opts.engine, opts.views, opts.workers)
     summary.engine = opts.engine
-    devices = None  # resolved when the backbone is built; an explicit choice is checked before any work
-    if opts.devices not in (None, "all"):
-        if opts.engine == "ray":
-            raise InputError("--devices applies to --engine local; with --engine ray each backbone worker takes one "
-                             "GPU (choose how many with --workers)")
-        devices = resolve_devices(opts.devices, *visible_devices())
+    devices = _chosen_devices(opts)
     # A name the cache's UTF-8 columns cannot hold is listed as failed (by a readable escaped form), never
     # stored under another name that fine-tune and predict could not reopen: see forward.unstorable_name.
     why = [unstorable_name(e) for e in index.entries]  # once per entry: "" when its names can be stored
@@ -175,31 +170,10 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
     with CacheWriter(path, config, info, class_names, opts.commit_seconds) as writer:
         n_views = max(opts.views, writer.existing_views())  # new rows get every view the cache has
         summary.views = n_views
-        pool = ThreadPoolExecutor(8)  # hashing is I/O bound; threads overlap reads
-        try:
-            hashes = list(tqdm(pool.map(_sha256, [e.path for e in entries]), total=len(entries),
-                               desc="hashing", unit="img", disable=not opts.progress, leave=False))
-        finally:
-            pool.shutdown(cancel_futures=True)  # Ctrl-C: the queued files are not hashed first
+        hashes = _hash_files(entries, opts.progress)
         existing, by_sha = writer.lookup([e.image_id for e in entries], [sha for sha, _ in hashes])
-        todo: list[tuple[Entry, str]] = []
-        view_todo: dict[int, list[tuple[Entry, str]]] = {}  # first missing view -> cached rows lacking views
-        updates, reused, unreadable = [], [], list(bad_names)
-        for entry, (sha, err) in zip(entries, hashes):
-            if err:
-                unreadable.append((entry.rel_path, err, ""))
-                continue
-            old = existing.get(entry.image_id)
-            if old is not None and old["sha256"] == sha:
-                summary.already_cached += 1
-                if _row_changed(old, entry):
-                    updates.append(entry_row(entry, sha, has_features=False))
-                if old["views"] < n_views:
-                    view_todo.setdefault(old["views"] + 1, []).append((entry, sha))
-            elif sha in by_sha and old is None and n_views == 0:
-                reused.append((entry, sha, by_sha[sha]))
-            else:
-                todo.append((entry, sha))
+        todo, view_todo, updates, reused, unreadable = _sort_entries(entries, hashes, existing, by_sha, n_views,
+                                                                     summary, bad_names)
         if opts.strict and unreadable:
             raise ImageDecodeError(f"{unreadable[0][0]}: {unreadable[0][1]} (--strict)")
         _journal_metadata(writer, updates, reused, unreadable)
@@ -227,6 +201,52 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
             summary.seconds = time.perf_counter() - start
     summary.rows = int(read_attrs(path)["n_rows"]) if path.exists() else 0
     return summary
+
+
+def _chosen_devices(opts: ExtractOptions) -> list[str] | None:
+    """An explicit --devices, checked before any work; None: resolved when the backbone is built."""
+    if opts.devices in (None, "all"):
+        return None
+    if opts.engine == "ray":
+        raise InputError("--devices applies to --engine local; with --engine ray each backbone worker takes one "
+                         "GPU (choose how many with --workers)")
+    return resolve_devices(opts.devices, *visible_devices())
+
+
+def _hash_files(entries: list[Entry], progress: bool) -> list[tuple[str, str]]:
+    """(sha256, "") or ("", reason) of each entry's file, in order."""
+    pool = ThreadPoolExecutor(8)  # hashing is I/O bound; threads overlap reads
+    try:
+        return list(tqdm(pool.map(_sha256, [e.path for e in entries]), total=len(entries),
+                         desc="hashing", unit="img", disable=not progress, leave=False))
+    finally:
+        pool.shutdown(cancel_futures=True)  # Ctrl-C: the queued files are not hashed first
+
+
+def _sort_entries(entries: list[Entry], hashes, existing: dict, by_sha: dict, n_views: int, summary: ExtractSummary,
+                  bad_names: list):
+    """Each hashed entry to what it needs: the backbone (`todo`), only views it lacks (`view_todo`, by first missing
+    view), only new metadata (`updates`), a copy of a vector cached under another id (`reused`), or nothing; an
+    unreadable file joins `bad_names` in `unreadable`. Counts the cached ones in `summary`."""
+    todo: list[tuple[Entry, str]] = []
+    view_todo: dict[int, list[tuple[Entry, str]]] = {}  # first missing view -> cached rows lacking views
+    updates, reused, unreadable = [], [], list(bad_names)
+    for entry, (sha, err) in zip(entries, hashes):
+        if err:
+            unreadable.append((entry.rel_path, err, ""))
+            continue
+        old = existing.get(entry.image_id)
+        if old is not None and old["sha256"] == sha:
+            summary.already_cached += 1
+            if _row_changed(old, entry):
+                updates.append(entry_row(entry, sha, has_features=False))
+            if old["views"] < n_views:
+                view_todo.setdefault(old["views"] + 1, []).append((entry, sha))
+        elif sha in by_sha and old is None and n_views == 0:
+            reused.append((entry, sha, by_sha[sha]))
+        else:
+            todo.append((entry, sha))
+    return todo, view_todo, updates, reused, unreadable
 
 
 def _row_changed(old: dict, entry: Entry) -> bool:

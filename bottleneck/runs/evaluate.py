@@ -70,7 +70,8 @@ class Overlap:
         how = f"same bytes: {self.same_bytes:,}" + (f", same lesion: {self.same_lesion:,}" if self.lesions_compared
                                                      else f"; lesion ids not compared: {self.reason}")
         if not self.excluded:
-            return f"none of the {self.candidates:,} images of {name} is in this run's training or validation data ({how})"
+            return (f"none of the {self.candidates:,} images of {name} is in this run's training or validation data "
+                    f"({how})")
         return (f"{self.excluded:,} of {self.candidates:,} images of {name} are in this run's training or validation "
                 f"data ({how}) and were left out")
 
@@ -224,36 +225,13 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
                                  f"{diff.replace('(cache)', f'({path.name})').replace('(this run)', '(run)')}; "
                                  "extract that data with the run's configuration first")
     external = cache is not None and path.resolve() != own.resolve()
-    notes, overlap, found = [], None, []
-    y_train = None
     if external:
-        cmap, strict, how = external_map(config, data, class_map)
-        notes += [how] if how else []
-        data = map_classes(data, cmap, names, strict=strict, require_rows=False)
-        y = data.labels
-        rows = np.flatnonzero(y >= 0)
-        split = np.full(len(y), "external", dtype=object)
-        if len(rows) == 0:
-            raise InputError(f"no labeled image of {path} has a class the run knows ({', '.join(names)}); its "
-                             f"classes are {', '.join(data.class_map['source_classes']) or 'none'}: map them with "
-                             "--class-map 'RUNCLASS=CACHECLASS,...'")
-        overlap, found, y_train, more = _check_external(run_dir, own, names, run_task(config), data, rows)
-        notes += more
-        if found:
-            rows = np.setdiff1d(rows, [f["row"] for f in found])
-            if len(rows) == 0:
-                raise InputError(overlap.message(path.name).replace(" and were left out", "")
-                                 + "; nothing is left to evaluate: pass a cache of images the run never saw")
+        data, split, rows, y_train, notes, overlap, found = _external_rows(run_dir, config, data, path, own, names,
+                                                                           class_map)
     else:
-        if sha256_file(path) != config["cache"]["sha256"]:
-            notes.append("the cache changed since the run was trained (new rows or labels); "
-                         "the test split is the run's own, by image id")
-        data = map_classes(data, class_map or run_task(config), names, strict=class_map is not None,
-                           require_rows=False)
-        split, _ = load_split(run_dir, data.image_ids)
-        y = data.labels
-        rows = np.flatnonzero((split == "test") & (y >= 0))
-        y_train = y[(split == "train") & (y >= 0)]
+        data, split, rows, y_train, notes = _own_test_rows(run_dir, config, data, path, names, class_map)
+        overlap, found = None, []
+    y = data.labels
     proba = predict_proba(model, take(data.features, rows))
     if tta:
         require_views(data, rows)
@@ -289,6 +267,48 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
                        title=f"{'external: ' + path.stem if external else 'test split'}, {metrics['n']} images")
         write_eval_report(tmp / "report.md", config, record, run_dir.name, out.name)
     return EvalResult(out, metrics, path, external, unmapped_counts, notes, overlap, baseline_from, shown_map)
+
+
+def _external_rows(run_dir: Path, config: dict, data: CacheData, path: Path, own: Path, names: list[str],
+                   class_map: ClassMap | None):
+    """(data in the run's classes, split, rows to evaluate, training labels or None, notes, overlap, overlapping
+    rows) of an external cache: every labeled image of a class the run knows, less those it trained or validated on."""
+    notes = []
+    cmap, strict, how = external_map(config, data, class_map)
+    notes += [how] if how else []
+    data = map_classes(data, cmap, names, strict=strict, require_rows=False)
+    y = data.labels
+    rows = np.flatnonzero(y >= 0)
+    split = np.full(len(y), "external", dtype=object)
+    if len(rows) == 0:
+        raise InputError(f"no labeled image of {path} has a class the run knows ({', '.join(names)}); its "
+                         f"classes are {', '.join(data.class_map['source_classes']) or 'none'}: map them with "
+                         "--class-map 'RUNCLASS=CACHECLASS,...'")
+    overlap, found, y_train, more = _check_external(run_dir, own, names, run_task(config), data, rows)
+    notes += more
+    if found:
+        rows = np.setdiff1d(rows, [f["row"] for f in found])
+        if len(rows) == 0:
+            raise InputError(overlap.message(path.name).replace(" and were left out", "")
+                             + "; nothing is left to evaluate: pass a cache of images the run never saw")
+    return data, split, rows, y_train, notes, overlap, found
+
+
+def _own_test_rows(run_dir: Path, config: dict, data: CacheData, path: Path, names: list[str],
+                   class_map: ClassMap | None):
+    """(data in the run's classes, split, rows to evaluate, training labels, notes) of the run's own cache: the
+    labeled images of its test split, by image id (the cache may have changed since)."""
+    notes = []
+    if sha256_file(path) != config["cache"]["sha256"]:
+        notes.append("the cache changed since the run was trained (new rows or labels); "
+                     "the test split is the run's own, by image id")
+    data = map_classes(data, class_map or run_task(config), names, strict=class_map is not None,
+                       require_rows=False)
+    split, _ = load_split(run_dir, data.image_ids)
+    y = data.labels
+    rows = np.flatnonzero((split == "test") & (y >= 0))
+    y_train = y[(split == "train") & (y >= 0)]
+    return data, split, rows, y_train, notes
 
 
 def served_figures(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, names: list[str], metrics: dict,

@@ -129,42 +129,14 @@ def subgroup_section(metrics: dict) -> list[str]:
 
 
 def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits: list[str] = ()) -> Path:
-    cache, head, split = config["cache"], config["head"], config["split"]
-    cc = cache["config"]
     names = run_class_names(config)
-    sizes = split["sizes"]
-    weights = cc["weights"] if cc["weights"] in ("imagenet", "none") else f"file {cc['weights_sha256'][:12]}"
-    lines = [f"# Head run `{name}`", "",
-             "## Data",
-             f"- cache: `{cache['path']}` (sha256 `{cache['sha256'][:12]}`, {cache['rows']} rows)",
-             f"- backbone: {cc['backbone']}, weights {weights}, {cc['input_size']} px, {cc['pooling']} pooling, "
-             f"{cc['num_features']} features ({cc['dtype']})",
-             f"- classes: {', '.join(names)}", ""]
+    lines = [f"# Head run `{name}`", ""] + _data_section(config["cache"], names)
     lines += class_map_section(config.get("class_map"))
-    n_groups = sum(sizes[s]["groups"] for s in sizes)
-    how = (f"grouped by lesion/patient ({n_groups} groups, none in two splits)" if n_groups
-           else "no group ids in the cache: each image is its own group")
-    origin = f"reused from `{split['from']}`" if split.get("from") else (
-        f"fractions {'/'.join(str(f) for f in split['fractions'])}, seed {split['seed']}")
-    lines += ["## Split", f"Stratified by class, {how}; {origin}.", ""]
-    lines += _table(["split", "images", "groups", *names],
-                    [[s, sizes[s]["images"], sizes[s]["groups"], *[sizes[s]["per_class"][n] for n in names]]
-                     for s in ("train", "val", "test")])
+    lines += _split_section(config["split"], names)
     lines += ["", "## Results",
               "Balanced accuracy (mean recall over classes, the ISIC 2018 metric) is the headline number; the "
               "majority-class baseline always predicts the most frequent training class.", ""]
-    rows = []
-    for s in ("val", "test"):
-        if s not in metrics:
-            continue
-        m = metrics[s]
-        base = m["majority_baseline"]
-        mel = m.get("melanoma") or {}
-        rows.append([s, m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
-                     fmt(base["accuracy"]), fmt(base["balanced_accuracy"]),
-                     fmt(mel.get("sensitivity")), fmt(mel.get("specificity"))])
-    lines += _table(["split", "n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
-                     "melanoma sens", "melanoma spec"], rows)
+    lines += _splits_table(metrics)
     test = metrics["test"]
     lines += [""]
     if "bootstrap" in metrics:
@@ -179,42 +151,91 @@ def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits
     if "bootstrap" in metrics:
         lines += [""] + operating_point_section(metrics) + calibration_section(metrics) + lesion_section(metrics)
         lines += subgroup_section(metrics)
-    views = config.get("views") or {}
-    if views.get("augment") or views.get("tta"):
-        lines += ["", "### Augmented views",
-                  f"The cache stores {views['stored']} augmented views per image besides the plain one. "
-                  f"Training {'drew one view per image per epoch (--augment)' if views['augment'] else 'used the plain view'}; "
-                  f"evaluation {'averaged probabilities over all views (--tta)' if views['tta'] else 'used the plain view'}. "
-                  "The effect, on the same split:", ""]
-        comp = metrics.get("views_comparison", {})
-        lines += _table(["variant", "test balanced acc", "test accuracy", "test macro AUC", "melanoma sens"],
-                        [[name, fmt(m["test"]["balanced_accuracy"]), fmt(m["test"]["accuracy"]),
-                          fmt(m["test"]["roc_auc_macro"]), fmt((m["test"].get("melanoma") or {}).get("sensitivity"))]
-                         for name, m in comp.items()])
-    else:
-        lines += ["", "Augmented views: not used (plain view for training and evaluation)."]
-    hidden = " -> ".join(str(h) for h in head["hidden"]) or "none"
+    lines += _views_section(config.get("views") or {}, metrics)
     if config.get("selection"):
         lines += ["", "## Selection", f"Chosen by sweep `{config.get('from', '')}`: {config['selection']}."]
-    lines += ["", "## Training",
-              f"- head: {cc['num_features']} -> {'standardise (train mean/std) -> ' if head.get('standardize') else ''}"
-              f"{hidden} -> {len(names)}, dropout {head['dropout']}, "
-              f"{head['optimizer']} lr {head['lr']} (x{head['decay_rate']} every {head['decay_steps']} steps), "
-              f"batch {head['batch_size']}, class weight {head['class_weight']}, seed {head['seed']}",
-              (f"- trained on train+val for {config['epochs_run']} epochs (the epoch count chosen on validation), "
-               f"no early stopping; {config['train_seconds']:.1f} s" if config.get("trained_on") == "train+val" else
-               f"- early stopping on validation loss (patience {head['patience']}): best epoch "
-               f"{config['best_epoch']} of {config['epochs_run']} run, restored; {config['train_seconds']:.1f} s"),
-              f"- training accuracy {fmt(metrics['train']['accuracy'])} (compare with validation for overfitting)",
-              "", "![training curves](curves.png)", "", "![confusion matrix, test split](confusion.png)", "",
-              "## Files",
-              "`config.json` (how to rerun), `split.csv`, `history.csv`, `metrics.json`, `predictions.csv`, "
-              "`curves.png`, `confusion.png`, `calibration.png`, `roc.png`, `head.keras`.", "",
-              f"Rerun: `{' '.join(config['command'])}`", ""]
+    lines += _training_section(config, metrics, names)
     if limits:
         lines += ["## Limitations", ""] + [f"- {x}" for x in limits] + [""]
     path.write_text("\n".join(lines))
     return path
+
+
+def _data_section(cache: dict, names: list[str]) -> list[str]:
+    """## Data: the cache and the backbone configuration its features come from."""
+    cc = cache["config"]
+    weights = cc["weights"] if cc["weights"] in ("imagenet", "none") else f"file {cc['weights_sha256'][:12]}"
+    return ["## Data",
+            f"- cache: `{cache['path']}` (sha256 `{cache['sha256'][:12]}`, {cache['rows']} rows)",
+            f"- backbone: {cc['backbone']}, weights {weights}, {cc['input_size']} px, {cc['pooling']} pooling, "
+            f"{cc['num_features']} features ({cc['dtype']})",
+            f"- classes: {', '.join(names)}", ""]
+
+
+def _split_section(split: dict, names: list[str]) -> list[str]:
+    """## Split: how the images were split, and each split's images, groups and classes."""
+    sizes = split["sizes"]
+    n_groups = sum(sizes[s]["groups"] for s in sizes)
+    how = (f"grouped by lesion/patient ({n_groups} groups, none in two splits)" if n_groups
+           else "no group ids in the cache: each image is its own group")
+    origin = f"reused from `{split['from']}`" if split.get("from") else (
+        f"fractions {'/'.join(str(f) for f in split['fractions'])}, seed {split['seed']}")
+    lines = ["## Split", f"Stratified by class, {how}; {origin}.", ""]
+    return lines + _table(["split", "images", "groups", *names],
+                          [[s, sizes[s]["images"], sizes[s]["groups"], *[sizes[s]["per_class"][n] for n in names]]
+                           for s in ("train", "val", "test")])
+
+
+def _splits_table(metrics: dict) -> list[str]:
+    """The headline figures of the validation and test splits against the majority-class baseline."""
+    rows = []
+    for s in ("val", "test"):
+        if s not in metrics:
+            continue
+        m = metrics[s]
+        base = m["majority_baseline"]
+        mel = m.get("melanoma") or {}
+        rows.append([s, m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
+                     fmt(base["accuracy"]), fmt(base["balanced_accuracy"]),
+                     fmt(mel.get("sensitivity")), fmt(mel.get("specificity"))])
+    return _table(["split", "n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
+                   "melanoma sens", "melanoma spec"], rows)
+
+
+def _views_section(views: dict, metrics: dict) -> list[str]:
+    """### Augmented views: what training and evaluation did with the stored views, and the effect of each."""
+    if not (views.get("augment") or views.get("tta")):
+        return ["", "Augmented views: not used (plain view for training and evaluation)."]
+    training = "drew one view per image per epoch (--augment)" if views["augment"] else "used the plain view"
+    evaluation = "averaged probabilities over all views (--tta)" if views["tta"] else "used the plain view"
+    lines = ["", "### Augmented views",
+             f"The cache stores {views['stored']} augmented views per image besides the plain one. "
+             f"Training {training}; evaluation {evaluation}. The effect, on the same split:", ""]
+    tests = {name: m["test"] for name, m in metrics.get("views_comparison", {}).items()}
+    return lines + _table(["variant", "test balanced acc", "test accuracy", "test macro AUC", "melanoma sens"],
+                          [[name, fmt(t["balanced_accuracy"]), fmt(t["accuracy"]), fmt(t["roc_auc_macro"]),
+                            fmt((t.get("melanoma") or {}).get("sensitivity"))] for name, t in tests.items()])
+
+
+def _training_section(config: dict, metrics: dict, names: list[str]) -> list[str]:
+    """## Training (the head, its optimiser and how long it trained), the figures, ## Files and the rerun command."""
+    cc, head = config["cache"]["config"], config["head"]
+    hidden = " -> ".join(str(h) for h in head["hidden"]) or "none"
+    return ["", "## Training",
+            f"- head: {cc['num_features']} -> {'standardise (train mean/std) -> ' if head.get('standardize') else ''}"
+            f"{hidden} -> {len(names)}, dropout {head['dropout']}, "
+            f"{head['optimizer']} lr {head['lr']} (x{head['decay_rate']} every {head['decay_steps']} steps), "
+            f"batch {head['batch_size']}, class weight {head['class_weight']}, seed {head['seed']}",
+            (f"- trained on train+val for {config['epochs_run']} epochs (the epoch count chosen on validation), "
+             f"no early stopping; {config['train_seconds']:.1f} s" if config.get("trained_on") == "train+val" else
+             f"- early stopping on validation loss (patience {head['patience']}): best epoch "
+             f"{config['best_epoch']} of {config['epochs_run']} run, restored; {config['train_seconds']:.1f} s"),
+            f"- training accuracy {fmt(metrics['train']['accuracy'])} (compare with validation for overfitting)",
+            "", "![training curves](curves.png)", "", "![confusion matrix, test split](confusion.png)", "",
+            "## Files",
+            "`config.json` (how to rerun), `split.csv`, `history.csv`, `metrics.json`, `predictions.csv`, "
+            "`curves.png`, `confusion.png`, `calibration.png`, `roc.png`, `head.keras`.", "",
+            f"Rerun: `{' '.join(config['command'])}`", ""]
 
 
 def write_finetune_report(path: Path, config: dict, metrics: dict, name: str) -> Path:

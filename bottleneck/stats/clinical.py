@@ -1,13 +1,11 @@
-"""Figures a clinician can defend: bootstrap intervals over lesions, an operating point chosen on validation,
-calibration (temperature scaling after undoing the class-weight prior shift), lesion-level and subgroup results.
+"""Figures a clinician can defend: an operating point chosen on validation, lesion-level and subgroup results,
+small-number warnings and the generated limitations, each test figure with its lesion bootstrap interval
+(`bootstrap.py`) on the probabilities the run reports (calibrated by `calibration.py` when calibration applies).
 
     head probabilities (val, test) -> Calibration.fit (val) -> calibrated probabilities -> clinical_results (test)
 
 Pure numpy/scipy/scikit-learn, like metrics.py: every figure recomputes from `predictions.csv` and config.json.
-The bootstrap resamples lesions (the cache's group ids; an image without one is its own unit), because images
-of one lesion are not independent evidence: resampling images would make the intervals too narrow.
 """
-
 from __future__ import annotations
 
 import math
@@ -18,16 +16,13 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BottleneckWarning, InputError
+from .bootstrap import RESAMPLES, bootstrap, bootstrap_record, mean_of, metric_intervals, point_values, ratio, units_in
 from .metrics import compute_metrics, decide, melanoma_index
 from .units import resampling_units
 
-RESAMPLES = 1000  # bootstrap resamples of every interval
-LEVEL = 0.95  # two-sided percentile intervals
-ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
 MIN_CLASS_IMAGES = 10  # a class with fewer images in a split is warned about
 MIN_TEST_GROUPS = 30  # a test split with fewer lesions (groups) is warned about
 TARGET_SENSITIVITY = 0.95  # default --target-sensitivity
-_CELLS = 2_000_000  # resamples x rows of one weight block (16 MB of float64)
 
 AGE_COLUMNS = ("age", "age_approx")
 AGE_BANDS = ((30, "<30"), (50, "30-49"), (70, "50-69"), (math.inf, "70+"))  # (upper bound, exclusive; label)
@@ -35,145 +30,6 @@ AGE_BANDS = ((30, "<30"), (50, "30-49"), (70, "50-69"), (math.inf, "70+"))  # (u
 SUBGROUP_COLUMNS = ("sex", "age", "age_approx", "localization", "anatom_site_general",
                     "anatom_site_general_challenge", "dataset", "site")
 UNKNOWN = "unknown"
-
-
-# ---------------------------------------------------------------------------------------------- bootstrap
-
-def resample_weights(units: np.ndarray, resamples: int, seed: int):
-    """Blocks of (b, N) row weights, one row per resample: how often each row's unit was drawn."""
-    rng = np.random.default_rng(seed)
-    n_units = int(units.max()) + 1 if len(units) else 0
-    block = max(1, _CELLS // max(1, len(units)))
-    for start in range(0, resamples, block):
-        b = min(block, resamples - start)
-        counts = rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=b)  # (b, units)
-        yield counts[:, units].astype(np.float64)
-
-
-def ratio(num: np.ndarray, den: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """A statistic of weighted rows: (weights of rows in `num`) / (weights of rows in `den`); NaN when empty."""
-    num, den = num.astype(np.float64), den.astype(np.float64)
-
-    def stat(w: np.ndarray) -> np.ndarray:
-        d = w @ den
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(d > 0, (w @ num) / np.where(d > 0, d, 1), np.nan)
-
-    return stat
-
-
-def weighted_auc(positive: np.ndarray, score: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """ROC AUC of weighted rows (ties count half), for many weightings at once; NaN without both classes."""
-    order = np.argsort(score, kind="stable")
-    s = score[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]  # first row of each run of tied scores
-    pos = positive[order].astype(np.float64)
-
-    def stat(w: np.ndarray) -> np.ndarray:
-        wo = w[:, order]
-        p = np.add.reduceat(wo * pos, starts, axis=1)  # (b, ties) weight of positives per tied score
-        n = np.add.reduceat(wo * (1 - pos), starts, axis=1)
-        below = np.cumsum(n, axis=1) - n  # negatives scored strictly lower
-        den = p.sum(1) * n.sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, (p * (below + 0.5 * n)).sum(1) / np.where(den > 0, den, 1), np.nan)
-
-    return stat
-
-
-def mean_of(stats: list[Callable]) -> Callable[[np.ndarray], np.ndarray]:
-    """The mean of several statistics over those defined in each resample (balanced accuracy, macro AUC)."""
-    def stat(w: np.ndarray) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a resample with none defined: NaN
-            return np.nanmean(np.stack([f(w) for f in stats]), axis=0)
-
-    return stat
-
-
-def point_values(stats: dict[str, Callable], n: int) -> dict[str, float | None]:
-    """Each statistic of the rows as drawn (every weight 1); None where it is undefined."""
-    drawn = {k: float(f(np.ones((1, n)))[0]) for k, f in stats.items()}
-    return {k: None if math.isnan(v) else v for k, v in drawn.items()}
-
-
-def bootstrap(stats: dict[str, Callable], values: dict[str, float | None] | None, units: np.ndarray, seed: int,
-              resamples: int = RESAMPLES, level: float = LEVEL, support: dict[str, int] | None = None
-              ) -> dict[str, dict | None]:
-    """Percentile intervals of each statistic: {name: {value, lower, upper, resamples}} (None: no value).
-
-    `stats` map weights (b, N) to (b,) values; `values` are the point estimates (None: the statistics of the
-    rows as drawn, `point_values`).
-    "resamples" counts those in which the statistic was defined (e.g. a class was drawn at all). `support`:
-    how many units the statistic rests on (e.g. lesions of the positive class); under 2, resampling cannot show
-    its uncertainty (one lesion gives a zero-width interval), so lower and upper are None."""
-    values = point_values(stats, len(units)) if values is None else values
-    names = [k for k in stats if values.get(k) is not None]
-    draws = {k: [] for k in names}
-    if names and len(units):
-        for w in resample_weights(units, resamples, seed):
-            for k in names:
-                draws[k].append(stats[k](w))
-    out = {}
-    tail = (1 - level) / 2 * 100
-    for k in stats:
-        if k not in draws:
-            out[k] = None
-            continue
-        d = np.concatenate(draws[k]) if draws[k] else np.zeros(0)
-        d = d[np.isfinite(d)]
-        lo, hi = (np.percentile(d, [tail, 100 - tail]) if len(d) else (np.nan, np.nan))
-        if (support or {}).get(k, 2) < 2:
-            lo = hi = np.nan
-        out[k] = {"value": float(values[k]), "lower": None if np.isnan(lo) else float(lo),
-                  "upper": None if np.isnan(hi) else float(hi), "resamples": int(len(d))}
-    return out
-
-
-def units_in(units: np.ndarray, rows: np.ndarray) -> int:
-    """How many resampling units the rows of boolean mask `rows` belong to."""
-    return int(len(np.unique(units[rows])))
-
-
-def bootstrap_record(units: np.ndarray, groups: np.ndarray, seed: int, resamples: int = RESAMPLES) -> dict:
-    grouped = bool(len(groups)) and any(g for g in groups)
-    return {"resamples": resamples, "seed": seed, "level": LEVEL, "method": "percentile",
-            "unit": "lesion/patient (group id)" if grouped else "image (no group ids)",
-            "units": int(units.max()) + 1 if len(units) else 0}
-
-
-def metric_intervals(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, class_names: list[str],
-                     metrics: dict, units: np.ndarray, seed: int, positive: int | None,
-                     resamples: int = RESAMPLES) -> dict:
-    """Intervals of the headline metrics of `metrics` (a compute_metrics dict of the same rows): balanced
-    accuracy, macro AUC, per-class recall and the positive class's sensitivity and specificity (argmax)."""
-    c = len(class_names)
-    recalls = {n: ratio((y == k) & (pred == k), y == k) for k, n in enumerate(class_names)}
-    present = [recalls[n] for k, n in enumerate(class_names) if (y == k).any()]
-    stats = {"balanced_accuracy": mean_of(present)}
-    values = {"balanced_accuracy": metrics["balanced_accuracy"]}
-    aucs = {n: weighted_auc(y == k, proba[:, k]) for k, n in enumerate(class_names)
-            if metrics["roc_auc_per_class"].get(n) is not None}
-    if c == 2:
-        stats["roc_auc_macro"] = aucs.get(class_names[1], mean_of([]))
-    else:
-        stats["roc_auc_macro"] = mean_of(list(aucs.values()))
-    values["roc_auc_macro"] = metrics["roc_auc_macro"]
-    if positive is not None:
-        stats["sensitivity"] = recalls[class_names[positive]]
-        stats["specificity"] = ratio((y != positive) & (pred != positive), y != positive)
-        pos = metrics.get("positive") or {}
-        values |= {"sensitivity": pos.get("sensitivity"), "specificity": pos.get("specificity")}
-    support = {f"recall:{n}": units_in(units, y == k) for k, n in enumerate(class_names)}
-    for n in class_names:
-        stats[f"recall:{n}"] = recalls[n]
-        values[f"recall:{n}"] = metrics["per_class"][n]["recall"] if metrics["per_class"][n]["support"] else None
-    if positive is not None:
-        support |= {"sensitivity": units_in(units, y == positive), "specificity": units_in(units, y != positive)}
-    found = bootstrap(stats, values, units, seed, resamples, support=support)
-    out = {k: v for k, v in found.items() if not k.startswith("recall:")}
-    out["recall"] = {n: found[f"recall:{n}"] for n in class_names}
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- positive class
@@ -221,126 +77,6 @@ def check_target(target: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- calibration
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def log_proba(p: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-30, None))
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """p_calibrated = softmax((log p_head + shift) / temperature), decisions argmax(p_calibrated * weights).
-
-    shift = -log(class weight): a head trained with balanced class weights learned probabilities tilted towards
-    rare classes; the shift undoes that tilt, so calibrated probabilities estimate the training prevalence. The
-    decision weights, class weight ** (1 / temperature), make the decisions exactly the head's own argmax:
-    calibration changes the probabilities, never the predicted class. Folded into the head's last layer
-    (W/T, (b + shift)/T), it is exact: that layer's logits differ from log p_head by a per-row constant only."""
-
-    temperature: float = 1.0
-    shift: tuple[float, ...] = ()
-    decision_weights: tuple[float, ...] = ()
-
-    @classmethod
-    def fit(cls, proba_val: np.ndarray, y_val: np.ndarray, class_weights: dict[int, float] | None) -> Calibration:
-        from scipy.optimize import minimize_scalar
-
-        c = proba_val.shape[1]
-        w = np.array([class_weights[k] for k in range(c)]) if class_weights else np.ones(c)
-        shift = -np.log(w)
-        z = log_proba(proba_val) + shift
-        rows = np.arange(len(y_val))
-
-        def nll(log_t: float) -> float:
-            s = z / math.exp(log_t)
-            s = s - s.max(axis=1, keepdims=True)
-            return float(-(s[rows, y_val] - np.log(np.exp(s).sum(axis=1))).mean())
-
-        best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded",
-                               options={"xatol": 1e-5})
-        t = float(math.exp(best.x))
-        return cls(t, tuple(float(v) for v in shift), tuple(float(v) for v in w ** (1.0 / t)))
-
-    @classmethod
-    def from_record(cls, record: dict | None) -> Calibration | None:
-        """config.json's "calibration" block; None for a run without one (or with calibration off)."""
-        if not record or not record.get("applied"):
-            return None
-        return cls(float(record["temperature"]), tuple(record["prior_shift"]), tuple(record["decision_weights"]))
-
-    def apply(self, proba: np.ndarray) -> np.ndarray:
-        return softmax((log_proba(proba) + np.array(self.shift)) / self.temperature)
-
-    def undo(self, proba: np.ndarray) -> np.ndarray:
-        """The head's own (uncalibrated) probabilities back from calibrated ones."""
-        return softmax(self.temperature * log_proba(proba) - np.array(self.shift))
-
-    def record(self) -> dict:
-        return {"applied": True, "temperature": self.temperature, "prior_shift": list(self.shift),
-                "decision_weights": list(self.decision_weights), "fitted_on": "val"}
-
-
-@dataclass(frozen=True)
-class DecisionRule:
-    """How a run's probabilities become decisions when served (evaluate, predict, export)."""
-
-    calibration: Calibration | None  # what the saved head has folded in (None: nothing)
-    calibrated: bool  # whether the served probabilities keep it (False: --no-calibrate undid it)
-    decision_weights: tuple[float, ...] | None
-    positive: str | None
-    threshold: float | None  # on the served probabilities of `positive`
-
-    @classmethod
-    def of(cls, config: dict, calibrate: bool = True) -> DecisionRule:
-        """The rule of a run's config.json (or an export's labels.json); older runs: argmax, no threshold."""
-        cal = Calibration.from_record(config.get("calibration"))
-        op = config.get("operating_point") or {}
-        kept = cal is not None and calibrate
-        threshold = op.get("threshold") if kept or cal is None else op.get("threshold_uncalibrated")
-        return cls(cal, kept, cal.decision_weights if kept else None, op.get("positive"), threshold)
-
-    def record(self) -> dict:
-        return {"calibrated": self.calibrated,
-                "temperature": self.calibration.temperature if self.calibration else None,
-                "decision_weights": list(self.decision_weights) if self.decision_weights else None,
-                "positive": self.positive, "threshold": self.threshold}
-
-
-def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Top-label ECE: |accuracy - confidence| per equal-width confidence bin, weighted by the bin's share."""
-    points = reliability(y, proba, bins)
-    return float(sum(p["n"] * abs(p["accuracy"] - p["confidence"]) for p in points) / len(y)) if len(y) else 0.0
-
-
-def brier_score(y: np.ndarray, proba: np.ndarray) -> float:
-    """Multi-class Brier score: mean over images of the squared distance to the one-hot truth (0 best, 2 worst)."""
-    onehot = np.eye(proba.shape[1])[y]
-    return float(((proba - onehot) ** 2).sum(axis=1).mean()) if len(y) else 0.0
-
-
-def reliability(y: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
-    """The reliability diagram's points: per non-empty bin, its mean confidence, accuracy and count."""
-    conf = proba.max(axis=1)
-    hit = proba.argmax(axis=1) == y
-    which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)  # bin k holds (k/bins, (k+1)/bins]
-    return [{"confidence": float(conf[which == k].mean()), "accuracy": float(hit[which == k].mean()),
-             "n": int((which == k).sum())} for k in np.unique(which)]
-
-
-def calibration_figures(y: np.ndarray, before: np.ndarray, after: np.ndarray | None) -> dict:
-    out = {"bins": ECE_BINS, "ece_before": expected_calibration_error(y, before),
-           "brier_before": brier_score(y, before), "reliability_before": reliability(y, before)}
-    if after is not None:
-        out |= {"ece_after": expected_calibration_error(y, after), "brier_after": brier_score(y, after),
-                "reliability_after": reliability(y, after)}
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- lesions, subgroups
 
 def lesion_means(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -15,23 +15,15 @@ def test_bench_all_parts_run():
     r = run_cli("bench", "--rows", "400", "--dim", "32", "--epochs", "2", "--backbone", "vgg16", "--image-size", "32",
                 "--images", "16", "--batch-size", "4", "--grow-rows", "3000,30000")
     assert r.exit_code == 0, r.output
-    for figure in ("ray engine", "to a 3000-row cache", "to a 30000-row cache", "efficiency", "decode only", "GFLOP/s vs matrix product", "one image at a time",
-                   "one text file per image", "nothing new", "peak RSS", "sweep of 16 configurations",
-                   "KiB per view per image"):
+    for figure in ("ray engine", "to a 3000-row cache", "to a 30000-row cache", "efficiency", "decode only",
+                   "GFLOP/s vs matrix product", "one image at a time", "one text file per image", "nothing new",
+                   "peak RSS", "sweep of 16 configurations", "KiB per view per image"):
         assert figure in r.output, figure
 
 
 def test_bench_refuses_too_few_images_for_a_steady_state():
     r = run_cli("bench", "--part", "extract", "--images", "40", "--batch-size", "32")
     assert r.exit_code == 1 and "--images should be at least twice the batch size (64)" in r.output
-
-
-def test_the_decode_ceiling_shares_cores_on_a_cpu_and_bounds_a_gpu():
-    from bottleneck.bench.parts import decode_ceiling
-
-    assert decode_ceiling(10, 190, gpu=False) == pytest.approx(0.95)  # decode steals 5% of the cores
-    assert decode_ceiling(1000, 600, gpu=True) == pytest.approx(0.6)  # a GPU waits for the decoders
-    assert decode_ceiling(100, 600, gpu=True) == 1.0
 
 
 def test_bench_refuses_bad_grow_rows():

@@ -1,5 +1,6 @@
-"""Figures a clinician can defend: bootstrap intervals over lesions, the operating point, calibration, lesion-level
-results and warnings, from the numpy parts up to real train-head, evaluate and predict runs."""
+"""Figures a clinician can defend: the operating point, subgroup helpers, and the whole report (intervals,
+operating point, calibration, lesion-level results, subgroups and warnings) from real train-head, evaluate and
+predict runs."""
 
 from __future__ import annotations
 
@@ -12,85 +13,11 @@ from conftest import feature_cache, run_cli
 from PIL import Image
 
 from bottleneck.errors import InputError
-from bottleneck.stats.clinical import (
-    Calibration,
-    age_band,
-    binary_rates,
-    bootstrap,
-    brier_score,
-    choose_threshold,
-    expected_calibration_error,
-    metric_intervals,
-    parse_subgroups,
-    ratio,
-    resample_weights,
-    resampling_units,
-    softmax,
-    weighted_auc,
-)
-from bottleneck.stats.metrics import compute_metrics, decide
+from bottleneck.stats.calibration import Calibration
+from bottleneck.stats.clinical import age_band, binary_rates, choose_threshold, parse_subgroups
+from bottleneck.stats.metrics import decide
 
-# --- the bootstrap ------------------------------------------------------------------------------------------------
-
-def test_resampling_units_are_groups_or_the_image_itself():
-    units = resampling_units(np.array(["a", "b", "a", "", ""], dtype=object))
-    assert units[0] == units[2] and len({units[1], units[3], units[4], units[0]}) == 4
-
-
-def test_weighted_statistics_equal_the_same_resample_drawn_by_hand():
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, 40)
-    score = np.round(rng.random(40), 1)  # ties included
-    pred = score > 0.5
-    units = resampling_units(np.array([f"L{i // 2}" for i in range(40)], dtype=object))
-    w = next(resample_weights(units, 5, seed=1))
-    recall, auc = ratio((y == 1) & pred, y == 1)(w), weighted_auc(y == 1, score)(w)
-    for b in range(5):
-        rows = np.repeat(np.arange(40), w[b].astype(int))  # the resample as a list of rows, duplicates repeated
-        assert len(rows) == 40 and set(np.bincount(units[rows])) <= {0, 2, 4, 6, 8, 10, 12}  # whole lesions
-        yb = y[rows]
-        assert recall[b] == pytest.approx(pred[rows][yb == 1].mean())
-        assert auc[b] == pytest.approx(roc_auc_score(yb, score[rows]))
-
-
-def test_intervals_resample_lesions_not_images():
-    """Four identical images per lesion carry the evidence of one: resampling lesions gives the interval of the
-    lesions alone, resampling images pretends to four times the evidence (a narrower interval)."""
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 60)
-    hit = rng.random(60) < 0.8
-    rep = np.repeat(np.arange(60), 4)
-    stat = {"recall": ratio(hit[rep] & (y[rep] == 1), y[rep] == 1)}
-    value = {"recall": float(hit[y == 1].mean())}
-    by_lesion = bootstrap(stat, value, rep, seed=0)["recall"]
-    by_image = bootstrap(stat, value, np.arange(240), seed=0)["recall"]
-    alone = bootstrap({"recall": ratio(hit & (y == 1), y == 1)}, value, np.arange(60), seed=0)["recall"]
-    assert by_lesion["lower"] <= value["recall"] <= by_lesion["upper"] and by_lesion["resamples"] == 1000
-    width = {k: r["upper"] - r["lower"] for k, r in (("lesion", by_lesion), ("image", by_image), ("alone", alone))}
-    assert width["lesion"] == pytest.approx(width["alone"], rel=0.25)
-    assert width["image"] < 0.75 * width["lesion"]
-
-
-def test_metric_intervals_cover_every_headline_metric_and_are_reproducible():
-    rng = np.random.default_rng(1)
-    y = np.repeat([0, 1, 2], 30)
-    proba = softmax(rng.normal(0, 1, (90, 3)) + 2 * np.eye(3)[y])
-    names = ["bcc", "mel", "nv"]
-    m = compute_metrics(y, proba, names, positive=1)
-    units = resampling_units(np.array([f"L{i // 3}" for i in range(90)], dtype=object))
-    a = metric_intervals(y, proba, decide(proba), names, m, units, seed=7, positive=1)
-    b = metric_intervals(y, proba, decide(proba), names, m, units, seed=7, positive=1)
-    assert a == b
-    for key in ("balanced_accuracy", "roc_auc_macro", "sensitivity", "specificity"):
-        assert a[key]["lower"] <= a[key]["value"] <= a[key]["upper"], key
-    assert a["balanced_accuracy"]["value"] == m["balanced_accuracy"]
-    assert a["sensitivity"]["value"] == m["positive"]["sensitivity"] == m["per_class"]["mel"]["recall"]
-    assert set(a["recall"]) == set(names)
-
-
-# --- operating point, calibration ---------------------------------------------------------------------------------
+# --- operating point, subgroups -----------------------------------------------------------------------------------
 
 def test_threshold_reaches_the_target_on_validation():
     y = np.r_[np.ones(20, int), np.zeros(30, int)]
@@ -102,43 +29,6 @@ def test_threshold_reaches_the_target_on_validation():
     assert choose_threshold(np.zeros(5, int), score[:5], 1, 0.95) is None
     rates = binary_rates(y, flagged, 1)
     assert rates["sensitivity"] == 0.95 and rates["ppv"] == pytest.approx(19 / flagged.sum())
-
-
-def test_ece_and_brier_of_known_cases():
-    y = np.array([0, 1] * 50)
-    sure = np.tile([0.9, 0.1], (100, 1))  # 90% confident, right half the time
-    assert expected_calibration_error(y, sure) == pytest.approx(0.4)
-    assert brier_score(y, np.eye(2)[y]) == 0 and brier_score(y, sure) == pytest.approx((0.01 * 2 + 0.81 * 2) / 2)
-
-
-@pytest.mark.parametrize("weights", [None, {0: 0.5, 1: 1.0, 2: 4.0}])
-def test_temperature_scaling_recovers_a_known_overconfidence(weights):
-    """Labels drawn from softmax(z); the head says softmax(3 z) tilted by the class weights: T = 3 undoes it."""
-    rng = np.random.default_rng(0)
-    z = rng.normal(0, 1.5, (4000, 3))
-    true_p = softmax(z)
-    y = np.array([rng.choice(3, p=p) for p in true_p])
-    w = np.array([weights[k] for k in range(3)]) if weights else np.ones(3)
-    head = softmax(3 * z + np.log(w))
-    cal = Calibration.fit(head, y, weights)
-    assert cal.temperature == pytest.approx(3.0, rel=0.1)
-    calibrated = cal.apply(head)
-    assert expected_calibration_error(y, calibrated) < 0.03 < expected_calibration_error(y, head)
-    np.testing.assert_allclose(cal.undo(calibrated), head, atol=1e-9)
-    assert (decide(calibrated, cal.decision_weights) == head.argmax(1)).all()  # decisions are the head's own
-
-
-def test_calibration_folded_into_the_head_equals_the_numpy_one():
-    from bottleneck.heads.model import HeadConfig, build_head, fold_calibration
-
-    x = np.random.default_rng(0).normal(0, 1, (32, 8)).astype(np.float32)
-    model = build_head(8, 3, HeadConfig(hidden=(6,), standardize=False))
-    before = model.predict(x, verbose=0).astype(np.float64)
-    cal = Calibration(0.6, (0.5, -0.2, 1.1), (1.0, 1.0, 1.0))
-    fold_calibration(model, cal)
-    np.testing.assert_allclose(model.predict(x, verbose=0), cal.apply(before), atol=1e-5)
-    fold_calibration(model, cal, undo=True)
-    np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-5)
 
 
 def test_subgroup_helpers():
@@ -316,7 +206,7 @@ def _row(id_, score, std, hidden):
 
 
 def test_sweep_winner_is_the_simplest_head_within_one_std_of_the_best():
-    from bottleneck.runs.sweep import choose_winner, head_size
+    from bottleneck.runs.leaderboard import choose_winner, head_size
 
     assert head_size(_row("a", 0, 0, "512,512")) == (1024, 2) and head_size(_row("b", 0, 0, "")) == (0, 0)
     rows = [_row("big", 0.80, 0.03, "1024,512"), _row("mid", 0.79, 0.02, "512,512"),
@@ -369,15 +259,3 @@ def test_ham10000_layout_report_has_every_figure_and_a_subgroup_table(tmp_path):
     for section in ("## Operating point", "## Calibration", "## Lesion-level results", "## Subgroups",
                     "| sex | images |", "| age | images |", "| localization | images |", "## Limitations"):
         assert section in report, section
-
-
-def test_a_figure_resting_on_one_lesion_has_no_interval():
-    y = np.array([1, 1, 0, 0, 0, 0])
-    flagged = np.array([True, True, False, True, False, False])
-    units = resampling_units(np.array(["A", "A", "B", "C", "D", "E"], dtype=object))  # every positive: lesion A
-    from bottleneck.stats.clinical import binary_stats, binary_support
-
-    found = bootstrap(binary_stats(y, flagged, 1), None, units, seed=0,
-                      support=binary_support(y, flagged, 1, units))
-    assert found["sensitivity"]["value"] == 1.0 and found["sensitivity"]["lower"] is None
-    assert found["specificity"]["lower"] is not None  # four negative lesions: an interval
