@@ -285,6 +285,7 @@ def test_checkpoints_are_written_under_a_temporary_name(ham_run, tmp_path, monke
     """A save that dies midway (here: raises after writing part of the file) leaves the committed state whole."""
     import keras
 
+    import bottleneck.models.checkpoints as checkpoints
     import bottleneck.models.finetune as finetune
 
     real_save = keras.Model.save
@@ -305,7 +306,7 @@ def test_checkpoints_are_written_under_a_temporary_name(ham_run, tmp_path, monke
     assert all(name.startswith(".") and name.endswith(".part.keras") for name in calls)
     tmp = out.with_name(f".{out.name}.tmp")
     state = json.loads((tmp / "progress.json").read_text())
-    assert state["epoch"] == 1 and finetune._readable(tmp / state["last_file"])
+    assert state["epoch"] == 1 and checkpoints._readable(tmp / state["last_file"])
     r = resume(ham_run, out)
     assert r.exit_code == 0 and "warning" not in r.output, r.output
     assert np.isfinite(json.loads((out / "metrics.json").read_text())["test"]["accuracy"])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from ..cache import default_memory_gb
-from ..heads import HeadConfig, SplitSpec, parse_hidden
+from ..heads import HEAD_OPTIONS, HeadConfig, SplitSpec
 from ..runs import (
     GRID_KEYS,
     RunOptions,
@@ -21,6 +21,7 @@ from ..runs import (
 )
 from ..stats import TARGET_SENSITIVITY, ClinicalOptions, parse_subgroups
 from .app import CLASS_MAP_HELP, app, class_map_arg, echo_lines, handle_errors
+from .params import declared, with_declared
 from .summaries import evaluate_lines, sweep_lines, train_head_lines
 
 MEMORY_HELP = ("Memory for the cache's features, in GiB (2^30 bytes) as float32: larger ones are streamed from the "
@@ -30,21 +31,11 @@ MEMORY_HELP = ("Memory for the cache's features, in GiB (2^30 bytes) as float32:
 
 @app.command("train-head")
 @handle_errors
+@with_declared
 def train_head_command(
     cache: Path = typer.Argument(..., help="A cache written by `bottleneck extract`."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/<cache>-<time>)."),
-    hidden: str = typer.Option("512,512", help="Hidden layer sizes, comma-separated."),
-    dropout: float = typer.Option(0.5, help="Dropout after each hidden layer."),
-    optimizer: str = typer.Option("rmsprop", help="rmsprop, adam or sgd."),
-    lr: float = typer.Option(1e-3, help="Initial learning rate."),
-    decay_rate: float = typer.Option(0.94, help="Exponential learning-rate decay factor ..."),
-    decay_steps: int = typer.Option(100, help="... applied every this many steps."),
-    batch_size: int = typer.Option(128, help="Batch size."),
-    epochs: int = typer.Option(60, help="Maximum epochs (early stopping on validation loss)."),
-    patience: int = typer.Option(10, help="Epochs without validation-loss improvement before stopping."),
-    class_weight: str = typer.Option("balanced", help="balanced or none."),
-    standardize: bool = typer.Option(True, help="Standardise inputs with training-split mean/std (in the head)."),
-    seed: int = typer.Option(0, help="Seed of the split, the initialisation, dropout and shuffling."),
+    head: dict = declared(HEAD_OPTIONS),  # --hidden ... --seed: HeadConfig's fields (heads/model.py)
     val: float = typer.Option(0.15, help="Validation fraction."),
     test: float = typer.Option(0.15, help="Test fraction (the rest trains)."),
     split_from: Optional[Path] = typer.Option(None, help="Reuse the split of an earlier run directory."),
@@ -69,14 +60,11 @@ def train_head_command(
 
     Example: bottleneck train-head cache/HAM10000-inception_v3-imagenet-299-avg.h5 --out runs/baseline
     """
-    head = HeadConfig(hidden=parse_hidden(hidden), dropout=dropout, optimizer=optimizer, lr=lr,
-                      decay_rate=decay_rate, decay_steps=decay_steps, batch_size=batch_size, epochs=epochs,
-                      patience=patience, class_weight=class_weight, standardize=standardize, seed=seed)
-    opts = RunOptions(out=out, split=SplitSpec.held_out(val, test, seed), split_from=split_from, overwrite=overwrite,
-                      progress=not quiet, augment=augment, tta=tta, memory_gb=memory_gb,
+    opts = RunOptions(out=out, split=SplitSpec.held_out(val, test, head["seed"]), split_from=split_from,
+                      overwrite=overwrite, progress=not quiet, augment=augment, tta=tta, memory_gb=memory_gb,
                       class_map=class_map_arg(class_map),
                       clinical=ClinicalOptions(positive, target_sensitivity, parse_subgroups(subgroups), calibrate))
-    echo_lines(train_head_lines(train_head_run(cache, head, opts)))
+    echo_lines(train_head_lines(train_head_run(cache, HeadConfig(**head), opts)))
 
 
 @app.command("evaluate")
@@ -103,20 +91,11 @@ def evaluate_command(
 
 @app.command("sweep")
 @handle_errors
+@with_declared
 def sweep_command(
     cache: Path = typer.Argument(..., help="A cache written by `bottleneck extract`."),
     grid: Optional[Path] = typer.Option(None, help=f"TOML grid file (keys: {', '.join(GRID_KEYS)})."),
-    hidden: Optional[List[str]] = typer.Option(None, help="Hidden sizes of one architecture; repeat for more."),
-    dropout: Optional[str] = typer.Option(None, help="Comma-separated values, e.g. 0.3,0.5."),
-    optimizer: Optional[str] = typer.Option(None, help="Comma-separated: rmsprop,adam,sgd."),
-    lr: Optional[str] = typer.Option(None, help="Comma-separated initial learning rates."),
-    decay_rate: Optional[str] = typer.Option(None, help="Comma-separated decay rates."),
-    decay_steps: Optional[str] = typer.Option(None, help="Comma-separated decay steps."),
-    batch_size: Optional[str] = typer.Option(None, help="Comma-separated batch sizes."),
-    class_weight: Optional[str] = typer.Option(None, help="Comma-separated: balanced,none."),
-    seed: Optional[str] = typer.Option(None, help="Comma-separated head seeds (init, dropout, shuffling)."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs of every configuration."),
-    patience: Optional[int] = typer.Option(None, help="Early-stopping patience of every configuration."),
+    given: dict = declared(HEAD_OPTIONS, sweep=True),  # --hidden, --dropout, ...: the grid keys a sweep varies
     folds: int = typer.Option(0, help="K-fold grouped, stratified CV on train+val (0: score on the val split)."),
     metric: str = typer.Option("balanced_accuracy", help="Ranking metric: balanced_accuracy, accuracy, "
                                "roc_auc_macro, melanoma_sensitivity."),
@@ -136,9 +115,7 @@ def sweep_command(
     Example: bottleneck sweep cache/HAM10000-inception_v3-imagenet-299-avg.h5 --lr 1e-3,3e-4 --dropout 0.3,0.5
     --hidden 512,512 --hidden 1024 --folds 5
     """
-    listed = {"dropout": dropout, "optimizer": optimizer, "lr": lr, "decay_rate": decay_rate,
-              "decay_steps": decay_steps, "batch_size": batch_size, "class_weight": class_weight, "seed": seed}
-    configs = expand_grid(grid_from_options(grid, listed, hidden, {"epochs": epochs, "patience": patience}))
+    configs = expand_grid(grid_from_options(grid, given))
     opts = SweepOptions(out=out, folds=folds, metric=metric, split=SplitSpec.held_out(val, test, split_seed),
                         split_from=split_from, progress=not quiet, tta=tta, memory_gb=memory_gb,
                         class_map=class_map_arg(class_map))

@@ -7,44 +7,30 @@ from typing import List, Optional
 
 import typer
 
-from ..models import FineTuneOptions, export, fine_tune, parse_unfreeze, predict
+from ..models import FINETUNE_OPTIONS, PRECISION_HELP, FineTuneOptions, export, fine_tune, predict
 from .app import app, class_map_arg, echo_lines, handle_errors
+from .params import declared, with_declared
 from .summaries import export_lines, fine_tune_lines, predict_lines
-
-PRECISION_HELP = ("Backbone compute precision: auto (the fastest native here: bfloat16 on CPUs with AVX512-BF16/AMX, "
-                  "float16 on GPUs, else float32), float32, bfloat16 or float16.")
 
 
 @app.command("fine-tune")
-@handle_errors(interrupted="interrupted; finished epochs are kept: rerun the same command with --resume")
+@handle_errors(interrupted="interrupted; finished epochs are kept: rerun the same command with "
+                          + FINETUNE_OPTIONS["resume"].flag)
+@with_declared
 def fine_tune_command(
     run: Path = typer.Argument(..., help="A run directory made by train-head (its head and split are used)."),
-    data: Optional[Path] = typer.Option(None, help="Image root replacing the one recorded in the cache."),
-    unfreeze: str = typer.Option("2", help="Top layer groups of the backbone to train, or 'all'."),
-    lr: float = typer.Option(1e-5, help="Learning rate (low: the backbone is pretrained)."),
-    epochs: int = typer.Option(10, help="Maximum epochs (early stopping on validation loss)."),
-    patience: int = typer.Option(3, help="Epochs without validation-loss improvement before stopping."),
-    optimizer: str = typer.Option("rmsprop", help="rmsprop, adam or sgd."),
-    batch_size: int = typer.Option(32, help="Images per training batch."),
-    augment: bool = typer.Option(True, help="Random flips, 90-degree rotations, brightness/contrast jitter."),
-    seed: int = typer.Option(0, help="Seed of shuffling and augmentation."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default: RUN-finetune next to RUN)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted fine-tune into the same --out."),
-    precision: str = typer.Option("auto", help=PRECISION_HELP),
+    opts: dict = declared(FINETUNE_OPTIONS),  # --data ... --precision: FineTuneOptions's fields (finetune.py)
     class_map: Optional[str] = typer.Option(None, help="Class map from the cache's classes to the head's "
                                             "('target=src1,src2;...', '*', or a .toml/.csv file); default: the run's "
                                             "own. Its targets must be the head's classes."),
-    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    overwrite: bool = declared(FINETUNE_OPTIONS, "overwrite"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Reattach a run's head to its backbone and train both end to end from the images at a low rate.
 
     Example: bottleneck fine-tune runs/baseline --unfreeze 2 --lr 1e-5 --epochs 10
     """
-    opts = FineTuneOptions(data=data, unfreeze=parse_unfreeze(unfreeze), lr=lr, epochs=epochs, patience=patience,
-                           optimizer=optimizer, batch_size=batch_size, out=out, resume=resume, overwrite=overwrite,
-                           precision=precision, augment=augment, seed=seed, progress=not quiet,
-                           class_map=class_map_arg(class_map))
+    opts = FineTuneOptions(**opts, overwrite=overwrite, progress=not quiet, class_map=class_map_arg(class_map))
     echo_lines(fine_tune_lines(fine_tune(run, opts)))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..cache import chunk_batches, is_streamed
 from ..errors import InputError
-from ..util import tensorflow
+from ..util import Option, Options, fraction_below_one, one_of, positive, positive_int, read_bool, tensorflow
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")  # of heads and of fine-tuning: see make_optimizer
 CLASS_WEIGHTS = ("balanced", "none")
@@ -21,6 +21,8 @@ CLASS_WEIGHTS = ("balanced", "none")
 
 @dataclass(frozen=True)
 class HeadConfig:
+    """A head's hyperparameters; the defaults are here, everything else about each field is in HEAD_OPTIONS."""
+
     hidden: tuple[int, ...] = (512, 512)
     dropout: float = 0.5
     optimizer: str = "rmsprop"
@@ -35,22 +37,7 @@ class HeadConfig:
     seed: int = 0
 
     def validate(self) -> HeadConfig:
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"--optimizer should be one of {', '.join(OPTIMIZERS)}; received {self.optimizer!r}")
-        if self.class_weight not in CLASS_WEIGHTS:
-            raise InputError(f"--class-weight should be balanced or none; received {self.class_weight!r}")
-        if not 0 <= self.dropout < 1:
-            raise InputError(f"--dropout should be in [0, 1); received {self.dropout}")
-        if any(h < 1 for h in self.hidden):
-            raise InputError(f"--hidden sizes should be positive integers; received {self.hidden}")
-        for name in ("lr", "decay_rate"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"--{name.replace('_', '-')} should be positive; received {getattr(self, name)}")
-        for name in ("decay_steps", "batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} should be a positive integer; "
-                                 f"received {getattr(self, name)}")
-        return self
+        return HEAD_OPTIONS.validate(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -67,6 +54,46 @@ def parse_hidden(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise InputError(f"--hidden should be comma-separated layer sizes like 512,512; received {text!r}") from None
+
+
+def read_hidden(value) -> tuple[int, ...]:
+    """One architecture from the command line ("512,512") or a grid file ("512,512", 1024 or [512, 512])."""
+    if isinstance(value, str):
+        return parse_hidden(value)
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(x) for x in value)
+
+
+# The options of train-head (in this order) and sweep: HeadConfig's fields, each declared once (util/options.py).
+HEAD_OPTIONS = Options(HeadConfig, [
+    Option("hidden", "Hidden layer sizes, comma-separated.", type=str, parse=read_hidden,
+           show=lambda h: ",".join(map(str, h)) or "0",
+           check=lambda h: "sizes should be positive integers" if any(x < 1 for x in h) else None,
+           sweep="repeat", sweep_help="Hidden sizes of one architecture; repeat for more."),
+    Option("dropout", "Dropout after each hidden layer.", check=fraction_below_one,
+           sweep="list", sweep_help="Comma-separated values, e.g. 0.3,0.5."),
+    Option("optimizer", "rmsprop, adam or sgd.", check=one_of(OPTIMIZERS),
+           sweep="list", sweep_help="Comma-separated: rmsprop,adam,sgd."),
+    Option("lr", "Initial learning rate.", check=positive,
+           sweep="list", sweep_help="Comma-separated initial learning rates."),
+    Option("decay_rate", "Exponential learning-rate decay factor ...", check=positive,
+           sweep="list", sweep_help="Comma-separated decay rates."),
+    Option("decay_steps", "... applied every this many steps.", check=positive_int,
+           sweep="list", sweep_help="Comma-separated decay steps."),
+    Option("batch_size", "Batch size.", check=positive_int,
+           sweep="list", sweep_help="Comma-separated batch sizes."),
+    Option("epochs", "Maximum epochs (early stopping on validation loss).", check=positive_int,
+           sweep="one", sweep_help="Maximum epochs of every configuration."),
+    Option("patience", "Epochs without validation-loss improvement before stopping.",
+           sweep="one", sweep_help="Early-stopping patience of every configuration."),
+    Option("class_weight", "balanced or none.", check=one_of(CLASS_WEIGHTS, "balanced or none"),
+           sweep="list", sweep_help="Comma-separated: balanced,none."),
+    Option("standardize", "Standardise inputs with training-split mean/std (in the head).", parse=read_bool,
+           sweep="file"),
+    Option("seed", "Seed of the split, the initialisation, dropout and shuffling.",
+           sweep="list", sweep_help="Comma-separated head seeds (init, dropout, shuffling)."),
+])
 
 
 def build_head(num_features: int, num_classes: int, cfg: HeadConfig, x_train=None):

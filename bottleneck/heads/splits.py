@@ -2,7 +2,9 @@
 
 HAM10000 holds several images of one lesion; a split that puts one image of a lesion in train and another
 in test measures memory, not skill. So whole groups (lesions, patients) go to one split, each class is
-spread over the splits in proportion, and the assignment depends only on the seed and the data.
+spread over the splits in proportion, and the assignment depends only on the seed and the data. The same holds
+inside train+val for a sweep: its K cross-validation folds are grouped and stratified too (`make_folds`), and so is
+the slice of a part's training rows that watches early stopping (`early_stopping_slice`, `cv_parts`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import CacheData
 from ..errors import InputError
 from ..stats import group_keys
 from ..util import check_split_file
@@ -137,3 +140,78 @@ def check_split(split: np.ndarray, labels: np.ndarray, groups: np.ndarray, class
         if g and s:
             if seen.setdefault(g, s) != s:
                 raise InputError(f"group {g!r} has images in both the {seen[g]} and {s} splits")
+
+
+# --- grouped CV folds of train+val, and the early-stopping slice of a part's training rows (used by sweeps) ----
+
+def make_folds(data: CacheData, split: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold number (0..k-1) for each train+val row, -1 elsewhere: grouped and stratified."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    dev = np.flatnonzero(np.isin(split, ("train", "val")))
+    y = data.labels[dev]
+    groups = group_keys(data.groups[dev], data.image_ids[dev])
+    for c in np.unique(y):
+        n_groups = len(set(groups[y == c]))
+        if n_groups < k:
+            raise InputError(f"--folds {k}: class {data.class_names[c]!r} has only {n_groups} groups in train+val; "
+                             f"use --folds {max(2, n_groups)} or fewer")
+    folds = np.full(len(split), -1)
+    skf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, held) in enumerate(skf.split(np.zeros(len(dev)), y, groups)):
+        folds[dev[held]] = f
+    return folds
+
+
+EARLY_STOP_FRACTION = 0.15  # of a CV fold's training groups, per class stratum: its early-stopping slice
+
+
+def early_stopping_slice(data: CacheData, rows: np.ndarray, seed, fraction: float = EARLY_STOP_FRACTION,
+                         where: str = " of a CV fold", fix: str = "use fewer --folds, or --folds 0"
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Split a part's training rows into (fit, stop): `stop` watches early stopping, `fit` trains.
+
+    Grouped (a lesion is wholly in one of them) and stratified as `make_split` is: each group counts under the
+    rarest class it holds, and `fraction` of each class's groups (at least one, when it has two or more) goes to
+    `stop`; a class with a single group stays in `fit`. Deterministic: `seed` (an int or a tuple of ints, e.g.
+    (split seed, fold)) and the data decide, not the row order."""
+    rows = np.asarray(rows)
+    labels = data.labels[rows]
+    # Sorted group keys: the row order does not matter.
+    uniq, inverse = np.unique(group_keys(data.groups[rows], data.image_ids[rows]), return_inverse=True)
+    n_classes = len(data.class_names)
+    rarest_first = np.lexsort((np.arange(n_classes), np.bincount(labels, minlength=n_classes)))
+    place = np.empty(n_classes, int)
+    place[rarest_first] = np.arange(n_classes)
+    rarest = np.full(len(uniq), n_classes)
+    np.minimum.at(rarest, inverse, place[labels])
+    stratum = rarest_first[rarest]  # (groups,) the rarest class each group holds
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(uniq), bool)
+    for c in np.unique(stratum):
+        gids = np.flatnonzero(stratum == c)
+        if len(gids) >= 2:
+            chosen[rng.permutation(gids)[:max(1, int(round(fraction * len(gids))))]] = True
+    if not chosen.any():
+        raise InputError(f"no class has two groups among {len(rows)} training rows{where}, so no grouped "
+                         f"early-stopping slice can be set aside; {fix}")
+    stop = chosen[inverse]
+    return rows[~stop], rows[stop]
+
+
+def cv_parts(data: CacheData, split: np.ndarray, folds: np.ndarray | None, seed: int = 0
+             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(fit, stop, scored) rows of each part a configuration is scored on.
+
+    No folds: val is scored; the train split minus its early-stopping slice (seeded by (seed,)) trains. K
+    folds: fold f is scored; the other folds minus their slice (seeded by (seed, f)) train. Either way the scored
+    rows never pick the epoch, so a configuration's score is not flattered by its own stopping point."""
+    if folds is None:
+        fit, stop = early_stopping_slice(data, np.flatnonzero(split == "train"), (seed,), where=" of the train split",
+                                         fix="add images, or use `train-head`, which early-stops on val")
+        return [(fit, stop, np.flatnonzero(split == "val"))]
+    parts = []
+    for f in range(folds.max() + 1):
+        fit, stop = early_stopping_slice(data, np.flatnonzero((folds >= 0) & (folds != f)), (seed, f))
+        parts.append((fit, stop, np.flatnonzero(folds == f)))
+    return parts

@@ -5,13 +5,13 @@
     top N layer groups unfrozen -> images (image_data.py, augmented) -> early stopping on val -> run dir
 
 The run directory is staged like train-head's (hidden `.NAME.tmp`, renamed into place at the end), except
-that an interrupted fine-tune keeps its staging folder so that `--resume` can continue it.
+that an interrupted fine-tune keeps its staging folder so that `--resume` can continue it (the checkpoints and the
+state naming them: checkpoints.py). The options are FineTuneOptions, each declared once in FINETUNE_OPTIONS.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -23,7 +23,7 @@ import numpy as np
 
 from ..backbones import check_precision, compute_policy, resolve_precision
 from ..cache import CacheConfig, CacheData, library_versions, load_cache
-from ..errors import BottleneckError, BottleneckWarning, CacheMismatchError, InputError
+from ..errors import BottleneckError, CacheMismatchError, InputError
 from ..heads import (
     OPTIMIZERS,
     SPLITS,
@@ -52,16 +52,33 @@ from ..runs import (
     write_history,
 )
 from ..stats import evaluate_splits
-from ..util import keras_layers, read_json_object, sha256_file, tensorflow, write_json_atomic
+from ..util import Option, Options, one_of, positive, positive_int, sha256_file, tensorflow, write_json_atomic
+from .checkpoints import (
+    Progress,
+    clear,
+    discard_unless_resumable,
+    fresh_staging,
+    resumable,
+    resume_model,
+    saved_states,
+    tracker,
+)
 from .classifier import assemble_model, predict_images, rebuild_backbone, unfreeze
 
-PROGRESS = "progress.json"  # in the staging folder: the state --resume continues, naming its model files
-PREVIOUS = "progress.prev.json"  # the state one epoch older, kept (with its files) until the newer one is whole
-CHECKPOINTS = ("last-*.keras", "best-*.keras", ".*.part.keras", "last.keras", "checkpoint.keras")
+PRECISION_HELP = ("Backbone compute precision: auto (the fastest native here: bfloat16 on CPUs with AVX512-BF16/AMX, "
+                  "float16 on GPUs, else float32), float32, bfloat16 or float16.")
+UNFREEZE_PROBLEM = "should be a number of layer groups (0, 1, 2, ...) or 'all'"
+# What a resume keeps of the options recorded at the start: the model already carries them. Only the stopping
+# limits (--epochs, --patience) may change.
+RESUME_KEEPS = ("data", "unfreeze", "lr", "optimizer", "batch_size", "augment", "seed", "precision")
+# The order config.json's rerun command has always spelled the options in (then --class-map, --data, --out).
+RERUN_ORDER = ("unfreeze", "lr", "epochs", "patience", "optimizer", "batch_size", "seed", "precision", "augment")
 
 
 @dataclass(frozen=True)
 class FineTuneOptions:
+    """A fine-tune's options; the defaults are here, everything else about each option is in FINETUNE_OPTIONS."""
+
     data: Path | None = None  # image root replacing the cache's recorded one
     unfreeze: int | str = 2  # top layer groups to train, or "all"
     lr: float = 1e-5
@@ -79,17 +96,7 @@ class FineTuneOptions:
     class_map: ClassMap | None = None  # None: the head run's own (must give the head's classes when given)
 
     def validate(self) -> FineTuneOptions:
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"--optimizer should be one of {', '.join(OPTIMIZERS)}; received {self.optimizer!r}")
-        if not self.lr > 0:
-            raise InputError(f"--lr should be positive; received {self.lr}")
-        for name in ("epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} should be a positive integer; "
-                                 f"received {getattr(self, name)}")
-        parse_unfreeze(self.unfreeze)
-        check_precision(self.precision)
-        return self
+        return FINETUNE_OPTIONS.validate(self)
 
 
 def parse_unfreeze(value) -> int | str:
@@ -98,17 +105,45 @@ def parse_unfreeze(value) -> int | str:
         return "all"
     if text.isdigit():
         return int(text)
-    raise InputError(f"--unfreeze should be a number of layer groups (0, 1, 2, ...) or 'all'; received {value!r}")
+    raise InputError(f"--unfreeze {UNFREEZE_PROBLEM}; received {value!r}")
+
+
+def _unfreeze_problem(value) -> str | None:
+    try:
+        parse_unfreeze(value)
+    except InputError:
+        return UNFREEZE_PROBLEM
+    return None
+
+
+def _precision_problem(value) -> None:
+    check_precision(value)  # refuses in its own words
+
+
+# The options of the fine-tune command, in its order, each declared once (util/options.py).
+FINETUNE_OPTIONS = Options(FineTuneOptions, [
+    Option("data", "Image root replacing the one recorded in the cache.", type=Path),
+    Option("unfreeze", "Top layer groups of the backbone to train, or 'all'.", type=str, parse=parse_unfreeze,
+           check=_unfreeze_problem),
+    Option("lr", "Learning rate (low: the backbone is pretrained).", check=positive),
+    Option("epochs", "Maximum epochs (early stopping on validation loss).", check=positive_int),
+    Option("patience", "Epochs without validation-loss improvement before stopping.", check=positive_int),
+    Option("optimizer", "rmsprop, adam or sgd.", check=one_of(OPTIMIZERS)),
+    Option("batch_size", "Images per training batch.", check=positive_int),
+    Option("augment", "Random flips, 90-degree rotations, brightness/contrast jitter."),
+    Option("seed", "Seed of shuffling and augmentation."),
+    Option("out", "Run directory (default: RUN-finetune next to RUN).", type=Path),
+    Option("resume", "Continue an interrupted fine-tune into the same --out."),
+    Option("precision", PRECISION_HELP, check=_precision_problem),
+    Option("overwrite", "Replace an existing run directory."),
+])
 
 
 def rerun_command(run: Path, opts: FineTuneOptions) -> list[str]:
     """The fine-tune command with its options spelled out, for config.json and the report."""
-    command = ["bottleneck", "fine-tune", str(run), "--unfreeze", str(opts.unfreeze), "--lr", str(opts.lr),
-               "--epochs", str(opts.epochs), "--patience", str(opts.patience), "--optimizer", opts.optimizer,
-               "--batch-size", str(opts.batch_size), "--seed", str(opts.seed), "--precision", opts.precision,
-               "--augment" if opts.augment else "--no-augment"]
+    command = ["bottleneck", "fine-tune", str(run), *FINETUNE_OPTIONS.argv(opts, RERUN_ORDER)]
     command += ["--class-map", opts.class_map.spec] if opts.class_map else []
-    return command + ["--data", str(opts.data)] * bool(opts.data) + ["--out", str(opts.out)] * bool(opts.out)
+    return command + FINETUNE_OPTIONS.argv(opts, ("data", "out"))
 
 
 @dataclass
@@ -133,17 +168,17 @@ def fine_tune(run: str | Path, opts: FineTuneOptions = FineTuneOptions(), callba
     model = job.build_model()  # the head on its rebuilt backbone, top groups unfrozen; or the resumed model
     try:
         job.fit(model, callbacks)
-        result = job.evaluate_and_write(load_keras(job.tmp / job.best_file()))
+        result = job.evaluate_and_write(load_keras(job.tmp / job.state.best_model))
         publish(job.tmp, job.out)
     except OSError as exc:  # a full disk: the epochs saved so far stay resumable
-        job.discard_unless_resumable()
-        kept = (f"finished epochs are kept in {job.tmp}: free space and rerun with --resume" if job.resumable()
+        discard_unless_resumable(job.tmp)
+        kept = (f"finished epochs are kept in {job.tmp}: free space and rerun with --resume" if resumable(job.tmp)
                 else "nothing was kept")
         raise BottleneckError(f"writing fine-tune run {job.out} failed: {exc.strerror or exc}"
                               f"{f' ({exc.filename})' if exc.filename else ''}; nothing older was lost, "
                               f"{kept}") from None
     except BaseException:
-        job.discard_unless_resumable()
+        discard_unless_resumable(job.tmp)
         raise
     return result
 
@@ -158,16 +193,13 @@ class FineTuneJob:
     command: list[str]
     out: Path
     tmp: Path  # the staging folder, kept while the job can be resumed
-    state: dict | list | None  # progress.json: None until the first epoch starts (a new job); when resuming,
-    # the saved states to try (progress.json, progress.prev.json) until build_model picks the first readable one
-    data: CacheData  # rows only: the image list, labels and groups
-    split: np.ndarray
-    rows: dict  # split name -> labeled rows
-    paths: np.ndarray  # absolute image path per cache row
+    saved: list[Progress]  # the saved states a resume tries, newest first; [] for a new job
+    images: JobImages
+    state: Progress | None = None  # set by build_model: the resumed state, or a new one at epoch 0
 
     @classmethod
     def open(cls, run: Path, opts: FineTuneOptions) -> FineTuneJob:
-        """Check the run, the output and the images before any model is built; load a resumable state."""
+        """Check the run, the output and the images before any model is built; load the states to resume from."""
         restore_interrupted(run)  # a run left aside by a kill mid-publish
         if not run.is_dir():
             raise InputError(f"run {run} does not exist; pass a directory made by `bottleneck train-head`")
@@ -178,25 +210,11 @@ class FineTuneJob:
             raise InputError(f"{run} has no head.keras; fine-tune starts from a `bottleneck train-head` run")
         check_free(out, opts.overwrite)
         tmp = staging_dir(out)
-        state = None
-        if opts.resume:
-            state, opts = _resume_state(run, tmp, opts)  # a list of states to try, newest first
-        cache_rec = source["cache"]
-        root = Path(opts.data) if opts.data else Path(cache_rec["root"])
-        if not root.is_dir():
-            raise InputError(f"image root {root} does not exist; pass --data DIR with the images the cache was "
-                             "extracted from")
-        data = _load_source_cache(cache_rec, run)
-        names = run_class_names(source)
-        given = opts.class_map
-        data = map_classes(data, given or recorded_map(source), names, strict=given is not None)
-        split, _ = load_split(run, data.image_ids)
-        rows = {s: np.flatnonzero((split == s) & (data.labels >= 0)) for s in SPLITS}
-        for s in ("train", "val"):
-            if not len(rows[s]):
-                raise InputError(f"the split of {run} has no {s} images; fine-tune needs train and val")
-        paths = np.array([str(root / p) for p in data.paths], dtype=object)
-        return cls(run, source, opts, command, out, tmp, state, data, split, rows, paths)
+        saved = saved_states(run, tmp) if opts.resume else []
+        if saved:
+            recorded = {k: saved[0].options[k] for k in RESUME_KEEPS if k in saved[0].options}
+            opts = replace(opts, **{**recorded, "data": Path(recorded["data"]) if recorded.get("data") else None})
+        return cls(run, source, opts, command, out, tmp, saved, JobImages.load(run, source, opts))
 
     @property
     def provenance(self) -> CacheConfig:
@@ -217,10 +235,10 @@ class FineTuneJob:
         strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
         keras.utils.set_random_seed(self.opts.seed)
         with compute_policy(self.opts.precision), strategy.scope():
-            if self.state is not None:
-                model = self._resumed_model()
-                if model is not None:
-                    return model
+            resumed = resume_model(self.tmp, self.saved) if self.saved else None
+            if resumed is not None:
+                model, self.state = resumed
+                return model
             backbone = rebuild_backbone(self.provenance, self.opts.precision)
             # The head as trained: a calibration fitted to the cached features' head does not hold for a
             # fine-tuned one, so it is taken out (the fine-tuned model reports uncalibrated probabilities).
@@ -229,182 +247,129 @@ class FineTuneJob:
             unfrozen = unfreeze(backbone, self.provenance.backbone, parse_unfreeze(self.opts.unfreeze))  # may refuse
             model.compile(optimizer=make_optimizer(self.opts.optimizer, self.opts.lr),
                           loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
-        self._start(unfrozen)
+        fresh_staging(self.tmp)
+        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
+        self.state = Progress(str(self.run.resolve()), record, unfrozen)
         return model
-
-    def _resumed_model(self):
-        """The last saved model of the newest saved state whose files can be read (an older one when a kill or a
-        disk error damaged the newest), with one warning line per state passed over; None when none can be read:
-        the job starts over."""
-        for state in self.state:
-            try:
-                model = load_keras(self.tmp / state.get("last_file", "last.keras"))
-            except InputError as exc:
-                warnings.warn(f"cannot resume from epoch {state['epoch']}: {exc}; trying the previous checkpoint",
-                              BottleneckWarning, stacklevel=2)
-                continue
-            best = state.get("best_file", "checkpoint.keras")
-            if state["best_epoch"] and not (best and _readable(self.tmp / best)):
-                warnings.warn(f"the best checkpoint {best} (epoch {state['best_epoch']}) cannot be read; the best "
-                              f"of the epochs from {state['epoch'] + 1} on is kept instead", BottleneckWarning,
-                              stacklevel=2)
-                state.update(best=float("inf"), best_epoch=0, best_file=None)
-            self.state = state
-            return model
-        warnings.warn(f"no readable checkpoint in {self.tmp}: starting this fine-tune over from epoch 0",
-                      BottleneckWarning, stacklevel=2)
-        self.state = None
-        return None
-
-    def best_file(self) -> str:
-        """The best epoch's model file (the last one when no epoch since a resume had a best-known loss)."""
-        return self.state.get("best_file") or self.state.get("last_file", "checkpoint.keras")
-
-    def _start(self, unfrozen: dict) -> None:
-        """A fresh staging folder and the state of a job at epoch 0."""
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
-        opts_record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
-        self.state = {"source_run": str(self.run.resolve()), "options": opts_record, "unfrozen": unfrozen,
-                      "epoch": 0, "history": {}, "best": float("inf"), "best_epoch": 0, "wait": 0, "stopped": False,
-                      "skipped_in_training": {}, "seconds": 0.0}
 
     def fit(self, model, callbacks=()) -> None:
         """Train on the train split, early-stop on val, saving every epoch; the test split is never read."""
-        opts, state, y = self.opts, self.state, self.data.labels
-        size = self.provenance.input_size
-        cw = class_weights(y[self.rows["train"]], len(self.class_names),
+        opts, state, images = self.opts, self.state, self.images
+        y, size = images.data.labels, self.provenance.input_size
+        cw = class_weights(y[images.rows["train"]], len(self.class_names),
                            self.source["head"].get("class_weight", "balanced")) or {}
         weight = np.array([cw.get(int(c), 1.0) for c in y], np.float32)
-        skipped: dict = dict(state["skipped_in_training"])
+        skipped: dict = dict(state.skipped_in_training)
 
         def batches(s, train):
-            r = self.rows[s]
-            return training_batches(list(self.paths[r]), y[r], weight[r] if train else np.ones(len(r)), size,
+            r = images.rows[s]
+            return training_batches(list(images.paths[r]), y[r], weight[r] if train else np.ones(len(r)), size,
                                     opts.batch_size, skipped, augment=train and opts.augment, shuffle=train,
                                     seed=opts.seed)
 
         start = time.perf_counter()
-        if not state["stopped"] and state["epoch"] < opts.epochs:
+        if not state.stopped and state.epoch < opts.epochs:
             with warnings.catch_warnings():
                 # Filtering unreadable images leaves the datasets' length unknown, so Keras finds each epoch's end
                 # by running out of data and warns about it every time: expected here, not a problem.
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
                 model.fit(batches("train", True), validation_data=batches("val", False), epochs=opts.epochs,
-                          initial_epoch=state["epoch"], verbose=0, shuffle=False,  # the dataset shuffles itself
-                          callbacks=[_tracker(self.tmp, state, opts.patience), *callbacks,
+                          initial_epoch=state.epoch, verbose=0, shuffle=False,  # the dataset shuffles itself
+                          callbacks=[tracker(self.tmp, state, opts.patience), *callbacks,
                                      epoch_bar(opts.epochs, opts.progress, "fine-tune")])
-        state["seconds"] += time.perf_counter() - start
-        state["skipped_in_training"] = skipped
+        state.seconds += time.perf_counter() - start
+        state.skipped_in_training = skipped
 
     def evaluate_and_write(self, model) -> FineTuneResult:
         """The best checkpoint on every split from the images, against the head alone; the run's artifacts."""
-        opts, state, tmp, run = self.opts, self.state, self.tmp, self.run
-        data, split, rows, names = self.data, self.split, self.rows, self.class_names
-        y = data.labels
-        all_rows = np.concatenate([rows[s] for s in SPLITS])
-        proba, errors = predict_images(model, list(self.paths[all_rows]), self.provenance.input_size,
-                                       opts.batch_size)
-        ok = np.array([not e for e in errors], bool)
-        failed = [{"path": str(data.paths[r]), "split": str(split[r]), "reason": e, "stage": "evaluation"}
-                  for r, e in zip(all_rows, errors) if e]
+        tmp, state, images, names = self.tmp, self.state, self.images, self.class_names
+        metrics, proba, good, failed = evaluate_images(model, images, names, self.provenance.input_size,
+                                                       self.opts.batch_size, self.run)
         failed += [{"path": p, "split": "train/val", "reason": r, "stage": "training"}
-                   for p, r in state["skipped_in_training"].items()]
-        good = all_rows[ok]
-        metrics = evaluate_splits(y[good], proba[ok], split[good], names, y[rows["train"]])
-        if "test" not in metrics:
-            raise InputError(f"no test image of {run} could be read for evaluation; check the image root (--data)")
-        train_ok = np.isin(good, rows["train"])
-        metrics["train"] = {"n": int(train_ok.sum()),
-                            "accuracy": float((proba[ok][train_ok].argmax(1) == y[good][train_ok]).mean())}
-        head_metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-        metrics["head_only"] = {k: head_metrics[k] for k in ("val", "test") if k in head_metrics}
-
-        shutil.copy(run / "split.csv", tmp / "split.csv")
-        write_history(tmp / "history.csv", state["history"])
-        predictions_frame(data, split, proba[ok], good, names).to_csv(tmp / "predictions.csv", index=False)
+                   for p, r in state.skipped_in_training.items()]
+        shutil.copy(self.run / "split.csv", tmp / "split.csv")
+        write_history(tmp / "history.csv", state.history)
+        predictions_frame(images.data, images.split, proba, good, names).to_csv(tmp / "predictions.csv", index=False)
         write_json_atomic(tmp / "metrics.json", metrics)
-        config = self._config(failed)
+        config = _run_config(self, failed)
         write_json_atomic(tmp / "config.json", config)
-        plot_curves(state["history"], tmp / "curves.png")
+        plot_curves(state.history, tmp / "curves.png")
         plot_confusion(metrics["test"]["confusion_matrix"], names, tmp / "confusion.png",
                        title=f"test split, {metrics['test']['n']} images (fine-tuned)")
         write_finetune_report(tmp / "report.md", config, metrics, self.out.name)
         model.save(tmp / "model.keras")
-        for pattern in (*CHECKPOINTS, PROGRESS, PREVIOUS):  # model.keras is the best checkpoint
-            for path in tmp.glob(pattern):
-                path.unlink(missing_ok=True)
-        return FineTuneResult(self.out, metrics, state["best_epoch"], state["epoch"], state["seconds"], failed,
-                              opts.precision)
-
-    def _config(self, failed: list) -> dict:
-        """config.json of the fine-tune run: its source, options and outcome."""
-        source, state, opts = self.source, self.state, self.opts
-        options = {k: v for k, v in state["options"].items() if k != "progress"}
-        return {"command": list(self.command), "kind": "finetune",
-                "source_run": {"path": state["source_run"], "head_sha256": sha256_file(self.run / "head.keras"),
-                               "command": source.get("command")},
-                "cache": {**source["cache"], "root": str(opts.data or source["cache"]["root"])},
-                "class_names": self.class_names, "class_map": self.data.class_map,
-                "head": source["head"], "split": source.get("split"),
-                "options": {**options, "epochs": opts.epochs, "patience": opts.patience},
-                "unfrozen": state["unfrozen"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-                "train_seconds": round(state["seconds"], 3), "images": {s: int(len(r)) for s, r in self.rows.items()},
-                "failed": failed, "library_versions": library_versions(), "python": sys.version.split()[0],
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-    def resumable(self) -> bool:
-        return (self.tmp / PROGRESS).is_file() or (self.tmp / PREVIOUS).is_file()
-
-    def discard_unless_resumable(self) -> None:
-        if not self.resumable():  # nothing a resume could use
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        clear(tmp)  # model.keras is the best checkpoint
+        return FineTuneResult(self.out, metrics, state.best_epoch, state.epoch, state.seconds, failed,
+                              self.opts.precision)
 
 
 # --- pieces of the job ---------------------------------------------------------------------------------------
 
-def _resume_state(run: Path, tmp: Path, opts: FineTuneOptions) -> tuple[list[dict], FineTuneOptions]:
-    """The saved states of an interrupted fine-tune, newest first (build_model resumes from the first whose model
-    file reads), and the recorded options (only the stopping limits may change on a resume: the model already
-    carries the rest)."""
-    states = []
-    for name in (PROGRESS, PREVIOUS):
-        if (tmp / name).is_file():
-            try:
-                state = read_json_object(tmp / name, "it is passed over")
-            except InputError:
-                state = {}
-            if {"source_run", "options", "epoch", "best_epoch"} <= set(state):
-                states.append(state)
-                continue
-            warnings.warn(f"{tmp / name} is damaged; it is passed over", BottleneckWarning, stacklevel=2)
-    if not states:
-        raise InputError(f"nothing to resume: no interrupted fine-tune in {tmp}; run without --resume")
-    state = states[0]
-    if state["source_run"] != str(run.resolve()):
-        raise InputError(f"{tmp} continues a fine-tune of {state['source_run']}, not of {run}; "
-                         "pass that run or another --out")
-    keep = ("data", "unfreeze", "lr", "optimizer", "batch_size", "augment", "seed", "precision")
-    recorded = {k: state["options"][k] for k in keep if k in state["options"]}
-    data = recorded.get("data")
-    return states, replace(opts, **{**recorded, "data": Path(data) if data else None})
+@dataclass
+class JobImages:
+    """The images of a fine-tune: the source cache's rows (no features), the run's split, the labeled rows of each
+    split and each row's image file."""
+
+    data: CacheData  # rows only: the image list, labels and groups
+    split: np.ndarray
+    rows: dict  # split name -> labeled rows
+    paths: np.ndarray  # absolute image path per cache row
+
+    @classmethod
+    def load(cls, run: Path, source: dict, opts: FineTuneOptions) -> JobImages:
+        cache_rec = source["cache"]
+        root = Path(opts.data) if opts.data else Path(cache_rec["root"])
+        if not root.is_dir():
+            raise InputError(f"image root {root} does not exist; pass --data DIR with the images the cache was "
+                             "extracted from")
+        data = _load_source_cache(cache_rec, run)
+        given = opts.class_map
+        data = map_classes(data, given or recorded_map(source), run_class_names(source), strict=given is not None)
+        split, _ = load_split(run, data.image_ids)
+        rows = {s: np.flatnonzero((split == s) & (data.labels >= 0)) for s in SPLITS}
+        for s in ("train", "val"):
+            if not len(rows[s]):
+                raise InputError(f"the split of {run} has no {s} images; fine-tune needs train and val")
+        return cls(data, split, rows, np.array([str(root / p) for p in data.paths], dtype=object))
 
 
-def _readable(path: Path) -> bool:
-    """A .keras file whose archive opens (checked without building the model)."""
-    try:
-        keras_layers(path)
-    except InputError:
-        return False
-    return True
+def evaluate_images(model, images: JobImages, names: list[str], size: int, batch_size: int, run: Path):
+    """(metrics, probabilities of the readable rows, those rows, failed images): the model on every split from the
+    images, with the head alone's metrics beside (`head_only`, from the run's metrics.json)."""
+    data, split, rows, y = images.data, images.split, images.rows, images.data.labels
+    all_rows = np.concatenate([rows[s] for s in SPLITS])
+    proba, errors = predict_images(model, list(images.paths[all_rows]), size, batch_size)
+    ok = np.array([not e for e in errors], bool)
+    failed = [{"path": str(data.paths[r]), "split": str(split[r]), "reason": e, "stage": "evaluation"}
+              for r, e in zip(all_rows, errors) if e]
+    good = all_rows[ok]
+    metrics = evaluate_splits(y[good], proba[ok], split[good], names, y[rows["train"]])
+    if "test" not in metrics:
+        raise InputError(f"no test image of {run} could be read for evaluation; check the image root (--data)")
+    train_ok = np.isin(good, rows["train"])
+    metrics["train"] = {"n": int(train_ok.sum()),
+                        "accuracy": float((proba[ok][train_ok].argmax(1) == y[good][train_ok]).mean())}
+    head_metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    metrics["head_only"] = {k: head_metrics[k] for k in ("val", "test") if k in head_metrics}
+    return metrics, proba[ok], good, failed
 
 
-def _save_model(model, path: Path) -> None:
-    """Save under a temporary name in the same folder, then rename: a kill mid-save leaves the older files whole."""
-    part = path.with_name(f".{path.stem}.part.keras")
-    model.save(part)
-    os.replace(part, path)
+def _run_config(job: FineTuneJob, failed: list) -> dict:
+    """config.json of the fine-tune run: its source, options and outcome."""
+    source, state, opts = job.source, job.state, job.opts
+    options = {k: v for k, v in state.options.items() if k != "progress"}
+    return {"command": list(job.command), "kind": "finetune",
+            "source_run": {"path": state.source_run, "head_sha256": sha256_file(job.run / "head.keras"),
+                           "command": source.get("command")},
+            "cache": {**source["cache"], "root": str(opts.data or source["cache"]["root"])},
+            "class_names": job.class_names, "class_map": job.images.data.class_map,
+            "head": source["head"], "split": source.get("split"),
+            "options": {**options, "epochs": opts.epochs, "patience": opts.patience},
+            "unfrozen": state.unfrozen, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+            "train_seconds": round(state.seconds, 3),
+            "images": {s: int(len(r)) for s, r in job.images.rows.items()},
+            "failed": failed, "library_versions": library_versions(), "python": sys.version.split()[0],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def _load_source_cache(cache_rec: dict, run: Path) -> CacheData:
@@ -416,53 +381,3 @@ def _load_source_cache(cache_rec: dict, run: Path) -> CacheData:
     if diff:
         raise CacheMismatchError(f"cache {path} no longer matches run {run}: {diff}; use the run's own cache")
     return data
-
-
-def _tracker(tmp: Path, state: dict, patience: int):
-    """Early stopping on val loss, best model -> best-NNNN.keras, last model -> last-NNNN.keras, and the state naming
-    both -> progress.json, written last: the commit of an epoch. The previous state and its files are kept until the
-    next epoch commits (progress.prev.json), so a kill or a damaged file at any moment leaves a state to resume.
-    One callback because the three are saved together: a resume must see a consistent state."""
-    tensorflow()
-    import keras
-
-    class Tracker(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            if "val_loss" not in logs:
-                raise InputError("no validation image could be read, so there is nothing to early-stop on; "
-                                 "check the image root (--data)")
-            for k, v in logs.items():
-                state["history"].setdefault(k, []).append(float(v))
-            if logs["val_loss"] < state["best"]:
-                state.update(best=float(logs["val_loss"]), best_epoch=epoch + 1, wait=0,
-                             best_file=f"best-{epoch + 1:04d}.keras")
-                _save_model(self.model, tmp / state["best_file"])
-            else:
-                state["wait"] += 1
-            state["epoch"] = epoch + 1
-            state["stopped"] = state["wait"] >= patience
-            self.model.stop_training = state["stopped"]
-            state["last_file"] = f"last-{epoch + 1:04d}.keras"
-            _save_model(self.model, tmp / state["last_file"])
-            if (tmp / PROGRESS).is_file():
-                os.replace(tmp / PROGRESS, tmp / PREVIOUS)
-            write_json_atomic(tmp / PROGRESS, state, indent=1)  # never a half-written state
-            _prune(tmp)
-
-    return Tracker()
-
-
-def _prune(tmp: Path) -> None:
-    """Remove model files that neither progress.json nor progress.prev.json names."""
-    named = set()
-    for name in (PROGRESS, PREVIOUS):
-        try:
-            state = json.loads((tmp / name).read_text())
-            named |= {state.get("last_file"), state.get("best_file")}
-        except (OSError, ValueError, AttributeError):
-            continue
-    for pattern in CHECKPOINTS[:2]:
-        for path in tmp.glob(pattern):
-            if path.name not in named:
-                path.unlink(missing_ok=True)

@@ -1,5 +1,5 @@
 """Runs of heads and what they write: the run directory (`directory`), train-head (`train`), evaluate, sweep
-(`grid`, `folds`, `leaderboard`), the plots, the report and the sanity checks.
+(`sweep`, its `grid` and `leaderboard`; its CV folds are heads' splits), the plots, the report and the sanity checks.
 
 What other packages may use is named here; everything else is private to the package."""
 
@@ -17,9 +17,11 @@ from .directory import (
                         write_history,
 )
 from .evaluate import EvalResult, evaluate_run
+from .grid import GRID_KEYS, expand_grid, grid_from_options
+from .leaderboard import format_leaderboard
 from .plots import plot_confusion, plot_curves
 from .report import write_finetune_report
-from .sweep import GRID_KEYS, SweepOptions, SweepResult, expand_grid, format_leaderboard, grid_from_options, run_sweep
+from .sweep import SweepOptions, SweepResult, run_sweep
 from .train import RunOptions, RunResult, train_head_run
 
 __all__ = [

@@ -156,7 +156,7 @@ def load_keras(path: Path):
 
     try:
         return keras.saving.load_model(path)
-    except Exception as exc:  # Keras raises ValueError, TypeError, KeyError, OSError... for a damaged archive
+    except Exception as exc:  # noqa: BLE001 -- Keras raises ValueError, TypeError, KeyError, OSError... for a damaged archive
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise InputError(f"{path} is not a loadable Keras model ({type(exc).__name__}: {first}); restore it or "
                          "rerun the command that wrote it") from None

@@ -2,8 +2,9 @@
 
 Selection only ever looks at validation data (the val split, or K grouped folds of train+val); the
 test split is used once, by the winner, after it is retrained on train+val. Early stopping watches a grouped
-slice of the training rows (`early_stopping_slice`), never the rows being scored: a fold (or a val split) that
-picked its own best epoch would score itself optimistically.
+slice of the training rows (`early_stopping_slice` in heads/splits.py), never the rows being scored: a fold (or a
+val split) that picked its own best epoch would score itself optimistically. The configurations come from the grid
+(`grid.py`); the ranking and the winner's choice are `leaderboard.py`'s.
 
     out/sweep.json            what the sweep is bound to (cache SHA-256, split, folds, metric)
     out/split.csv             the one split of the whole sweep
@@ -14,11 +15,8 @@ picked its own best epoch would score itself optimistically.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import time
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -28,196 +26,25 @@ from tqdm.auto import tqdm
 from ..cache import GIB, CacheData, features_fit, is_streamed, load_cache_within, read_views, resolve_memory_gb, take
 from ..errors import InputError
 from ..heads import (
+    EARLY_STOP_FRACTION,
     ClassMap,
     HeadConfig,
     SplitSpec,
     TrainedHead,
+    cv_parts,
     fit_head,
     load_split,
+    make_folds,
     map_classes,
-    parse_hidden,
     predict_proba,
     save_split,
 )
-from ..stats import compute_metrics, fmt, group_keys
+from ..stats import compute_metrics
 from ..util import sha256_file, write_json_atomic
 from .directory import write_history
+from .grid import config_id
+from .leaderboard import METRICS, choose_winner, format_leaderboard, metric_score, write_leaderboard
 from .train import RunOptions, fit_and_write, require_views, resolve_split, task_map, tta_proba
-
-METRICS = ("balanced_accuracy", "accuracy", "roc_auc_macro", "melanoma_sensitivity")
-
-
-def _bool(v) -> bool:
-    if isinstance(v, bool):
-        return v
-    if str(v).lower() in ("true", "1", "yes"):
-        return True
-    if str(v).lower() in ("false", "0", "no"):
-        return False
-    raise ValueError(v)
-
-
-def _hidden(v) -> tuple[int, ...]:
-    if isinstance(v, str):
-        return parse_hidden(v)
-    if isinstance(v, int):
-        return (v,)
-    return tuple(int(x) for x in v)
-
-
-# Grid keys and how one value is read; every other HeadConfig field is fixed for the whole sweep.
-GRID_KEYS = {"hidden": _hidden, "dropout": float, "optimizer": str, "lr": float, "decay_rate": float,
-             "decay_steps": int, "batch_size": int, "class_weight": str, "seed": int, "epochs": int,
-             "patience": int, "standardize": _bool}
-
-
-def parse_values(key: str, values: list) -> list:
-    """Convert and validate one grid key's values; errors name the key and the bad value."""
-    if key not in GRID_KEYS:
-        raise InputError(f"unknown grid key {key!r}; known keys: {', '.join(GRID_KEYS)}")
-    out = []
-    for v in values:
-        try:
-            out.append(GRID_KEYS[key](v))
-        except (ValueError, TypeError, InputError):
-            raise InputError(f"grid key {key!r}: cannot read value {v!r}") from None
-    if not out:
-        raise InputError(f"grid key {key!r} has no values")
-    return out
-
-
-def split_list(text: str) -> list[str]:
-    """"1e-3,3e-4" -> ["1e-3", "3e-4"] (for every option but --hidden, whose commas are layer sizes)."""
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def load_grid_toml(path: Path) -> dict[str, list]:
-    """A TOML grid: `lr = [1e-3, 3e-4]`, `dropout = 0.5`, `hidden = [[512, 512], [1024]]` or `["512,512"]`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"grid file {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"grid file {path} is not valid TOML: {exc}") from None
-    grid = {}
-    for key, value in raw.items():
-        if key == "hidden" and isinstance(value, list) and value and all(isinstance(v, int) for v in value):
-            value = [value]  # hidden = [512, 512] is one architecture, not two
-        grid[key] = parse_values(key, value if isinstance(value, list) else [value])
-    return grid
-
-
-def grid_from_options(grid_file: Path | None = None, listed: dict[str, str | None] | None = None,
-                      hidden: list[str] | None = None, single: dict[str, int | None] | None = None) -> dict[str, list]:
-    """The grid of `bottleneck sweep`: a TOML file's keys, then options, which win over the file.
-
-    listed: comma-separated values per key ("1e-3,3e-4"); hidden: one architecture per item ("512,512");
-    single: one value per key (epochs, patience); None means the option was not given."""
-    values = load_grid_toml(grid_file) if grid_file else {}
-    for key, text in (listed or {}).items():
-        if text is not None:
-            values[key] = parse_values(key, split_list(text))
-    if hidden:
-        values["hidden"] = parse_values("hidden", hidden)
-    for key, value in (single or {}).items():
-        if value is not None:
-            values[key] = parse_values(key, [value])
-    return values
-
-
-def expand_grid(grid: dict[str, list], base: HeadConfig = HeadConfig()) -> list[HeadConfig]:
-    """Cartesian product of the grid over `base`, each configuration validated, duplicates dropped."""
-    keys = list(grid)
-    configs, seen = [], set()
-    for combo in itertools.product(*(grid[k] for k in keys)):
-        cfg = replace(base, **dict(zip(keys, combo))).validate()
-        if config_id(cfg) not in seen:
-            seen.add(config_id(cfg))
-            configs.append(cfg)
-    return configs
-
-
-def config_id(cfg: HeadConfig) -> str:
-    return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-
-
-def _score(metrics: dict, metric: str) -> float | None:
-    if metric == "melanoma_sensitivity":
-        return (metrics.get("melanoma") or {}).get("sensitivity")
-    return metrics.get(metric)
-
-
-def make_folds(data: CacheData, split: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold number (0..k-1) for each train+val row, -1 elsewhere: grouped and stratified."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    dev = np.flatnonzero(np.isin(split, ("train", "val")))
-    y = data.labels[dev]
-    groups = group_keys(data.groups[dev], data.image_ids[dev])
-    for c in np.unique(y):
-        n_groups = len(set(groups[y == c]))
-        if n_groups < k:
-            raise InputError(f"--folds {k}: class {data.class_names[c]!r} has only {n_groups} groups in train+val; "
-                             f"use --folds {max(2, n_groups)} or fewer")
-    folds = np.full(len(split), -1)
-    skf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    for f, (_, held) in enumerate(skf.split(np.zeros(len(dev)), y, groups)):
-        folds[dev[held]] = f
-    return folds
-
-
-EARLY_STOP_FRACTION = 0.15  # of a CV fold's training groups, per class stratum: its early-stopping slice
-
-
-def early_stopping_slice(data: CacheData, rows: np.ndarray, seed, fraction: float = EARLY_STOP_FRACTION,
-                         where: str = " of a CV fold", fix: str = "use fewer --folds, or --folds 0"
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Split a part's training rows into (fit, stop): `stop` watches early stopping, `fit` trains.
-
-    Grouped (a lesion is wholly in one of them) and stratified as `make_split` is: each group counts under the
-    rarest class it holds, and `fraction` of each class's groups (at least one, when it has two or more) goes to
-    `stop`; a class with a single group stays in `fit`. Deterministic: `seed` (an int or a tuple of ints, e.g.
-    (split seed, fold)) and the data decide, not the row order."""
-    rows = np.asarray(rows)
-    labels = data.labels[rows]
-    uniq, inverse = np.unique(group_keys(data.groups[rows], data.image_ids[rows]), return_inverse=True)  # sorted: row order does not matter
-    n_classes = len(data.class_names)
-    rarest_first = np.lexsort((np.arange(n_classes), np.bincount(labels, minlength=n_classes)))
-    place = np.empty(n_classes, int)
-    place[rarest_first] = np.arange(n_classes)
-    rarest = np.full(len(uniq), n_classes)
-    np.minimum.at(rarest, inverse, place[labels])
-    stratum = rarest_first[rarest]  # (groups,) the rarest class each group holds
-    rng = np.random.default_rng(seed)
-    chosen = np.zeros(len(uniq), bool)
-    for c in np.unique(stratum):
-        gids = np.flatnonzero(stratum == c)
-        if len(gids) >= 2:
-            chosen[rng.permutation(gids)[:max(1, int(round(fraction * len(gids))))]] = True
-    if not chosen.any():
-        raise InputError(f"no class has two groups among {len(rows)} training rows{where}, so no grouped "
-                         f"early-stopping slice can be set aside; {fix}")
-    stop = chosen[inverse]
-    return rows[~stop], rows[stop]
-
-
-def cv_parts(data: CacheData, split: np.ndarray, folds: np.ndarray | None, seed: int = 0
-             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(fit, stop, scored) rows of each part a configuration is scored on.
-
-    No folds: val is scored; the train split minus its early-stopping slice (seeded by (seed,)) trains. K
-    folds: fold f is scored; the other folds minus their slice (seeded by (seed, f)) train. Either way the scored
-    rows never pick the epoch, so a configuration's score is not flattered by its own stopping point."""
-    if folds is None:
-        fit, stop = early_stopping_slice(data, np.flatnonzero(split == "train"), (seed,), where=" of the train split",
-                                         fix="add images, or use `train-head`, which early-stops on val")
-        return [(fit, stop, np.flatnonzero(split == "val"))]
-    parts = []
-    for f in range(folds.max() + 1):
-        fit, stop = early_stopping_slice(data, np.flatnonzero((folds >= 0) & (folds != f)), (seed, f))
-        parts.append((fit, stop, np.flatnonzero(folds == f)))
-    return parts
 
 
 def fit_part(x, y: np.ndarray, part: tuple[np.ndarray, np.ndarray, np.ndarray], num_classes: int,
@@ -289,7 +116,7 @@ def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None
         m = compute_metrics(y[held], proba, data.class_names, train_labels=y[fit])
         per_fold.append({"n": m["n"], "n_fit": int(len(fit)), "n_early_stopping": int(len(stop)),
                          "best_epoch": trained.best_epoch,
-                         **{k: _score(m, k) for k in METRICS}})
+                         **{k: metric_score(m, k) for k in METRICS}})
     summary = {}
     for k in METRICS + ("best_epoch",):
         vals = [p[k] for p in per_fold if p[k] is not None]
@@ -310,32 +137,6 @@ class SweepResult:
     class_map: dict | None = None  # class_map.map_classes's record when a --class-map defined the task
     winner: str | None = None  # the configuration retrained as best (see choose_winner)
     selection: str = ""  # how it was chosen, in words
-
-
-def head_size(row: dict) -> tuple[int, int]:
-    """How complex a leaderboard row's head is: (hidden units in all, hidden layers); a linear head is (0, 0)."""
-    hidden = [int(h) for h in str(row["hidden"] or "").split(",") if h.strip() and int(h)]
-    return sum(hidden), len(hidden)
-
-
-def choose_winner(rows: list[dict], metric: str) -> tuple[str | None, str]:
-    """(id, how) of the winner: the best mean score; configurations whose mean is within one standard deviation
-    (over folds) of the best count as tied, and the simplest head among them wins (fewest hidden units, then
-    layers; then the higher mean). Without a spread (no folds) the best mean wins outright."""
-    scored = [r for r in rows if r["score"] is not None]
-    if not scored:
-        return None, "no configuration has a score"
-    best = scored[0]
-    if best["std"] is None:
-        return best["id"], f"highest validation {metric} ({fmt(best['score'])}, one validation split, no spread)"
-    floor = best["score"] - best["std"]
-    tied = [r for r in scored if r["score"] >= floor]
-    winner = min(tied, key=lambda r: (head_size(r), -r["score"], r["id"]))
-    how = (f"highest mean {metric} over folds is {fmt(best['score'])} ± {fmt(best['std'])} ({best['id']}); "
-           f"{len(tied)} configuration{'s' * (len(tied) != 1)} within one standard deviation of it "
-           f"(mean >= {fmt(floor)}) count as tied, and the simplest head among them wins (fewest hidden units, "
-           f"then fewest layers): {winner['id']}")
-    return winner["id"], how
 
 
 def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) -> SweepResult:
@@ -376,48 +177,13 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
         results.append(res)
         computed += 1
 
-    board = _leaderboard(results, opts.metric, out)
+    board = write_leaderboard(results, opts.metric, out)
     winner, how = choose_winner(board, opts.metric)
     (out / "leaderboard.md").write_text(format_leaderboard(board, opts.metric) + f"\n\nWinner: {how}.\n")
     best_dir, best_metrics = None, None
     if winner is not None:
         best_dir, best_metrics = _final_fit(data, split, out, results, winner, opts, how)
     return SweepResult(out, board, computed, skipped, best_dir, best_metrics, data.class_map, winner, how)
-
-
-def _leaderboard(results: list[dict], metric: str, out: Path) -> list[dict]:
-    import pandas as pd
-
-    rows = []
-    for r in results:
-        s = r["summary"]
-        cfg = r["config"]
-        rows.append({"id": r["id"], "score": s[metric]["mean"], "std": s[metric]["std"],
-                     **{f"{k}": s[k]["mean"] for k in METRICS if k != metric},
-                     "best_epoch": s["best_epoch"]["mean"], "seconds": round(r["seconds"], 2),
-                     **{k: (",".join(map(str, v)) if k == "hidden" else v) for k, v in cfg.items()},
-                     "run_dir": str(out / "configs" / r["id"])})
-    rows.sort(key=lambda r: (r["score"] is None, -(r["score"] or 0), r["id"]))
-    for rank, r in enumerate(rows, 1):
-        r["rank"] = rank
-    df = pd.DataFrame(rows)
-    if len(df):
-        df = df[["rank", *[c for c in df.columns if c != "rank"]]]
-    df.rename(columns={"score": metric, "std": f"{metric}_std"}).to_csv(out / "leaderboard.csv", index=False)
-    return rows
-
-
-def format_leaderboard(rows: list[dict], metric: str, top: int | None = None) -> str:
-    head = f"| rank | {metric}{' (mean ± std)' if any(r['std'] is not None for r in rows) else ''} | hidden | dropout | optimizer | lr | decay | batch | class weight | seed | epochs | id |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows[:top]:
-        score = fmt(r["score"]) + ("" if r["std"] is None else f" ± {fmt(r['std'])}")
-        epochs = "-" if r["best_epoch"] is None else f"{r['best_epoch']:.0f}"
-        lines.append(f"| {r['rank']} | {score} | {r['hidden'] or '0'} | {r['dropout']} | "
-                     f"{r['optimizer']} | {r['lr']:g} | {r['decay_rate']:g}/{r['decay_steps']} | {r['batch_size']} | "
-                     f"{r['class_weight']} | {r['seed']} | {epochs} | "
-                     f"{r['id']} |")
-    return "\n".join(lines)
 
 
 def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions, how: str = ""):

@@ -29,6 +29,7 @@ from ..cache import (
 )
 from ..errors import InputError
 from ..heads import (
+    HEAD_OPTIONS,
     SPLITS,
     ClassMap,
     HeadConfig,
@@ -102,12 +103,7 @@ class RunResult:
 def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) -> list[str]:
     """The train-head command with every option spelled out, so config.json reruns it even if defaults change."""
     s = opts.split
-    command = ["bottleneck", "train-head", str(cache), "--out", str(out),
-               "--hidden", ",".join(map(str, head.hidden)) or "0", "--dropout", str(head.dropout),
-               "--optimizer", head.optimizer, "--lr", str(head.lr), "--decay-rate", str(head.decay_rate),
-               "--decay-steps", str(head.decay_steps), "--batch-size", str(head.batch_size),
-               "--epochs", str(head.epochs), "--patience", str(head.patience), "--class-weight", head.class_weight,
-               "--standardize" if head.standardize else "--no-standardize", "--seed", str(head.seed),
+    command = ["bottleneck", "train-head", str(cache), "--out", str(out), *HEAD_OPTIONS.argv(head),  # declared order
                "--val", str(s.val), "--test", str(s.test)]
     if opts.split_from:
         command += ["--split-from", str(opts.split_from)]
@@ -202,18 +198,8 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
     raw = tta_proba(trained.model, data, rows, plain_proba, views_gb) if opts.tta else plain_proba
     in_val, in_test = split[rows] == "val", split[rows] == "test"
     positive = positive_index(names, opts.clinical.positive)
-    if final:
-        calibration, cal_record = None, {"applied": False, "reason": "trained on train+val: no held-out "
-                                         "validation split to fit a temperature on"}
-    elif not opts.clinical.calibrate:
-        calibration, cal_record = None, {"applied": False, "reason": "switched off (--no-calibrate)"}
-    else:
-        # Fitted on the plain view; with TTA the calibrated probabilities of the views are averaged, as the
-        # folded head gives them to evaluate --tta and predict --tta.
-        calibration = Calibration.fit(plain_proba[in_val], y[rows][in_val],
-                                      class_weights(y[fit_rows], len(names), head.class_weight))
-        cal_record = calibration.record()
-        fold_calibration(trained.model, calibration)
+    calibration, cal_record = _calibrate(trained, plain_proba[in_val], y[rows][in_val], y[fit_rows], len(names),
+                                         head, opts, final)
     finish = calibration.apply if calibration else (lambda p: p)
     weights = calibration.decision_weights if calibration else None
 
@@ -228,22 +214,14 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
         proba = raw
     metrics = evaluate(proba, calibrated=True)
     if opts.augment or opts.tta:  # the effect of views, on the same split
-        compare = {}
-        if opts.augment:
-            base = fit_head(take(x, fit_rows), y[fit_rows], val_x, val_y, len(names), head)
-            compare["plain head (no views)"] = evaluate(predict_proba(base.model, take(x, rows)))
-        name = "this head" + (" (augment)" if opts.augment else "")
-        compare[f"{name}, plain view only"] = evaluate(plain_proba)
-        if opts.tta:
-            compare[f"{name}, TTA over {data.n_views + 1} views"] = metrics_copy(metrics, eval_splits)
-        metrics["views_comparison"] = compare
+        metrics["views_comparison"] = _views_comparison(data, rows, fit_rows, val_x, val_y, head, opts, plain_proba,
+                                                        metrics_copy(metrics, eval_splits), evaluate)
     fitted = np.isin(rows, fit_rows)
     metrics["train"] = {"n": int(len(fit_rows)),
                         "accuracy": float((decide(proba[fitted], weights) == y[rows][fitted]).mean())}
     # Degenerate features or a one-class head: said in metrics.json and warned (one `warning:` line in the CLI).
     found = run_warnings(take(x, fit_rows), proba[split[rows] == "test"], names)
-    sizes = {s: {"images": int(len(idx[s])), "groups": int(len({g for g in data.groups[idx[s]] if g})),
-                 "per_class": {n: int((y[idx[s]] == c).sum()) for c, n in enumerate(names)}} for s in SPLITS}
+    sizes = _split_sizes(data, idx)
     test = rows[in_test]
     metrics["calibration"] = cal_record | {"test": calibration_figures(y[test], raw[in_test],
                                                                         proba[in_test] if calibration else None)}
@@ -263,6 +241,46 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
         metrics["warnings"] = found + small
     metrics["small_numbers"] = small
     return HeadFit(trained, rows, fit_rows, proba, metrics, sizes, calibration)
+
+
+def _calibrate(trained: TrainedHead, proba_val: np.ndarray, y_val: np.ndarray, y_fit: np.ndarray, n_classes: int,
+               head: HeadConfig, opts: RunOptions, final: bool) -> tuple[Calibration | None, dict]:
+    """(calibration, its config/metrics record): fitted on the validation split's plain-view probabilities and
+    folded into the head's last layer; None without a held-out validation split or with --no-calibrate."""
+    if final:
+        return None, {"applied": False, "reason": "trained on train+val: no held-out validation split to fit a "
+                      "temperature on"}
+    if not opts.clinical.calibrate:
+        return None, {"applied": False, "reason": "switched off (--no-calibrate)"}
+    # Fitted on the plain view; with TTA the calibrated probabilities of the views are averaged, as the
+    # folded head gives them to evaluate --tta and predict --tta.
+    calibration = Calibration.fit(proba_val, y_val, class_weights(y_fit, n_classes, head.class_weight))
+    cal_record = calibration.record()
+    fold_calibration(trained.model, calibration)
+    return calibration, cal_record
+
+
+def _views_comparison(data: CacheData, rows: np.ndarray, fit_rows: np.ndarray, val_x, val_y, head: HeadConfig,
+                      opts: RunOptions, plain_proba: np.ndarray, tta_metrics: dict, evaluate) -> dict:
+    """The effect of --augment/--tta on the same split: a head fitted without views (with --augment), this head on
+    the plain view alone, and with TTA (`tta_metrics`, this run's own figures)."""
+    x, y, names = data.features, data.labels, data.class_names
+    compare = {}
+    if opts.augment:
+        base = fit_head(take(x, fit_rows), y[fit_rows], val_x, val_y, len(names), head)
+        compare["plain head (no views)"] = evaluate(predict_proba(base.model, take(x, rows)))
+    name = "this head" + (" (augment)" if opts.augment else "")
+    compare[f"{name}, plain view only"] = evaluate(plain_proba)
+    if opts.tta:
+        compare[f"{name}, TTA over {data.n_views + 1} views"] = tta_metrics
+    return compare
+
+
+def _split_sizes(data: CacheData, idx: dict[str, np.ndarray]) -> dict:
+    """split -> images, groups (lesions with an id) and images per class."""
+    y, names = data.labels, data.class_names
+    return {s: {"images": int(len(idx[s])), "groups": int(len({g for g in data.groups[idx[s]] if g})),
+                "per_class": {n: int((y[idx[s]] == c).sum()) for c, n in enumerate(names)}} for s in SPLITS}
 
 
 def head_run_config(data: CacheData, fit: HeadFit, head: HeadConfig, split_info: dict, opts: RunOptions,

@@ -1,8 +1,20 @@
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import feature_cache
 
+from bottleneck.cache.store import load_cache
 from bottleneck.errors import InputError
-from bottleneck.heads.splits import SplitSpec, check_split, load_split, make_split, save_split
+from bottleneck.heads.splits import (
+    SplitSpec,
+    check_split,
+    cv_parts,
+    early_stopping_slice,
+    load_split,
+    make_folds,
+    make_split,
+    save_split,
+)
 
 
 def ham_like(n_lesions=300, seed=0):
@@ -11,7 +23,7 @@ def ham_like(n_lesions=300, seed=0):
     labels, groups, ids = [], [], []
     for les in range(n_lesions):
         c = rng.choice(3, p=[0.67, 0.2, 0.13])
-        for j in range(rng.integers(1, 4)):
+        for _ in range(rng.integers(1, 4)):
             labels.append(c)
             groups.append(f"HAM_{les}")
             ids.append(f"ISIC_{len(ids)}")
@@ -88,3 +100,48 @@ def test_check_split_catches_a_group_in_two_splits():
     split = np.array(["train", "test", "train", "val", "val", "test"], dtype=object)
     with pytest.raises(InputError, match="group 'A' has images in both"):
         check_split(split, y, g, ["x", "y"])
+
+
+# --- grouped CV folds and early-stopping slices ------------------------------------------------------------------
+
+@pytest.fixture
+def cache(tmp_path):
+    return feature_cache(tmp_path / "feat.h5", images_per_group=3)
+
+
+def test_cv_folds_keep_groups_together_and_leave_test_out(cache):
+    data = load_cache(cache)
+    split = make_split(data.labels, data.groups, data.image_ids, data.class_names)
+    folds = make_folds(data, split, 3, seed=0)
+    assert set(folds[split == "test"]) == {-1}
+    assert set(folds[split != "test"]) == {0, 1, 2}
+    df = pd.DataFrame({"g": data.groups, "f": folds})
+    assert (df.groupby("g")["f"].nunique() == 1).all()
+    with pytest.raises(InputError, match="--folds 50: class 'bcc' has only"):
+        make_folds(data, split, 50, seed=0)
+
+
+def test_each_fold_early_stops_on_a_grouped_slice_of_its_training_folds(cache):
+    data = load_cache(cache)
+    split = make_split(data.labels, data.groups, data.image_ids, data.class_names)
+    folds = make_folds(data, split, 3, seed=0)
+    parts = cv_parts(data, split, folds, seed=0)
+    assert len(parts) == 3
+    for f, (fit, stop, held) in enumerate(parts):
+        assert set(held) == set(np.flatnonzero(folds == f))
+        assert set(fit) | set(stop) == set(np.flatnonzero((folds >= 0) & (folds != f)))
+        assert not set(fit) & set(stop) and not set(stop) & set(held)  # the scored fold never stops training
+        assert not set(data.groups[fit]) & set(data.groups[stop])  # grouped: no lesion on both sides
+        assert set(data.labels[stop]) == {0, 1, 2}  # stratified: every class watches early stopping
+        n_groups = len(set(data.groups[stop])) / len(set(data.groups[np.r_[fit, stop]]))
+        assert 0.1 < n_groups < 0.25  # about 15% of the training folds' groups
+    again = cv_parts(data, split, folds, seed=0)
+    other = cv_parts(data, split, folds, seed=1)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(parts, again))  # deterministic from the seed
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(parts, other))
+    shuffled = np.random.default_rng(0).permutation(np.r_[parts[0][0], parts[0][1]])
+    assert set(early_stopping_slice(data, shuffled, (0, 0))[1]) == set(parts[0][1])  # not the row order
+    # Without folds: val is scored; a grouped slice of the train split (not val) picks the epoch.
+    (fit, stop, held), = cv_parts(data, split, None)
+    assert set(split[fit]) == set(split[stop]) == {"train"} and set(split[held]) == {"val"}
+    assert not set(fit) & set(stop) and not set(data.groups[fit]) & set(data.groups[stop])

@@ -46,12 +46,12 @@ def test_batchnorm_statistics_do_not_move(tmp_path):
     info = unfreeze(backbone, "mobilenet_v2", "all")
     assert info["frozen_batchnorm_layers"] > 0
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
-    bn = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
-    stats = [v.numpy().copy() for l in bn for v in (l.moving_mean, l.moving_variance)]
+    bn = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    stats = [v.numpy().copy() for layer in bn for v in (layer.moving_mean, layer.moving_variance)]
     conv = backbone.get_layer("Conv1").kernel.numpy().copy()
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
     model.fit(x, np.arange(8) % 3, epochs=2, batch_size=4, verbose=0)
-    after = [v.numpy() for l in bn for v in (l.moving_mean, l.moving_variance)]
+    after = [v.numpy() for layer in bn for v in (layer.moving_mean, layer.moving_variance)]
     assert all(np.array_equal(a, b) for a, b in zip(stats, after))
     assert not np.array_equal(conv, backbone.get_layer("Conv1").kernel.numpy())  # the backbone did train
 

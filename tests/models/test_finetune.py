@@ -51,7 +51,8 @@ def test_frozen_groups_stay_and_unfrozen_groups_change(ham_run, tuned):
     import keras
 
     config = json.loads((tuned["result"].run_dir / "config.json").read_text())
-    original = rebuild_backbone(CacheConfig(**config["cache"]["config"]))  # seeded: the same initial weights as fine-tune's
+    # Seeded: the same initial weights as fine-tune's.
+    original = rebuild_backbone(CacheConfig(**config["cache"]["config"]))
     tuned_backbone = keras.saving.load_model(tuned["result"].run_dir / "model.keras").get_layer("vgg16")
     groups = layer_groups(original, get_spec("vgg16"))
     for i, group in enumerate(groups):

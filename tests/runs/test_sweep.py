@@ -1,4 +1,5 @@
-"""Sweeps: grid parsing, grouped CV folds, resumption, and a test split that selection never sees."""
+"""Sweeps: scores that never read the scored rows' labels, resumption, a sweep directory bound to its protocol, and a
+test split that selection never sees. (The grid is tested in test_grid.py, the CV folds in test_splits.py.)"""
 
 from __future__ import annotations
 
@@ -16,19 +17,9 @@ from bottleneck.cache.store import load_cache
 from bottleneck.cli import app
 from bottleneck.errors import InputError
 from bottleneck.heads.model import HeadConfig
-from bottleneck.heads.splits import SplitSpec
-from bottleneck.runs.sweep import (
-    SweepOptions,
-    _bind,
-    cv_parts,
-    early_stopping_slice,
-    expand_grid,
-    fit_part,
-    load_grid_toml,
-    make_folds,
-    parse_values,
-    run_sweep,
-)
+from bottleneck.heads.splits import SplitSpec, cv_parts, make_folds
+from bottleneck.runs.grid import expand_grid
+from bottleneck.runs.sweep import SweepOptions, _bind, fit_part, run_sweep
 from bottleneck.runs.train import resolve_split
 
 runner = CliRunner()
@@ -38,74 +29,6 @@ SMALL = dict(epochs=[6], patience=[3])
 @pytest.fixture
 def cache(tmp_path):
     return feature_cache(tmp_path / "feat.h5", images_per_group=3)
-
-
-def test_toml_grid_and_its_errors(tmp_path):
-    f = tmp_path / "sweep.toml"
-    f.write_text('lr = [1e-3, 3e-4]\ndropout = 0.5\nhidden = [[512, 512], [1024]]\noptimizer = ["adam"]\n')
-    grid = load_grid_toml(f)
-    assert grid == {"lr": [1e-3, 3e-4], "dropout": [0.5], "hidden": [(512, 512), (1024,)], "optimizer": ["adam"]}
-    configs = expand_grid(grid)
-    assert len(configs) == 4 and {c.hidden for c in configs} == {(512, 512), (1024,)}
-    f.write_text("hidden = [256, 256]\n")  # a flat list is one architecture
-    assert load_grid_toml(f) == {"hidden": [(256, 256)]}
-    f.write_text("learning_rate = [0.1]\n")
-    with pytest.raises(InputError, match="unknown grid key 'learning_rate'; known keys: hidden, dropout"):
-        load_grid_toml(f)
-    f.write_text('lr = ["fast"]\n')
-    with pytest.raises(InputError, match="grid key 'lr': cannot read value 'fast'"):
-        load_grid_toml(f)
-    f.write_text("lr = [\n")
-    with pytest.raises(InputError, match="not valid TOML"):
-        load_grid_toml(f)
-    f.write_text('optimizer = ["adamw"]\n')
-    with pytest.raises(InputError, match="--optimizer should be one of rmsprop, adam, sgd; received 'adamw'"):
-        expand_grid(load_grid_toml(f))
-
-
-def test_grid_values_are_validated_and_duplicates_dropped():
-    assert parse_values("hidden", ["512,512", "1024"]) == [(512, 512), (1024,)]
-    with pytest.raises(InputError, match="--dropout should be in"):
-        expand_grid({"dropout": [1.5]})
-    assert len(expand_grid({"lr": [1e-3, 0.001]})) == 1
-
-
-def test_cv_folds_keep_groups_together_and_leave_test_out(cache):
-    data = load_cache(cache)
-    split, _ = resolve_split(data, SplitSpec(), None)
-    folds = make_folds(data, split, 3, seed=0)
-    assert set(folds[split == "test"]) == {-1}
-    assert set(folds[split != "test"]) == {0, 1, 2}
-    df = pd.DataFrame({"g": data.groups, "f": folds})
-    assert (df.groupby("g")["f"].nunique() == 1).all()
-    with pytest.raises(InputError, match="--folds 50: class 'bcc' has only"):
-        make_folds(data, split, 50, seed=0)
-
-
-def test_each_fold_early_stops_on_a_grouped_slice_of_its_training_folds(cache):
-    data = load_cache(cache)
-    split, _ = resolve_split(data, SplitSpec(), None)
-    folds = make_folds(data, split, 3, seed=0)
-    parts = cv_parts(data, split, folds, seed=0)
-    assert len(parts) == 3
-    for f, (fit, stop, held) in enumerate(parts):
-        assert set(held) == set(np.flatnonzero(folds == f))
-        assert set(fit) | set(stop) == set(np.flatnonzero((folds >= 0) & (folds != f)))
-        assert not set(fit) & set(stop) and not set(stop) & set(held)  # the scored fold never stops training
-        assert not set(data.groups[fit]) & set(data.groups[stop])  # grouped: no lesion on both sides
-        assert set(data.labels[stop]) == {0, 1, 2}  # stratified: every class watches early stopping
-        n_groups = len(set(data.groups[stop])) / len(set(data.groups[np.r_[fit, stop]]))
-        assert 0.1 < n_groups < 0.25  # about 15% of the training folds' groups
-    again = cv_parts(data, split, folds, seed=0)
-    other = cv_parts(data, split, folds, seed=1)
-    assert all(np.array_equal(a[1], b[1]) for a, b in zip(parts, again))  # deterministic from the seed
-    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(parts, other))
-    shuffled = np.random.default_rng(0).permutation(np.r_[parts[0][0], parts[0][1]])
-    assert set(early_stopping_slice(data, shuffled, (0, 0))[1]) == set(parts[0][1])  # not the row order
-    # Without folds: val is scored; a grouped slice of the train split (not val) picks the epoch.
-    (fit, stop, held), = cv_parts(data, split, None)
-    assert set(split[fit]) == set(split[stop]) == {"train"} and set(split[held]) == {"val"}
-    assert not set(fit) & set(stop) and not set(data.groups[fit]) & set(data.groups[stop])
 
 
 def test_a_val_split_score_does_not_depend_on_the_val_labels(cache):
