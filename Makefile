@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/bottleneck demo
 
 test: $(STAMP)
+	$(BIN)/ruff check bottleneck tests
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

@@ -79,7 +79,8 @@ def violations(root: Path, layers=LAYERS) -> list[str]:
             line = f"{where}:{node.lineno}"
             if not target:  # `from .. import __version__` (or a sibling module: `from . import cache`)
                 names = [a.name for a in node.names]
-                if pkg and names != ["__version__"] and not all((root / Path(*pkg) / f"{n}.py").exists() for n in names):
+                siblings = all((root / Path(*pkg) / f"{n}.py").exists() for n in names)
+                if pkg and names != ["__version__"] and not siblings:
                     found.append(f"{line}: imports {names} from the package root")
                 continue
             dst = unit_of(target)

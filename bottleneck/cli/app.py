@@ -18,15 +18,34 @@ import typer
 
 from ..errors import BottleneckError, BottleneckWarning
 from ..heads import ClassMap, parse_class_map
+from ..util import CLASH_NOTE, DISTRIBUTION, clash_warning, installed_version
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Extract CNN bottlenecks once into an HDF5 cache, then train heads off it in seconds.")
 
 
+def warn_if_clash() -> None:
+    """One `warning:` line when the pandas accelerator of our import name has files where ours are (util/clash.py)."""
+    message = clash_warning()
+    if message:
+        typer.echo(f"warning: {message}", err=True)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{DISTRIBUTION} {installed_version()}")
+        typer.echo(f"note: {CLASH_NOTE}")
+        warn_if_clash()
+        raise typer.Exit()
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's and absl's own start-up and log "
-                                      "lines (hidden by default; also BOTTLENECK_VERBOSE=1).")):
+                                      "lines (hidden by default; also BOTTLENECK_VERBOSE=1)."),
+         version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                      help=f"Print the version ({DISTRIBUTION}) and exit.")):
     """Extract CNN bottlenecks once into an HDF5 cache, then train heads off it in seconds."""
+    warn_if_clash()
     if verbose:
         # An environment variable rather than a flag passed down: TensorFlow is imported lazily, deep in the
         # library (tfimport.py), and worker processes (Ray) inherit it.
@@ -125,7 +144,7 @@ def handle_errors(fn=None, *, interrupted: str = "interrupted; finished batches 
             fail(str(exc))
         except KeyboardInterrupt:
             typer.echo(interrupted, err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise  # typer.Exit from `fail`, and typer's own errors (usage: exit 2). typer, not click: typer no
             # longer depends on click, so a clean install has no click to import

@@ -13,6 +13,7 @@ from ..images import DatasetIndex
 from ..models import ExportResult, FineTuneResult, PredictResult
 from ..runs import EvalResult, RunResult, SweepResult, format_leaderboard
 from ..stats import format_table
+from ..util import CLASH_NOTE
 
 INFO_CONFIG_KEYS = ("backbone", "weights", "input_size", "pooling", "preprocessing", "precision", "xla", "dtype",
                     "num_features")
@@ -79,7 +80,7 @@ def info_lines(cache: Path, d: dict) -> list[str]:
                      "rerun extract to complete the cache")
     lines.append(f"failed images: {len(d['failed'])}")
     lines += [f"  {path}: {reason}" for path, reason in d["failed"][:20]]
-    return lines + _more(d["failed"], 20, "")
+    return lines + _more(d["failed"], 20, "") + [f"note: {CLASH_NOTE}"]
 
 
 def _shard_lines(attrs: dict) -> list[str]:
@@ -139,10 +140,11 @@ def evaluate_lines(r: EvalResult) -> list[str]:
 
 
 def sweep_lines(r: SweepResult, n_configs: int, folds: int, metric: str) -> list[str]:
-    lines = class_map_lines(r.class_map) + [f"{n_configs} configurations: {r.computed} trained, {r.skipped} already done "
-             f"({'%d-fold CV on train+val' % folds if folds else 'scored on the val split'})",
-             format_leaderboard(r.leaderboard, metric, top=20),
-             f"leaderboard: {r.out / 'leaderboard.csv'}"]
+    lines = class_map_lines(r.class_map) + [
+        f"{n_configs} configurations: {r.computed} trained, {r.skipped} already done "
+        f"({'%d-fold CV on train+val' % folds if folds else 'scored on the val split'})",
+        format_leaderboard(r.leaderboard, metric, top=20),
+        f"leaderboard: {r.out / 'leaderboard.csv'}"]
     if r.best_dir:
         lines += [f"winner: {r.selection}",
                   f"\nbest ({r.winner}) retrained on train+val, evaluated once on test:",
