@@ -3,7 +3,7 @@
 Installed as the distribution `bottleneck-derm`: PyPI's `bottleneck` is the pandas accelerator that shares this import
 name, and the two cannot share an environment (util/clash.py, README)."""
 
-__version__ = "0.1.0"  # also pyproject.toml's version (tests/cli/test_version.py holds them equal)
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it from here
 
 import warnings as _warnings
 

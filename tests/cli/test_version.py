@@ -17,7 +17,7 @@ def test_version_names_the_distribution_and_the_clash():
 
 
 def test_the_installed_distribution_is_ours_under_its_own_name():
-    """pyproject.toml's name and version are what `--version` says (the version is written in two places)."""
+    """The installed distribution is ours, under its own name, at the version `--version` says."""
     assert DISTRIBUTION == "bottleneck-derm"
     assert metadata.version(DISTRIBUTION) == __version__
     assert metadata.distribution(DISTRIBUTION).entry_points.select(group="console_scripts", name="bottleneck")
