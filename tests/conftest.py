@@ -1,10 +1,16 @@
 """Shared fixtures and helpers: small real image trees written with Pillow, tiny backbones with weights=None,
-the CLI runner, and the session-scoped head run and fine-tune that fine-tune and serve tests share."""
+the CLI runner, and the session-scoped runs that many tests share (built once: a head run costs seconds, a
+fine-tune more); tests copy what they write into."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -73,7 +79,7 @@ def make_ham(root, n_lesions=6, images_per_lesion=2, crlf=False, bom=False, extr
     lines = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
     k = 0
     for les in range(n_lesions):
-        for j in range(images_per_lesion):
+        for _j in range(images_per_lesion):
             image_id = f"ISIC_{k:07d}"
             part = 1 if k % 2 == 0 else 2
             write_image(root / f"HAM10000_images_part_{part}" / f"{image_id}.jpg", seed=100 + k)
@@ -170,6 +176,131 @@ def run_cli(*args):
     from bottleneck.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+# --- real processes without five seconds of start-up each: forked from a server (faultinject.py serve) -----------
+
+SERVER: dict = {}  # the server process, started once per session
+
+
+def _server() -> subprocess.Popen:
+    if "proc" not in SERVER:
+        path = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path}
+        SERVER["proc"] = subprocess.Popen([sys.executable, str(Path(__file__).with_name("faultinject.py")), "serve"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    return SERVER["proc"]
+
+
+def pytest_collection_finish(session):
+    """Start the server as soon as the tests are known, when one of them needs it: its imports (TensorFlow, ~5 s)
+    run on the other core while the first tests run."""
+    if session.config.option.collectonly:
+        return
+    if any("forked" in getattr(item, "fixturenames", ()) for item in session.items):
+        _server()
+
+
+class Forked:
+    """A child of the server: a real process with its own pid, exit code, stdout and stderr (files)."""
+
+    def __init__(self, server: ForkServer, pid: int, out: Path, err: Path):
+        self.server, self.pid, self.out, self.err = server, pid, out, err
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.server.ask(op="poll", pid=self.pid)["rc"]
+        return self.returncode
+
+    def wait(self, timeout: float = 300) -> int:
+        if self.returncode is None:
+            reply = self.server.ask(op="wait", pid=self.pid, timeout=timeout)
+            self.returncode = reply["rc"]
+            assert not reply["timed_out"], f"still running after {timeout} s: {self.stderr[-2000:]}"
+        return self.returncode
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+
+class ForkServer:
+    """`start` runs `bottleneck ARGS` (or `python -c CODE ARGS`) as a child forked from a process that has imported
+    TensorFlow, Keras and the CLI: what a fresh `python -m bottleneck` does after its start-up, in a real process
+    that can be killed, limited (fsize: RLIMIT_FSIZE) and read (exit code, stderr)."""
+
+    def __init__(self, proc: subprocess.Popen, folder: Path):
+        self.proc, self.folder, self.n = proc, folder, 0
+        self.answer()  # ready: imports done
+
+    def ask(self, **request) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self.answer()
+
+    def answer(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fork server (tests/faultinject.py serve) ended with {self.proc.wait()}")
+        return json.loads(line)
+
+    def start(self, *args, code: str | None = None, cwd=None, env: dict | None = None,
+              fsize: int | None = None) -> Forked:
+        self.n += 1
+        out, err = self.folder / f"{self.n}.out", self.folder / f"{self.n}.err"
+        pid = self.ask(op="start", args=[str(a) for a in args], code=code, cwd=str(cwd or self.folder),
+                       env={k: (None if v is None else str(v)) for k, v in (env or {}).items()}, fsize=fsize,
+                       out=str(out), err=str(err))["pid"]
+        return Forked(self, pid, out, err)
+
+    def run(self, *args, timeout: float = 300, **kw) -> Forked:
+        child = self.start(*args, **kw)
+        child.wait(timeout)
+        return child
+
+
+@pytest.fixture(scope="session")
+def forked(tmp_path_factory):
+    """The session's ForkServer."""
+    proc = _server()
+    yield ForkServer(proc, tmp_path_factory.mktemp("forked"))
+    proc.stdin.close()  # the server ends at the end of its requests
+    proc.wait(timeout=60)
+    proc.stdout.close()
+
+
+# --- one head run off a synthetic cache: a session fixture shared by train-head and evaluate tests ----------------
+
+# What train-head tests fit: early stopping has room to act, and each fit is still a second or two.
+FAST_HEAD = dict(epochs=8, patience=4)
+
+
+@pytest.fixture(scope="session")
+def synth_run(tmp_path_factory):
+    """feature_cache's default classes (bcc 60, mel 60, nv 120) in groups (lesions) of 3 and one head run off it
+    with FAST_HEAD, made once: a run costs seconds (Keras tracing, four PNGs). Both are read-only; a test that writes
+    into the run (evaluate writes eval-*/ there, --overwrite replaces it) works on
+    `copy_run(synth_run["run"], tmp_path)`."""
+    from bottleneck.heads.model import HeadConfig
+    from bottleneck.runs.train import RunOptions, train_head_run
+
+    tmp = tmp_path_factory.mktemp("synth")
+    cache = feature_cache(tmp / "feat.h5", images_per_group=3)
+    r = train_head_run(cache, HeadConfig(**FAST_HEAD), RunOptions(out=tmp / "run", progress=False))
+    return {"cache": cache, "run": r.run_dir}
+
+
+def copy_run(run, folder, name: str = "run") -> Path:
+    """A copy of a run directory in `folder` (its config.json still names the cache it was trained on)."""
+    return Path(shutil.copytree(run, Path(folder) / name))
 
 
 # --- a real head run and one fine-tune of it: session fixtures shared by fine-tune and serve tests ----------------

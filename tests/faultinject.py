@@ -6,8 +6,9 @@ SQLite's crash tests do.
 A write is any file opened for writing (`open`, `io.open`), a folder created (`os.mkdir`), a rename
 (`os.replace`, `os.rename`), a file or folder removed (`os.unlink`, `os.remove`, `os.rmdir`, `shutil.rmtree`),
 or an HDF5 file opened to write (`h5py.File`), in the working folder: the command's own files (what a library
-writes to its temporary or cache folders elsewhere is not counted, and never faulted). At the K-th: MODE `fail` raises OSError(ENOSPC), as a full disk
-does; MODE `crash` ends the process at once (`os._exit(137)`, as SIGKILL does: no cleanup, no atexit, no finally).
+writes to its temporary or cache folders elsewhere is not counted, and never faulted). At the K-th: MODE `fail`
+raises OSError(ENOSPC), as a full disk does; MODE `crash` ends the process at once (`os._exit(137)`, as SIGKILL
+does: no cleanup, no atexit, no finally).
 
 The driver imports TensorFlow and the CLI once, then forks one child per run, so each run costs its own work
 and not five seconds of imports: first an uninterrupted run (it counts the writes), then for each K the faulty
@@ -16,6 +17,12 @@ records its exit code, its stderr and the SHA-256 of each OUTPUT (a file path re
 (of a cache: of its rows) and writes them all to RESULTS.json for the test to judge; a killed run's outputs are
 not read (a killed commit is the next command's to roll back). Each faulty run starts from what the previous
 rerun left (the command's outputs in place), which is how a user meets a fault: a rerun over earlier results.
+
+    python tests/faultinject.py serve
+
+The same imports once, then a real process forked per request, without a fault (`serve`; conftest's `forked`
+fixture): for tests about what a process does when killed, its exit code or its stderr, where a fresh
+interpreter's five seconds of start-up are not what is tested.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import io
 import json
 import os
 import shutil
+import signal
 import sys
+import time
 import traceback
 
 _real_open = io.open
@@ -95,7 +104,7 @@ def _child(mode: str, k: int, args: list[str], tag: str) -> None:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # what the CLI let through: the test fails on the traceback
+    except BaseException:  # noqa: BLE001 -- what the CLI let through: the test fails on the traceback
         traceback.print_exc()
         code = 99
     finally:
@@ -149,16 +158,107 @@ def _digest(spec: str) -> str | None:
     return h.hexdigest()
 
 
-def main() -> None:
-    mode, results, outputs = sys.argv[1], sys.argv[2], sys.argv[3].split(";")
-    args = sys.argv[sys.argv.index("--") + 1:]
+def _imports() -> None:
+    """TensorFlow, Keras and the CLI, imported once before any fork; no op runs in this process."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from bottleneck.util.tfimport import tensorflow
 
-    tensorflow()  # imported once here, before any fork; no op runs in this process
+    tensorflow()
     import keras  # noqa: F401  (imported for the children)
 
     import bottleneck.cli  # noqa: F401
+
+
+# --- serve: real processes without the start-up, for tests about a kill, an exit code or stderr ------------------
+
+def _served_child(request: dict) -> None:
+    """Runs in the forked child: `bottleneck ARGS`, or `python -c CODE ARGS`, as that process would, then exits."""
+    os.chdir(request["cwd"])
+    for key, value in request["env"].items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # never the server's requests
+    for fd, name in ((1, "out"), (2, "err")):
+        os.dup2(os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    if request["fsize"] is not None:  # a write past it fails with EFBIG, as on a full disk (Python ignores SIGXFSZ)
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (request["fsize"], resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    code = 1
+    try:
+        if request["code"] is None:
+            from bottleneck.cli import app
+
+            app(args=request["args"], prog_name="bottleneck")
+        else:
+            sys.argv = ["-c", *request["args"]]
+            exec(compile(request["code"], "<string>", "exec"), {"__name__": "__main__"})
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 -- as `python` does with an uncaught exception
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _exit_code(pid: int, block: bool) -> int | None:
+    done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+    return os.waitstatus_to_exitcode(status) if done else None
+
+
+def _wait(pid: int, timeout: float) -> dict:
+    """The child's exit code, once it has ended; SIGKILLed at the timeout (a wedged child fails its test)."""
+    deadline = time.monotonic() + timeout
+    while (rc := _exit_code(pid, block=False)) is None:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            return {"rc": _exit_code(pid, block=True), "timed_out": True}
+        time.sleep(0.01)
+    return {"rc": rc, "timed_out": False}
+
+
+def serve() -> None:
+    """`python faultinject.py serve`: one JSON request a line on stdin, one JSON answer a line on stdout.
+
+    {"op": "start", "args", "code", "cwd", "env", "fsize", "out", "err"} forks a child that runs `bottleneck ARGS`
+    (or `python -c CODE ARGS`) in cwd with env changed (None: removed), RLIMIT_FSIZE fsize, and its stdout and
+    stderr in the files out and err: {"pid"}. {"op": "poll", "pid"}: {"rc"}, None while it runs. {"op": "wait",
+    "pid", "timeout"}: {"rc"}, after a SIGKILL at the timeout (and "timed_out"). rc as subprocess's returncode:
+    the exit status, or minus the signal that ended it."""
+    _imports()
+    answer = sys.stdout
+    answer.write(json.dumps({"ready": os.getpid()}) + "\n")
+    answer.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "start":
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _served_child(request)
+            reply = {"pid": pid}
+        elif request["op"] == "poll":
+            reply = {"rc": _exit_code(request["pid"], block=False)}
+        else:
+            reply = _wait(request["pid"], request["timeout"])
+        answer.write(json.dumps(reply) + "\n")
+        answer.flush()
+
+
+def main() -> None:
+    if sys.argv[1] == "serve":
+        return serve()
+    mode, results, outputs = sys.argv[1], sys.argv[2], sys.argv[3].split(";")
+    args = sys.argv[sys.argv.index("--") + 1:]
+    _imports()
 
     reference = run("fail", 0, args, outputs, "ref")
     out = {"reference": reference, "runs": []}

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import OPTS, feature_cache, file_digest, run_cli
+from conftest import OPTS, copy_run, feature_cache, file_digest, run_cli
 
 
 def tree_digest(folder: Path) -> dict:
@@ -188,11 +188,8 @@ def test_usage_errors_still_exit_2(tmp_path):
     assert r.exit_code == 2
 
 
-def test_a_full_disk_while_writing_a_run_loses_nothing(tmp_path):
-    cache = feature_cache(tmp_path / "c.h5", counts={"bcc": 20, "mel": 20, "nv": 20}, dim=16)
-    out = tmp_path / "run"
-    r = run_cli("train-head", cache, "--out", out, "--hidden", "8", "--epochs", 1, "-q")
-    assert r.exit_code == 0, r.output
+def test_a_full_disk_while_writing_a_run_loses_nothing(tmp_path, synth_run):
+    cache, out = synth_run["cache"], copy_run(synth_run["run"], tmp_path)  # a run, and the cache it was made from
     before = tree_digest(out)
     # A real OSError from a real write: files may not grow past 64 KiB (EFBIG, as ENOSPC would), so head.keras of a
     # 512-wide head (~1 MB) cannot be written. Python ignores SIGXFSZ, so the write raises instead of killing.
@@ -218,35 +215,63 @@ def test_tensorflow_start_up_lines_never_reach_the_terminal(ham_run, tmp_path):
     env["TF_CPP_MIN_LOG_LEVEL"] = "0"  # a shell that asks TensorFlow for everything: still quiet without --verbose
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
 
-    def run(*extra):
+    def start(out, *extra):
         args = [sys.executable, "-m", "bottleneck", *extra, "predict", str(ham_run["run"]), str(an_image(ham_run)),
-                "--out", str(tmp_path / "p.csv")]
-        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                "--out", str(tmp_path / out)]
+        return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
 
-    quiet = run()
+    def finish(proc):
+        _, err = proc.communicate(timeout=300)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+
+    # Both at once: each is mostly a TensorFlow start-up, one core each.
+    # The control, `--verbose`: the same command shows the lines when asked.
+    quiet_proc, loud_proc = start("p.csv"), start("q.csv", "--verbose")
+    quiet, loud = finish(quiet_proc), finish(loud_proc)
     assert quiet.returncode == 0, quiet.stderr
     assert not [line for line in quiet.stderr.splitlines() if any(n in line for n in TF_NOISE)], quiet.stderr
-    loud = run("--verbose")  # the control: the same command shows them when asked
     assert loud.returncode == 0, loud.stderr
     assert any(n in loud.stderr for n in TF_NOISE), loud.stderr
 
 
 # --- fine-tune checkpoints --------------------------------------------------------------------------------------
 
-def interrupted_fine_tune(ham_run, out: Path, after_epochs: int):
-    """A real fine-tune (epochs=3) interrupted after `after_epochs` epochs; returns its staging folder."""
+# Three epochs, the top layer group only: a resume keeps the recorded --unfreeze, and each checkpoint is then ~85 MB
+# rather than ~110 MB (the optimizer's slot for every trainable weight).
+SMALL_FT = {**OPTS, "epochs": 3, "unfreeze": 1}
+
+@pytest.fixture(scope="module")
+def interrupted(ham_run, tmp_path_factory):
+    """The staging folder of a real fine-tune (epochs=3) interrupted after 2 epochs: made once, copied per test."""
     import keras
 
     from bottleneck.models.finetune import FineTuneOptions, fine_tune
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 == after_epochs:
+            if epoch + 1 == 2:
                 raise KeyboardInterrupt
 
+    out = tmp_path_factory.mktemp("interrupted") / "ft"
     with pytest.raises(KeyboardInterrupt):
-        fine_tune(ham_run["run"], FineTuneOptions(out=out, **{**OPTS, "epochs": 3}), callbacks=[Interrupt()])
+        fine_tune(ham_run["run"], FineTuneOptions(out=out, **SMALL_FT), callbacks=[Interrupt()])
     return out.with_name(f".{out.name}.tmp")
+
+
+def interrupted_copy(interrupted: Path, out: Path) -> Path:
+    """The interrupted fine-tune's staging folder, copied to where `--out out --resume` looks for it. Its models
+    (~110 MB each) are hard links: fine-tune replaces a model file (a save is a rename), never writes into one, and
+    so must these tests."""
+    def link_models(src, dst):
+        return os.link(src, dst) if src.endswith(".keras") else shutil.copy2(src, dst)
+
+    return Path(shutil.copytree(interrupted, out.with_name(f".{out.name}.tmp"), copy_function=link_models))
+
+
+def replace_with_empty(path: Path) -> None:
+    """An empty file where a model was (what a kill during a non-atomic save leaves), the linked one untouched."""
+    path.unlink()
+    path.write_bytes(b"")
 
 
 def resume(ham_run, out):
@@ -254,13 +279,13 @@ def resume(ham_run, out):
                    "--batch-size", 8, "--no-augment", "-q")
 
 
-def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(ham_run, tmp_path):
+def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(ham_run, interrupted, tmp_path):
     out = tmp_path / "ft"
-    tmp = interrupted_fine_tune(ham_run, out, after_epochs=2)
+    tmp = interrupted_copy(interrupted, out)
     state = json.loads((tmp / "progress.json").read_text())
     assert state["epoch"] == 2 and (tmp / "progress.prev.json").is_file()
     assert (tmp / state["last_file"]).is_file() and not list(tmp.glob(".*.part.keras"))
-    (tmp / state["last_file"]).write_bytes(b"")  # what a kill during a non-atomic save left behind
+    replace_with_empty(tmp / state["last_file"])
     r = resume(ham_run, out)
     assert r.exit_code == 0, r.output
     assert "Traceback" not in r.output
@@ -270,11 +295,11 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(ham_run, tmp_
     assert not tmp.exists() and not list(out.glob("*-0*.keras")) and not (out / "progress.json").exists()
 
 
-def test_no_readable_checkpoint_starts_the_fine_tune_over(ham_run, tmp_path):
+def test_no_readable_checkpoint_starts_the_fine_tune_over(ham_run, interrupted, tmp_path):
     out = tmp_path / "ft"
-    tmp = interrupted_fine_tune(ham_run, out, after_epochs=1)
+    tmp = interrupted_copy(interrupted, out)
     for path in tmp.glob("*.keras"):
-        path.write_bytes(b"")
+        replace_with_empty(path)
     r = resume(ham_run, out)
     assert r.exit_code == 0, r.output
     assert "starting this fine-tune over from epoch 0" in r.output
@@ -301,7 +326,7 @@ def test_checkpoints_are_written_under_a_temporary_name(ham_run, tmp_path, monke
     monkeypatch.setattr(keras.Model, "save", dying_save)
     out = tmp_path / "ft"
     with pytest.raises(KeyboardInterrupt):
-        finetune.fine_tune(ham_run["run"], finetune.FineTuneOptions(out=out, **{**OPTS, "epochs": 3}))
+        finetune.fine_tune(ham_run["run"], finetune.FineTuneOptions(out=out, **SMALL_FT))
     monkeypatch.setattr(keras.Model, "save", real_save)
     assert all(name.startswith(".") and name.endswith(".part.keras") for name in calls)
     tmp = out.with_name(f".{out.name}.tmp")

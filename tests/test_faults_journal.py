@@ -5,11 +5,8 @@ the journal. Every time the rerun ends with exactly the features of an uninterru
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +21,6 @@ from bottleneck.errors import BottleneckWarning, CacheError
 from bottleneck.extract.forward import NOT_UTF8
 from bottleneck.extract.run import extract, make_config
 from bottleneck.images.index import build_index
-
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).parents[1]))
-CLI = [sys.executable, "-m", "bottleneck", "extract"]
 
 
 def _tree(root: Path, n: int = 8) -> Path:
@@ -80,7 +74,8 @@ def test_damaged_and_stale_journal_files_are_set_aside_and_the_rerun_completes(t
     with pytest.warns(BottleneckWarning) as warned:
         s = extract(build_index(root), o)
     named = " ".join(str(w.message) for w in warned)
-    assert named.count("journal batch") == 3 and all(n in named for n in ("batch-00000001.npz", "batch-00000002.npz", "batch-extra")), named
+    damaged = ("batch-00000001.npz", "batch-00000002.npz", "batch-extra")
+    assert named.count("journal batch") == 3 and all(n in named for n in damaged), named
     assert s.extracted == 8 and _same(o.cache, expected)
     assert sorted(p.name for p in (journal.dir / "damaged").iterdir()) == [
         "batch-00000001.npz", "batch-00000002.npz", "batch-extra.npz"]
@@ -135,18 +130,13 @@ def test_a_file_name_that_is_not_utf8_is_listed_and_the_others_commit(tmp_path, 
 
 # -- write errors -----------------------------------------------------------------------------------------------
 
-def _limited(limit: int):
-    def preexec():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-    return preexec
-
-
 @pytest.mark.parametrize("limit, fails", [
     (2048, "cannot write batch"),  # the first journal write
     (12 * 1024, "cannot commit to cache"),  # the first commit, which builds the file
     (None, "cannot commit to cache")])  # a commit in place, growing a cache of 4 rows
-def test_a_write_error_is_one_line_and_a_rerun_completes(tmp_path, reference, limit, fails):
+def test_a_write_error_is_one_line_and_a_rerun_completes(tmp_path, reference, forked, limit, fails):
+    """A real process whose files may not grow past `limit` (EFBIG, as ENOSPC would): its whole stderr is read,
+    where HDF5 would print its own error stack."""
     root, expected = reference
     cache = tmp_path / "c.h5"
     committed = 0
@@ -154,9 +144,8 @@ def test_a_write_error_is_one_line_and_a_rerun_completes(tmp_path, reference, li
         shutil.copytree(root / "nv", tmp_path / "half" / "nv")
         committed = extract(build_index(tmp_path / "half"), extract_opts(tmp_path, cache=cache)).rows
         limit = cache.stat().st_size  # the journal's batches fit, the grown cache does not
-    run = subprocess.run([*CLI, str(root), *TINY_ARGS, "--batch-size", "4", "--precision", "float32",
-                          "--cache", str(cache)], env=ENV, preexec_fn=_limited(limit), capture_output=True,
-                         text=True, timeout=300)
+    run = forked.run("extract", root, *TINY_ARGS, "--batch-size", "4", "--precision", "float32", "--cache", cache,
+                     fsize=limit)
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 1 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
     assert fails in lines[0] and "rerun" in lines[0]
@@ -213,7 +202,7 @@ def test_ctrl_c_anywhere_keeps_the_finished_batches(tmp_path, reference, monkeyp
 # -- the crash harness ------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_an_extraction_killed_at_any_journal_step_reruns_to_the_same_features(tmp_path, reference):
+def test_an_extraction_killed_at_any_journal_step_reruns_to_the_same_features(tmp_path, reference, forked):
     """SIGKILL at the 1st, 2nd, ... step of the journal (each half-written file, each rename, each cleanup)
     until a run gets past the last: every rerun ends with exactly the uninterrupted features."""
     root, expected = reference
@@ -221,9 +210,8 @@ def test_an_extraction_killed_at_any_journal_step_reruns_to_the_same_features(tm
     while True:
         n += 1
         cache = tmp_path / f"k{n}" / "c.h5"
-        run = subprocess.run([*CLI, str(root), *TINY_ARGS, "--batch-size", "4", "--precision", "float32",
-                              "--cache", str(cache)], env={**ENV, CRASH_ENV: str(n)}, capture_output=True,
-                             text=True, timeout=300)
+        run = forked.run("extract", root, *TINY_ARGS, "--batch-size", "4", "--precision", "float32", "--cache", cache,
+                         env={CRASH_ENV: n})
         if run.returncode == 0:
             break
         assert run.returncode == -signal.SIGKILL, run.stderr

@@ -177,7 +177,8 @@ def _skipped_hint(skipped) -> str:
     if not skipped:
         return ""
     rel, reason = skipped[0]
-    return f" ({len(skipped)} skipped, e.g. {rel}: {reason})"
+    hint = f"{rel}: {reason}"  # both may hold names with a newline, which must not break the one-line error
+    return f" ({len(skipped)} skipped, e.g. {''.join(c if c.isprintable() else repr(c)[1:-1] for c in hint)})"
 
 
 def _detect_format(columns: set[str]) -> tuple[str, dict]:

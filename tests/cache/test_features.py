@@ -89,7 +89,7 @@ def test_a_streamed_epoch_visits_every_row_once_chunk_by_chunk(wide):
     ds = chunk_batches(reader.take(rows), y, batch_size=32, seed=3)
     assert len(ds) == math.ceil(266 / 32)  # as many steps as in memory
     orders = []
-    for epoch in range(2):
+    for _epoch in range(2):
         batches = [ds[i] for i in range(len(ds))]
         plan = ds.plan()
         assert [len(b[0]) for b in batches] == [32] * 8 + [10]

@@ -104,27 +104,27 @@ def test_augment_draws_different_views_across_epochs_streamed_from_disk(tmp_path
             np.testing.assert_allclose(second[0][0][j], want)
 
 
-def test_train_head_augment_tta_end_to_end_and_old_caches_still_work(tmp_path):
-    root = make_ham(tmp_path / "HAM", n_lesions=24, images_per_lesion=2)
+def test_train_head_augment_tta_end_to_end_and_old_caches_still_work(tmp_path, synth_run):
+    # a run off a cache without views (the session's) has no comparison of views
+    assert "views_comparison" not in json.loads((synth_run["run"] / "metrics.json").read_text())
+    root = make_ham(tmp_path / "HAM", n_lesions=9, images_per_lesion=2)
     plain_cache = tmp_path / "plain.h5"
     extract(build_index(root), opts(tmp_path, cache=plain_cache))
-    run = train_head_run(plain_cache, FAST, RunOptions(out=tmp_path / "plain", progress=False))  # no views
-    assert "views_comparison" not in run.metrics
     with pytest.raises(InputError, match="holds no augmented views; add them with"):
         train_head_run(plain_cache, FAST, RunOptions(out=tmp_path / "x", augment=True, progress=False))
     assert not (tmp_path / "x").exists()
 
-    extract(build_index(root), opts(tmp_path, cache=plain_cache, views=8))
+    extract(build_index(root), opts(tmp_path, cache=plain_cache, views=3))  # TTA predicts once per view and block
     r = train_head_run(plain_cache, FAST, RunOptions(out=tmp_path / "aug", augment=True, tta=True,
                                                       views_memory_gb=0, progress=False))
     comp = r.metrics["views_comparison"]
     assert set(comp) == {"plain head (no views)", "this head (augment), plain view only",
-                         "this head (augment), TTA over 9 views"}
+                         "this head (augment), TTA over 4 views"}
     report = (r.run_dir / "report.md").read_text()
     assert "plain head (no views)" in report and "--tta" in report
     config = json.loads((r.run_dir / "config.json").read_text())
-    assert config["views"] == {"stored": 8, "augment": True, "tta": True}
-    # TTA is the mean of the head's probabilities over the plain vector and the 8 views
+    assert config["views"] == {"stored": 3, "augment": True, "tta": True}
+    # TTA is the mean of the head's probabilities over the plain vector and the 3 views
     _, head = load_run(r.run_dir)
     data = load_cache(plain_cache)
     rows = np.arange(5)

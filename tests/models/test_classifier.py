@@ -45,7 +45,9 @@ def test_batchnorm_statistics_do_not_move(tmp_path):
     model = assemble_model(cc, build_head(1280, 3, HeadConfig(hidden=(4,), standardize=False)), backbone)
     info = unfreeze(backbone, "mobilenet_v2", "all")
     assert info["frozen_batchnorm_layers"] > 0
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    # Eager steps: tracing a training step of the whole MobileNetV2 costs ~10 s, two eager steps under one; a layer's
+    # trainable flag and inference mode are the same either way.
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", run_eagerly=True)
     bn = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     stats = [v.numpy().copy() for layer in bn for v in (layer.moving_mean, layer.moving_variance)]
     conv = backbone.get_layer("Conv1").kernel.numpy().copy()

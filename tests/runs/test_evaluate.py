@@ -8,24 +8,15 @@ import json
 import h5py
 import numpy as np
 import pytest
-from conftest import feature_cache, run_cli
+from conftest import copy_run, feature_cache, run_cli
 
 from bottleneck.errors import CacheMismatchError
 from bottleneck.heads.class_map import resolve
-from bottleneck.heads.model import HeadConfig
 from bottleneck.runs.evaluate import by_name, evaluate_run
-from bottleneck.runs.train import RunOptions, train_head_run
-
-FAST = HeadConfig(epochs=8, patience=4)
 
 
-@pytest.fixture
-def cache(tmp_path):
-    return feature_cache(tmp_path / "feat.h5")
-
-
-def test_cli_train_head_prints_the_table_and_evaluate_matches(tmp_path, cache):
-    out = tmp_path / "run"
+def test_cli_train_head_prints_the_table_and_evaluate_matches(tmp_path):
+    cache, out = feature_cache(tmp_path / "feat.h5"), tmp_path / "run"
     r = run_cli("train-head", cache, "--out", out, "--epochs", "10", "--quiet")
     assert r.exit_code == 0, r.output
     assert "balanced" in r.output and str(out) in r.output
@@ -37,8 +28,8 @@ def test_cli_train_head_prints_the_table_and_evaluate_matches(tmp_path, cache):
     assert ev["confusion_matrix"] == own["confusion_matrix"]
 
 
-def test_evaluate_on_an_external_cache_maps_classes_by_name(tmp_path, cache):
-    run = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False)).run_dir
+def test_evaluate_on_an_external_cache_maps_classes_by_name(tmp_path, synth_run):
+    run = copy_run(synth_run["run"], tmp_path)  # evaluate writes eval-other/ into it
     # same backbone configuration, class names in another case and order, one class the run never saw
     other = feature_cache(tmp_path / "other.h5", counts={"MEL": 10, "NV": 10, "vasc": 4}, seed=0)
     with h5py.File(other, "a") as f:  # other images: synthetic caches number their SHA-256s alike
@@ -50,8 +41,8 @@ def test_evaluate_on_an_external_cache_maps_classes_by_name(tmp_path, cache):
     assert saved["unmapped_classes"] == {"vasc": 4}
 
 
-def test_evaluate_refuses_another_backbone_and_unknown_runs(tmp_path, cache):
-    run = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False)).run_dir
+def test_evaluate_refuses_another_backbone_and_unknown_runs(tmp_path, synth_run):
+    run = copy_run(synth_run["run"], tmp_path)
     other = feature_cache(tmp_path / "other.h5", backbone="resnet50")
     with pytest.raises(CacheMismatchError, match=r"backbone resnet50 \(other.h5\) vs vgg16 \(run\)"):
         evaluate_run(run, other)

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY, feature_cache, make_ham, run_cli
+from conftest import FAST_HEAD, TINY, copy_run, feature_cache, make_ham, run_cli
 from PIL import Image
 
 from bottleneck.cache.store import load_cache
@@ -19,17 +19,11 @@ from bottleneck.images.index import build_index
 from bottleneck.runs.directory import load_run
 from bottleneck.runs.train import RunOptions, train_head_run
 
-FAST = HeadConfig(epochs=8, patience=4)
+FAST = HeadConfig(**FAST_HEAD)  # the configuration of conftest's synth_run
 
 
-@pytest.fixture
-def cache(tmp_path):
-    return feature_cache(tmp_path / "feat.h5")
-
-
-def test_a_run_leaves_every_artifact_and_they_agree(tmp_path, cache):
-    r = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False))
-    d = r.run_dir
+def test_a_run_leaves_every_artifact_and_they_agree(synth_run):
+    cache, d = synth_run["cache"], synth_run["run"]
     for name in ("config.json", "split.csv", "history.csv", "metrics.json", "predictions.csv", "curves.png",
                  "confusion.png", "report.md", "head.keras"):
         assert (d / name).is_file(), name
@@ -64,39 +58,38 @@ def test_a_run_leaves_every_artifact_and_they_agree(tmp_path, cache):
     assert "baseline" in report and "melanoma sens" in report and "| test |" in report
 
 
-def test_groups_stay_in_one_split(tmp_path):
-    cache = feature_cache(tmp_path / "g.h5", images_per_group=3)
-    r = train_head_run(cache, FAST, RunOptions(out=tmp_path / "run", progress=False))
-    split = pd.read_csv(r.run_dir / "split.csv").set_index("image_id")["split"]
+def test_groups_stay_in_one_split(synth_run):
+    cache = synth_run["cache"]
+    split = pd.read_csv(synth_run["run"] / "split.csv").set_index("image_id")["split"]
     data = load_cache(cache)
     df = pd.DataFrame({"group": data.groups, "split": split.loc[list(data.image_ids)].to_numpy()})
     assert (df.groupby("group")["split"].nunique() == 1).all()
     assert df.groupby("group").size().max() == 3  # groups really hold several images
 
 
-def test_same_seed_same_metrics_other_seed_other_split(tmp_path, cache):
-    a = train_head_run(cache, FAST, RunOptions(out=tmp_path / "a", progress=False))
+def test_same_seed_same_metrics_other_seed_other_split(tmp_path, synth_run):
+    """The session's run (made before whatever other tests ran in this process) and this one: the same bytes."""
+    cache, a = synth_run["cache"], synth_run["run"]
     b = train_head_run(cache, FAST, RunOptions(out=tmp_path / "b", progress=False))
-    assert (a.run_dir / "metrics.json").read_text() == (b.run_dir / "metrics.json").read_text()
-    assert (a.run_dir / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()
+    assert (a / "metrics.json").read_text() == (b.run_dir / "metrics.json").read_text()
+    assert (a / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()
     from bottleneck.heads.splits import SplitSpec
 
     c = train_head_run(cache, HeadConfig(epochs=8, patience=4, seed=1),
                        RunOptions(out=tmp_path / "c", split=SplitSpec(seed=1), progress=False))
-    assert (a.run_dir / "split.csv").read_text() != (c.run_dir / "split.csv").read_text()
+    assert (a / "split.csv").read_text() != (c.run_dir / "split.csv").read_text()
 
 
-def test_split_from_reuses_the_test_set(tmp_path, cache):
-    a = train_head_run(cache, FAST, RunOptions(out=tmp_path / "a", progress=False))
+def test_split_from_reuses_the_test_set(tmp_path, synth_run):
+    cache, a = synth_run["cache"], synth_run["run"]
     b = train_head_run(cache, HeadConfig(epochs=5, optimizer="adam", seed=5),
-                       RunOptions(out=tmp_path / "b", split_from=a.run_dir, progress=False))
-    assert (a.run_dir / "split.csv").read_text() == (b.run_dir / "split.csv").read_text()
-    assert json.loads((b.run_dir / "config.json").read_text())["split"]["from"] == str(a.run_dir)
+                       RunOptions(out=tmp_path / "b", split_from=a, progress=False))
+    assert (a / "split.csv").read_text() == (b.run_dir / "split.csv").read_text()
+    assert json.loads((b.run_dir / "config.json").read_text())["split"]["from"] == str(a)
 
 
-def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, cache):
-    out = tmp_path / "run"
-    train_head_run(cache, FAST, RunOptions(out=out, progress=False))
+def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, synth_run):
+    cache, out = synth_run["cache"], copy_run(synth_run["run"], tmp_path)
     before = (out / "metrics.json").read_text()
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         train_head_run(cache, HeadConfig(epochs=3, seed=9), RunOptions(out=out, progress=False))
@@ -108,7 +101,7 @@ def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, cache):
 
 def test_train_head_never_opens_an_image(tmp_path):
     """From real JPEGs through a real backbone, then the images are deleted before training."""
-    root = make_ham(tmp_path / "HAM", n_lesions=30, images_per_lesion=2)
+    root = make_ham(tmp_path / "HAM", n_lesions=9, images_per_lesion=2)
     cache = tmp_path / "ham.h5"
     extract(build_index(root), ExtractOptions(**TINY, cache=cache, progress=False))
     shutil.rmtree(root)
