@@ -210,6 +210,7 @@ def test_a_full_disk_while_writing_a_run_loses_nothing(tmp_path, synth_run):
 TF_NOISE = ("oneDNN", "cuda", "absl", "This TensorFlow binary", "cpu_feature_guard", "I0000", "E0000", "W0000")
 
 
+@pytest.mark.slow  # two fresh processes, each importing TensorFlow (~15 s): `make test-slow`
 def test_tensorflow_start_up_lines_never_reach_the_terminal(ham_run, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "BOTTLENECK_VERBOSE")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "0"  # a shell that asks TensorFlow for everything: still quiet without --verbose

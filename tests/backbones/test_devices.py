@@ -38,6 +38,7 @@ def test_bad_devices_name_the_value_and_what_is_visible(spec, gpus, message):
         resolve_devices(spec, gpus, CPUS)
 
 
+@pytest.mark.slow  # a fresh CLI process (~9 s): `make test-slow`
 def test_the_cli_refuses_an_invisible_gpu(tmp_path, class_tree):
     r = run_cli("extract", class_tree, "--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--quiet",
                 "--devices", "3", "--cache", tmp_path / "c.h5")
@@ -61,6 +62,7 @@ for name, devices in (("one", "cpu"), ("two", "/cpu:0,/cpu:1")):
 """
 
 
+@pytest.mark.slow  # a fresh process with two logical CPU devices (~10 s): `make test-slow`
 def test_two_replicas_give_the_features_of_one_device(tmp_path):
     root = tmp_path / "data"
     for i in range(7):  # batches of 3 over 2 replicas: padded to 4, and a last batch of 1

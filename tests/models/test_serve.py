@@ -73,7 +73,8 @@ def test_predict_with_a_head_run_equals_the_head_on_the_cache(ham_run):
     np.testing.assert_allclose(got, want, atol=2e-2)  # cached features are float16
 
 
-@pytest.mark.parametrize("fmt", ["keras", "savedmodel", "tflite"])
+# TFLite's converter alone takes ~20 s: that format runs with `make test-slow`
+@pytest.mark.parametrize("fmt", ["keras", "savedmodel", pytest.param("tflite", marks=pytest.mark.slow)])
 def test_export_round_trip_parity(ham_run, fmt):
     import keras
 
