@@ -193,7 +193,7 @@ IDS = {
     "../imgs/p/x0.jpg": (ERROR,) * 2, "/etc/passwd": (ERROR,) * 2, "": (ERROR,) * 2, "   ": (ERROR,) * 2,
 }
 WALKED = {"p/x0.jpg", "p/x1.png", "p/dup.jpg", "q/y é.jpg", "q/c,d.jpg", "q/dup.jpg"}
-LABEL_CHARS = {"latin-1": "ab ,\"'é\nü;", "utf-8": "ab ,\"'é\n雪😀;", "utf-8-sig": "ab ,\"'é\n雪😀;"}
+LABEL_CHARS = {"latin-1": "ab ,\"'é\nü;", "utf-8": "ab ,\"'é\n雪😀;\0\t", "utf-8-sig": "ab ,\"'é\n雪😀;\x85"}
 
 
 GOOD = sorted(i for i, (plain, _) in IDS.items() if plain != ERROR)
@@ -224,6 +224,8 @@ def expected_outcome(rows, encoding, text, ragged, follow):
         return ERROR
     ids = [i.strip() for i, _ in rows]
     if len(set(ids)) < len(ids):
+        return ERROR
+    if any(ch in label.strip() for _, label in rows for ch in "\0\t\n\x85"):  # a control character in a label
         return ERROR
     entries, missing, named = [], [], set()
     for (image_id, label), key in zip(rows, ids):

@@ -220,3 +220,50 @@ def test_an_extraction_killed_at_any_journal_step_reruns_to_the_same_features(tm
         assert _same(cache, expected), f"killed at journal step {n}: the rerun differs"
         assert not journal_dir(cache).exists()
     assert _same(cache, expected) and killed >= 8
+
+
+# -- no input can wedge the journal ----------------------------------------------------------------------------
+
+def test_a_nul_in_a_csv_is_refused_at_the_door_and_a_batch_that_cannot_commit_is_set_aside(tmp_path, reference):
+    """The issue's case: a NUL in a metadata cell made every commit fail, the batch stayed journaled and every rerun
+    failed the same way after the CSV was fixed. Now the door refuses the CSV before anything is journaled; and a
+    batch journaled with one (by an older version) is moved aside as damaged, its images extracted again."""
+    root, expected = reference
+    csv = tmp_path / "meta.csv"
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    rows = [f"{n},{n.split('/')[0]},site{k}" for k, n in enumerate(names)]
+    csv.write_text("image,label,site\n" + "\n".join(rows).replace("site3", "si\x00te3") + "\n")
+    cache = tmp_path / "c.h5"
+    args = ["extract", root, *TINY_ARGS, "--precision", "float32", "--batch-size", "4", "--cache", cache,
+            "--metadata", csv, "--id-column", "image", "--label-column", "label"]
+    r = run_cli(*args)
+    assert r.exit_code == 1 and f"{csv} row 5 column 'site' holds the control character U+0000" in r.output
+    assert not cache.exists() and not journal_dir(cache).exists()
+
+    config = make_config(extract_opts(tmp_path, precision="float32"))  # a batch an older version journaled
+    with cache_write.CacheWriter(cache, config) as w:
+        w.journal.write([dict(_row(1), meta={"site": "a\x00b"})], np.zeros((1, config.num_features), np.float32))
+        with pytest.warns(BottleneckWarning, match="holds a NUL character"):
+            w.commit()
+    assert not cache.exists() and len(list((journal_dir(cache) / "damaged").iterdir())) == 1
+
+    csv.write_text("image,label,site\n" + "\n".join(rows) + "\n")  # the CSV fixed: a plain rerun completes
+    r = run_cli(*args)
+    assert r.exit_code == 0, r.output
+    assert _same(cache, expected) and load_cache(cache).meta["site"][3] == "site3"
+
+
+def test_a_batch_the_cache_cannot_take_is_set_aside_and_the_others_commit(tmp_path):
+    """A commit that fails for a reason other than the file system (here a metadata column HDF5 cannot name) is
+    retried batch by batch: the one that fails alone is moved aside, the others commit, nothing is wedged."""
+    from conftest import feature_cache
+
+    cache = feature_cache(tmp_path / "c.h5", counts={"mel": 4, "nv": 4})
+    with cache_write.CacheWriter(cache, load_cache(cache).config) as w:
+        w.journal.write([dict(_row(1), meta={".": "v"})], np.ones((1, 32), np.float32))
+        w.journal.write([dict(_row(2), meta={"site": "v"})], np.ones((1, 32), np.float32))
+        with pytest.warns(BottleneckWarning, match="cannot be committed"):
+            assert w.commit() == 1
+    d = load_cache(cache)
+    assert list(d.image_ids[-1:]) == ["x2"] and len(d.image_ids) == 9 and not pending_batches(cache)
+    assert len(list((journal_dir(cache) / "damaged").iterdir())) == 1

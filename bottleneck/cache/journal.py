@@ -102,8 +102,11 @@ def check_batch(arrays: dict, num_features: int, dtype: str) -> None:
     if not 0 <= int(arrays["view_lo"]) <= arrays["views"].shape[1]:
         raise DamagedBatch(f"view_lo {int(arrays['view_lo'])} with {arrays['views'].shape[1]} views")
     for name, (_, kind) in expected.items():
-        if kind == "U" and not utf8_ok("".join(arrays[name].ravel().tolist())):
+        text = "".join(arrays[name].ravel().tolist()) if kind == "U" else ""
+        if not utf8_ok(text):
             raise DamagedBatch(f"{name} holds a name that is not valid UTF-8")
+        if "\0" in text:  # HDF5's strings end at a NUL: the commit would fail on every rerun
+            raise DamagedBatch(f"{name} holds a NUL character")
 
 
 class Journal:
@@ -152,7 +155,7 @@ class Journal:
             if not self.dir.is_dir():
                 self.dir.mkdir(parents=True)
                 # A first run's configuration lives here until its first commit creates the cache.
-                self._write_file(self.dir / "config.json", json.dumps(asdict(self.config)).encode())
+                self._write_file(self.dir / "config.json", json.dumps(asdict(self.config), allow_nan=False).encode())
             self._write_file(target, buf.getbuffer())
         except OSError as exc:
             raise CacheError(f"cannot write batch {target.name} to the journal {self.dir}: {os_reason(exc)}; the "

@@ -10,6 +10,16 @@ copies the saved bytes back and truncates the file to its old size: the cache is
 before the commit, and the batch journal replays the rest. The cost of a commit is the new rows plus the few
 pages of metadata it touches, whatever the size of the cache.
 
+An undo file belongs to one file. A cache is born with a random 16-byte id in its HDF5 user block (the first 512
+bytes, which HDF5 never writes), and the undo's header records it, with the file's device and inode and the CRC-32
+of sample pages (its first 16, then up to 240 spread over the whole file) as they were when the commit began.
+Before applying one, `rollback` compares the id and the inode, and reads each sample page as the rollback would
+leave it (its saved bytes, else the file's bytes now): an undo left by a file that was since deleted, replaced or
+copied over is set aside as `<cache>.undo.foreign` with one warning, never applied (it would write another file's
+pages into this one). A cache written before ids existed has none, and only the inode and the pages speak for it.
+What no check can tell apart is a copy of the same cache taken later in the same commit; a copy taken before the
+commit is rolled back correctly.
+
 Locks: a commit holds an exclusive `flock` on the cache file, the lock HDF5 itself takes shared for its readers
 (`open_cache` in cache.py takes it too, and waits for a commit to finish).
 """
@@ -20,16 +30,36 @@ import fcntl
 import os
 import struct
 import time
+import warnings
 import zlib
 from pathlib import Path
 
-from ..errors import CacheError
+from ..errors import BottleneckWarning, CacheError
 
 PAGE = 4096
-MAGIC = b"BNUNDO01"
-HEADER = struct.Struct("<8sQ")  # magic, size of the cache when the commit began
+MAGIC = b"BNUNDO02"
+MAGIC_V1 = b"BNUNDO01"  # written before undo files named their file: no identity to check
+HEADER = struct.Struct("<8sQQQ16sI")  # magic, size of the cache when the commit began, st_dev, st_ino, id, samples
+HEADER_V1 = struct.Struct("<8sQ")
+SAMPLE = struct.Struct("<QI")  # offset, crc32 of a sample page when the commit began
+USERBLOCK = 512  # bytes before the HDF5 superblock that HDF5 never writes: where a cache keeps its id
+ID_MAGIC = b"BNCACHE1"
+HEAD_PAGES, SPREAD_PAGES = 16, 240  # sample pages: the head (superblock, root group), then spread over the file
 RECORD = struct.Struct("<QQI")  # offset, length, crc32 of the saved bytes
 CRASH_ENV = "BOTTLENECK_CRASH_AT_WRITE"  # crash harness: SIGKILL self before the Nth write of a commit (tests)
+
+
+def stamp_file_id(fd: int) -> bytes:
+    """Give a cache file, created with `userblock_size=USERBLOCK`, its random id; returns it."""
+    file_id = os.urandom(16)
+    os.pwrite(fd, ID_MAGIC + file_id, 0)
+    return file_id
+
+
+def read_file_id(fd: int) -> bytes:
+    """A cache file's id, or 16 zero bytes for a file without one (written before ids, or not by us)."""
+    head = os.pread(fd, len(ID_MAGIC) + 16, 0)
+    return head[len(ID_MAGIC):] if head.startswith(ID_MAGIC) and len(head) == len(ID_MAGIC) + 16 else bytes(16)
 
 
 def undo_path(path: Path) -> Path:
@@ -135,8 +165,11 @@ class UndoFile(FdFile):
         self.base_size = os.fstat(fd).st_size  # bytes below this existed before the commit
         self.saved: set[int] = set()  # pages whose old bytes are in the undo journal
         self.undo_path = undo_path(path)
+        st = os.fstat(fd)
+        samples = [SAMPLE.pack(offset, zlib.crc32(os.pread(fd, PAGE, offset))) for offset in _samples(self.base_size)]
         self.undo = open(self.undo_path, "xb")
-        self.undo.write(HEADER.pack(MAGIC, self.base_size))
+        self.undo.write(HEADER.pack(MAGIC, self.base_size, st.st_dev, st.st_ino, read_file_id(fd), len(samples))
+                        + b"".join(samples))
         self._sync_undo()
         fsync_dir(self.undo_path)
 
@@ -198,34 +231,121 @@ def _runs(pages: list[int]):
 
 
 def rollback(path: Path, fd: int) -> bool:
-    """Undo the unfinished commit of `path` (open read/write as `fd`), if its undo journal exists; True when
-    something was rolled back.
+    """Undo the unfinished commit of `path` (open read/write as `fd`), if its undo journal exists and was made for
+    this file; True when something was rolled back. An undo made for another file is set aside (see the module's
+    docstring).
 
     The caller holds the cache's exclusive lock (or knows no committer is alive). Safe to repeat: a rollback
     killed halfway is simply done again."""
     undo = undo_path(path)
     if not undo.exists():
         return False
+    folder = undo.parent if str(undo.parent) else Path(".")
+    if not os.access(folder, os.W_OK):  # it could be applied but never removed: every reader would apply it again
+        raise CacheError(f"cache {path} has an unfinished commit to roll back ({undo.name}) and this user cannot "
+                         f"write to its folder {folder.resolve()}: give this user write access to that folder, or "
+                         "run any bottleneck command on the cache as a user who has it")
     raw = undo.read_bytes()
-    if len(raw) < HEADER.size:  # the commit died before it wrote anything to the cache
+    if len(raw) < HEADER_V1.size:  # the commit died before it wrote anything to the cache
         undo.unlink()
         return False
-    magic, base_size = HEADER.unpack_from(raw)
-    if magic != MAGIC:
-        raise CacheError(f"{undo} is not a bottleneck undo journal; move it away to open {path}")
-    at = HEADER.size
-    while at + RECORD.size <= len(raw):
-        offset, length, crc = RECORD.unpack_from(raw, at)
-        old = raw[at + RECORD.size: at + RECORD.size + length]
-        if len(old) < length or zlib.crc32(old) != crc:
-            break  # torn last record: its overwrite never began (the record is synced first)
+    magic = raw[:8]
+    if magic == MAGIC and (len(raw) < HEADER.size or len(raw) < HEADER.size + SAMPLE.size * HEADER.unpack_from(raw)[5]):
+        # killed while writing the header: the cache was not touched
+        undo.unlink()
+        return False
+    if magic not in (MAGIC, MAGIC_V1):
+        set_aside(undo, path, "it is not a bottleneck undo journal")
+        return False
+    base_size = HEADER_V1.unpack_from(raw)[1]
+    header = HEADER.unpack_from(raw) if magic == MAGIC else ()
+    start = HEADER.size + SAMPLE.size * header[5] if header else HEADER_V1.size
+    records = list(_records(raw, start))
+    if header:
+        samples = [SAMPLE.unpack_from(raw, HEADER.size + k * SAMPLE.size) for k in range(header[5])]
+        foreign = _not_for(path, fd, header, samples, records)
+        if foreign:
+            set_aside(undo, path, foreign)
+            return False
+    for offset, old in records:
         os.pwrite(fd, old, offset)
-        at += RECORD.size + length
     os.ftruncate(fd, base_size)
     os.fsync(fd)
     undo.unlink()
     fsync_dir(undo)
     return True
+
+
+def _records(raw: bytes, at: int):
+    """(offset, saved bytes) of each whole record; a torn last record's overwrite never began (records are synced
+    before it)."""
+    while at + RECORD.size <= len(raw):
+        offset, length, crc = RECORD.unpack_from(raw, at)
+        old = raw[at + RECORD.size: at + RECORD.size + length]
+        if len(old) < length or zlib.crc32(old) != crc:
+            return
+        yield offset, old
+        at += RECORD.size + length
+
+
+def _samples(size: int) -> list[int]:
+    """Offsets of the sample pages of a file of `size` bytes: its head, then pages spread evenly over the rest."""
+    pages = (size + PAGE - 1) // PAGE
+    spread = range(HEAD_PAGES, pages, max(1, (pages - HEAD_PAGES) // SPREAD_PAGES))
+    return [p * PAGE for p in sorted({*range(min(HEAD_PAGES, pages)), *spread})]
+
+
+def _not_for(path: Path, fd: int, header: tuple, samples: list[tuple[int, int]],
+             records: list[tuple[int, bytes]]) -> str:
+    """Why the undo whose header, sample pages and records are given was not made for the file open as `fd` ("" if
+    it was): another inode, or a sample page that would not read, after the rollback, as it did when the commit
+    began."""
+    _, base_size, dev, ino, file_id, _ = header
+    st = os.fstat(fd)
+    now = read_file_id(fd)  # as it is, not as the rollback would leave it: HDF5 never writes the user block
+    if now != file_id:
+        return f"it was made for the cache file of id {file_id.hex()}, and {path} is {now.hex()}"
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        return f"it was made for inode {ino}, and {path} is now inode {st.st_ino}"
+    if st.st_size < base_size and not _covered(records, st.st_size, base_size):
+        return f"it was made for a file of at least {base_size} bytes, and {path} has {st.st_size}"
+    for offset, crc in samples:
+        if zlib.crc32(_after_rollback(fd, offset, min(PAGE, base_size - offset), records)) != crc:
+            return f"its page at byte {offset} is not that of {path}"
+    return ""
+
+
+def _after_rollback(fd: int, offset: int, n: int, records: list[tuple[int, bytes]]) -> bytes:
+    """The n bytes at `offset` of the file open as `fd` as the rollback of `records` would leave them."""
+    page = bytearray(os.pread(fd, n, offset).ljust(n, b"\0"))
+    for at, old in records:
+        lo, hi = max(at, offset), min(at + len(old), offset + n)
+        if lo < hi:
+            page[lo - offset: hi - offset] = old[lo - at: hi - at]
+    return bytes(page)
+
+
+def _covered(records: list[tuple[int, bytes]], lo: int, hi: int) -> bool:
+    """Whether the saved pages cover every byte of [lo, hi)."""
+    for offset, old in sorted(records):
+        if offset > lo:
+            return False
+        lo = max(lo, offset + len(old))
+        if lo >= hi:
+            return True
+    return lo >= hi
+
+
+def set_aside(undo: Path, path: Path, reason: str) -> Path:
+    """Move an undo journal that must not be applied to `path` out of the way, with one warning naming it."""
+    dest, k = undo.with_name(undo.name + ".foreign"), 1
+    while dest.exists():
+        dest, k = undo.with_name(f"{undo.name}.foreign-{k}"), k + 1
+    os.replace(undo, dest)
+    fsync_dir(dest)
+    warnings.warn(f"undo file {undo} does not belong to cache {path} ({reason}); moved it to {dest} and left the "
+                  "cache as it is (delete it when you no longer need it)", BottleneckWarning, stacklevel=2)
+    return dest
 
 
 def lock_exclusive(fd: int, path: Path, timeout: float) -> None:

@@ -12,6 +12,7 @@ renames it into place, so a cache file exists only once it is whole.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import json
@@ -38,7 +39,17 @@ from .store import (
     read_attrs,
     recorded_config,
 )
-from .undo import CacheReadersError, FdFile, UndoFile, fsync_dir, lock_exclusive, rollback
+from .undo import (
+    USERBLOCK,
+    CacheReadersError,
+    FdFile,
+    UndoFile,
+    fsync_dir,
+    lock_exclusive,
+    rollback,
+    stamp_file_id,
+    undo_path,
+)
 
 COMMIT_SECONDS = 10.0  # how often a running extraction makes its journaled batches readable
 READERS_WAIT = (0.5, 60.0)  # seconds a commit waits for readers to close the cache: periodic, final
@@ -81,6 +92,16 @@ class WriterLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class CommitFailed(CacheError):
+    """A commit that was rolled back; `cause` is what failed (an OSError: the file system; else a batch's
+    content), `reason` its one line."""
+
+    def __init__(self, message: str, cause: BaseException, reason: str):
+        super().__init__(message)
+        self.cause = cause
+        self.reason = reason
 
 
 class CacheWriter:
@@ -216,9 +237,33 @@ class CacheWriter:
             return 0
         self._check_space(batches)
         with interrupts_deferred():  # Ctrl-C lands after the commit, which takes well under a second
-            added = self._append(batches, readers_wait) if self.path.exists() else self._create(batches)
-            self.journal.clear(batches)
+            try:
+                added = self._apply(batches, readers_wait)
+                self.journal.clear(batches)
+            except CommitFailed as err:
+                if isinstance(err.cause, OSError):  # the file system's fault, not a batch's: they stay journaled
+                    raise
+                added = self._one_by_one(batches, readers_wait)
         self._last_commit = time.monotonic()
+        return added
+
+    def _apply(self, batches: list[Path], readers_wait: float) -> int:
+        return self._append(batches, readers_wait) if self.path.exists() else self._create(batches)
+
+    def _one_by_one(self, batches: list[Path], readers_wait: float) -> int:
+        """After a commit failed on the batches' content (not the file system): each batch alone; one that still
+        cannot be committed is moved aside as damaged (its images are extracted again), so that no input can wedge
+        the cache."""
+        added = 0
+        for batch in batches:
+            try:
+                added += self._apply([batch], readers_wait)
+            except CommitFailed as err:
+                if isinstance(err.cause, OSError):
+                    raise
+                self.journal.set_aside(batch, f"it cannot be committed: {err.reason}")
+                continue
+            self.journal.clear([batch])
         return added
 
     def _checked(self, batches: list[Path]) -> list[Path]:
@@ -277,6 +322,7 @@ class CacheWriter:
     def _create(self, batches: list[Path]) -> int:
         """The first commit: build the file beside the target, then rename it into place whole."""
         tmp = self.path.with_name(self.path.name + ".tmp")
+        undo_path(self.path).unlink(missing_ok=True)  # an undo of a file deleted since: never for this new one
         fd = None
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -285,6 +331,7 @@ class CacheWriter:
             if out.error is not None:
                 raise out.error
             out.closed = True
+            stamp_file_id(fd)
             os.fsync(fd)
         except Exception as exc:  # noqa: BLE001 -- any failure: the new file is removed, the error re-raised
             drop_tracebacks(exc)
@@ -299,15 +346,18 @@ class CacheWriter:
         self._state = state
         return added
 
-    def _failed(self, exc: BaseException) -> CacheError:
+    def _failed(self, exc: BaseException) -> CommitFailed:
         reason = os_reason(exc) if isinstance(exc, OSError) else first_line(exc) or type(exc).__name__
-        return CacheError(f"cannot commit to cache {self.path}: {reason}; nothing was lost (the cache is as it "
-                          "was and the finished batches stay journaled): free space and rerun the same command")
+        space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        fix = ("free space and rerun the same command" if space else
+               "rerun the same command once that is fixed")
+        return CommitFailed(f"cannot commit to cache {self.path}: {reason}; nothing was lost (the cache is as it "
+                            f"was and the finished batches stay journaled): {fix}", exc, reason)
 
     def _build(self, out: FdFile, batches: list[Path]) -> tuple[CommittedState, int]:
         d = self.config.num_features
         chunk_rows = max(1, min(1024, (1 << 20) // (d * np.dtype(self.config.dtype).itemsize)))  # ~1 MiB chunks
-        with h5py.File(out, "w") as f:
+        with h5py.File(out, "w", userblock_size=USERBLOCK) as f:  # the user block keeps the file's id (undo.py)
             f.create_dataset("features", (0, d), maxshape=(None, d), dtype=self.config.dtype,
                              chunks=(chunk_rows, d))
             for name in ROW_FIELDS:
@@ -321,7 +371,7 @@ class CacheWriter:
             f.attrs.update({k: v for k, v in asdict(self.config).items()})
             f.attrs.update(schema_version=SCHEMA_VERSION, n_rows=0, class_names="[]",
                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                           library_versions=json.dumps(library_versions()))
+                           library_versions=json.dumps(library_versions(), allow_nan=False))
             state = CommittedState(0, [], {}, np.zeros(0, np.uint64))
             added = apply_batches(f, batches, self.info, self.class_names, state)
         return state, added

@@ -247,6 +247,7 @@ def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column
     groups = list(df[grp_col]) if grp_col is not None else [""] * len(df)
     own = {id_col, lab_col, grp_col} | (set(ISIC2019_CLASSES) if source == "isic2019" and lab_col is None else set())
     meta_cols = _meta_columns(csv, list(df.columns), wanted, own)
+    _refuse_control_characters(csv, df, [c for c in (id_col, lab_col, grp_col) if c is not None], meta_cols)
     values = {c: [v if isinstance(v, str) else "" for v in df[c]] for c in meta_cols}  # a short row: NaN -> ""
     metas = [tuple((c, values[c][k]) for c in meta_cols) for k in range(len(df))]
 
@@ -270,6 +271,27 @@ def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column
     classes = tuple(sorted({e.label for e in entries if e.label is not None}))
     return DatasetIndex(root, _safe_name(root.name), source, tuple(entries), classes, csv.resolve(),
                         tuple(missing), unlisted, skipped_paths=finder.skipped, meta_columns=meta_cols)
+
+
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters, DEL
+CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # the same but tab, newline, CR
+
+
+def _refuse_control_characters(csv: Path, df, keys: list[str], meta: tuple[str, ...]) -> None:
+    """The door for text from a CSV: ids, labels and groups hold no control character, metadata values (free
+    text, where a tab or a line break is fine) none but tab and line breaks, column names none. A NUL would
+    otherwise reach the cache, whose strings end at one, and other controls break lines of reports and logs."""
+    for col in [*keys, *meta]:
+        if CONTROL.search(col):
+            raise InputError(f"a column name of metadata CSV {csv} holds a control character ({col[:60]!r}); "
+                             "rename the column in the CSV")
+        found = df[col].str.contains(CONTROL if col in keys else CONTROL_IN_TEXT, regex=True, na=False)
+        if found.any():
+            k = int(found.values.argmax())
+            char = (CONTROL if col in keys else CONTROL_IN_TEXT).search(df[col].iloc[k]).group()
+            raise InputError(f"metadata CSV {csv} row {k + 2} column {col!r} holds the control character "
+                             f"U+{ord(char):04X} ({df[col].iloc[k][:60]!r}); remove it from the CSV and "
+                             "rerun")
 
 
 def _meta_columns(csv: Path, columns: list[str], wanted: str | tuple[str, ...], own: set) -> tuple[str, ...]:

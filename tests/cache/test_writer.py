@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from conftest import TINY_ARGS, extract_opts, feature_cache, file_digest, run_cl
 from bottleneck.cache.store import journal_dir, load_cache, pending_batches, read_failed
 from bottleneck.cache.undo import CRASH_ENV, undo_path
 from bottleneck.cache.writer import CacheWriter
-from bottleneck.errors import CacheLockedError, CacheMismatchError
+from bottleneck.errors import BottleneckWarning, CacheLockedError, CacheMismatchError
 from bottleneck.extract.run import extract, make_config
 from bottleneck.images.index import build_index
 
@@ -187,6 +188,7 @@ def commit_harness(tmp_path):
     """An original cache, the commit run uninterrupted on a copy (its result and its number of writes), and
     `crash_all(ks)`: the commit killed before write k of a fresh copy, for each k (two at a time)."""
     original = feature_cache(tmp_path / "orig.h5", counts={"bcc": 100, "mel": 100}, dim=32)
+    other = feature_cache(tmp_path / "another.h5", counts={"bcc": 100, "mel": 100}, dim=32, seed=7)  # a good cache
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
     reference = tmp_path / "ref.h5"
     shutil.copyfile(original, reference)
@@ -207,13 +209,22 @@ def commit_harness(tmp_path):
             return list(pool.map(crash_at, ks))
 
     return dict(writes=int(run.stdout.split()[-1]), expected=expected, before=_cache_state(original),
-                digest=file_digest(original), crash_all=crash_all)
+                other=other, other_state=_cache_state(other), digest=file_digest(original), crash_all=crash_all)
 
 
 def _killed_and_replayed(harness, k: int, cache: Path, rc: int) -> None:
     """A commit killed before write k left the cache byte for byte as before; the next writer replays the journal
     to the result of the uninterrupted commit."""
     assert rc == -signal.SIGKILL and undo_path(cache).exists() and len(pending_batches(cache)) == 3
+    other = cache.with_name("other.h5")  # its undo beside another cache copied over it (same inode): not applied
+    shutil.copyfile(cache, other)
+    raw = bytearray(undo_path(cache).read_bytes())
+    raw[16:32] = struct.pack("<QQ", other.stat().st_dev, other.stat().st_ino)  # so that only its pages can tell
+    undo_path(other).write_bytes(bytes(raw))
+    shutil.copyfile(harness["other"], other)
+    with pytest.warns(BottleneckWarning, match="does not belong to cache"):
+        assert _cache_state(other) == harness["other_state"], f"killed before write {k}: a foreign undo applied"
+    assert file_digest(other) == file_digest(harness["other"])
     assert _cache_state(cache) == harness["before"], f"killed before write {k}: the cache changed"
     assert file_digest(cache) == harness["digest"] and not undo_path(cache).exists()
     with CacheWriter(cache, load_cache(cache).config):  # the next writer replays the journal

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from conftest import hostile_tree, make_ham, write_image
 
@@ -191,3 +193,34 @@ def test_csv_ids_through_links_inside_the_root_find_the_one_indexed_file(linked_
     with pytest.raises(InputError, match=r"image ids 'b/x1.jpg' and 'a/alias/x1' in .*m\.csv name the same file "
                                          r"b/x1.jpg; each row must name a different image"):
         csv_index(linked_classes, csv, "id,label\nb/x1.jpg,nv\na/alias/x1,mel\n")
+
+
+@pytest.mark.parametrize("column, value, code", [
+    ("localization", "ba\x00ck", "U+0000"),  # metadata: a NUL would reach the cache, whose strings end at one
+    ("localization", "ba\x1bck", "U+001B"),  # an escape sequence in a report or a log
+    ("dx", "m\tel", "U+0009"),  # a label: no control character at all
+    ("lesion_id", "HAM\x7f1", "U+007F"),  # a group
+])
+def test_control_characters_in_a_csv_are_refused_naming_row_and_column(tmp_path, column, value, code):
+    root = tmp_path / "d"
+    make_ham(root, n_lesions=2, images_per_lesion=1)
+    csv = root / "HAM10000_metadata.csv"
+    lines = csv.read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[2].split(",")
+    row[header.index(column)] = value
+    csv.write_text("\n".join([*lines[:2], ",".join(row), *lines[3:]]) + "\n")
+    message = f"{csv} row 3 column '{column}' holds the control character {code}"
+    with pytest.raises(InputError, match=re.escape(message)):
+        build_index(root)
+
+
+def test_tabs_and_line_breaks_in_free_text_metadata_are_kept(tmp_path):
+    root = tmp_path / "d"
+    make_ham(root, n_lesions=2, images_per_lesion=1)
+    csv = root / "HAM10000_metadata.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0] + ",notes", lines[1] + ',"two\nlines\tand a tab"',
+                              *[line + "," for line in lines[2:]]]) + "\n")
+    idx = build_index(root)
+    assert dict(idx.entries[0].meta)["notes"] == "two\nlines\tand a tab"
