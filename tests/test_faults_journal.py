@@ -152,7 +152,7 @@ def test_a_write_error_is_one_line_and_a_rerun_completes(tmp_path, reference, fo
     assert not Path(f"{cache}.tmp").exists() and not Path(f"{cache}.undo").exists()
     assert (len(load_cache(cache).image_ids) if cache.exists() else 0) == committed
     s = extract(build_index(root), extract_opts(tmp_path, cache=cache))
-    assert s.extracted + s.already_cached == 8 and _same(cache, expected)
+    assert s.extracted + s.recovered + s.already_cached == 8 and _same(cache, expected)
 
 
 def test_a_commit_that_needs_more_room_than_is_free_is_refused(tmp_path, reference, monkeypatch):

@@ -1,5 +1,6 @@
 """The HDF5 cache: its layout and reading (`store`, `checks`), safe writing (`writer`, `commit`, `journal`, `undo`,
-`row_keys`), shard merging (`merge`) and reading features within a memory budget (`features`).
+`row_keys`), shard merging (`merge`; `virtual`: virtual merges checked to the bottom) and reading features within a
+memory budget (`features`).
 
 What other packages may use is named here; everything else is private to the package."""
 
@@ -18,6 +19,7 @@ from .features import (
 )
 from .journal import utf8_ok
 from .merge import MergeResult, merge_caches
+from .pending import journaled_ids
 from .store import (
                        CacheConfig,
                        CacheData,
@@ -32,7 +34,8 @@ from .writer import COMMIT_SECONDS, CacheWriter
 
 __all__ = [
     "COMMIT_SECONDS", "CacheConfig", "CacheData", "CacheWriter", "GIB", "MergeResult", "ViewsReader", "chunk_batches",
-    "default_memory_gb", "describe_cache", "features_fit", "features_record", "is_streamed", "library_versions",
+    "default_memory_gb", "describe_cache", "features_fit", "features_record", "is_streamed", "journaled_ids",
+    "library_versions",
     "load_cache", "load_cache_within", "merge_caches", "read_attrs", "read_views", "recorded_config",
     "resolve_memory_gb", "take", "utf8_ok",
 ]

@@ -108,3 +108,22 @@ def check_virtual_sources(attrs: dict, path: Path) -> list[str]:
         raise CacheError(f"cache {path}: attribute virtual_sources is {raw!r:.60}, not a JSON list of shard files; "
                          "merge the shards again")
     return sources
+
+
+def check_virtual_record(attrs: dict, path: Path, sources: list[str]) -> list[dict] | None:
+    """What the merge read from each source of a virtual cache (attribute virtual_record, a JSON list in the order
+    of virtual_sources: file, n_rows, class_names, ids_sha256), or None for a merge made before the record."""
+    raw = attrs.get("virtual_record")
+    if raw is None:
+        return None
+    try:
+        records = json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        records = None
+    if not (isinstance(records, list) and all(isinstance(r, dict) for r in records)
+            and [r.get("file") for r in records] == sources
+            and all(type(r.get("n_rows")) is int and r["n_rows"] >= 0 and isinstance(r.get("ids_sha256"), str)
+                    and isinstance(r.get("class_names"), list) for r in records)):
+        raise CacheError(f"cache {path}: attribute virtual_record is {raw!r:.60}, not a JSON list of what the merge "
+                         "read from each file of virtual_sources; merge the shards again")
+    return records

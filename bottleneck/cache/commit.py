@@ -106,8 +106,9 @@ def apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, ..
         f["views"].resize(n, axis=0)
         f["views_ok"].resize(n, axis=0)
         f["views_ok"][grow:] = False
-    f.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in info.items()})
-    f.attrs.update(class_names=json.dumps(classes), meta_columns=json.dumps(state.meta_columns),
+    f.attrs.update({k: (json.dumps(v, allow_nan=False) if isinstance(v, (dict, list)) else v) for k, v in info.items()})
+    f.attrs.update(class_names=json.dumps(classes, allow_nan=False),
+                   meta_columns=json.dumps(state.meta_columns, allow_nan=False),
                    updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     f.attrs["n_rows"] = n  # last: the committed count
     added = n - state.n

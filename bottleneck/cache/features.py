@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import BottleneckWarning, CacheError, InputError
 from ..util import tensorflow
 from .store import load_cache, open_cache
+from .virtual import recheck
 
 GIB = 2**30
 RAM_FRACTION = 0.25  # of the machine's memory, the default budget: the model, TF and copies need the rest
@@ -57,6 +58,9 @@ def total_memory_bytes() -> int | None:
     return total if total and total > 0 else None
 
 
+MAX_MEMORY_GB = 2**20  # 1 PiB: a larger --memory-gb is a typo or `inf`
+
+
 def default_memory_gb() -> float:
     """The default `--memory-gb`: a quarter of the machine's memory (2 GiB where it cannot be read)."""
     total = total_memory_bytes()
@@ -64,8 +68,15 @@ def default_memory_gb() -> float:
 
 
 def check_memory_gb(value: float) -> float:
+    """A budget in GiB: positive and finite. `inf` is refused rather than read as "no limit": a budget is what keeps
+    a command within memory, it is written into config.json (strict JSON has no infinity), and block sizes are
+    computed from it (a huge one overflows them)."""
     if not value > 0:  # also refuses NaN
         raise InputError(f"--memory-gb should be a positive number of GiB; received {value}")
+    if not value <= MAX_MEMORY_GB:
+        raise InputError(f"--memory-gb should be a finite number of GiB, at most {MAX_MEMORY_GB}; received {value} "
+                         "(to read every feature into memory, give at least their size as float32: rows x features "
+                         "x 4 bytes)")
     return float(value)
 
 
@@ -110,6 +121,7 @@ class FeatureReader:
         self.chunk_rows = int(chunk_rows)
         self.memory_gb = resolve_memory_gb(memory_gb)
         self.index = np.arange(self.n_rows) if index is None else np.asarray(index, dtype=np.int64)  # file rows
+        self.sources = None  # a virtual cache's source files as last checked (virtual.recheck); None: not yet
 
     @classmethod
     def from_file(cls, f: h5py.File, path: str | Path, n_rows: int | None = None,
@@ -191,6 +203,7 @@ class FeatureReader:
         starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
         ends = np.r_[starts[1:], len(uniq)]
         with self._open() as f:
+            self.sources = recheck(f, self.path, self.sources)  # a shard changed since: checked again
             if int(f.attrs["n_rows"]) < self.n_rows or f["features"].shape[1] != self.num_features:
                 raise CacheError(f"cache {self.path} changed while its features were being streamed (now "
                                  f"{int(f.attrs['n_rows'])} rows of {f['features'].shape[1]}, was {self.n_rows} of "
@@ -228,9 +241,11 @@ class ViewsReader:
         self.path = Path(path)
         with open_cache(self.path) as f:
             self.shape = tuple(f["views"].shape)
+            self.sources = recheck(f, self.path, None)
 
     def __getitem__(self, rows) -> np.ndarray:
         with open_cache(self.path) as f:
+            self.sources = recheck(f, self.path, self.sources)
             return f["views"][rows]  # (len(rows), V, D) as stored
 
 

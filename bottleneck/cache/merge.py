@@ -37,6 +37,7 @@ from .store import (
     read_views,
     stored_meta_columns,
 )
+from .virtual import source_files, source_record
 from .writer import CacheWriter
 
 
@@ -156,6 +157,8 @@ def merge_caches(shards: list[str | Path], out: str | Path, batch_rows: int = 40
         check_readable(p)
     attrs = [read_attrs(p) for p in paths]
     config = _check_configs(paths, attrs)
+    if virtual:
+        _check_virtual_out(out, paths)
     out_attrs = read_attrs(out) if out.exists() and not virtual else None
     if out_attrs is not None and out_attrs.get("virtual"):
         raise CacheError(f"cache {out} is a virtual merge of shards; extract into a shard, or merge by copying "
@@ -163,9 +166,10 @@ def merge_caches(shards: list[str | Path], out: str | Path, batch_rows: int = 40
     split = check_split(paths, attrs, out, out_attrs, allow_partial)
     info = {k: attrs[0].get(k, "") for k in ("root", "source", "metadata")}
     info["dataset"] = re.sub(r"-shard\d+of\d+$", "", str(attrs[0].get("dataset", "")))
-    info["merged_from"] = json.dumps([str(p) for p in paths])
+    info["merged_from"] = json.dumps([str(p) for p in paths], allow_nan=False)
     if split.held:  # a merge holds shards of one index; it is whole once none is missing
-        info.update(shard="", shards=json.dumps(list(split.held)), missing_shards=json.dumps(list(split.missing)),
+        info.update(shard="", shards=json.dumps(list(split.held), allow_nan=False),
+                    missing_shards=json.dumps(list(split.missing), allow_nan=False),
                     index_fingerprint=split.fingerprint, index_images=split.images)
     if virtual:
         rows = _write_virtual(out, paths, attrs, config, info)
@@ -196,11 +200,25 @@ def _copy(out: Path, paths: list[Path], config: CacheConfig, info: dict, batch_r
     return int(read_attrs(out)["n_rows"])
 
 
-def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: CacheConfig, info: dict) -> int:
-    """`out` as virtual datasets over rows 0..n_rows of each shard's datasets; the small failed/ table is copied.
-    Built beside `out` and renamed into place, as a first commit is."""
-    if out.exists():
+def _check_virtual_out(out: Path, paths: list[Path]) -> None:
+    """--virtual writes a new file, or rebuilds the virtual merge at `out` (merging again after a shard changed):
+    never over a cache that holds rows of its own, nor over a file that this merge reads."""
+    if not out.exists():
+        return
+    try:
+        rebuild = bool(read_attrs(out).get("virtual"))
+    except CacheError:
+        rebuild = False
+    if not rebuild:
         raise InputError(f"--out {out} exists; --virtual writes a new file: remove it or pass another --out")
+    if out.resolve() in {q.resolve() for p in paths for q in (p, *source_files(p))}:
+        raise InputError(f"--out {out} is one of the caches this merge reads (or a shard of one); pass another --out")
+
+
+def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: CacheConfig, info: dict) -> int:
+    """`out` as virtual datasets over rows 0..n_rows of each shard's datasets; the small failed/ table is copied,
+    and what was read from each shard is recorded (attribute virtual_record, checked by every reader). Built
+    beside `out` and renamed into place, as a first commit is (an older virtual `out` is replaced whole)."""
     classes = [json.loads(a["class_names"]) for a in attrs]
     for p, c in zip(paths[1:], classes[1:]):
         if c != classes[0]:
@@ -210,14 +228,16 @@ def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: Cach
     views = {int(a.get("views", 0)) for a in attrs}
     n_views = views.pop() if len(views) == 1 else 0  # as the copying merge: views only when every shard agrees
     names = ["features", *ROW_FIELDS, "label", "orig_size", KEYS] + (["views", "views_ok"] if n_views else [])
-    parts, keys, failed, metas = [], [], {}, []
+    parts, keys, failed, metas, records = [], [], {}, [], []
     for p in paths:
+        rel = os.path.relpath(p.resolve(), out.resolve().parent)
         with open_cache(p) as f:
             n = int(f.attrs["n_rows"])
             metas.append(stored_meta_columns(f))
             shapes = {k: (f[k].shape, f[k].dtype) for k in [*names, *map(meta_dataset, metas[-1])] if k in f}
             keys.append(read_keys(f, n))  # computed for caches older than the keys
-        parts.append((os.path.relpath(p.resolve(), out.resolve().parent), n, shapes))
+            records.append(source_record(f, rel))
+        parts.append((rel, n, shapes))
         for path, reason, sha in read_failed(p, with_sha=True):
             failed.setdefault(path, (reason, sha))
     total = sum(n for _, n, _ in parts)
@@ -255,11 +275,13 @@ def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: Cach
                 f.create_dataset(f"failed/{k}", data=np.array(col, dtype=object), dtype=STRING_DTYPE,
                                  maxshape=(None,), chunks=(1024,))
             f.attrs.update(asdict(config))
-            f.attrs.update(schema_version=SCHEMA_VERSION, n_rows=total, class_names=json.dumps(classes[0]),
+            f.attrs.update(schema_version=SCHEMA_VERSION, n_rows=total,
+                           class_names=json.dumps(classes[0], allow_nan=False),
                            views=n_views, library_versions=attrs[0].get("library_versions", "{}"),
                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), virtual=True,
-                           virtual_sources=json.dumps([rel for rel, _, _ in parts]),
-                           meta_columns=json.dumps(columns), **info)
+                           virtual_sources=json.dumps([rel for rel, _, _ in parts], allow_nan=False),
+                           virtual_record=json.dumps(records, allow_nan=False),
+                           meta_columns=json.dumps(columns, allow_nan=False), **info)
             f.attrs["updated"] = f.attrs["created"]
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -16,8 +16,9 @@ from .. import __version__
 from ..errors import CacheError
 from ..images import view_names
 from ..util import tensorflow
-from .checks import check_cache, check_virtual_sources
+from .checks import check_cache
 from .journal import journal_dir, pending_batches
+from .pending import writer_pid
 from .undo import rollback, undo_path
 
 SCHEMA_VERSION = 1
@@ -195,17 +196,15 @@ def read_attrs(path: Path) -> dict:
 
 def check_readable(path: Path) -> None:
     """Refuse a missing file, a file that is not a bottleneck cache, one of a newer schema, or one whose attributes
-    or datasets are damaged (validate.check_cache): every reader calls this first."""
+    or datasets are damaged (checks.check_cache), and a virtual merge whose sources, to the bottom, are missing
+    or differ from what the merge recorded (virtual.check_virtual): every reader calls this first."""
     if not path.exists():
         raise CacheError(f"cache {path} does not exist; create it with `bottleneck extract DATA --cache {path}`")
     with open_cache(path) as f:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        if attrs.get("virtual"):  # HDF5 reads a missing source file as zeros: refuse rather than train on them
-            gone = [s for s in check_virtual_sources(attrs, path) if not (path.parent / s).is_file()]
-            if gone:
-                raise CacheError(f"cache {path} is a virtual merge whose shard {gone[0]} (relative to "
-                                 f"{path.parent}) is missing; put the shard files back beside it, or merge again by "
-                                 "copying")
+        if f.attrs.get("virtual"):  # HDF5 reads rows a source lacks as zeros: refuse rather than train on them
+            from .virtual import check_virtual  # virtual.py opens the sources with open_cache
+
+            check_virtual(f, path)
         check_cache(f, path, SCHEMA_VERSION)
 
 
@@ -267,6 +266,10 @@ def describe_cache(path: str | Path) -> dict:
     metadata columns with how many rows have a value in each."""
     path = Path(path)
     if not path.exists() and pending_batches(path):
+        pid = writer_pid(path)
+        if pid is not None:
+            raise CacheError(f"cache {path} is being created by a running extract (pid {pid}): its batches are "
+                             "journaled, none committed yet; run info again in a moment")
         raise CacheError(f"cache {path} has only journaled batches from an interrupted first run; "
                          "rerun the same extract command to complete it")
     data = load_cache(path, features=False)
@@ -277,4 +280,4 @@ def describe_cache(path: str | Path) -> dict:
             "unlabeled": int((labels < 0).sum()), "failed": read_failed(path), "views": data.n_views,
             "view_names": view_names(data.n_views), "rows_with_views": int(data.views_ok.sum()),
             "meta_columns": {c: int(sum(1 for v in values if v)) for c, values in data.meta.items()},
-            "pending_batches": len(pending_batches(path))}
+            "pending_batches": len(pending_batches(path)), "writer_pid": writer_pid(path)}

@@ -1,12 +1,13 @@
 """The typer app and the one way errors leave it: each command parses options, calls one library function and
 echoes its summary; a `BottleneckError` becomes `error: <message>` and exit 1 (usage errors exit 2, from typer),
-Ctrl-C exit 130, and any other exception `error: <type>: <message> (full traceback in <log>)` and exit 1: no
-traceback ever reaches the terminal."""
+Ctrl-C exit 130, output into a pipe whose reader has gone (`| head -1`) a quiet exit 141, and any other exception
+`error: <type>: <message> (full traceback in <log>)` and exit 1: no traceback ever reaches the terminal."""
 
 from __future__ import annotations
 
 import functools
 import os
+import select
 import sys
 import tempfile
 import time
@@ -54,7 +55,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow'
 
 CLASS_MAP_HELP = ("The task, made of the cache's classes: 'target=src1,src2;target2=src3', '*' meaning every class "
                   "not named elsewhere; classes named nowhere are dropped and counted. Or a .toml/.csv file of the "
-                  "same. E.g. 'mel=mel;other=*' (melanoma vs rest).")
+                  "same (needed for class names holding ',' ';' or '='). E.g. 'mel=mel;other=*' (melanoma vs rest).")
 
 
 def class_map_arg(value: str | None) -> ClassMap | None:
@@ -116,6 +117,40 @@ def write_crash_log(exc: BaseException) -> Path | None:
     return None
 
 
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away (`yes | head -1`)
+
+
+def output_closed() -> bool:
+    """Whether stdout or stderr is a pipe whose reader has gone (`bottleneck info CACHE | head -1`): poll reports
+    POLLERR on the write end of such a pipe. A BrokenPipeError from anything else (a socket, a worker's pipe) is an
+    error like any other."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # a test runner's buffer, a closed stream
+            continue
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if any(events & select.POLLERR for _, events in poller.poll(0)):
+            return True
+    return False
+
+
+def quiet_exit_on_closed_output() -> None:
+    """End quietly, as `cat` or `grep` do, when the reader of our output has gone: exit 141 with nothing printed.
+
+    The rest of the output goes to /dev/null, so neither an error line nor Python's "Exception ignored ...
+    BrokenPipeError" at exit reaches the terminal."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            pass
+    os.close(devnull)
+    raise typer.Exit(SIGPIPE_EXIT)
+
+
 def unexpected(exc: Exception) -> None:
     """One line for an exception the library did not expect, and exit 1; the traceback goes to a log file."""
     lines = str(exc).strip().splitlines()
@@ -148,6 +183,10 @@ def handle_errors(fn=None, *, interrupted: str = "interrupted; finished batches 
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise  # typer.Exit from `fail`, and typer's own errors (usage: exit 2). typer, not click: typer no
             # longer depends on click, so a clean install has no click to import
+        except BrokenPipeError as exc:
+            if output_closed():  # `bottleneck info CACHE | head -1`: the reader has what it wanted
+                quiet_exit_on_closed_output()
+            unexpected(exc)
         except Exception as exc:  # noqa: BLE001 -- the last door: a bug must not print a traceback at the user
             unexpected(exc)
 

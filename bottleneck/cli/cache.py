@@ -45,8 +45,10 @@ def extract_command(
     shard: Optional[str] = typer.Option(None, help="I/N: extract only shard I of N (deterministic by image id)."),
     engine: str = typer.Option("local", help="local (this process) or ray (decode in Ray tasks, the backbone in "
                                "Ray actors, one writer here; needs pip install -e \".[ray]\"). See docs/scale.md."),
-    address: Optional[str] = typer.Option(None, help="--engine ray: Ray cluster to use (auto, HOST:PORT or "
-                                          "ray://HOST:10001); default: start a local Ray instance."),
+    address: Optional[str] = typer.Option(None, help="--engine ray: Ray cluster to join (HOST:PORT, "
+                                          "ray://HOST:10001, or auto: the one `ray start --head` started on this "
+                                          "machine); checked first, refused in about 12 s when no Ray answers. "
+                                          "Default: start a local Ray instance."),
     workers: Optional[int] = typer.Option(None, help="--engine ray: backbone actors (default: one per GPU, else 1)."),
     devices: str = typer.Option("all", help="Where the backbone runs: all (every GPU, else the CPU), cpu, GPU "
                                 "indices like 0,1, or device names; several GPUs run one replica each "
@@ -57,7 +59,7 @@ def extract_command(
 
     Example: bottleneck extract data/HAM10000 --backbone inception_v3 --weights imagenet
     """
-    check_engine(engine, views, workers)
+    check_engine(engine, views, workers, address)
     index = build_index(data, metadata, id_column, label_column, group_column, follow_symlinks, meta_columns)
     if shard:
         index = select_shard(index, shard)
@@ -82,7 +84,8 @@ def info_command(cache: Path = typer.Argument(..., help="A cache written by `bot
 @handle_errors
 def merge_command(
     shards: List[Path] = typer.Argument(..., help="Caches of one configuration, e.g. from extract --shard I/N."),
-    out: Path = typer.Option(..., help="The merged cache (created, or completed if it exists)."),
+    out: Path = typer.Option(..., help="The merged cache (created, or completed if it exists; with --virtual, "
+                             "created, or rebuilt if it is a virtual merge)."),
     virtual: bool = typer.Option(False, help="Write --out as HDF5 virtual datasets over the shard files (no copy; "
                                  "keep the shards beside it)."),
     allow_partial: bool = typer.Option(False, help="Merge even if shards of the index are missing (and say which)."),

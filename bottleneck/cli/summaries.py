@@ -26,7 +26,9 @@ def _more(items: list, shown: int, tail: str) -> list[str]:
 
 def extract_lines(s: ExtractSummary, index: DatasetIndex) -> list[str]:
     lines = [f"cache: {s.cache}",
-             f"images: {s.total} indexed, {s.extracted} extracted, {s.already_cached} already cached, "
+             f"images: {s.total} indexed, {s.extracted} extracted, "
+             + (f"{s.recovered} recovered from the journal, " if s.recovered else "")
+             + f"{s.already_cached} already cached, "
              f"{s.reused} reused (same bytes), {len(s.failed)} failed"]
     if s.extracted:
         steady = f", {s.steady_images_per_s:.1f} images/s after the first batch" if s.steady_images else ""
@@ -75,7 +77,10 @@ def info_lines(cache: Path, d: dict) -> list[str]:
     lines += [f"  {name}: {count}" for name, count in d["class_counts"].items()]
     if d["unlabeled"]:
         lines.append(f"  (unlabeled): {d['unlabeled']}")
-    if d["pending_batches"]:
+    if d["pending_batches"] and d.get("writer_pid") is not None:
+        lines.append(f"pending: {d['pending_batches']} batches journaled by a running extract (pid "
+                     f"{d['writer_pid']}), not yet committed")
+    elif d["pending_batches"]:
         lines.append(f"pending: {d['pending_batches']} journaled batches from an interrupted run; "
                      "rerun extract to complete the cache")
     lines.append(f"failed images: {len(d['failed'])}")

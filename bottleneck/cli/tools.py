@@ -37,6 +37,7 @@ def bench_command(
 
 
 @app.command("backbones")
+@handle_errors
 def backbones_command():
     """List the registered backbones with their input size and feature width."""
     for spec in REGISTRY.values():

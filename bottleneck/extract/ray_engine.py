@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,8 +33,85 @@ NEEDS_RAY = '--engine ray needs Ray: pip install -e ".[ray]" (or pip install "ra
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
 
 
-def require_ray():
-    """`ray` with Ray Data, or InputError with the install line."""
+# Ray's connect timeouts when it joins a cluster (`--address`), so that an address where no Ray answers fails in
+# about 12 s instead of retrying for ever. Its C++ side reads them once, when `ray` is first imported; a user's own
+# values win. (A `ray://` address goes through Ray Client, which gives up after its own three tries, about 30 s.)
+CONNECT_TIMEOUTS = {"RAY_gcs_rpc_server_connect_timeout_s": "3", "RAY_py_gcs_connect_timeout_s": "5",
+                    "RAY_gcs_server_port_wait_time_s": "1"}
+REACH_SECONDS = 5.0  # the TCP connect that checks an address before Ray is asked to join it
+RAY_CLIENT_PORT = 10001  # the port of a `ray://` address without one (Ray Client's default)
+ADDRESS_FORMS = "auto, HOST:PORT or ray://HOST[:PORT]"
+
+
+def ray_address_file(environ=os.environ) -> Path:
+    """Where `ray start --head` records the address of the cluster it started (what `ray.init(address="auto")`
+    reads): ray_current_cluster in Ray's temporary folder."""
+    tmp = environ.get("RAY_TMPDIR") or (environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    return Path(tmp or "/tmp") / "ray" / "ray_current_cluster"
+
+
+class RayAddress(NamedTuple):
+    target: str  # what ray.init is given: HOST:PORT or ray://HOST:PORT
+    host: str
+    port: int
+    origin: str  # where it came from, for messages: "", " (from RAY_ADDRESS)", " (--address auto, from FILE)"
+
+
+def resolve_address(address: str | None, environ=os.environ) -> RayAddress | None:
+    """The cluster `--address` names, or None for a local instance (no address, nor RAY_ADDRESS, which Ray itself
+    would follow; or `local`). `auto` is the cluster started on this machine: RAY_ADDRESS when set, else the address
+    `ray start --head` recorded (Ray's own `auto` also searches the process list; this does not)."""
+    origin = ""
+    if not address:
+        address, origin = environ.get("RAY_ADDRESS") or None, " (from RAY_ADDRESS)"
+    if address == "auto" and environ.get("RAY_ADDRESS", "auto") != "auto":
+        address, origin = environ["RAY_ADDRESS"], " (--address auto, from RAY_ADDRESS)"
+    elif address == "auto":
+        recorded = ray_address_file(environ)
+        try:
+            address, origin = recorded.read_text().strip(), f" (--address auto, from {recorded})"
+        except OSError:
+            raise InputError(f"--address auto: no Ray cluster was started on this machine (no RAY_ADDRESS, no "
+                             f"{recorded}); start one with `ray start --head`, or drop --address to start a local "
+                             "Ray instance") from None
+    if address in (None, "local"):
+        return None
+    rest = address.removeprefix("ray://")
+    if rest.startswith("["):  # [::1]:6379
+        host, _, port = rest[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not port and address.startswith("ray://"):
+        port = str(RAY_CLIENT_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--address should be {ADDRESS_FORMS}; received {address!r}{origin}")
+    return RayAddress(address, host, int(port), origin)
+
+
+def check_address(address: str | None, environ=os.environ, seconds: float = REACH_SECONDS) -> str | None:
+    """The address to give ray.init (None: start a local instance), once something accepts a TCP connection there
+    within `seconds`; InputError naming the address and the fix when nothing does. Needs no Ray."""
+    resolved = resolve_address(address, environ)
+    if resolved is None:
+        return None
+    try:
+        socket.create_connection((resolved.host, resolved.port), timeout=seconds).close()
+    except OSError as exc:
+        reason = (f"nothing answered within {seconds:g} s" if isinstance(exc, TimeoutError) else
+                  exc.strerror or str(exc) or type(exc).__name__)
+        port = "" if resolved.target.startswith("ray://") else f" --port {resolved.port}"
+        raise InputError(f"no Ray cluster at {resolved.target}{resolved.origin}: {reason}; start one there with "
+                         f"`ray start --head{port}`, or drop --address to start a local Ray instance") from None
+    return resolved.target
+
+
+def require_ray(address: str | None = None):
+    """`ray` with Ray Data, or InputError with the install line. With an `address`, Ray's connect timeouts are set
+    first (CONNECT_TIMEOUTS): they count only if set before Ray is first imported."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        for name, value in CONNECT_TIMEOUTS.items():
+            os.environ.setdefault(name, value)
     try:
         import ray
         import ray.data  # noqa: F401  (needs the [data] extra: pyarrow)
@@ -40,11 +122,12 @@ def require_ray():
 
 @contextmanager
 def ray_session(address: str | None = None):
-    """Connect to the Ray cluster at `address`, or start a local instance; yields (ray, seconds it took).
+    """Connect to the Ray cluster at `address` (checked first, joined in bounded time: `check_address`, `connect`),
+    or start a local instance; yields (ray, seconds it took).
 
     A session this call opened is closed on exit (also on an error or Ctrl-C): a local instance stops, a cluster
     connection is dropped. One already open (a test fixture, a notebook) is used as is and left open."""
-    ray = require_ray()
+    ray = require_ray(address)
     start = time.perf_counter()
     opened = not ray.is_initialized()
     if opened:
@@ -53,8 +136,9 @@ def ray_session(address: str | None = None):
         for name in RAY_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
         quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
-        if address:
-            ray.init(address=address, **quiet)
+        target = check_address(address)
+        if target:
+            connect(ray, target, quiet)
         else:  # one node: every core, decode tasks and the backbone actor share them
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
     try:
@@ -63,6 +147,29 @@ def ray_session(address: str | None = None):
     finally:
         if opened:
             ray.shutdown()
+
+
+def connect(ray, address: str, quiet: dict) -> None:
+    """ray.init against a cluster, in bounded time (CONNECT_TIMEOUTS): one line when it fails. Ray's C++ side
+    prints a warning per failed try straight to file descriptor 2; those go to a temporary file, not the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                ray.init(address=address, **quiet)
+            except Exception as exc:  # noqa: BLE001 -- Ray raises ConnectionError, RuntimeError, ...: one line
+                lines = str(exc).strip().splitlines()
+                reason = lines[0] if lines else type(exc).__name__
+                ray.shutdown()  # whatever the failed try left running (its threads, a half-made client)
+                raise InputError(f"cannot join the Ray cluster at {address}: {reason}; check that a Ray head runs "
+                                 f"there (`ray status --address {address}`), or drop --address to start a local Ray "
+                                 "instance") from None
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def _quiet_ray_data() -> None:

@@ -26,7 +26,15 @@ from ..backbones import (
     resolve_xla,
     visible_devices,
 )
-from ..cache import COMMIT_SECONDS, CacheConfig, CacheWriter, read_attrs, recorded_config, utf8_ok
+from ..cache import (
+    COMMIT_SECONDS,
+    CacheConfig,
+    CacheWriter,
+    journaled_ids,
+    read_attrs,
+    recorded_config,
+    utf8_ok,
+)
 from ..errors import ImageDecodeError, InputError
 from ..images import DatasetIndex, Entry, apply_view, check_views, inference_batches, pad_batch, seeds_for
 from ..util import sha256_file, tensorflow
@@ -65,6 +73,7 @@ class ExtractSummary:
     total: int  # images in the index
     extracted: int = 0  # features computed by the backbone in this run
     already_cached: int = 0  # same image id and bytes already in the cache
+    recovered: int = 0  # rows an interrupted run journaled, committed by this run first (no inference)
     reused: int = 0  # same bytes cached under another id: vector copied, no inference
     views: int = 0  # views per image the cache holds after the run
     views_added: int = 0  # cached images that got (more) views in this run, plain vector not recomputed
@@ -93,19 +102,21 @@ class ExtractSummary:
         return self.steady_images / self.steady_seconds if self.steady_seconds > 0 else 0.0
 
 
-def check_engine(engine: str, views: int = 0, workers: int | None = None) -> str:
-    """Fail early (before hashing) on an engine that cannot run: unknown, Ray not installed, options it lacks."""
+def check_engine(engine: str, views: int = 0, workers: int | None = None, address: str | None = None) -> str:
+    """Fail early (before hashing) on an engine that cannot run: unknown, Ray not installed, options it lacks, a
+    cluster address where nothing answers."""
     if engine not in ENGINES:
         raise InputError(f"--engine should be one of {', '.join(ENGINES)}; received {engine!r}")
     if engine == "ray":
-        from .ray_engine import require_ray
+        from .ray_engine import check_address, require_ray
 
-        require_ray()
+        require_ray(address)
         if views:
             raise InputError("--views is not available with --engine ray; extract the views with --engine local "
                              "(same cache, same features)")
         if workers is not None and workers < 1:
             raise InputError(f"--workers should be a positive integer; received {workers}")
+        check_address(address)
     return engine
 
 
@@ -158,7 +169,7 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
                              images_without_row=len(index.images_without_row), precision=config.precision,
                              xla=config.xla)
     check_views(opts.views)
-    check_engine(opts.engine, opts.views, opts.workers)
+    check_engine(opts.engine, opts.views, opts.workers, opts.address)
     summary.engine = opts.engine
     devices = _chosen_devices(opts)
     # A name the cache's UTF-8 columns cannot hold is listed as failed (by a readable escaped form), never
@@ -167,13 +178,14 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
     entries = [e for e, w in zip(index.entries, why) if not w]
     bad_names = [(printable_path(e.rel_path), w, "") for e, w in zip(index.entries, why) if w]
     class_names = tuple(c for c in index.class_names if utf8_ok(c))
+    recovered = journaled_ids(path)  # what entering the writer commits first: the rows of an interrupted run
     with CacheWriter(path, config, info, class_names, opts.commit_seconds) as writer:
         n_views = max(opts.views, writer.existing_views())  # new rows get every view the cache has
         summary.views = n_views
         hashes = _hash_files(entries, opts.progress)
         existing, by_sha = writer.lookup([e.image_id for e in entries], [sha for sha, _ in hashes])
         todo, view_todo, updates, reused, unreadable = _sort_entries(entries, hashes, existing, by_sha, n_views,
-                                                                     summary, bad_names)
+                                                                     summary, bad_names, recovered)
         if opts.strict and unreadable:
             raise ImageDecodeError(f"{unreadable[0][0]}: {unreadable[0][1]} (--strict)")
         _journal_metadata(writer, updates, reused, unreadable)
@@ -224,10 +236,11 @@ def _hash_files(entries: list[Entry], progress: bool) -> list[tuple[str, str]]:
 
 
 def _sort_entries(entries: list[Entry], hashes, existing: dict, by_sha: dict, n_views: int, summary: ExtractSummary,
-                  bad_names: list):
+                  bad_names: list, recovered: set[str] = frozenset()):
     """Each hashed entry to what it needs: the backbone (`todo`), only views it lacks (`view_todo`, by first missing
     view), only new metadata (`updates`), a copy of a vector cached under another id (`reused`), or nothing; an
-    unreadable file joins `bad_names` in `unreadable`. Counts the cached ones in `summary`."""
+    unreadable file joins `bad_names` in `unreadable`. Counts the cached ones in `summary`, those `recovered` from
+    the journal by this run apart."""
     todo: list[tuple[Entry, str]] = []
     view_todo: dict[int, list[tuple[Entry, str]]] = {}  # first missing view -> cached rows lacking views
     updates, reused, unreadable = [], [], list(bad_names)
@@ -237,7 +250,10 @@ def _sort_entries(entries: list[Entry], hashes, existing: dict, by_sha: dict, n_
             continue
         old = existing.get(entry.image_id)
         if old is not None and old["sha256"] == sha:
-            summary.already_cached += 1
+            if entry.image_id in recovered:
+                summary.recovered += 1
+            else:
+                summary.already_cached += 1
             if _row_changed(old, entry):
                 updates.append(entry_row(entry, sha, has_features=False))
             if old["views"] < n_views:

@@ -5,7 +5,16 @@ What other packages may use is named here; everything else is private to the pac
 
 
 from .callbacks import epoch_bar
-from .class_map import STAR, ClassMap, describe, map_classes, parse_class_map, recorded_map, run_class_names
+from .class_map import (
+                        STAR,
+                        ClassMap,
+                        describe,
+                        map_classes,
+                        missing_sources,
+                        parse_class_map,
+                        recorded_map,
+                        run_class_names,
+)
 from .model import (
                     HEAD_OPTIONS,
                     OPTIMIZERS,
@@ -35,6 +44,6 @@ __all__ = [
     "EARLY_STOP_FRACTION", "HEAD_OPTIONS", "cv_parts", "early_stopping_slice", "make_folds",
     "ClassMap", "HeadConfig", "OPTIMIZERS", "SPLITS", "STAR", "SplitSpec", "TrainedHead", "check_split",
     "class_weights", "describe", "epoch_bar", "fit_head", "fold_calibration", "load_split", "make_optimizer",
-    "make_split", "map_classes", "parse_class_map", "parse_hidden", "predict_proba", "recorded_map",
+    "make_split", "map_classes", "missing_sources", "parse_class_map", "parse_hidden", "predict_proba", "recorded_map",
     "run_class_names", "save_split",
 ]

@@ -17,7 +17,7 @@ import numpy as np
 from ..cache import CacheData
 from ..errors import InputError
 from ..stats import group_keys
-from ..util import check_split_file
+from ..util import check_split_file, csv_unescape, write_csv
 
 SPLITS = ("train", "val", "test")
 
@@ -99,7 +99,7 @@ def save_split(path: Path, image_ids: np.ndarray, split: np.ndarray) -> None:
     import pandas as pd
 
     keep = split != ""
-    pd.DataFrame({"image_id": image_ids[keep], "split": split[keep]}).to_csv(path, index=False)
+    write_csv(path, pd.DataFrame({"image_id": image_ids[keep], "split": split[keep]}))
 
 
 def load_split(run_dir: Path, image_ids: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -111,7 +111,7 @@ def load_split(run_dir: Path, image_ids: np.ndarray) -> tuple[np.ndarray, dict]:
         raise InputError(f"--split-from {run_dir}: no split.csv there; pass a run directory made by train-head")
     check_split_file(path, "the run directory is damaged: pass another run or train this one again")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = csv_unescape(pd.read_csv(path, dtype=str, keep_default_na=False))  # ids as the cache holds them
     except (pd.errors.ParserError, ValueError) as exc:
         raise InputError(f"{path} is not a readable split manifest ({str(exc).strip().splitlines()[0][:120]}); the "
                          "run directory is damaged: pass another run or train this one again") from None

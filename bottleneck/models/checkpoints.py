@@ -51,8 +51,11 @@ class Progress:
     last_file: str | None = None  # the last epoch's model file
 
     def to_json(self) -> dict:
-        """progress.json, keys in the order it has always had; `best_file` once there is one."""
+        """progress.json, keys in the order it has always had; `best_file` once there is one. Strict JSON: `best`
+        before any finite loss, and the losses of a diverged epoch, are null (`from_json` reads them back)."""
         state = asdict(self)
+        state["best"] = self.best if math.isfinite(self.best) else None
+        state["history"] = {k: [v if math.isfinite(v) else None for v in vals] for k, vals in self.history.items()}
         if state["best_file"] is None:
             del state["best_file"]
         if state["last_file"] is None:
@@ -62,6 +65,10 @@ class Progress:
     @classmethod
     def from_json(cls, state: dict) -> Progress:
         known = {k: state[k] for k in cls.__dataclass_fields__ if k in state}
+        if "best" in known:
+            known["best"] = math.inf if known["best"] is None else known["best"]
+        if "history" in known:
+            known["history"] = {k: [math.nan if v is None else v for v in vals] for k, vals in known["history"].items()}
         if "last_file" not in state:  # written before the model files were named in it
             known["last_file"] = LEGACY_LAST
             known.setdefault("best_file", LEGACY_BEST if state["best_epoch"] else None)

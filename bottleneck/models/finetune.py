@@ -43,16 +43,26 @@ from ..runs import (
     load_keras,
     plot_confusion,
     plot_curves,
-    predictions_frame,
     publish,
     read_config,
     restore_interrupted,
     staging_dir,
     write_finetune_report,
     write_history,
+    write_predictions,
 )
 from ..stats import evaluate_splits
-from ..util import Option, Options, one_of, positive, positive_int, sha256_file, tensorflow, write_json_atomic
+from ..util import (
+    Option,
+    Options,
+    finite_or_null,
+    one_of,
+    positive,
+    positive_int,
+    sha256_file,
+    tensorflow,
+    write_json_atomic,
+)
 from .checkpoints import (
     Progress,
     clear,
@@ -142,7 +152,7 @@ FINETUNE_OPTIONS = Options(FineTuneOptions, [
 def rerun_command(run: Path, opts: FineTuneOptions) -> list[str]:
     """The fine-tune command with its options spelled out, for config.json and the report."""
     command = ["bottleneck", "fine-tune", str(run), *FINETUNE_OPTIONS.argv(opts, RERUN_ORDER)]
-    command += ["--class-map", opts.class_map.spec] if opts.class_map else []
+    command += ["--class-map", opts.class_map.argument] if opts.class_map else []
     return command + FINETUNE_OPTIONS.argv(opts, ("data", "out"))
 
 
@@ -289,8 +299,8 @@ class FineTuneJob:
                    for p, r in state.skipped_in_training.items()]
         shutil.copy(self.run / "split.csv", tmp / "split.csv")
         write_history(tmp / "history.csv", state.history)
-        predictions_frame(images.data, images.split, proba, good, names).to_csv(tmp / "predictions.csv", index=False)
-        write_json_atomic(tmp / "metrics.json", metrics)
+        write_predictions(tmp / "predictions.csv", images.data, images.split, proba, good, names)
+        write_json_atomic(tmp / "metrics.json", finite_or_null(metrics))  # undefined figures: null
         config = _run_config(self, failed)
         write_json_atomic(tmp / "config.json", config)
         plot_curves(state.history, tmp / "curves.png")

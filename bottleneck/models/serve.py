@@ -24,7 +24,7 @@ from ..heads import fold_calibration, predict_proba, run_class_names
 from ..images import load_image
 from ..runs import check_free, load_head, load_keras, read_config, restore_interrupted, staged
 from ..stats import Calibration, DecisionRule, decide
-from ..util import input_size_of, read_json_object, tensorflow, walk_files, write_json_atomic
+from ..util import input_size_of, read_json_object, tensorflow, walk_files, write_csv, write_json_atomic
 from .classifier import assemble_model, predict_images, set_precision
 
 FORMATS = ("keras", "savedmodel", "tflite")
@@ -153,7 +153,7 @@ def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path 
     frame["error"] = errors
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False)
+        write_csv(out, frame)  # the returned frame keeps the values unescaped
     return PredictResult(frame, names, [(str(f), e) for f, e in zip(files, errors) if e], precision, rule.record())
 
 

@@ -8,13 +8,13 @@ from .directory import (
                         check_free,
                         load_head,
                         load_keras,
-                        predictions_frame,
                         publish,
                         read_config,
                         restore_interrupted,
                         staged,
                         staging_dir,
                         write_history,
+                        write_predictions,
 )
 from .evaluate import EvalResult, evaluate_run
 from .grid import GRID_KEYS, expand_grid, grid_from_options
@@ -27,6 +27,6 @@ from .train import RunOptions, RunResult, train_head_run
 __all__ = [
     "EvalResult", "GRID_KEYS", "RunOptions", "RunResult", "SweepOptions", "SweepResult", "check_free", "evaluate_run",
     "expand_grid", "format_leaderboard", "grid_from_options", "load_head", "load_keras", "plot_confusion",
-    "plot_curves", "predictions_frame", "publish", "read_config", "restore_interrupted", "run_sweep", "staged",
-    "staging_dir", "train_head_run", "write_finetune_report", "write_history",
+    "plot_curves", "publish", "read_config", "restore_interrupted", "run_sweep", "staged",
+    "staging_dir", "train_head_run", "write_finetune_report", "write_history", "write_predictions",
 ]

@@ -17,8 +17,9 @@ import numpy as np
 
 from ..cache import CacheConfig, CacheData
 from ..errors import BottleneckError, InputError
+from ..heads import recorded_map
 from ..stats import decide
-from ..util import check_split_file, keras_layers, read_json_object, sha256_file, tensorflow
+from ..util import check_split_file, keras_layers, read_json_object, sha256_file, tensorflow, write_csv
 
 
 def check_free(out: Path, overwrite: bool, what: str = "run directory") -> None:
@@ -126,6 +127,7 @@ def check_run_config(config: dict, path: Path, fix: str) -> None:
         refuse("key 'class_names'", "is missing, empty or not a list of class names")
     if not isinstance(config.get("head", {}), dict):
         refuse("key 'head'", "is not an object")
+    recorded_map(config, f"{path}: key 'class_map'")  # rebuilt from its structure, or refused in one line
 
 
 def read_config(run: Path, check: bool = False) -> dict:
@@ -194,7 +196,7 @@ def write_history(path: Path, history: dict) -> None:
 
     df = pd.DataFrame(history)
     df.insert(0, "epoch", np.arange(1, len(df) + 1))
-    df.to_csv(path, index=False)
+    write_csv(path, df)
 
 
 def predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, rows: np.ndarray, class_names,
@@ -203,8 +205,9 @@ def predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, row
 
     predicted: `metrics.decide(proba, decision_weights)`, the rule the metrics use (a calibrated run's weights).
 
-    Write it with a plain `.to_csv(path, index=False)` (no float_format): pandas then writes each probability at
-    full precision."""
+    `write_predictions` writes it through `util.write_csv` (no float_format): pandas then writes each probability at
+    full precision, and a text cell a spreadsheet would run as a formula (`=...`, `-...`) gets a leading `'`
+    (docs/cli.md)."""
     import pandas as pd
 
     labels = data.labels[rows]
@@ -217,6 +220,12 @@ def predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, row
         # metrics.json recompute exactly from this file; 6 decimals made ties that moved the AUCs.
         df[f"p_{name}"] = np.asarray(proba[:, j], dtype=np.float64)
     return df
+
+
+def write_predictions(path: Path, data: CacheData, split: np.ndarray, proba: np.ndarray, rows: np.ndarray,
+                      class_names, decision_weights=None) -> None:
+    """predictions.csv of train-head, evaluate and fine-tune: `predictions_frame` through `write_csv`."""
+    write_csv(path, predictions_frame(data, split, proba, rows, class_names, decision_weights))
 
 
 def cache_record(data: CacheData) -> dict:

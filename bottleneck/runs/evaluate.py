@@ -23,7 +23,15 @@ from ..cache import (
     take,
 )
 from ..errors import CacheMismatchError, InputError
-from ..heads import STAR, ClassMap, load_split, map_classes, predict_proba, recorded_map, run_class_names
+from ..heads import (
+    ClassMap,
+    load_split,
+    map_classes,
+    missing_sources,
+    predict_proba,
+    recorded_map,
+    run_class_names,
+)
 from ..stats import (
     DecisionRule,
     binary_stats,
@@ -37,8 +45,8 @@ from ..stats import (
     positive_index,
     resampling_units,
 )
-from ..util import sha256_file, write_json_atomic
-from .directory import load_run, predictions_frame, restore_interrupted, staged
+from ..util import csv_unescape, finite_or_null, sha256_file, write_csv, write_json_atomic
+from .directory import load_run, restore_interrupted, staged, write_predictions
 from .plots import plot_confusion
 from .report import write_eval_report
 from .train import require_views, tta_proba
@@ -115,8 +123,7 @@ def external_map(config: dict, data: CacheData, given: ClassMap | None) -> tuple
         return given, True, ""
     if recorded is None or set(data.class_names) <= set(names):
         return by_name(names), False, ""
-    have = {n.casefold() for n in data.class_names}
-    missing = [s for _, sources in recorded.rules for s in sources if s != STAR and s.casefold() not in have]
+    missing = missing_sources(recorded, data.class_names)
     if missing:
         raise InputError(f"cache {data.path} has classes {', '.join(data.class_names)}, not those the run's class "
                          f"map {recorded.spec!r} was made of ({', '.join(missing)} missing); map them onto the run's "
@@ -133,7 +140,7 @@ def run_split(run_dir: Path, data: CacheData) -> tuple[np.ndarray, int]:
     path = run_dir / "split.csv"
     if not path.is_file():
         raise InputError(f"{run_dir} has no split.csv; pass a run directory made by `bottleneck train-head`")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = csv_unescape(pd.read_csv(path, dtype=str, keep_default_na=False))  # ids as the cache holds them
     mapping = dict(zip(df["image_id"], df["split"]))
     split = np.array([mapping.get(i, "") for i in data.image_ids], dtype=object)
     leaking = set(df["image_id"][df["split"].isin(LEAKING)])
@@ -247,7 +254,8 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
 
     out = run_dir / ("eval-" + (path.stem if external else "test"))
     unmapped_counts = data.class_map["dropped"]
-    shown_map = None if data.class_map["spec"] == by_name(names).spec else data.class_map  # a map, not names
+    by_names = data.class_map["targets"] == by_name(names).to_record()["targets"]
+    shown_map = None if by_names else data.class_map  # a map, not names
     record = {"cache": str(path.resolve()), "external": external, "tta": tta, "class_map": shown_map,
               "unmapped_classes": unmapped_counts, "notes": notes,
               "features": features_record(data.features, memory_gb),
@@ -258,9 +266,8 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
                    "overlap_message": overlap.message(path.name)}
     record["metrics"] = metrics
     with staged(out, overwrite=True) as tmp:  # an evaluation is derived: the newest replaces the last
-        write_json_atomic(tmp / "metrics.json", record)
-        predictions_frame(data, split, proba, rows, names, rule.decision_weights).to_csv(tmp / "predictions.csv",
-                                                                                         index=False)
+        write_json_atomic(tmp / "metrics.json", finite_or_null(record))  # undefined figures: null
+        write_predictions(tmp / "predictions.csv", data, split, proba, rows, names, rule.decision_weights)
         if found:
             _write_excluded(tmp / "excluded.csv", found)
         plot_confusion(metrics["confusion_matrix"], names, tmp / "confusion.png",
@@ -332,4 +339,4 @@ def _write_excluded(path: Path, found: list[dict]) -> None:
     """excluded.csv: each external image left out, why, and the training image id (same bytes) or lesion id."""
     import pandas as pd
 
-    pd.DataFrame(found).drop(columns="row").to_csv(path, index=False)
+    write_csv(path, pd.DataFrame(found).drop(columns="row"))

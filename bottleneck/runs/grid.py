@@ -94,4 +94,4 @@ def expand_grid(grid: dict[str, list], base: HeadConfig = HeadConfig()) -> list[
 
 
 def config_id(cfg: HeadConfig) -> str:
-    return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, allow_nan=False).encode()).hexdigest()[:10]

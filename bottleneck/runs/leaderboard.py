@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..stats import fmt
+from ..util import md_table, write_csv
 
 METRICS = ("balanced_accuracy", "accuracy", "roc_auc_macro", "melanoma_sensitivity")
 
@@ -37,24 +38,23 @@ def write_leaderboard(results: list[dict], metric: str, out: Path) -> list[dict]
     df = pd.DataFrame(rows)
     if len(df):
         df = df[["rank", *[c for c in df.columns if c != "rank"]]]
-    df.rename(columns={"score": metric, "std": f"{metric}_std"}).to_csv(out / "leaderboard.csv", index=False)
+    write_csv(out / "leaderboard.csv", df.rename(columns={"score": metric, "std": f"{metric}_std"}))
     return rows
 
 
 def format_leaderboard(rows: list[dict], metric: str, top: int | None = None) -> str:
     """The ranked rows as a Markdown table (leaderboard.md, and the top `top` in the command's output)."""
     spread = " (mean ± std)" if any(r["std"] is not None for r in rows) else ""
-    head = (f"| rank | {metric}{spread} | hidden | dropout | optimizer | lr | decay | batch | class weight | seed | "
-            "epochs | id |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    header = ["rank", f"{metric}{spread}", "hidden", "dropout", "optimizer", "lr", "decay", "batch", "class weight",
+              "seed", "epochs", "id"]
+    cells = []
     for r in rows[:top]:
         score = fmt(r["score"]) + ("" if r["std"] is None else f" ± {fmt(r['std'])}")
         epochs = "-" if r["best_epoch"] is None else f"{r['best_epoch']:.0f}"
-        lines.append(f"| {r['rank']} | {score} | {r['hidden'] or '0'} | {r['dropout']} | "
-                     f"{r['optimizer']} | {r['lr']:g} | {r['decay_rate']:g}/{r['decay_steps']} | {r['batch_size']} | "
-                     f"{r['class_weight']} | {r['seed']} | {epochs} | "
-                     f"{r['id']} |")
-    return "\n".join(lines)
+        cells.append([r["rank"], score, r["hidden"] or "0", r["dropout"], r["optimizer"], f"{r['lr']:g}",
+                      f"{r['decay_rate']:g}/{r['decay_steps']}", r["batch_size"], r["class_weight"], r["seed"], epochs,
+                      r["id"]])
+    return "\n".join(md_table(header, cells))
 
 
 def head_size(row: dict) -> tuple[int, int]:

@@ -3,28 +3,27 @@ written from its config and metrics."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from ..heads import describe, run_class_names
 from ..stats import fmt
+from ..util import md_code, md_table, md_text
 
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return lines
+# Text from data (class names, metadata values, paths, the run's name) goes in through md_table (every table cell),
+# md_text (prose) or md_code (a code span): a `|`, a line break or HTML in a value cannot add cells or tags.
 
 
 def class_map_section(record: dict | None) -> list[str]:
     """## Task: the classes a --class-map made of the cache's, with counts, and what it dropped."""
     if not record:
         return []
-    lines = ["## Task", f"Classes defined by `--class-map {record['spec']}` off the cache's classes "
-             f"({', '.join(record['source_classes'])}); a dropped class's images are in no split.", ""]
-    lines += _table(["class", "from the cache's", "images"],
-                    [[t, ", ".join(record["sources"].get(t, [])) or "none", f"{n:,}"]
-                     for t, n in record["counts"].items()]
-                    + [[f"(dropped) {k}", k, f"{v:,}"] for k, v in record["dropped"].items()])
+    lines = ["## Task", f"Classes defined by {md_code('--class-map ' + str(record['spec']))} off the cache's classes "
+             f"({md_text(', '.join(record['source_classes']))}); a dropped class's images are in no split.", ""]
+    lines += md_table(["class", "from the cache's", "images"],
+                      [[t, ", ".join(record["sources"].get(t, [])) or "none", f"{n:,}"]
+                       for t, n in record["counts"].items()]
+                      + [[f"(dropped) {k}", k, f"{v:,}"] for k, v in record["dropped"].items()])
     return lines + [""]
 
 
@@ -51,9 +50,9 @@ def results_section(metrics: dict, names: list[str]) -> list[str]:
     header = ["n", "balanced acc", "macro AUC"] + ([f"{pos} sensitivity", f"{pos} specificity"] if pos else [])
     row = [test["n"], ci(iv["balanced_accuracy"]), ci(iv["roc_auc_macro"])]
     row += [ci(iv["sensitivity"]), ci(iv["specificity"])] if pos else []
-    lines += _table(header, [row]) + [""]
-    lines += _table(["class", "test images", "recall (95% interval)"],
-                    [[n, test["per_class"][n]["support"], ci(iv["recall"][n])] for n in names])
+    lines += md_table(header, [row]) + [""]
+    lines += md_table(["class", "test images", "recall (95% interval)"],
+                      [[n, test["per_class"][n]["support"], ci(iv["recall"][n])] for n in names])
     return lines + [""]
 
 
@@ -61,16 +60,17 @@ def operating_point_section(metrics: dict) -> list[str]:
     op = metrics.get("operating_point") or {}
     lines = ["## Operating point"]
     if op.get("threshold") is None:
-        return lines + [f"None: {op.get('reason', 'not computed')}.", ""]
+        return lines + [f"None: {md_text(op.get('reason', 'not computed'))}.", ""]
     t, pos = op["test"], op["positive"]
+    pos = md_text(pos)
     lines += [f"A screening reader flags an image as {pos} when its {pos} probability is at least "
               f"**{op['threshold']:.4f}**, the threshold chosen on the validation split to reach "
               f"{op['target_sensitivity']:.0%} sensitivity there ({op['val']['positives']} validation {pos} images, "
               f"{fmt(op['val']['sensitivity'])} reached, specificity {fmt(op['val']['specificity'])}). On the test "
               f"split ({op['test_images']} images, {op['test_positives']} {pos}, prevalence "
               f"{op['test_prevalence']:.1%}):", ""]
-    lines += _table(["sensitivity", "specificity", "PPV", "NPV"],
-                    [[ci(t["sensitivity"]), ci(t["specificity"]), ci(t["ppv"]), ci(t["npv"])]])
+    lines += md_table(["sensitivity", "specificity", "PPV", "NPV"],
+                      [[ci(t["sensitivity"]), ci(t["specificity"]), ci(t["ppv"]), ci(t["npv"])]])
     return lines + ["", "![ROC curves, operating point marked](roc.png)", ""]
 
 
@@ -86,11 +86,11 @@ def calibration_section(metrics: dict) -> list[str]:
                      "the training prevalence; the predicted classes stay the head's own)" if shift else "")
                   + ". `head.keras`, `predictions.csv`, `evaluate`, `predict` and `export` give the calibrated "
                   "probabilities (`--no-calibrate` for the head's own).", ""]
-        lines += _table(["", "ECE", "Brier"], [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"])],
-                                               ["calibrated", fmt(f["ece_after"]), fmt(f["brier_after"])]])
+        lines += md_table(["", "ECE", "Brier"], [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"])],
+                                                 ["calibrated", fmt(f["ece_after"]), fmt(f["brier_after"])]])
     else:
-        lines += [f"Not calibrated: {cal['reason']}.", ""]
-        lines += _table(["", "ECE", "Brier"], [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"])]])
+        lines += [f"Not calibrated: {md_text(cal['reason'])}.", ""]
+        lines += md_table(["", "ECE", "Brier"], [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"])]])
     return lines + ["", "![reliability diagram](calibration.png)", ""]
 
 
@@ -98,7 +98,7 @@ def lesion_section(metrics: dict) -> list[str]:
     les = metrics.get("lesion_level") or {}
     lines = ["## Lesion-level results"]
     if "metrics" not in les:
-        return lines + [les.get("note", "not computed") + ".", ""]
+        return lines + [md_text(les.get("note", "not computed")) + ".", ""]
     m, iv = les["metrics"], les["metrics"]["intervals"]
     pos = metrics.get("positive")
     lines += [f"Probabilities averaged over each lesion's images: {les['lesions']} test lesions "
@@ -106,31 +106,31 @@ def lesion_section(metrics: dict) -> list[str]:
     header = ["lesions", "balanced acc", "macro AUC"] + ([f"{pos} sensitivity", f"{pos} specificity"] if pos else [])
     row = [m["n"], ci(iv["balanced_accuracy"]), ci(iv["roc_auc_macro"])]
     row += [ci(iv["sensitivity"]), ci(iv["specificity"])] if pos else []
-    return lines + _table(header, [row]) + [""]
+    return lines + md_table(header, [row]) + [""]
 
 
 def subgroup_section(metrics: dict) -> list[str]:
     sub = metrics.get("subgroups") or {}
     lines = ["## Subgroups"]
     if not sub.get("columns"):
-        return lines + [sub.get("note", "None asked for (--subgroups none)") + ".", ""]
+        return lines + [md_text(sub.get("note", "None asked for (--subgroups none)")) + ".", ""]
     pos = metrics.get("positive")
     at = "at the operating point" if sub["at"] == "operating point" else "at the argmax"
     lines += [f"Test split by metadata column; intervals resample lesions within the subgroup. A subgroup of "
-              f"few images or few {pos or 'positive'} cases has a wide interval: read it before the figure. A "
+              f"few images or few {md_text(pos or 'positive')} cases has a wide interval: read it before the figure. A "
               "figure resting on a single lesion has no interval (resampling one lesion cannot show its "
               "uncertainty), and under about ten cases the percentile interval understates it.", ""]
     for col, rows in sub["tables"].items():
         header = [col, "images", "lesions", "balanced acc"] + ([f"{pos} images", f"{pos} sensitivity ({at})"]
                                                                if pos else [])
-        lines += _table(header, [[r["value"], r["images"], r["lesions"], ci(r["balanced_accuracy"])]
-                                 + ([r["positives"], ci(r["sensitivity"])] if pos else []) for r in rows]) + [""]
+        lines += md_table(header, [[r["value"], r["images"], r["lesions"], ci(r["balanced_accuracy"])]
+                                   + ([r["positives"], ci(r["sensitivity"])] if pos else []) for r in rows]) + [""]
     return lines
 
 
 def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits: list[str] = ()) -> Path:
     names = run_class_names(config)
-    lines = [f"# Head run `{name}`", ""] + _data_section(config["cache"], names)
+    lines = [f"# Head run {md_code(name)}", ""] + _data_section(config["cache"], names)
     lines += class_map_section(config.get("class_map"))
     lines += _split_section(config["split"], names)
     lines += ["", "## Results",
@@ -142,22 +142,23 @@ def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits
     if "bootstrap" in metrics:
         lines += results_section(metrics, names)
     lines += ["### Class-wise results on the test split", ""]
-    lines += _table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
-                    [[n, test["per_class"][n]["support"], fmt(test["per_class"][n]["precision"]),
-                      fmt(test["per_class"][n]["recall"]), fmt(test["per_class"][n]["f1"]),
-                      fmt(test["roc_auc_per_class"].get(n))] for n in names])
+    lines += md_table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
+                      [[n, test["per_class"][n]["support"], fmt(test["per_class"][n]["precision"]),
+                        fmt(test["per_class"][n]["recall"]), fmt(test["per_class"][n]["f1"]),
+                        fmt(test["roc_auc_per_class"].get(n))] for n in names])
     if metrics.get("warnings"):
-        lines += ["", "**Warnings**", ""] + [f"- {w}" for w in metrics["warnings"]]
+        lines += ["", "**Warnings**", ""] + [f"- {md_text(w)}" for w in metrics["warnings"]]
     if "bootstrap" in metrics:
         lines += [""] + operating_point_section(metrics) + calibration_section(metrics) + lesion_section(metrics)
         lines += subgroup_section(metrics)
     lines += _views_section(config.get("views") or {}, metrics)
     if config.get("selection"):
-        lines += ["", "## Selection", f"Chosen by sweep `{config.get('from', '')}`: {config['selection']}."]
+        lines += ["", "## Selection", f"Chosen by sweep {md_code(config.get('from', ''))}: "
+                  f"{md_text(config['selection'])}."]
     lines += _training_section(config, metrics, names)
     if limits:
-        lines += ["## Limitations", ""] + [f"- {x}" for x in limits] + [""]
-    path.write_text("\n".join(lines))
+        lines += ["## Limitations", ""] + [f"- {md_text(x)}" for x in limits] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 
@@ -166,10 +167,10 @@ def _data_section(cache: dict, names: list[str]) -> list[str]:
     cc = cache["config"]
     weights = cc["weights"] if cc["weights"] in ("imagenet", "none") else f"file {cc['weights_sha256'][:12]}"
     return ["## Data",
-            f"- cache: `{cache['path']}` (sha256 `{cache['sha256'][:12]}`, {cache['rows']} rows)",
-            f"- backbone: {cc['backbone']}, weights {weights}, {cc['input_size']} px, {cc['pooling']} pooling, "
-            f"{cc['num_features']} features ({cc['dtype']})",
-            f"- classes: {', '.join(names)}", ""]
+            f"- cache: {md_code(cache['path'])} (sha256 `{cache['sha256'][:12]}`, {cache['rows']} rows)",
+            md_text(f"- backbone: {cc['backbone']}, weights {weights}, {cc['input_size']} px, {cc['pooling']} "
+                    f"pooling, {cc['num_features']} features ({cc['dtype']})"),
+            f"- classes: {md_text(', '.join(names))}", ""]
 
 
 def _split_section(split: dict, names: list[str]) -> list[str]:
@@ -178,12 +179,12 @@ def _split_section(split: dict, names: list[str]) -> list[str]:
     n_groups = sum(sizes[s]["groups"] for s in sizes)
     how = (f"grouped by lesion/patient ({n_groups} groups, none in two splits)" if n_groups
            else "no group ids in the cache: each image is its own group")
-    origin = f"reused from `{split['from']}`" if split.get("from") else (
+    origin = f"reused from {md_code(split['from'])}" if split.get("from") else (
         f"fractions {'/'.join(str(f) for f in split['fractions'])}, seed {split['seed']}")
     lines = ["## Split", f"Stratified by class, {how}; {origin}.", ""]
-    return lines + _table(["split", "images", "groups", *names],
-                          [[s, sizes[s]["images"], sizes[s]["groups"], *[sizes[s]["per_class"][n] for n in names]]
-                           for s in ("train", "val", "test")])
+    return lines + md_table(["split", "images", "groups", *names],
+                            [[s, sizes[s]["images"], sizes[s]["groups"], *[sizes[s]["per_class"][n] for n in names]]
+                             for s in ("train", "val", "test")])
 
 
 def _splits_table(metrics: dict) -> list[str]:
@@ -198,8 +199,8 @@ def _splits_table(metrics: dict) -> list[str]:
         rows.append([s, m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
                      fmt(base["accuracy"]), fmt(base["balanced_accuracy"]),
                      fmt(mel.get("sensitivity")), fmt(mel.get("specificity"))])
-    return _table(["split", "n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
-                   "melanoma sens", "melanoma spec"], rows)
+    return md_table(["split", "n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
+                     "melanoma sens", "melanoma spec"], rows)
 
 
 def _views_section(views: dict, metrics: dict) -> list[str]:
@@ -212,9 +213,9 @@ def _views_section(views: dict, metrics: dict) -> list[str]:
              f"The cache stores {views['stored']} augmented views per image besides the plain one. "
              f"Training {training}; evaluation {evaluation}. The effect, on the same split:", ""]
     tests = {name: m["test"] for name, m in metrics.get("views_comparison", {}).items()}
-    return lines + _table(["variant", "test balanced acc", "test accuracy", "test macro AUC", "melanoma sens"],
-                          [[name, fmt(t["balanced_accuracy"]), fmt(t["accuracy"]), fmt(t["roc_auc_macro"]),
-                            fmt((t.get("melanoma") or {}).get("sensitivity"))] for name, t in tests.items()])
+    return lines + md_table(["variant", "test balanced acc", "test accuracy", "test macro AUC", "melanoma sens"],
+                            [[name, fmt(t["balanced_accuracy"]), fmt(t["accuracy"]), fmt(t["roc_auc_macro"]),
+                              fmt((t.get("melanoma") or {}).get("sensitivity"))] for name, t in tests.items()])
 
 
 def _training_section(config: dict, metrics: dict, names: list[str]) -> list[str]:
@@ -235,7 +236,7 @@ def _training_section(config: dict, metrics: dict, names: list[str]) -> list[str
             "## Files",
             "`config.json` (how to rerun), `split.csv`, `history.csv`, `metrics.json`, `predictions.csv`, "
             "`curves.png`, `confusion.png`, `calibration.png`, `roc.png`, `head.keras`.", "",
-            f"Rerun: `{' '.join(config['command'])}`", ""]
+            f"Rerun: {md_code(shlex.join(config['command']))}", ""]
 
 
 def write_finetune_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
@@ -244,29 +245,29 @@ def write_finetune_report(path: Path, config: dict, metrics: dict, name: str) ->
 
     def row(label, m):
         mel = m.get("melanoma") or {}
-        return (f"| {label} | {m['n']} | {fmt(m['accuracy'])} | {fmt(m['balanced_accuracy'])} | "
-                f"{fmt(m['roc_auc_macro'])} | {fmt(mel.get('sensitivity'))} | {fmt(mel.get('specificity'))} |")
+        return [label, m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
+                fmt(mel.get("sensitivity")), fmt(mel.get("specificity"))]
 
-    lines = [f"# Fine-tune run `{name}`", "",
-             f"- source run: `{config['source_run']['path']}` (its head, its split)",
-             f"- backbone: {config['cache']['config']['backbone']} at {config['cache']['config']['input_size']} px, "
+    lines = [f"# Fine-tune run {md_code(name)}", "",
+             f"- source run: {md_code(config['source_run']['path'])} (its head, its split)",
+             f"- backbone: {md_text(config['cache']['config']['backbone'])} at "
+             f"{config['cache']['config']['input_size']} px, "
              f"top {u['groups']} of {u['of']} layer groups trained, {u['frozen_batchnorm_layers']} BatchNorm layers "
              "kept frozen (inference mode)",
              f"- {o['optimizer']} lr {o['lr']}, batch {o['batch_size']}, augment {o['augment']}, early stopping on "
              f"val loss (patience {o['patience']}): best epoch {config['best_epoch']} of {config['epochs_run']}",
              ""] + class_map_section(config.get("class_map")) + [
-             "## Test split: head only against fine-tuned", "",
-             "| model | n | accuracy | balanced acc | macro AUC | melanoma sens | melanoma spec |",
-             "|---|---|---|---|---|---|---|"]
-    if "test" in metrics.get("head_only", {}):
-        lines.append(row("head only (cached features)", metrics["head_only"]["test"]))
-    lines += [row("fine-tuned (from images)", metrics["test"]), ""]
+             "## Test split: head only against fine-tuned", ""]
+    rows = [row("head only (cached features)", metrics["head_only"]["test"])] if "test" in metrics.get(
+        "head_only", {}) else []
+    lines += md_table(["model", "n", "accuracy", "balanced acc", "macro AUC", "melanoma sens", "melanoma spec"],
+                      rows + [row("fine-tuned (from images)", metrics["test"])]) + [""]
     bad = [f for f in config["failed"] if f["split"] == "test"]
     if bad:
         lines += [f"{len(bad)} test images could not be read and are left out of the fine-tuned row.", ""]
     lines += ["![training curves](curves.png)", "", "![confusion matrix, test split](confusion.png)", "",
-              f"Rerun: `{' '.join(config['command'])}`", ""]
-    path.write_text("\n".join(lines))
+              f"Rerun: {md_code(shlex.join(config['command']))}", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 
@@ -281,15 +282,16 @@ def served_section(record: dict, m: dict, names: list[str]) -> list[str]:
     header = ["balanced acc", "macro AUC"] + ([f"{pos} sensitivity", f"{pos} specificity"] if pos else [])
     row = [ci(iv["balanced_accuracy"]), ci(iv["roc_auc_macro"])] + ([ci(iv["sensitivity"]), ci(iv["specificity"])]
                                                                     if pos else [])
-    lines += _table(header, [row])
+    lines += md_table(header, [row])
     lines += ["", f"Calibration on these images: ECE {fmt(cal['ece_before'])} ({cal['bins']} bins), Brier "
               f"{fmt(cal['brier_before'])}."]
     op = record.get("operating_point")
     if op:
-        lines += ["", f"At the run's operating point ({op['positive']} probability >= {op['threshold']:.4f}, chosen "
-                  f"on its validation split; {op['positives']} {op['positive']} images here):", ""]
-        lines += _table(["sensitivity", "specificity", "PPV", "NPV"],
-                        [[ci(op["sensitivity"]), ci(op["specificity"]), ci(op["ppv"]), ci(op["npv"])]])
+        pos = md_text(op["positive"])
+        lines += ["", f"At the run's operating point ({pos} probability >= {op['threshold']:.4f}, chosen "
+                  f"on its validation split; {op['positives']} {pos} images here):", ""]
+        lines += md_table(["sensitivity", "specificity", "PPV", "NPV"],
+                          [[ci(op["sensitivity"]), ci(op["specificity"]), ci(op["ppv"]), ci(op["npv"])]])
     return lines
 
 
@@ -297,36 +299,38 @@ def write_eval_report(path: Path, config: dict, record: dict, run_name: str, nam
     """report.md of `bottleneck evaluate`: which data, what was left out and why, and the results."""
     m, external = record["metrics"], record["external"]
     base, mel = m["majority_baseline"], m.get("melanoma") or {}
-    what = f"external cache `{record['cache']}`" if external else f"the run's test split of `{record['cache']}`"
-    lines = [f"# Evaluation `{name}` of head run `{run_name}`", "", f"- data: {what}, {m['n']} images"]
+    cache = md_code(record["cache"])
+    what = f"external cache {cache}" if external else f"the run's test split of {cache}"
+    lines = [f"# Evaluation {md_code(name)} of head run {md_code(run_name)}", "", f"- data: {what}, {m['n']} images"]
     if external:
-        lines.append(f"- overlap with the run's training and validation data: {record['overlap_message']}"
+        lines.append(f"- overlap with the run's training and validation data: {md_text(record['overlap_message'])}"
                      + (" (listed in `excluded.csv`)" if record["overlap"]["excluded"] else ""))
     if record.get("class_map"):
-        lines.append(f"- class map `{record['class_map']['spec']}` (the cache's classes onto the run's): "
-                     + "; ".join(describe(record["class_map"])))
+        lines.append(f"- class map {md_code(record['class_map']['spec'])} (the cache's classes onto the run's): "
+                     + md_text("; ".join(describe(record["class_map"]))))
     elif record["unmapped_classes"]:
         lines.append("- classes the run does not know (left out): "
-                     + ", ".join(f"{k} ({v:,} images)" for k, v in record["unmapped_classes"].items()))
-    lines += [f"- note: {n}" for n in record["notes"]]
+                     + md_text(", ".join(f"{k} ({v:,} images)" for k, v in record["unmapped_classes"].items())))
+    lines += [f"- note: {md_text(n)}" for n in record["notes"]]
     baseline = ("the most frequent class of the run's training split" if record["majority_baseline_from"] == "training"
                 else "the most frequent class of the evaluated images (the training labels could not be read)")
-    lines += ["", "## Results", f"The majority-class baseline always predicts {baseline}: `{base['class']}`.", ""]
-    lines += _table(["n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
-                     "melanoma sens", "melanoma spec"],
-                    [[m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
-                      fmt(base["accuracy"]), fmt(base["balanced_accuracy"]), fmt(mel.get("sensitivity")),
-                      fmt(mel.get("specificity"))]])
+    lines += ["", "## Results", f"The majority-class baseline always predicts {baseline}: {md_code(base['class'])}.",
+              ""]
+    lines += md_table(["n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
+                       "melanoma sens", "melanoma spec"],
+                      [[m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
+                        fmt(base["accuracy"]), fmt(base["balanced_accuracy"]), fmt(mel.get("sensitivity")),
+                        fmt(mel.get("specificity"))]])
     names = run_class_names(config)
     lines += [""] + served_section(record, m, names)
     lines += ["", "### Class-wise results", ""]
-    lines += _table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
-                    [[n, m["per_class"][n]["support"], fmt(m["per_class"][n]["precision"]),
-                      fmt(m["per_class"][n]["recall"]), fmt(m["per_class"][n]["f1"]),
-                      fmt(m["roc_auc_per_class"].get(n))] for n in names])
+    lines += md_table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
+                      [[n, m["per_class"][n]["support"], fmt(m["per_class"][n]["precision"]),
+                        fmt(m["per_class"][n]["recall"]), fmt(m["per_class"][n]["f1"]),
+                        fmt(m["roc_auc_per_class"].get(n))] for n in names])
     lines += ["", "![confusion matrix](confusion.png)", "",
               "Files: `metrics.json`, `predictions.csv` (probabilities at full precision: the metrics recompute "
               "exactly from it)" + (", `excluded.csv`" if external and record["overlap"]["excluded"] else "")
               + ", `confusion.png`.", ""]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path

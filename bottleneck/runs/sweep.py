@@ -74,7 +74,9 @@ def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, n
     identity = {"cache": str(data.path.resolve()), "cache_sha256": sha256_file(data.path), "folds": opts.folds,
                 "split_seed": opts.split.seed, "fractions": list(opts.split.fractions()),
                 "split_from": str(opts.split_from) if opts.split_from else None, "tta": opts.tta,
-                "class_map": opts.class_map.spec if opts.class_map else None,
+                # the SPEC binds as before; a map a SPEC cannot hold is bound by its structure
+                "class_map": None if not opts.class_map else opts.class_map.spec if opts.class_map.inline
+                else opts.class_map.to_record()["targets"],
                 # Scores from before early stopping moved off the scored rows are not comparable: refused.
                 "cv_early_stopping": f"grouped {EARLY_STOP_FRACTION:g} of the training "
                                      + ("folds" if opts.folds else "split")}
@@ -179,7 +181,8 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
 
     board = write_leaderboard(results, opts.metric, out)
     winner, how = choose_winner(board, opts.metric)
-    (out / "leaderboard.md").write_text(format_leaderboard(board, opts.metric) + f"\n\nWinner: {how}.\n")
+    (out / "leaderboard.md").write_text(format_leaderboard(board, opts.metric) + f"\n\nWinner: {how}.\n",
+                                        encoding="utf-8")
     best_dir, best_metrics = None, None
     if winner is not None:
         best_dir, best_metrics = _final_fit(data, split, out, results, winner, opts, how)
@@ -200,7 +203,7 @@ def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions
     r = fit_and_write(data, split, json.loads((out / "sweep.json").read_text()) | {"from": str(out)},
                       replace(cfg, epochs=epochs), best_dir, run_opts,
                       command=["bottleneck", "sweep", str(data.path), "--out", str(out)]
-                      + (["--class-map", opts.class_map.spec] if opts.class_map else []), final=True,
+                      + (["--class-map", opts.class_map.argument] if opts.class_map else []), final=True,
                       extra_config={"sweep_config_id": best_id, "selected_by": opts.metric, "selection": how,
                                     "validation": best["summary"]})
     return r.run_dir, r.metrics

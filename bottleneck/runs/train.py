@@ -64,8 +64,8 @@ from ..stats import (
     subgroup_columns,
     warn,
 )
-from ..util import write_json_atomic
-from .directory import cache_record, check_free, predictions_frame, read_config, staged, write_history
+from ..util import finite_or_null, write_json_atomic
+from .directory import cache_record, check_free, read_config, staged, write_history, write_predictions
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .report import write_head_report
 from .sanity import run_warnings
@@ -108,7 +108,7 @@ def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) ->
     if opts.split_from:
         command += ["--split-from", str(opts.split_from)]
     if opts.class_map is not None:
-        command += ["--class-map", opts.class_map.spec]
+        command += ["--class-map", opts.class_map.argument]
     c = opts.clinical
     command += ["--positive", c.positive] if c.positive else []
     command += ["--target-sensitivity", f"{c.target_sensitivity:g}"]
@@ -141,7 +141,7 @@ def task_map(class_map: ClassMap | None, split_from: Path | None) -> ClassMap | 
     if class_map is not None or not split_from:
         return class_map
     config = Path(split_from) / "config.json"
-    return recorded_map(read_config(Path(split_from))) if config.is_file() else None
+    return recorded_map(read_config(Path(split_from)), f"{config}: key 'class_map'") if config.is_file() else None
 
 
 def resolve_split(data: CacheData, spec: SplitSpec, split_from: Path | None) -> tuple[np.ndarray, dict]:
@@ -306,8 +306,8 @@ def write_head_run(tmp: Path, data: CacheData, split: np.ndarray, fit: HeadFit, 
     save_split(tmp / "split.csv", data.image_ids, split)
     write_history(tmp / "history.csv", fit.trained.history)
     weights = fit.calibration.decision_weights if fit.calibration else None
-    predictions_frame(data, split, fit.proba, fit.rows, names, weights).to_csv(tmp / "predictions.csv", index=False)
-    write_json_atomic(tmp / "metrics.json", fit.metrics)
+    write_predictions(tmp / "predictions.csv", data, split, fit.proba, fit.rows, names, weights)
+    write_json_atomic(tmp / "metrics.json", finite_or_null(fit.metrics))  # undefined figures: null
     write_json_atomic(tmp / "config.json", config)
     fit.trained.model.save(tmp / "head.keras")
     plot_curves(fit.trained.history, tmp / "curves.png")

@@ -125,7 +125,7 @@ def make_demo_dataset(out_dir, *, images_per_class: int = 40, image_size: int = 
     marker = {"params": params, "n_images": dataset.n_images, "n_lesions": dataset.n_lesions,
               "class_counts": counts, "metadata": METADATA_NAME if metadata else None,
               "files": sorted(files.values())}
-    write_text_atomic(out / MARKER_NAME, json.dumps(marker, indent=1) + "\n")
+    write_text_atomic(out / MARKER_NAME, json.dumps(marker, indent=1, allow_nan=False) + "\n")
     return dataset
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
+import numbers
 import os
 import stat
 from dataclasses import dataclass
@@ -39,7 +41,24 @@ def write_text_atomic(path: Path, text: str, fsync: bool = False) -> Path:
 
 
 def write_json_atomic(path: Path, obj, indent: int | None = 2) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=indent))
+    """`obj` as strict JSON, atomically. NaN and the infinities raise ValueError (`allow_nan=False`): Python would
+    write them as bare `NaN`/`Infinity`, which strict JSON readers (jq, JavaScript, most languages) refuse. A value
+    that may be undefined is None at its source; the writers of metrics pass `finite_or_null(metrics)`."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent, allow_nan=False))
+
+
+def finite_or_null(obj):
+    """`obj` with every NaN or infinite float (numpy's included) replaced by None, through dicts, lists and tuples.
+
+    Only for metrics, where a figure can be undefined by the data (an AUC over one class); a configuration or a
+    state keeps a non-finite value an error, so that a bug is not written down as null."""
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, numbers.Real) and not isinstance(obj, numbers.Integral) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def is_hidden(name: str) -> bool:

@@ -225,3 +225,22 @@ def test_the_default_budget_is_a_quarter_of_memory_and_bad_budgets_name_the_valu
             assert r.exit_code == 1
             assert r.output == f"error: --memory-gb should be a positive number of GiB; received {float(bad)}\n"
             assert not (tmp_path / "run").exists()
+
+
+def test_an_infinite_or_huge_budget_is_refused_in_one_line_naming_the_valid_values(tmp_path, wide):
+    """`--memory-gb inf` once ran and wrote a bare `Infinity` into config.json; it is refused, like a budget so large
+    that block sizes computed from it overflow."""
+    path, _ = wide
+    for bad in (float("inf"), 1e300):
+        with pytest.raises(InputError, match="at most 1048576"):
+            check_memory_gb(bad)
+    for command in (["train-head", path, "--out", tmp_path / "run"], ["sweep", path, "--out", tmp_path / "run"],
+                    ["evaluate", tmp_path / "run"]):
+        for bad in ("inf", "1e300"):
+            r = run_cli(*command, "--memory-gb", bad)
+            assert r.exit_code == 1
+            assert r.output == (f"error: --memory-gb should be a finite number of GiB, at most 1048576; received "
+                                f"{float(bad)} (to read every feature into memory, give at least their size as "
+                                "float32: rows x features x 4 bytes)\n")
+            assert not (tmp_path / "run").exists()
+

@@ -1,5 +1,7 @@
 """merge: shards of one extraction merge into the cache of one run, by copying or as virtual datasets; a shard
-twice, a shard of another index or split, and a missing shard are refused before anything is written."""
+twice, a shard of another index or split, and a missing shard are refused before anything is written. A virtual
+cache whose shards (to the bottom, virtual over virtual) changed since its merge is refused by every reader, until
+the merge is run again."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from conftest import TINY_ARGS, run_cli, write_image
+from conftest import TINY_ARGS, make_ham, run_cli, write_image
 
+from bottleneck.cache.features import FeatureReader
 from bottleneck.cache.store import load_cache, read_attrs
+from bottleneck.errors import CacheError
 
 
 def _tree(root, extra=0):
@@ -167,3 +171,168 @@ def test_virtual_refuses_shards_whose_class_lists_differ(parts, tmp_path):
         f.attrs["class_names"] = json.dumps(json.loads(f.attrs["class_names"]) + ["zebra"])
     r = run_cli("merge", *parts, "--out", tmp_path / "v.h5", "--virtual")
     assert r.exit_code == 1 and "merge by copying" in r.output and not (tmp_path / "v.h5").exists()
+
+
+# --- virtual caches checked to the bottom: what the merge read from each shard, against what it holds now ---------
+
+@pytest.fixture(scope="module")
+def ham(tmp_path_factory):
+    """A HAM10000-style folder of 18 images extracted as shards i/4 (4, 8, 3 and 3 rows), once for the module."""
+    tmp = tmp_path_factory.mktemp("ham")
+    data = make_ham(tmp / "HAM10000", n_lesions=9)
+    return {"data": data, "shards": [_extract(data, tmp / f"s{i}.h5", "--shard", f"{i}/4") for i in range(4)]}
+
+
+@pytest.fixture
+def shards(ham, tmp_path):
+    """The module's HAM shards, copied into this test's folder."""
+    return [shutil.copy(p, tmp_path / p.name) for p in ham["shards"]]
+
+
+def _merge(caches, out, *options):
+    """`merge --virtual` of `caches` into `out`, loaded."""
+    r = run_cli("merge", *caches, "--out", out, "--virtual", *options)
+    assert r.exit_code == 0, r.output
+    return load_cache(out)
+
+
+def _refused(cache, run, *words) -> str:
+    """`info` and `train-head` refuse `cache` in one line holding `words`, exit 1, and write no run."""
+    for args in (("info", cache), ("train-head", cache, "--out", run, "--epochs", "1", "--hidden", "8", "--quiet")):
+        r = run_cli(*args)
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), r.output
+        assert all(w in lines[0] for w in words), r.output
+    assert not run.exists()
+    return lines[0]
+
+
+def _rows_of(merged, caches):
+    """`merged` holds exactly the rows of `caches`, in turn: ids, labels, features."""
+    parts = [load_cache(c) for c in caches]
+    assert list(merged.image_ids) == [i for p in parts for i in p.image_ids] and "" not in set(merged.image_ids)
+    names = [[p.class_names[k] for k in p.labels] for p in parts]
+    assert [merged.class_names[k] for k in merged.labels] == [n for part in names for n in part]
+    np.testing.assert_array_equal(merged.features, np.concatenate([p.features for p in parts]))
+
+
+def _break_one_image(data, shard) -> str:
+    """Make one image of `shard` unreadable (a re-extraction then holds one row fewer); its id."""
+    cache = load_cache(shard, features=False)
+    (data / cache.paths[0]).write_bytes(b"not an image any more")
+    return cache.image_ids[0]
+
+
+def test_a_virtual_cache_over_a_shard_re_extracted_with_fewer_rows_is_refused(ham, shards, tmp_path):
+    virtual = tmp_path / "v.h5"
+    _merge(shards, virtual)
+    record = json.loads(read_attrs(virtual)["virtual_record"])
+    assert [(r["file"], r["n_rows"]) for r in record] == [("s0.h5", 4), ("s1.h5", 8), ("s2.h5", 3), ("s3.h5", 3)]
+    data = shutil.copytree(ham["data"], tmp_path / "HAM10000")
+    gone = _break_one_image(data, shards[1])
+    shards[1].unlink()
+    _extract(data, shards[1], "--shard", "1/4")  # re-extracted: 7 rows now, where the merge read 8
+    again = f"merge again: bottleneck merge {' '.join(map(str, shards))} --out {virtual} --virtual"
+    line = _refused(virtual, tmp_path / "run", f"shard {shards[1]} changed since the merge: it has 7 rows, the merge "
+                    "recorded 8", again)
+    assert "v.h5 is a virtual merge whose" in line
+    merged = _merge(shards, virtual)  # the same merge again: the virtual cache is rebuilt over the shards as they are
+    assert len(merged.image_ids) == 17 and gone not in set(merged.image_ids)
+    _rows_of(merged, shards)
+    assert run_cli("info", virtual).exit_code == 0
+
+
+def test_a_virtual_cache_over_a_shard_with_another_class_list_is_refused(tmp_path):
+    data = make_ham(tmp_path / "HAM10000")
+    parts = [_extract(data, tmp_path / f"s{i}.h5", "--shard", f"{i}/4") for i in range(4)]
+    virtual = tmp_path / "v.h5"
+    _merge(parts, virtual)
+    relabelled = {load_cache(p, features=False).image_ids[0] for p in parts}  # one image of each shard
+    csv = data / "HAM10000_metadata.csv"
+    lines = [line.split(",") for line in csv.read_text().splitlines()]
+    csv.write_text("".join(",".join(f[:2] + ["zebra"] + f[3:] if f[1] in relabelled else f) + "\n" for f in lines))
+    _extract(data, parts[2], "--shard", "2/4")  # its label is updated in place; the class list gains zebra
+    assert load_cache(parts[2], features=False).class_names == ["bkl", "mel", "nv", "zebra"]
+    _refused(virtual, tmp_path / "run", f"shard {parts[2]} changed since the merge: it has the classes bkl, mel, nv, "
+             "zebra, the merge recorded bkl, mel, nv", "merge again")
+    for i in (0, 1, 3):  # the other shards of the relabelled index
+        _extract(data, parts[i], "--shard", f"{i}/4")
+    merged = _merge(parts, virtual)
+    assert {i for i, k in zip(merged.image_ids, merged.labels) if merged.class_names[k] == "zebra"} == relabelled
+    _rows_of(merged, parts)
+    assert run_cli("info", virtual).exit_code == 0
+
+
+def test_a_virtual_cache_over_a_shard_with_other_ids_of_the_same_count_is_refused(shards, tmp_path):
+    virtual = tmp_path / "v.h5"
+    _merge(shards, virtual)
+    _swap(shards[2], shards[3])  # shards 2/4 and 3/4, 3 rows each
+    _refused(virtual, tmp_path / "run", f"shard {shards[2]} changed since the merge: it holds other image ids than "
+             "the merge recorded (the same 3 rows", "merge again")
+    _rows_of(_merge(shards, virtual), shards)
+
+
+def test_a_virtual_merge_of_a_virtual_merge_is_checked_to_the_bottom(ham, shards, tmp_path):
+    inner, outer = tmp_path / "inner.h5", tmp_path / "outer.h5"
+    _merge(shards[:2], inner, "--allow-partial")
+    merged = _merge([inner, *shards[2:]], outer)  # the happy path: exactly the shards' rows and features
+    assert len(merged.image_ids) == 18 and json.loads(read_attrs(outer)["shards"]) == ["0/4", "1/4", "2/4", "3/4"]
+    _rows_of(merged, shards)
+    r = run_cli("train-head", outer, "--out", tmp_path / "ok", "--epochs", "1", "--hidden", "8", "--quiet")
+    assert r.exit_code == 0, r.output
+
+    shards[1].rename(tmp_path / "away.h5")  # an inner shard missing
+    _refused(outer, tmp_path / "run", f"cache {outer} reads the virtual merge {inner}, whose shard s1.h5", "is missing")
+    (tmp_path / "away.h5").rename(shards[1])
+    assert run_cli("info", outer).exit_code == 0  # put back, as it was: nothing to merge again
+
+    data = shutil.copytree(ham["data"], tmp_path / "HAM10000")
+    _break_one_image(data, shards[1])
+    shards[1].unlink()
+    _extract(data, shards[1], "--shard", "1/4")  # an inner shard changed: 7 rows where the inner merge read 8
+    _refused(outer, tmp_path / "run", f"cache {outer} reads the virtual merge {inner}, whose shard {shards[1]} changed "
+             "since the merge: it has 7 rows, the merge recorded 8",
+             f"merge again: bottleneck merge {shards[0]} {shards[1]} --out {inner} --virtual --allow-partial, then "
+             f"{outer} the same way")
+    _merge(shards[:2], inner, "--allow-partial")  # the inner merge again; the outer one still reads 12 rows
+    _refused(outer, tmp_path / "run", f"shard {inner} changed since the merge: it has 11 rows, the merge recorded 12")
+    merged = _merge([inner, *shards[2:]], outer)
+    assert len(merged.image_ids) == 17
+    _rows_of(merged, shards)
+
+
+def _swap(a, b):
+    """Two shard files trade names (as a job scheduler that wrote each to the other's path)."""
+    a.rename(a.with_name("swap.h5"))
+    b.rename(a)
+    a.with_name("swap.h5").rename(b)
+
+
+def test_a_streamed_reader_checks_the_shards_again_when_one_changes(shards, tmp_path):
+    virtual = tmp_path / "v.h5"
+    merged = _merge(shards, virtual)
+    reader = FeatureReader.open(virtual, memory_gb=0.001)
+    np.testing.assert_array_equal(reader[np.arange(18)], merged.features)
+    _swap(shards[2], shards[3])  # between two reads of one training run
+    with pytest.raises(CacheError, match=f"shard {shards[2]} changed since the merge: it holds other image ids"):
+        reader[np.arange(3)]
+
+
+def test_a_virtual_cache_from_before_the_record_is_checked_as_far_as_it_can_be(ham, shards, tmp_path):
+    virtual = tmp_path / "v.h5"
+    _merge(shards, virtual)
+    with h5py.File(virtual, "r+") as f:  # as the previous version wrote it
+        del f.attrs["virtual_record"]
+    r = run_cli("info", virtual)
+    assert r.exit_code == 0 and r.output.count("warning: ") == 1, r.output
+    assert f"cache {virtual} is a virtual merge made before merges recorded" in r.output
+    data = shutil.copytree(ham["data"], tmp_path / "HAM10000")
+    _break_one_image(data, shards[1])
+    shards[1].unlink()
+    _extract(data, shards[1], "--shard", "1/4")
+    _refused(virtual, tmp_path / "run", f"shard {shards[1]} changed since the merge: it has 7 rows, the merge mapped 8")
+    _rows_of(_merge(shards, virtual), shards)  # merged again: recorded, checked in full, no warning
+    r = run_cli("info", virtual)
+    assert r.exit_code == 0 and "warning: " not in r.output and "virtual_record" in read_attrs(virtual)
+    r = run_cli("merge", virtual, "--out", virtual, "--virtual")  # never over a file the merge reads
+    assert r.exit_code == 1 and "is one of the caches this merge reads" in r.output

@@ -2,8 +2,12 @@
 exit status 1, and nothing written; a usage error exits 2. A CLI test of one command's behaviour lives beside that
 command's module tests (extract in test_extract.py, info in test_cache.py, merge in test_merge.py, ...)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
-from conftest import TINY_ARGS, run_cli
+from conftest import TINY_ARGS, feature_cache, run_cli
 
 
 @pytest.mark.parametrize("args, message", [
@@ -30,3 +34,31 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(tmp_path, class_tree, a
 
 def test_usage_error_exits_2(tmp_path):
     assert run_cli("extract").exit_code == 2
+
+
+def bottleneck_command(*args) -> list[str]:
+    return [sys.executable, "-m", "bottleneck", *map(str, args)]
+
+
+def test_output_into_a_closed_pipe_ends_quietly_on_every_command(tmp_path):
+    """`bottleneck info CACHE | head -1` once ended in `error: BrokenPipeError`: a reader that has gone ends the
+    command quietly with the shell's SIGPIPE status (141): no error line, no traceback, no "Exception ignored"."""
+    cache = feature_cache(tmp_path / "c.h5")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    for args in (["info", cache], ["backbones"]):
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first line: every write fails with EPIPE
+        try:
+            proc = subprocess.run(bottleneck_command(*args), stdout=write, stderr=subprocess.PIPE, text=True,
+                                  timeout=120, env=env)
+        finally:
+            os.close(write)
+        assert (proc.returncode, proc.stderr) == (141, ""), (args, proc.stderr)
+    # The pipeline as typed: the first line reaches `head`, and whatever the race, nothing but it is printed.
+    line = " ".join(bottleneck_command("info", cache)) + ' | head -1; echo "status ${PIPESTATUS[0]}"'
+    shell = subprocess.run(line, shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120,
+                           env=env)
+    lines = shell.stdout.splitlines()
+    assert lines[0] == f"cache: {cache}" and lines[1] in ("status 0", "status 141") and len(lines) == 2, shell.stdout
+    assert shell.stderr == ""
+

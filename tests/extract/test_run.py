@@ -67,6 +67,30 @@ def test_weights_file_features_equal_in_process_model(tmp_path, class_tree):
     assert not np.allclose(c.features, random_init, atol=1e-2)
 
 
+def test_a_rerun_counts_the_rows_it_recovers_from_the_journal_apart(tmp_path, class_tree, monkeypatch):
+    """A rerun that commits what an interrupted run journaled once called those rows "already cached"."""
+    import bottleneck.cache.writer as cache_write
+    from bottleneck.cache.journal import pending_batches
+    from bottleneck.errors import CacheError
+
+    o = extract_opts(tmp_path)
+    extract(build_index(class_tree), o)
+    for k in range(5):
+        write_image(class_tree / "mel" / f"new{k}.jpg", seed=90 + k)
+    monkeypatch.setattr(cache_write, "free_bytes", lambda folder: 4096)  # the commit of the new rows fails
+    with pytest.raises(CacheError, match="free space and rerun"):
+        extract(build_index(class_tree), o)
+    assert len(pending_batches(o.cache)) == 2 and len(load_cache(o.cache).image_ids) == 12
+    monkeypatch.undo()
+    r = run_cli("extract", class_tree, *TINY_ARGS, "--batch-size", 4, "--cache", o.cache)
+    assert r.exit_code == 0, r.output
+    assert ("images: 17 indexed, 0 extracted, 5 recovered from the journal, 12 already cached, 0 reused (same "
+            "bytes), 0 failed") in r.output.splitlines()
+    assert len(load_cache(o.cache).image_ids) == 17 and not pending_batches(o.cache)
+    s = extract(build_index(class_tree), o)
+    assert (s.extracted, s.recovered, s.already_cached) == (0, 0, 17)
+
+
 def test_rerun_skips_cached_and_adds_only_new_images(tmp_path, class_tree):
     o = extract_opts(tmp_path)
     extract(build_index(class_tree), o)

@@ -8,11 +8,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import feature_cache, restamp, run_cli
+from conftest import TINY_ARGS, copy_run, feature_cache, restamp, run_cli, write_image
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bottleneck.cache.store import load_cache
 from bottleneck.errors import InputError
-from bottleneck.heads.class_map import map_classes, parse_class_map
+from bottleneck.heads.class_map import ClassMap, map_classes, parse_class_map, recorded_map, resolve
 
 COUNTS = {"bcc": 30, "mel": 30, "nv": 60}
 FAST = ["--hidden", "16", "--epochs", "6", "--patience", "3", "--quiet"]
@@ -72,6 +74,76 @@ def test_a_source_the_cache_lacks_is_refused_naming_its_classes(tmp_path):
     assert mapped.class_names == ["MEL", "rest"]
     assert mapped.class_map["counts"] == {"MEL": 30, "rest": 60} and mapped.class_map["dropped"] == {"bcc": 30}
     assert (mapped.labels == -1).sum() == 30 and np.array_equal(mapped.features, data.features)
+
+
+# --- the record: a map survives config.json whatever its names ----------------------------------------------------
+
+# Names a SPEC would split or strip: separators, quotes, spaces at either end, unicode, control characters.
+NAMES = st.text(st.one_of(st.sampled_from(",;= \"'*\\\n\tüé✓"), st.characters(blacklist_categories=("Cs",))),
+                min_size=1, max_size=12).filter(lambda n: n.strip() and n != "*")
+
+
+@st.composite
+def class_maps(draw):
+    sources = draw(st.lists(NAMES, min_size=1, max_size=8, unique=True))
+    cuts = sorted(draw(st.sets(st.integers(1, len(sources) - 1), max_size=3))) if len(sources) > 1 else []
+    groups = [sources[a:b] for a, b in zip([0, *cuts], [*cuts, len(sources)])]
+    targets = draw(st.lists(NAMES, min_size=len(groups), max_size=len(groups), unique=True))
+    star = draw(st.booleans())
+    rules = tuple((t, tuple(g) + (("*",) if star and k == 0 else ())) for k, (t, g) in enumerate(zip(targets, groups)))
+    return ClassMap(rules, origin=draw(st.none() | st.just("maps/task.csv"))), sources
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(class_maps())
+def test_a_map_survives_its_record_exactly(drawn):
+    """ClassMap -> the record config.json keeps (through JSON text) -> ClassMap is the same map, and resolves the
+    same way, whatever the names hold."""
+    cmap, sources = drawn
+    counts = np.arange(1, len(sources) + 2)
+    mapped = resolve(cmap, [*sources, "unnamed"], counts)
+    config = json.loads(json.dumps({"class_map": mapped.record}, allow_nan=False))
+    again = recorded_map(config)
+    assert again == cmap and again.origin == cmap.origin and again.rules == cmap.rules
+    assert resolve(again, [*sources, "unnamed"], counts).record == mapped.record
+    if cmap.inline:  # what a SPEC can hold it still holds: the text reruns the same map
+        assert parse_class_map(cmap.spec) == cmap and mapped.record["spec"] == cmap.spec
+    else:  # the rerun names the file the map came from
+        assert mapped.record["spec"] == (cmap.origin or cmap.spec)
+
+
+def test_runs_recorded_by_earlier_versions_still_load():
+    """Earlier runs recorded the SPEC text and a {target: sources} object: the object (right for any name) is
+    used when present; a record with only the text is parsed as it always was."""
+    assert recorded_map({"class_map": {"spec": BINARY, "counts": {"mel": 1, "other": 2}}}) == parse_class_map(BINARY)
+    older = {"spec": "nevus, atypical=nevus, atypical;mel=mel", "targets": {"nevus, atypical": ["nevus, atypical"],
+                                                                             "mel": ["mel"]}}
+    assert recorded_map({"class_map": older}).rules == (("nevus, atypical", ("nevus, atypical",)), ("mel", ("mel",)))
+    assert recorded_map({"class_map": None}) is None and recorded_map({}) is None
+    for bad in ({"targets": [{"name": "a", "sources": "mel"}]}, {"counts": {}}, ["mel=mel"]):
+        with pytest.raises(InputError, match="class map .* the run is damaged"):
+            recorded_map({"class_map": bad})
+
+
+def test_a_spec_longer_than_a_file_name_is_parsed_as_a_spec():
+    """Probed as a path first, a SPEC over 255 bytes used to fail with ENAMETOOLONG."""
+    spec = ";".join(f"target{k}=source{k}a,source{k}b" for k in range(20)) + ";last=x.csv"
+    assert len(spec) > 255
+    cmap = parse_class_map(spec)
+    assert len(cmap.rules) == 21 and cmap.rules[-1] == ("last", ("x.csv",)) and cmap.spec == spec
+    with pytest.raises(InputError, match="should be target=source1,source2"):
+        parse_class_map("m" * 300)  # no '=': a file name too long to exist, refused in one line
+    with pytest.raises(InputError, match="does not exist"):
+        parse_class_map("mel\0.csv")  # a NUL byte: no such file, not a ValueError
+
+
+def test_a_spec_cannot_name_a_class_with_a_separator_and_says_to_use_a_file(tmp_path):
+    data = load_cache(feature_cache(tmp_path / "c.h5", counts={"nevus, atypical": 4, "mel": 4}, dim=8))
+    with pytest.raises(InputError, match=r"'nevus' is not a class .* such as 'nevus, atypical' .* CSV file"):
+        map_classes(data, parse_class_map("n=nevus, atypical;mel=mel"))
+    table = tmp_path / "map.csv"
+    table.write_text('source,target\n"nevus, atypical",n\nmel,mel\n')
+    assert map_classes(data, parse_class_map(str(table))).class_map["counts"] == {"n": 4, "mel": 4}
 
 
 # --- train-head ---------------------------------------------------------------------------------------------------
@@ -142,6 +214,26 @@ def test_evaluate_on_its_own_cache_applies_the_runs_map(binary):
     assert saved["metrics"]["n"] == trained["n"]
     assert saved["metrics"]["balanced_accuracy"] == pytest.approx(trained["balanced_accuracy"])
     assert saved["class_map"]["spec"] == BINARY
+
+
+def test_a_run_recorded_with_only_the_spec_text_still_evaluates(binary, tmp_path):
+    """config.json as the first class-map version wrote it (no structure): the SPEC is parsed as it was written."""
+    run = copy_run(binary["run"], tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config["class_map"] = {k: v for k, v in config["class_map"].items() if k not in ("targets", "file")}
+    (run / "config.json").write_text(json.dumps(config))
+    r = run_cli("evaluate", run)
+    assert r.exit_code == 0, r.output
+    saved = json.loads((run / "eval-test" / "metrics.json").read_text())
+    assert saved["class_map"]["targets"] == [{"name": "mel", "sources": ["mel"]}, {"name": "other", "sources": ["*"]}]
+    assert saved["metrics"]["n"] == json.loads((run / "metrics.json").read_text())["test"]["n"]
+    config["class_map"]["targets"] = "mel=mel;other=*"  # neither a list nor an object: damaged
+    (run / "config.json").write_text(json.dumps(config))
+    for args in (["evaluate", run], ["train-head", binary["cache"], "--split-from", run, "--out", tmp_path / "new"]):
+        r = run_cli(*args)
+        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+        assert f"{run / 'config.json'}: key 'class_map' has no list of targets" in r.output
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +335,80 @@ def test_fine_tune_keeps_the_maps_classes_and_refuses_another_task(ham_run, mapp
     assert set(metrics["test"]["per_class"]) == {"mel", "other"}
     unreadable = sum(f["split"] == "test" for f in config["failed"])  # the `tuned` fixture may damage one
     assert metrics["test"]["n"] + unreadable == json.loads((mapped_run / "metrics.json").read_text())["test"]["n"]
+
+
+# --- class names a SPEC cannot hold, from class folders through a CSV map, end to end -----------------------------
+
+# Class folders, and the targets a CSV maps them to: ',' ';' '=' quotes, unicode and spaces at either end.
+ODD = {"nevus, atypical": "nevus, atypical", "mel;x=y": "mel;x=y", ' "naevus" ü ': 'other=1; "q"'}
+
+
+@pytest.fixture(scope="module")
+def odd_run(tmp_path_factory):
+    """Folders named as ODD (8 images each) extracted by the tiny backbone, and a head off them through a CSV map."""
+    tmp = tmp_path_factory.mktemp("oddnames")
+    for k, folder in enumerate(ODD):
+        for i in range(8):
+            write_image(tmp / "data" / folder / f"i{i}.jpg", seed=20 * k + i)
+    r = run_cli("extract", tmp / "data", "--cache", tmp / "c.h5", *TINY_ARGS)
+    assert r.exit_code == 0, r.output
+    table = tmp / "map.csv"
+    pd.DataFrame({"source": list(ODD), "target": list(ODD.values())}).to_csv(table, index=False)
+    r = run_cli("train-head", tmp / "c.h5", "--out", tmp / "run", "--class-map", table, *FAST)
+    assert r.exit_code == 0, r.output
+    return {"tmp": tmp, "cache": tmp / "c.h5", "run": tmp / "run", "map": table}
+
+
+def test_odd_class_names_are_recorded_as_they_are(odd_run):
+    config = json.loads((odd_run["run"] / "config.json").read_text())
+    targets = list(ODD.values())
+    assert config["class_names"] == targets
+    assert config["class_map"]["targets"] == [{"name": t, "sources": [s.strip()]} for s, t in ODD.items()]
+    assert config["class_map"]["sources"] == {t: [s] for s, t in ODD.items()}  # the folders' own names
+    assert config["class_map"]["dropped"] == {} and config["class_map"]["spec"] == str(odd_run["map"])
+    command = config["command"]
+    assert command[command.index("--class-map") + 1] == str(odd_run["map"])  # the rerun reads the same file
+    test = json.loads((odd_run["run"] / "metrics.json").read_text())["test"]
+    assert list(test["per_class"]) == targets and all(c["support"] for c in test["per_class"].values())
+
+
+def test_evaluate_and_split_from_keep_every_odd_class(odd_run):
+    """The issue's case: evaluate read 'nevus, atypical' back as two classes and dropped 5 of 6 test images."""
+    run, targets = odd_run["run"], list(ODD.values())
+    trained = json.loads((run / "metrics.json").read_text())["test"]
+    r = run_cli("evaluate", run)
+    assert r.exit_code == 0, r.output
+    saved = json.loads((run / "eval-test" / "metrics.json").read_text())
+    assert saved["unmapped_classes"] == {} and saved["metrics"]["n"] == trained["n"]
+    assert {t: c["support"] for t, c in saved["metrics"]["per_class"].items()} == \
+        {t: c["support"] for t, c in trained["per_class"].items()}
+    assert set(pd.read_csv(run / "eval-test" / "predictions.csv", keep_default_na=False)["true"]) == set(targets)
+    again = odd_run["tmp"] / "again"
+    r = run_cli("train-head", odd_run["cache"], "--out", again, "--split-from", run, *FAST)
+    assert r.exit_code == 0, r.output
+    config = json.loads((again / "config.json").read_text())
+    assert config["class_names"] == targets and config["class_map"]["dropped"] == {}
+    assert config["class_map"]["targets"] == json.loads((run / "config.json").read_text())["class_map"]["targets"]
+    assert split_of(again).equals(split_of(run))
+    assert json.loads((again / "metrics.json").read_text())["test"]["n"] == trained["n"]
+
+
+def test_predict_and_export_name_odd_classes_exactly(odd_run):
+    images = sorted((odd_run["tmp"] / "data").rglob("*.jpg"))[:3]
+    out = odd_run["tmp"] / "pred.csv"
+    r = run_cli("predict", odd_run["run"], *images, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert [c for c in pd.read_csv(out).columns if c.startswith("p_")] == [f"p_{t}" for t in ODD.values()]
+    exported = odd_run["tmp"] / "keras"
+    r = run_cli("export", odd_run["run"], "--format", "keras", "--out", exported)
+    assert r.exit_code == 0, r.output
+    labels = json.loads((exported / "labels.json").read_text())
+    assert labels["class_names"] == list(ODD.values())
+    assert recorded_map(labels) == recorded_map(json.loads((odd_run["run"] / "config.json").read_text()))
+
+
+def test_a_spec_naming_an_odd_class_is_refused_naming_the_file_form(odd_run):
+    out = odd_run["tmp"] / "spec"
+    r = run_cli("train-head", odd_run["cache"], "--out", out, "--class-map", "n=nevus, atypical;other=*", *FAST)
+    assert r.exit_code == 1 and "CSV file" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not out.exists()

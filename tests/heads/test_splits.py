@@ -94,6 +94,16 @@ def test_saved_split_round_trips_and_must_match_the_cache(tmp_path):
         load_split(tmp_path / "nowhere", ids)
 
 
+def test_saved_split_gives_back_ids_a_spreadsheet_would_run(tmp_path):
+    """split.csv escapes ids starting with =, +, -, @ (and ') with a `'`; load_split takes it off exactly."""
+    ids = np.array(["=HYPERLINK(1)", "-abc", "+1", "@x", "'q", "''r", "'=s", "ok", "\tt"], dtype=object)
+    split = np.array(["train", "val", "test"] * 3, dtype=object)
+    save_split(tmp_path / "split.csv", ids, split)
+    assert "'=HYPERLINK(1)" in (tmp_path / "split.csv").read_text()
+    again, info = load_split(tmp_path, ids)
+    assert list(again) == list(split) and info["not_in_split"] == 0
+
+
 def test_check_split_catches_a_group_in_two_splits():
     y = np.array([0, 0, 1, 1, 0, 1])
     g = np.array(["A", "A", "B", "C", "D", "E"], dtype=object)

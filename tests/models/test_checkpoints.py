@@ -46,10 +46,21 @@ def test_progress_reads_and_writes_the_format_interrupted_runs_hold():
     assert state.best_model == "best-0002.keras" and state.epoch == 2
     assert json.dumps(state.to_json(), indent=1) == json.dumps(WRITTEN, indent=1)  # byte for byte
     fresh = Progress("/runs/head", {"lr": 1e-05}, {"groups": 2})
-    assert list(fresh.to_json()) == list(WRITTEN)[:-2] and fresh.to_json()["best"] == math.inf
+    assert list(fresh.to_json()) == list(WRITTEN)[:-2] and fresh.to_json()["best"] is None  # strict JSON: no inf
     no_best = {k: v for k, v in WRITTEN.items() if k != "best_file"} | {"best": math.inf, "best_epoch": 0}
     state = Progress.from_json(no_best)  # no epoch had a finite validation loss
     assert state.best_file is None and state.best_model == "last-0002.keras" and "best_file" not in state.to_json()
+
+
+def test_progress_is_strict_json_and_reads_back_an_infinite_best_and_diverged_losses():
+    state = Progress("/runs/head", {"lr": 1e-05}, {"groups": 2}, epoch=2,
+                     history={"loss": [1.1, math.nan], "val_loss": [math.inf, math.nan]})
+    text = json.dumps(state.to_json(), allow_nan=False)  # what write_json_atomic writes: no NaN, no Infinity
+    back = Progress.from_json(json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in progress.json")))
+    assert back.best == math.inf and back.history["loss"][0] == 1.1
+    assert all(math.isnan(v) for v in (back.history["loss"][1], *back.history["val_loss"]))  # no loss: NaN
+    older = Progress.from_json(json.loads(json.dumps(WRITTEN | {"best": math.inf, "best_epoch": 0})))
+    assert older.best == math.inf  # `Infinity`, as fine-tunes interrupted before this version wrote it
 
 
 def test_a_state_from_before_numbered_files_names_the_old_files():

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import math
 import os
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bottleneck.util.files import (
@@ -14,6 +18,7 @@ from bottleneck.util.files import (
     LINK_LOOP,
     LINK_OUTSIDE,
     NOT_REGULAR,
+    finite_or_null,
     is_hidden,
     scan_folder,
     sha256_file,
@@ -53,6 +58,43 @@ def test_write_json_atomic_round_trips(tmp_path):
     assert json.loads(path.read_text()) == obj and "\n  " in path.read_text()  # indented by default
     write_json_atomic(path, [1], indent=None)
     assert path.read_text() == "[1]" and not list(tmp_path.glob("*.tmp"))
+
+
+def strict_loads(text: str):
+    """json.loads as a strict reader (jq, JavaScript): NaN, Infinity and -Infinity are errors."""
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c} written"))
+
+
+def test_write_json_atomic_refuses_nan_and_infinities_and_leaves_the_old_file(tmp_path):
+    path = write_json_atomic(tmp_path / "config.json", {"lr": 0.001})
+    for bad in (math.nan, math.inf, -math.inf, np.float64("nan"), np.float64("inf")):
+        with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+            write_json_atomic(path, {"memory_gb": bad})
+        assert strict_loads(path.read_text()) == {"lr": 0.001} and not list(tmp_path.glob("*.tmp"))
+
+
+def test_metrics_with_undefined_figures_are_written_as_null_and_read_strictly(tmp_path):
+    metrics = {"test": {"accuracy": 1.0, "roc_auc": {"mel": math.nan, "nv": np.float64(0.75)}, "n": 6,
+                        "ece": np.float32("inf"), "ok": True, "curve": [0.5, -math.inf, (1, math.nan)]}}
+    path = write_json_atomic(tmp_path / "metrics.json", finite_or_null(metrics))
+    back = strict_loads(path.read_text())
+    assert back == {"test": {"accuracy": 1.0, "roc_auc": {"mel": None, "nv": 0.75}, "n": 6, "ece": None, "ok": True,
+                             "curve": [0.5, None, [1, None]]}}
+    assert finite_or_null({"n": 3, "flag": False}) == {"n": 3, "flag": False}  # ints and bools are never null
+
+
+def test_every_json_text_the_package_writes_is_strict():
+    """Every json.dump/json.dumps under bottleneck/ passes allow_nan=False: its text ends up in a file or an HDF5
+    attribute, where a bare NaN or Infinity would be refused by strict readers (a new call is checked here too)."""
+    loose = []
+    for module in sorted((Path(__file__).parents[2] / "bottleneck").rglob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("dump", "dumps") and getattr(node.func.value, "id", "") == "json"):
+                strict = any(k.arg == "allow_nan" and getattr(k.value, "value", True) is False for k in node.keywords)
+                if not strict:
+                    loose.append(f"{module.name}:{node.lineno}")
+    assert not loose, f"json.dump(s) without allow_nan=False: {loose}"
 
 
 @pytest.mark.parametrize("name, hidden", [(".x", True), (".DS_Store", True), ("Thumbs.db", True),
