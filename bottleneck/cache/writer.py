@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import CacheError, CacheLockedError, CacheMismatchError
 from .commit import CommittedState, apply_batches, drop_tracebacks, interrupts_deferred
 from .journal import ROW_FIELDS, DamagedBatch, Journal, first_line, os_reason, pending_batches
+from .pending import lock_path
 from .row_keys import KEYS, id_key, matching_rows, read_keys, read_rows, sha_key
 from .store import (
     META,
@@ -72,7 +73,7 @@ class WriterLock:
 
     def __init__(self, path: Path):
         self.path = path
-        self.lock_path = path.with_name(path.name + ".lock")
+        self.lock_path = lock_path(path)
         self.fd: int | None = None
 
     def acquire(self) -> None:
