@@ -110,9 +110,11 @@ def hostile_tree(tmp_path):
 
 
 def feature_cache(path, counts=None, dim=32, images_per_group=2, seed=0, backbone="vgg16", separation=1.5,
-                  class_names=None):
+                  class_names=None, meta=None, source=None):
     """A real cache written through the library's writer, with synthetic class-dependent features:
-    train-head tests need no CNN pass. counts: {class name: images}; groups of `images_per_group`."""
+    train-head tests need no CNN pass. counts: {class name: images}; groups of `images_per_group`; meta: a function
+    (row number, class name, number within the class) -> {column: text}, the row's metadata columns; source: the
+    cache's `source` attribute (as extract records it: ham10000, isic2020, csv, ...)."""
     from bottleneck.cache.store import CacheConfig
     from bottleneck.cache.writer import CacheWriter
 
@@ -126,10 +128,11 @@ def feature_cache(path, counts=None, dim=32, images_per_group=2, seed=0, backbon
         for i in range(n):
             group = f"L{c}-{i // images_per_group}" if images_per_group else ""
             rows.append(dict(image_id=f"img{k:05d}", path=f"{name}/img{k:05d}.jpg", label=name, group=group,
-                             sha256=f"{k:064x}", width=40, height=30))
+                             sha256=f"{k:064x}", width=40, height=30, **({"meta": meta(k, name, i)} if meta else {})))
             feats.append(centers[c] + rng.normal(0, 1, dim))
             k += 1
-    with CacheWriter(path, config, {"dataset": "synthetic"}, tuple(class_names or sorted(counts))) as w:
+    info = {"dataset": "synthetic", **({"source": source} if source else {})}
+    with CacheWriter(path, config, info, tuple(class_names or sorted(counts))) as w:
         w.write_batch(rows, np.array(feats, dtype=np.float32))
     return path
 

@@ -121,8 +121,9 @@ def test_a_new_run_has_the_legacy_files_and_config_keys(legacy, tmp_path):
     old_config = json.loads((legacy / "run" / "config.json").read_text())
     new_config = json.loads((r.run_dir / "config.json").read_text())
     # added since: how features were read (memory_gb), the head's classes with the --class-map behind them, and
-    # the calibration and operating point that evaluate, predict and export apply
-    assert set(new_config) - {"features", "class_names", "class_map", "calibration", "operating_point"} == \
+    # the calibration, decision rule and operating point that evaluate, predict and export apply
+    assert set(new_config) - {"features", "class_names", "class_map", "calibration", "operating_point",
+                              "decision_rule"} == \
         set(old_config)
     assert new_config["class_names"] == old_config["cache"]["class_names"] and new_config["class_map"] is None
     assert set(new_config["cache"]) == set(old_config["cache"])
@@ -130,5 +131,6 @@ def test_a_new_run_has_the_legacy_files_and_config_keys(legacy, tmp_path):
     assert pd.read_csv(r.run_dir / "split.csv").equals(pd.read_csv(legacy / "run" / "split.csv"))
     old_metrics = json.loads((legacy / "run" / "metrics.json").read_text())
     clinical = {"calibration", "bootstrap", "positive", "operating_point", "lesion_level", "subgroups",
-                "small_numbers", "warnings"}  # added since (issue: results a clinician can defend)
+                "small_numbers", "warnings",  # added since (issue: results a clinician can defend)
+                "data_checks", "decision_rule"}  # grouping unit, reference standard and ages, for the limitations
     assert set(json.loads((r.run_dir / "metrics.json").read_text())) - clinical == set(old_metrics) - {"warnings"}

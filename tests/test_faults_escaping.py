@@ -110,9 +110,12 @@ def test_csv_cells_that_start_like_formulas_are_prefixed(hostile_run):
     rows = raw_cells(run / "predictions.csv")
     header = rows[0]
     assert header[:6] == ["image_id", "path", "group", "split", "true", "predicted"]
+    text = next(i for i, c in enumerate(header) if c.startswith("p_"))  # then numbers (logp_ ones are negative)
     for row in rows[1:]:
         assert row[2].startswith("'=HYPERLINK(")
-        assert all(c[:1] not in set("=+-@\t\r") for c in row), row  # probabilities are never negative here
+        assert all(c[:1] not in set("=+-@\t\r") for c in row[:text]), row
+        numbers = np.array(row[text:], dtype=float)  # numbers as numbers: p_ and logp_ never escaped
+        assert ((numbers[:len(numbers) // 2] >= 0) & (numbers[len(numbers) // 2:] <= 0)).all()
     assert {r[4] for r in rows[1:]} == {"bcc", "mel", "'=nv|<u>"}
     ids = {r[0] for r in rows[1:]}
     assert {"'-img0000", "'=img0001", "''img0002", "'+img0003", "'@img0004", "'''img0005", "img0006"} & ids

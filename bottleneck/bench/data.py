@@ -25,6 +25,7 @@ class BenchOptions:
     batch_size: int = 32
     sweep_epochs: int = 3  # per configuration in the sweep benchmark (fixed: no early stopping)
     grow_rows: tuple[int, ...] = (100_000, 1_000_000)  # cache sizes the `grow` part adds 1% to
+    coverage_sims: int = 1000  # simulated test splits per row of the `coverage` part
     seed: int = 0
 
 

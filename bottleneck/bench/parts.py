@@ -12,7 +12,8 @@
 - sweep and views: a 16-head sweep against 16 runs; the cost and disk of stored views;
 - ray: `--engine ray` on a local Ray instance against the local engine, same images (needs the [ray] extra);
 - grow: adding 1% to synthetic caches of 100,000 and 1,000,000 rows against writing the same rows into an empty
-  cache, and the copy of the whole file that each commit used to make.
+  cache, and the copy of the whole file that each commit used to make;
+- coverage: how often the reports' 95% intervals hold a known sensitivity in simulated test splits (`coverage`).
 
 Rates are differences or steady-state windows, never whole runs with start-up in them, and each ratio compares
 two ways measured in the same run: the machines are shared and drift between runs.
@@ -41,10 +42,11 @@ from ..runs import RunOptions, SweepOptions, expand_grid, run_sweep, train_head_
 from ..synthetic import make_demo_dataset
 from ..util import tensorflow
 from .ceilings import decode_ceiling, forward_flops, matmul_flops_per_s
+from .coverage import bench_coverage
 from .data import BenchOptions, synthetic_features, synthetic_rows, write_bench_images, write_synthetic_cache
 from .report import machine_info
 
-PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow", "ray")
+PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow", "ray", "coverage")
 
 
 def bench_head_epoch(opts: BenchOptions) -> dict:
@@ -367,13 +369,16 @@ def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
     if opts.images < 2 * opts.batch_size:
         raise InputError(f"--images should be at least twice the batch size ({2 * opts.batch_size}), so that "
                          f"steady-state batches follow the first; received {opts.images}")
+    if "coverage" in parts and opts.coverage_sims < 1:
+        raise InputError(f"--coverage-sims should be a positive number of simulated test splits, e.g. 1000; "
+                         f"received {opts.coverage_sims}")
     results: dict = {"machine": machine_info()}
     steps = {"head": lambda tmp: bench_head_epoch(opts), "run": lambda tmp: bench_train_head_run(opts, tmp),
              "extract": lambda tmp: bench_extraction(opts, tmp), "batch1": lambda tmp: bench_batch_one(opts, tmp),
              "load": lambda tmp: bench_cache_load(opts, tmp), "rerun": lambda tmp: bench_rerun(opts, tmp),
              "memory": lambda tmp: bench_memory(opts, tmp), "sweep": lambda tmp: bench_sweep(opts, tmp),
              "views": lambda tmp: bench_views(opts, tmp), "grow": lambda tmp: bench_grow(opts, tmp),
-             "ray": lambda tmp: bench_ray(opts, tmp)}
+             "ray": lambda tmp: bench_ray(opts, tmp), "coverage": lambda tmp: bench_coverage(opts.coverage_sims)}
     with tempfile.TemporaryDirectory() as tmp:
         for part in PARTS:
             if part in parts:

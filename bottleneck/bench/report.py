@@ -9,6 +9,7 @@ from pathlib import Path
 from ..backbones import BF16_FLAGS, cpu_flags, fastest_native
 from ..cache import library_versions
 from ..util import tensorflow
+from .coverage import format_coverage
 from .data import BenchOptions
 
 
@@ -108,4 +109,6 @@ def format_results(r: dict, opts: BenchOptions) -> str:
                          "(Ray's includes its backbone actor's start); "
                          f"whole backbone stage {y['ray_whole_s']:.1f} s vs {y['local_whole_s']:.1f} s, of which "
                          f"starting Ray {y['ray_start_s']:.1f} s vs building the backbone {y['local_build_s']:.1f} s")
+    if "coverage" in r:
+        lines += format_coverage(r["coverage"])
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from ..runs import (
     run_sweep,
     train_head_run,
 )
-from ..stats import TARGET_SENSITIVITY, ClinicalOptions, parse_subgroups
+from ..stats import TARGET_SENSITIVITY, ClinicalOptions, check_decision, parse_subgroups
 from .app import CLASS_MAP_HELP, app, class_map_arg, echo_lines, handle_errors
 from .params import declared, with_declared
 from .summaries import evaluate_lines, sweep_lines, train_head_lines
@@ -52,6 +52,10 @@ def train_head_command(
                                             "cache has them."),
     calibrate: bool = typer.Option(True, help="Fit temperature scaling on validation (after undoing the "
                                    "class-weight prior) and fold it into the head."),
+    decision: str = typer.Option("balanced", help="How probabilities become the predicted class: balanced (the "
+                                 "equal-prior rule: the class the head ranks first as if every class were equally "
+                                 "common, what balanced accuracy rewards) or most-probable (the class of highest "
+                                 "calibrated probability). Recorded; evaluate, predict and export reuse it."),
     memory_gb: Optional[float] = typer.Option(None, help=MEMORY_HELP, show_default=False),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -63,7 +67,8 @@ def train_head_command(
     opts = RunOptions(out=out, split=SplitSpec.held_out(val, test, head["seed"]), split_from=split_from,
                       overwrite=overwrite, progress=not quiet, augment=augment, tta=tta, memory_gb=memory_gb,
                       class_map=class_map_arg(class_map),
-                      clinical=ClinicalOptions(positive, target_sensitivity, parse_subgroups(subgroups), calibrate))
+                      clinical=ClinicalOptions(positive, target_sensitivity, parse_subgroups(subgroups), calibrate),
+                      decision=check_decision(decision))
     echo_lines(train_head_lines(train_head_run(cache, HeadConfig(**head), opts)))
 
 
@@ -80,13 +85,18 @@ def evaluate_command(
     calibrate: bool = typer.Option(True, help="Use the run's calibration (its default); --no-calibrate for the "
                                    "head's own probabilities."),
     memory_gb: Optional[float] = typer.Option(None, help=MEMORY_HELP, show_default=False),
+    out: Optional[Path] = typer.Option(None, help="Evaluation folder (default: RUN/eval-<test|cache name>, then "
+                                       "-tta and -nocal for those options)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing evaluation folder (once the new one is whole)."),
 ):
-    """Evaluate a run's head on its own test split, or on another (external) cache.
+    """Evaluate a run's head on its own test split, or on another (external) cache; an earlier evaluation is never
+    replaced without --overwrite.
 
     Example: bottleneck evaluate runs/baseline --cache cache/ph2.h5 --class-map "mel=melanoma;nv=common_nevus"
     """
     echo_lines(evaluate_lines(evaluate_run(run, cache, tta=tta, memory_gb=memory_gb,
-                                           class_map=class_map_arg(class_map), calibrate=calibrate)))
+                                           class_map=class_map_arg(class_map), calibrate=calibrate, out=out,
+                                           overwrite=overwrite)))
 
 
 @app.command("sweep")

@@ -129,7 +129,17 @@ def train_head_lines(r: RunResult) -> list[str]:
     for name, m in r.metrics.get("views_comparison", {}).items():
         t = m["test"]
         lines.append(f"  {name}: test balanced acc {t['balanced_accuracy']:.3f}, accuracy {t['accuracy']:.3f}")
-    return lines + [f"run: {r.run_dir}  (report: {r.run_dir / 'report.md'})"]
+    return lines + decision_lines(r.metrics.get("decision_rule"), r.metrics["test"], "test") + [
+        f"run: {r.run_dir}  (report: {r.run_dir / 'report.md'})"]
+
+
+def decision_lines(rule: dict | None, m: dict, split: str) -> list[str]:
+    """The decision rule that made the predicted classes, and how often it is not the most probable class."""
+    differs = m.get("not_most_probable")
+    if not rule or not differs:
+        return []
+    return [f"decision rule: {rule['rule']} (--decision); {differs['rows']} of {m['n']} {split} predictions "
+            f"({differs['share']:.1%}) are not the most probable class"]
 
 
 def evaluate_lines(r: EvalResult) -> list[str]:
@@ -141,7 +151,8 @@ def evaluate_lines(r: EvalResult) -> list[str]:
     elif r.unmapped:
         lines.append("classes of the cache the run does not know (left out): "
                      + ", ".join(f"{k} ({v:,} images)" for k, v in r.unmapped.items()))
-    return lines + [format_table({"external" if r.external else "test": r.metrics}), f"written: {r.out_dir}"]
+    return lines + [format_table({"external" if r.external else "test": r.metrics}),
+                    f"written: {r.out_dir}  (report: {r.out_dir / 'report.md'})"]
 
 
 def sweep_lines(r: SweepResult, n_configs: int, folds: int, metric: str) -> list[str]:
@@ -179,6 +190,8 @@ def predict_lines(r: PredictResult, out: Path, tta: bool) -> list[str]:
     lines += [f"  unreadable: {path}: {reason}" for path, reason in r.failed[:10]]
     lines += _more(r.failed, 10, " (see the error column)")
     rule = r.rule or {}
+    if rule.get("rule"):
+        lines.append(f"decision rule: {rule['rule']} (the run's --decision): {rule['text']}")
     if rule.get("temperature") is not None:
         lines.append("probabilities calibrated by the run (temperature scaling)" if rule["calibrated"] else
                      "probabilities as the head gives them (--no-calibrate)")

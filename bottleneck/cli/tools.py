@@ -26,13 +26,14 @@ def bench_command(
     part: List[str] = typer.Option(list(PARTS), help=f"Which parts: {', '.join(PARTS)} (repeat the option)."),
     grow_rows: str = typer.Option("100000,1000000", help="Cache sizes the grow part adds 1% to (about 4 KiB of "
                                                          "disk per row at --dim 2048)."),
+    coverage_sims: int = typer.Option(1000, help="Simulated test splits per row of the coverage part."),
 ):
     """Measure head speed against one backbone pass; prints figures (see docs/benchmarks.md).
 
     Example: bottleneck bench --rows 10000 --backbone inception_v3
     """
     opts = BenchOptions(rows=rows, dim=dim, epochs=epochs, backbone=backbone, image_size=image_size, images=images,
-                        batch_size=batch_size, grow_rows=parse_sizes(grow_rows))
+                        batch_size=batch_size, grow_rows=parse_sizes(grow_rows), coverage_sims=coverage_sims)
     typer.echo(format_results(run_bench(opts, tuple(part)), opts))
 
 

@@ -25,6 +25,7 @@ from .model import (
                     fold_calibration,
                     make_optimizer,
                     parse_hidden,
+                    predict_log_proba,
                     predict_proba,
 )
 from .splits import (
@@ -44,6 +45,7 @@ __all__ = [
     "EARLY_STOP_FRACTION", "HEAD_OPTIONS", "cv_parts", "early_stopping_slice", "make_folds",
     "ClassMap", "HeadConfig", "OPTIMIZERS", "SPLITS", "STAR", "SplitSpec", "TrainedHead", "check_split",
     "class_weights", "describe", "epoch_bar", "fit_head", "fold_calibration", "load_split", "make_optimizer",
-    "make_split", "map_classes", "missing_sources", "parse_class_map", "parse_hidden", "predict_proba", "recorded_map",
+    "make_split", "map_classes", "missing_sources", "parse_class_map", "parse_hidden", "predict_log_proba",
+    "predict_proba", "recorded_map",
     "run_class_names", "save_split",
 ]

@@ -7,12 +7,14 @@ feature_store.py); no image is ever opened.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..cache import chunk_batches, is_streamed
 from ..errors import InputError
+from ..stats import log_of, log_softmax
 from ..util import Option, Options, fraction_below_one, one_of, positive, positive_int, read_bool, tensorflow
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")  # of heads and of fine-tuning: see make_optimizer
@@ -221,14 +223,50 @@ def fold_calibration(model, calibration, undo: bool = False) -> None:
 
 
 def predict_proba(model, x, batch_size: int = 1024) -> np.ndarray:
-    """(N, D) features -> (N, C) probabilities, float64 so that rows sum to 1 for the metrics.
+    """(N, D) features -> (N, C) probabilities, float64: exp of `predict_log_proba` (rows sum to 1 within 1e-15).
 
     x: an array, or a streamed FeatureReader, predicted block by block (a budget's worth each) in row order."""
+    return np.exp(predict_log_proba(model, x, batch_size))
+
+
+_LOGITS = weakref.WeakKeyDictionary()  # model -> the model up to its last layer's input (built and traced once)
+
+
+def predict_log_proba(model, x, batch_size: int = 1024) -> np.ndarray:
+    """(N, D) features -> (N, C) float64 log-probabilities, from logits computed in float64.
+
+    Keras computes the head's softmax in float32, which rounds a probability above 1 - 6e-8 to exactly 1.0 and one
+    below ~1e-45 to 0.0: ties that move every AUC. Here Keras gives the last layer's input (N, H) and its weights
+    make the logits in float64; `log_softmax` keeps every one of them apart. A model whose last layer is not a
+    softmax Dense named "probabilities" at its top level: the log of its own probabilities."""
     if len(x) == 0:
         return np.zeros((0, model.output_shape[-1]))
+    sub = _logits_model(model)
+    run = model if sub is None else sub
     if is_streamed(x):
-        p = np.concatenate([model.predict(block, batch_size=batch_size, verbose=0)
-                            for _, block in x.blocks()]).astype(np.float64)
+        out = np.concatenate([run.predict(block, batch_size=batch_size, verbose=0) for _, block in x.blocks()])
     else:
-        p = model.predict(x, batch_size=batch_size, verbose=0).astype(np.float64)
-    return p / p.sum(axis=1, keepdims=True)
+        out = run.predict(x, batch_size=batch_size, verbose=0)
+    if sub is None:
+        p = np.asarray(out, dtype=np.float64)
+        return log_of(p / p.sum(axis=1, keepdims=True))
+    w, b = probabilities_layer(model).get_weights()  # read now: fold_calibration changes them in place
+    return log_softmax(np.asarray(out, np.float64) @ w.astype(np.float64) + b.astype(np.float64))
+
+
+def _logits_model(model):
+    """The model from its input to the input of its "probabilities" layer, or None where that cannot be cut."""
+    if model in _LOGITS:
+        return _LOGITS[model]
+    tensorflow()
+    import keras
+
+    sub = None
+    layer = next((x for x in model.layers if x.name == "probabilities"), None)
+    if layer is not None and layer.get_config().get("activation") == "softmax":
+        try:
+            sub = keras.Model(model.inputs, layer.input)
+        except (ValueError, AttributeError, TypeError):  # a subclassed or never-called model: no graph to cut
+            sub = None
+    _LOGITS[model] = sub
+    return sub

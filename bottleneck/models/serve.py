@@ -114,7 +114,7 @@ def collect_files(inputs: list[str | Path]) -> list[Path]:
 
 @dataclass
 class PredictResult:
-    frame: object  # pandas DataFrame: path, predicted, p_<class>..., error
+    frame: object  # pandas DataFrame: path, predicted, decision_rule, most_probable, p_<class>..., error
     class_names: list[str]
     failed: list = field(default_factory=list)  # (path, reason)
     precision: str = "float32"  # what the backbone computed in, or "as saved" (a model from elsewhere)
@@ -127,7 +127,8 @@ def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path 
     computes in `precision` (`auto`: the fastest native one here, see precision.py).
 
     The run's decision rule applies (clinical.DecisionRule): calibrated probabilities and their decision weights
-    (calibrate=False: the head's own, argmax), and its operating point: columns `<positive>_threshold` and
+    (calibrate=False: the head's own, argmax), named in column `decision_rule` beside `most_probable` (the argmax of
+    the p_ columns), and its operating point: columns `<positive>_threshold` and
     `<positive>_at_threshold` (whether the image is flagged)."""
     import pandas as pd  # 0.5 s of import: kept off the start-up of every other command
 
@@ -142,7 +143,9 @@ def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path 
     names = served.class_names
     chosen = decide(proba, rule.decision_weights)
     frame = pd.DataFrame({"path": [str(f) for f in files],
-                          "predicted": [names[int(k)] if not e else "" for k, e in zip(chosen, errors)]})
+                          "predicted": [names[int(k)] if not e else "" for k, e in zip(chosen, errors)],
+                          "decision_rule": rule.rule,  # as predictions.csv: the rule that chose `predicted`
+                          "most_probable": [names[int(k)] if not e else "" for k, e in zip(decide(proba), errors)]})
     for j, name in enumerate(names):
         frame[f"p_{name}"] = np.asarray(proba[:, j], dtype=np.float64)  # unrounded, as predictions.csv
     if rule.threshold is not None and rule.positive in names:
@@ -201,10 +204,13 @@ def export(run: str | Path, fmt: str = "keras", out: str | Path | None = None, d
                   "input": f"raw RGB float32 0..255, shape (batch, {served.input_size}, {served.input_size}, 3)",
                   "output": "softmax probabilities in class_names order"
                             + (", calibrated" if rule.calibrated else ""),
-                  "calibration": (rule.calibration.record() if rule.calibrated else
-                                  {"applied": False, "reason": "the run has none" if rule.calibration is None
-                                   else "exported with --no-calibrate"}),
+                  # the run's own record: applied, or skipped and why, with its check on validation
+                  "calibration": (served.config["calibration"] if rule.calibrated else
+                                  {"applied": False, "reason": "exported with --no-calibrate"} if rule.calibration
+                                  else served.config.get("calibration") or {"applied": False,
+                                                                            "reason": "the run has none"}),
                   "decision": "argmax of probabilities x decision_weights" if rule.decision_weights else "argmax",
+                  "decision_rule": rule.rule, "decision_rule_text": rule.describe(),  # DecisionRule.of reads it back
                   "operating_point": {"positive": rule.positive, "threshold": rule.threshold},
                   "class_map": served.config.get("class_map"),  # how class_names were made of the cache's
                   "preprocessing": cache["config"]["preprocessing"] + " (inside the model)",

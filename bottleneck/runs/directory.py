@@ -18,7 +18,7 @@ import numpy as np
 from ..cache import CacheConfig, CacheData
 from ..errors import BottleneckError, InputError
 from ..heads import recorded_map
-from ..stats import decide
+from ..stats import decide, log_of
 from ..util import check_split_file, keras_layers, read_json_object, sha256_file, tensorflow, write_csv
 
 
@@ -200,32 +200,44 @@ def write_history(path: Path, history: dict) -> None:
 
 
 def predictions_frame(data: CacheData, split: np.ndarray, proba: np.ndarray, rows: np.ndarray, class_names,
-                      decision_weights=None):
-    """predictions.csv's rows: image id, path, group, split, true and predicted class, p_<class> per class.
+                      decision_weights=None, log_proba: np.ndarray | None = None, rule: str | None = None):
+    """predictions.csv's rows: image id, path, group, split, true class, the predicted class and the rule that chose
+    it, the most probable class, then p_<class> and logp_<class> per class.
 
-    predicted: `metrics.decide(proba, decision_weights)`, the rule the metrics use (a calibrated run's weights).
+    predicted: `metrics.decide(proba, decision_weights)`, the rule the metrics use (`rule`: its name, balanced or
+    most-probable; default: balanced with decision weights, else most-probable); most_probable: the argmax of the
+    p_ columns. logp_<class>: the float64 log-probabilities (`log_proba`, else the log of `proba`) that every AUC
+    and ROC curve ranks (`stats.ovr_scores`): a p_ near 1 is written as 1 where its logp_ still tells it apart.
 
-    `write_predictions` writes it through `util.write_csv` (no float_format): pandas then writes each probability at
-    full precision, and a text cell a spreadsheet would run as a formula (`=...`, `-...`) gets a leading `'`
-    (docs/cli.md)."""
+    `write_predictions` writes it through `util.write_csv` (no float_format): pandas then writes each number at full
+    precision (the shortest text that reads back to the same float64: read it with float_precision="round_trip"),
+    and a text cell a spreadsheet would run as a formula (`=...`, `-...`) gets a leading `'` (docs/cli.md)."""
     import pandas as pd
 
     labels = data.labels[rows]
+    proba = np.asarray(proba, dtype=np.float64)
+    log_p = log_of(proba) if log_proba is None else np.asarray(log_proba, dtype=np.float64)
+    rule = rule or ("balanced" if decision_weights is not None and len(decision_weights) else "most-probable")
     df = pd.DataFrame({"image_id": data.image_ids[rows], "path": data.paths[rows], "group": data.groups[rows],
                        "split": split[rows],
                        "true": [class_names[i] if i >= 0 else "" for i in labels],
-                       "predicted": [class_names[i] for i in decide(proba, decision_weights)]})
+                       "predicted": [class_names[i] for i in decide(proba, decision_weights)],
+                       "decision_rule": rule,
+                       "most_probable": [class_names[i] for i in decide(proba)]})
     for j, name in enumerate(class_names):
         # Unrounded (float64, written as the shortest text that reads back to the same number): the metrics of
         # metrics.json recompute exactly from this file; 6 decimals made ties that moved the AUCs.
-        df[f"p_{name}"] = np.asarray(proba[:, j], dtype=np.float64)
+        df[f"p_{name}"] = proba[:, j]
+    for j, name in enumerate(class_names):
+        df[f"logp_{name}"] = log_p[:, j]
     return df
 
 
 def write_predictions(path: Path, data: CacheData, split: np.ndarray, proba: np.ndarray, rows: np.ndarray,
-                      class_names, decision_weights=None) -> None:
+                      class_names, decision_weights=None, log_proba: np.ndarray | None = None,
+                      rule: str | None = None) -> None:
     """predictions.csv of train-head, evaluate and fine-tune: `predictions_frame` through `write_csv`."""
-    write_csv(path, predictions_frame(data, split, proba, rows, class_names, decision_weights))
+    write_csv(path, predictions_frame(data, split, proba, rows, class_names, decision_weights, log_proba, rule))
 
 
 def cache_record(data: CacheData) -> dict:

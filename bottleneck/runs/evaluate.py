@@ -1,7 +1,10 @@
-"""`bottleneck evaluate RUN [--cache OTHER]`: a trained head on its own test split or on an external cache.
+"""`bottleneck evaluate RUN [--cache OTHER] [--out DIR]`: a trained head on its own test split or on an external
+cache, written to a folder of its own (RUN/eval-<data>[-tta][-nocal] unless --out) that no later evaluation
+replaces without --overwrite.
 
-An external cache is checked against the run's training and validation images first: an image with the same
-bytes (SHA-256), or of a lesion the head was trained on, would flatter the result, so it is left out and counted.
+An external cache is checked against the run's training and validation images first (`overlap.py`): an image with
+the same bytes (SHA-256), or of a lesion the head was trained on, would flatter the result, so it is left out and
+counted.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from ..cache import (
     CacheData,
     features_record,
     is_streamed,
-    load_cache,
     load_cache_within,
     resolve_memory_gb,
     take,
@@ -28,7 +30,7 @@ from ..heads import (
     load_split,
     map_classes,
     missing_sources,
-    predict_proba,
+    predict_log_proba,
     recorded_map,
     run_class_names,
 )
@@ -42,51 +44,22 @@ from ..stats import (
     compute_metrics,
     decide,
     metric_intervals,
+    parse_subgroups,
     positive_index,
     resampling_units,
+    subgroup_columns,
+    subgroup_table,
 )
-from ..util import csv_unescape, finite_or_null, sha256_file, write_csv, write_json_atomic
+from ..util import finite_or_null, sha256_file, write_json_atomic
 from .directory import load_run, restore_interrupted, staged, write_predictions
-from .plots import plot_confusion
-from .report import write_eval_report
-from .train import require_views, tta_proba
+from .eval_report import write_eval_report
+from .overlap import Overlap, check_external, write_excluded
+from .plots import plot_confusion, plot_reliability, plot_roc
+from .views import require_views, tta_log_proba
 
-LEAKING = ("train", "val")  # the splits a head learned from (val picks the epoch; a final fit trains on it)
-# Sources whose group ids name lesions in one namespace: ISIC 2019's lesion_id column reuses HAM10000's ids.
-SHARED_LESION_IDS = {"ham10000", "isic2019"}
-NO_GROUPS = {"", "folders", "unlabeled"}
-
-
-@dataclass
-class Overlap:
-    """External images that are also among the run's training or validation data (left out of the metrics)."""
-
-    checked: bool
-    candidates: int = 0  # labeled images of a class the run knows, before the check
-    same_bytes: int = 0
-    same_lesion: int = 0
-    lesions_compared: bool = False
-    reason: str = ""  # why the check, or the lesion comparison, was not done
-
-    @property
-    def excluded(self) -> int:
-        return self.same_bytes + self.same_lesion
-
-    def message(self, name: str) -> str:
-        if not self.checked:
-            return f"the overlap of {name} with this run's training data could not be checked: {self.reason}"
-        how = f"same bytes: {self.same_bytes:,}" + (f", same lesion: {self.same_lesion:,}" if self.lesions_compared
-                                                     else f"; lesion ids not compared: {self.reason}")
-        if not self.excluded:
-            return (f"none of the {self.candidates:,} images of {name} is in this run's training or validation data "
-                    f"({how})")
-        return (f"{self.excluded:,} of {self.candidates:,} images of {name} are in this run's training or validation "
-                f"data ({how}) and were left out")
-
-    def record(self) -> dict:
-        return {"checked": self.checked, "candidates": self.candidates, "excluded": self.excluded,
-                "same_bytes": self.same_bytes, "same_lesion": self.same_lesion,
-                "lesions_compared": self.lesions_compared, "reason": self.reason}
+# What an evaluation folder holds: --out --overwrite replaces a folder of these files only (or an empty one).
+EVAL_FILES = {"metrics.json", "predictions.csv", "excluded.csv", "report.md", "confusion.png", "calibration.png",
+              "roc.png"}
 
 
 @dataclass
@@ -131,86 +104,14 @@ def external_map(config: dict, data: CacheData, given: ClassMap | None) -> tuple
     return recorded, False, f"classes mapped with the run's class map {recorded.spec!r}"
 
 
-def run_split(run_dir: Path, data: CacheData) -> tuple[np.ndarray, int]:
-    """(split of each row of the run's training cache, train/val images of split.csv no longer in it).
-
-    Unlike a reused split, a cache that lost rows since the run is read anyway: the rest can still be checked."""
-    import pandas as pd
-
-    path = run_dir / "split.csv"
-    if not path.is_file():
-        raise InputError(f"{run_dir} has no split.csv; pass a run directory made by `bottleneck train-head`")
-    df = csv_unescape(pd.read_csv(path, dtype=str, keep_default_na=False))  # ids as the cache holds them
-    mapping = dict(zip(df["image_id"], df["split"]))
-    split = np.array([mapping.get(i, "") for i in data.image_ids], dtype=object)
-    leaking = set(df["image_id"][df["split"].isin(LEAKING)])
-    return split, len(leaking - set(data.image_ids))
-
-
-def lesion_ids_comparable(train_attrs: dict, other_attrs: dict) -> tuple[bool, str]:
-    """Whether a group id of one cache names the same lesion as the same id in the other."""
-    a, b = str(train_attrs.get("source", "")), str(other_attrs.get("source", ""))
-    if a in NO_GROUPS or b in NO_GROUPS:
-        return False, f"the caches' sources ({a or 'unknown'}, {b or 'unknown'}) record no lesion ids"
-    if a == b == "csv":  # a user-chosen column: only the same data set's ids mean the same thing
-        same = train_attrs.get("dataset") == other_attrs.get("dataset")
-        return same, "" if same else "group columns of two different CSV data sets"
-    if a == b or {a, b} <= SHARED_LESION_IDS:
-        return True, ""
-    return False, f"sources {a} and {b} name lesions differently"
-
-
-def find_overlap(train: CacheData, train_split: np.ndarray, other: CacheData,
-                 rows: np.ndarray) -> tuple[Overlap, list[dict]]:
-    """Which of `rows` of `other` have the bytes, or the lesion, of a training or validation row of `train`.
-
-    Returns the counts and one dict per overlapping row (image_id, path, reason, the training row it matches)."""
-    leak = np.isin(train_split, LEAKING)
-    by_sha = {s: i for s, i in zip(train.sha256[leak], train.image_ids[leak]) if s}
-    ok, reason = lesion_ids_comparable(train.attrs, other.attrs)
-    by_group = {g: g for g in train.groups[leak] if g} if ok else {}
-    if ok and not by_group:
-        ok, reason = False, "the run's training cache has no group ids"
-    elif ok and not any(other.groups[rows]):
-        ok, reason = False, f"{other.path.name} has no group ids"
-    overlap = Overlap(checked=True, candidates=len(rows), lesions_compared=ok, reason=reason)
-    found = []
-    for r in rows:
-        sha, group = other.sha256[r], other.groups[r]
-        if sha and sha in by_sha:
-            overlap.same_bytes += 1
-            found.append({"image_id": other.image_ids[r], "path": other.paths[r], "reason": "same bytes",
-                          "matches": by_sha[sha], "row": int(r)})
-        elif group and group in by_group:
-            overlap.same_lesion += 1
-            found.append({"image_id": other.image_ids[r], "path": other.paths[r], "reason": "same lesion",
-                          "matches": group, "row": int(r)})
-    return overlap, found
-
-
-def _check_external(run_dir: Path, own: Path, names: list[str], task: ClassMap, data: CacheData,
-                    rows: np.ndarray) -> tuple[Overlap, list[dict], np.ndarray | None, list[str]]:
-    """(overlap, overlapping rows, training labels in the run's classes or None, notes) of an external cache."""
-    if not own.is_file():
-        return (Overlap(False, len(rows), reason=f"its training cache {own} no longer exists; the majority "
-                        "baseline is the evaluated images' majority class"), [], None, [])
-    # ids, hashes, groups and labels (in the run's classes): no features needed
-    train = map_classes(load_cache(own, features=False), task, names, strict=False, require_rows=False)
-    split, gone = run_split(run_dir, train)
-    overlap, found = find_overlap(train, split, data, rows)
-    notes = [f"{gone} training/validation images of the run are no longer in {own.name}; they could not be "
-             "checked for overlap"] if gone else []
-    y_train = train.labels[(split == "train") & (train.labels >= 0)]
-    return overlap, found, (y_train if len(y_train) else None), notes
-
-
 def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool = False,
                  memory_gb: float | None = None, class_map: ClassMap | None = None,
-                 calibrate: bool = True) -> EvalResult:
+                 calibrate: bool = True, out: str | Path | None = None, overwrite: bool = False) -> EvalResult:
     """The run's head on its own test split, or on every labeled image of another cache (external data) that the
-    run did not train or validate on; written to RUN/eval-test/ or RUN/eval-<cache>/, replacing the previous
-    evaluation of the same data.
+    run did not train or validate on; written to `out`, by default RUN/eval-<data>[-tta][-nocal] (`eval_dir`).
 
+    An existing evaluation there is refused before any work unless `overwrite`, and then replaced only once the
+    new one is whole (`staged`): a failed evaluation leaves the older one as it was.
     memory_gb: features beyond it are streamed from the cache (None: default_memory_gb()). class_map: how the
     cache's classes become the run's (targets are the run's classes); by default the run's own map, or by name.
     calibrate=False: the head's own probabilities, without the run's calibration (and its decision weights)."""
@@ -225,13 +126,15 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
     trained_on = CacheConfig(**config["cache"]["config"])
     own = Path(config["cache"]["path"])
     path = Path(cache) if cache else own
+    external = cache is not None and path.resolve() != own.resolve()
+    default = eval_dir(run_dir, path.stem if external else "test", tta, calibrate)
+    out = check_out(Path(out) if out is not None else default, out is None, run_dir, (path, own), overwrite)
     data = load_cache_within(path, memory_gb)
     diff = trained_on.mismatch(data.config)
     if diff:
         raise CacheMismatchError(f"cache {path} comes from another backbone configuration than run {run_dir}: "
                                  f"{diff.replace('(cache)', f'({path.name})').replace('(this run)', '(run)')}; "
                                  "extract that data with the run's configuration first")
-    external = cache is not None and path.resolve() != own.resolve()
     if external:
         data, split, rows, y_train, notes, overlap, found = _external_rows(run_dir, config, data, path, own, names,
                                                                            class_map)
@@ -239,41 +142,93 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
         data, split, rows, y_train, notes = _own_test_rows(run_dir, config, data, path, names, class_map)
         overlap, found = None, []
     y = data.labels
-    proba = predict_proba(model, take(data.features, rows))
+    logp = predict_log_proba(model, take(data.features, rows))  # (n, C) float64: what the AUCs rank
     if tta:
         require_views(data, rows)
         held = 0 if is_streamed(data.features) else data.features.nbytes / GIB  # one budget with the features
-        proba = tta_proba(model, data, rows, proba, max(0.0, memory_gb - held))
+        logp = tta_log_proba(model, data, rows, logp, max(0.0, memory_gb - held))
         notes.append(f"probabilities averaged over the plain view and {data.n_views} stored views (TTA)")
+    proba = np.exp(logp)
     positive = names.index(rule.positive) if rule.positive in names else positive_index(names, None)
     metrics = compute_metrics(y[rows], proba, names, train_labels=y_train, decision_weights=rule.decision_weights,
-                              positive=positive)
-    clinical = served_figures(y[rows], proba, data.groups[rows], names, metrics, rule, positive,
-                              int(config["head"]["seed"]))
+                              positive=positive, log_proba=logp)
+    clinical = served_figures(y[rows], proba, data.groups[rows], {c: v[rows] for c, v in data.meta.items()}, names,
+                              metrics, rule, positive, int(config["head"]["seed"]), run_subgroups(config))
     baseline_from = "training" if y_train is not None else "evaluated"
 
-    out = run_dir / ("eval-" + (path.stem if external else "test"))
     unmapped_counts = data.class_map["dropped"]
     by_names = data.class_map["targets"] == by_name(names).to_record()["targets"]
     shown_map = None if by_names else data.class_map  # a map, not names
     record = {"cache": str(path.resolve()), "external": external, "tta": tta, "class_map": shown_map,
-              "unmapped_classes": unmapped_counts, "notes": notes,
-              "features": features_record(data.features, memory_gb),
+              "unmapped_classes": unmapped_counts, "notes": notes, "run": str(run_dir.resolve()),
+              "out": str(out.resolve()), "features": features_record(data.features, memory_gb),
               # the baseline predicts the majority class of the run's training split when it can be read
               "majority_baseline_from": baseline_from, "decision_rule": rule.record(), **clinical}
     if external:
         record |= {"overlap_checked": overlap.checked, "overlap": overlap.record(),
                    "overlap_message": overlap.message(path.name)}
     record["metrics"] = metrics
-    with staged(out, overwrite=True) as tmp:  # an evaluation is derived: the newest replaces the last
+    with staged(out, overwrite) as tmp:  # whole or not at all: an older evaluation is kept until this one is
+        record["figures"] = write_figures(tmp, y[rows], proba, names, record,
+                                          f"external: {path.stem}" if external else "test split")
         write_json_atomic(tmp / "metrics.json", finite_or_null(record))  # undefined figures: null
-        write_predictions(tmp / "predictions.csv", data, split, proba, rows, names, rule.decision_weights)
+        write_predictions(tmp / "predictions.csv", data, split, proba, rows, names, rule.decision_weights, logp,
+                          rule.rule)
         if found:
-            _write_excluded(tmp / "excluded.csv", found)
-        plot_confusion(metrics["confusion_matrix"], names, tmp / "confusion.png",
-                       title=f"{'external: ' + path.stem if external else 'test split'}, {metrics['n']} images")
+            write_excluded(tmp / "excluded.csv", found)
         write_eval_report(tmp / "report.md", config, record, run_dir.name, out.name)
     return EvalResult(out, metrics, path, external, unmapped_counts, notes, overlap, baseline_from, shown_map)
+
+
+def eval_dir(run_dir: Path, data_name: str, tta: bool, calibrate: bool) -> Path:
+    """RUN/eval-<data>[-tta][-nocal], where an evaluation goes without --out. <data>: `test` (the run's own test
+    split) or the external cache's file name less `.h5`. One name per data and options, the same every time: a
+    script can find it, and an evaluation with other options (--tta, --no-calibrate) never replaces another."""
+    return run_dir / f"eval-{data_name}{'-tta' if tta else ''}{'' if calibrate else '-nocal'}"
+
+
+def check_out(out: Path, default: bool, run_dir: Path, caches: tuple[Path, ...], overwrite: bool) -> Path:
+    """Where the evaluation goes, checked before any work. Never the run, a cache or a folder holding one; never a
+    file or a folder of anything but an evaluation's files (--overwrite cannot delete them); an existing
+    evaluation only with --overwrite."""
+    restore_interrupted(out)  # an older evaluation left aside by a kill mid-publish
+    target = out.resolve()
+    for held in (run_dir, *caches):
+        if target == held.resolve() or target in held.resolve().parents:
+            raise InputError(f"--out {out} would replace {held}, which this evaluation reads; choose a folder that "
+                             f"holds neither the run nor a cache, e.g. {run_dir / 'eval-NAME'}")
+    if out.exists() and (not out.is_dir() or not {p.name for p in out.iterdir()} <= EVAL_FILES):
+        raise InputError(f"--out {out} exists and is {'a file' if not out.is_dir() else 'not an evaluation'}; "
+                         "evaluate replaces only an earlier evaluation's folder: choose another --out")
+    if out.exists() and not overwrite:
+        same = "an evaluation of the same data with the same options" if default else "an earlier evaluation"
+        raise InputError(f"evaluation {out} already exists ({same}); pass --overwrite to replace it, or --out DIR "
+                         "to keep both")
+    return out
+
+
+def write_figures(tmp: Path, y: np.ndarray, proba: np.ndarray, names: list[str], record: dict,
+                  what: str) -> list[str]:
+    """confusion.png, calibration.png (reliability) and roc.png of an evaluation, as train-head draws them; the
+    names of those written (no ROC curve where the images hold a single class)."""
+    m, op = record["metrics"], record.get("operating_point") or {}
+    marked = op.get("sensitivity") and op.get("specificity")  # undefined without positives or negatives here
+    plot_confusion(m["confusion_matrix"], names, tmp / "confusion.png", title=f"{what}, {m['n']} images")
+    plot_reliability(record["calibration"], tmp / "calibration.png", title=f"Reliability, {what} ({m['n']} images)")
+    if len(np.unique(y)) < 2:
+        return ["confusion.png", "calibration.png"]
+    positive = (m.get("positive") or {}).get("class")
+    plot_roc(y, proba, names, tmp / "roc.png", names.index(positive) if positive in names else None,
+             {"threshold": op["threshold"], "test": op} if marked else None, title=f"ROC, {what} ({m['n']} images)")
+    return ["confusion.png", "calibration.png", "roc.png"]
+
+
+def run_subgroups(config: dict) -> tuple[str, ...] | None:
+    """The --subgroups a run was trained with (from its recorded command); None: the default columns."""
+    command = [str(c) for c in config.get("command") or []]
+    if "--subgroups" in command[:-1]:
+        return parse_subgroups(command[command.index("--subgroups") + 1])
+    return None
 
 
 def _external_rows(run_dir: Path, config: dict, data: CacheData, path: Path, own: Path, names: list[str],
@@ -291,7 +246,7 @@ def _external_rows(run_dir: Path, config: dict, data: CacheData, path: Path, own
         raise InputError(f"no labeled image of {path} has a class the run knows ({', '.join(names)}); its "
                          f"classes are {', '.join(data.class_map['source_classes']) or 'none'}: map them with "
                          "--class-map 'RUNCLASS=CACHECLASS,...'")
-    overlap, found, y_train, more = _check_external(run_dir, own, names, run_task(config), data, rows)
+    overlap, found, y_train, more = check_external(run_dir, own, names, run_task(config), data, rows)
     notes += more
     if found:
         rows = np.setdiff1d(rows, [f["row"] for f in found])
@@ -318,25 +273,36 @@ def _own_test_rows(run_dir: Path, config: dict, data: CacheData, path: Path, nam
     return data, split, rows, y_train, notes
 
 
-def served_figures(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, names: list[str], metrics: dict,
-                   rule: DecisionRule, positive: int | None, seed: int) -> dict:
-    """Intervals of the headline metrics (into `metrics`), calibration figures and the run's operating point on
-    these images, as an evaluation record's fields."""
+def served_figures(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, meta: dict, names: list[str],
+                   metrics: dict, rule: DecisionRule, positive: int | None, seed: int,
+                   subgroups: tuple[str, ...] | None = None) -> dict:
+    """Intervals of the headline metrics (into `metrics`), calibration figures, the run's operating point and the
+    subgroup tables on these images, as an evaluation record's fields.
+
+    Calibration: before = the head's own probabilities (the run's calibration undone from `proba`, so both recompute
+    from predictions.csv and config.json), after = `proba` when the run's calibration was applied."""
     units = resampling_units(groups)
-    metrics["intervals"] = metric_intervals(y, proba, decide(proba, rule.decision_weights), names, metrics, units,
-                                            seed, positive)
-    out = {"bootstrap": bootstrap_record(units, groups, seed), "calibration": calibration_figures(y, proba, None)}
+    pred = decide(proba, rule.decision_weights)
+    metrics["intervals"] = metric_intervals(y, proba, pred, names, metrics, units, seed, positive)
+    before = rule.calibration.undo(proba) if rule.calibrated else proba
+    out = {"bootstrap": bootstrap_record(units, groups, seed),
+           "calibration": calibration_figures(y, before, proba if rule.calibrated else None)}
+    flagged = None
     if positive is not None and rule.threshold is not None and names[positive] == rule.positive:
         flagged = proba[:, positive] >= rule.threshold
         out["operating_point"] = {"positive": rule.positive, "threshold": rule.threshold,
                                   "positives": int((y == positive).sum()),
                                   **bootstrap(binary_stats(y, flagged, positive), None, units, seed,
                                               support=binary_support(y, flagged, positive, units))}
+    columns = subgroup_columns(meta, None) if subgroups is None else [c for c in subgroups if c in meta]
+    out["subgroups"] = {"columns": columns, "at": "operating point" if flagged is not None else "argmax",
+                        "tables": {c: subgroup_table(c, meta[c], y, pred, flagged, groups, positive, seed,
+                                                     class_names=names) for c in columns}}
+    missing = [c for c in subgroups or () if c not in meta]
+    if missing or not columns:
+        out["subgroups"]["note"] = (
+            f"the run's subgroup columns {', '.join(missing)} are not in the evaluated cache" if missing else
+            "the run was trained with --subgroups none" if subgroups == () else
+            "the evaluated cache stores no sex, age, body-site or dataset column; extract it with --metadata CSV "
+            "to get subgroup results")
     return out
-
-
-def _write_excluded(path: Path, found: list[dict]) -> None:
-    """excluded.csv: each external image left out, why, and the training image id (same bytes) or lesion id."""
-    import pandas as pd
-
-    write_csv(path, pd.DataFrame(found).drop(columns="row"))

@@ -28,6 +28,7 @@ def write_leaderboard(results: list[dict], metric: str, out: Path) -> list[dict]
         s = r["summary"]
         cfg = r["config"]
         rows.append({"id": r["id"], "score": s[metric]["mean"], "std": s[metric]["std"],
+                     "folds": s[metric].get("n", len(r.get("folds") or ())),  # scores the mean and std rest on
                      **{f"{k}": s[k]["mean"] for k in METRICS if k != metric},
                      "best_epoch": s["best_epoch"]["mean"], "seconds": round(r["seconds"], 2),
                      **{k: (",".join(map(str, v)) if k == "hidden" else v) for k, v in cfg.items()},
@@ -44,7 +45,7 @@ def write_leaderboard(results: list[dict], metric: str, out: Path) -> list[dict]
 
 def format_leaderboard(rows: list[dict], metric: str, top: int | None = None) -> str:
     """The ranked rows as a Markdown table (leaderboard.md, and the top `top` in the command's output)."""
-    spread = " (mean ± std)" if any(r["std"] is not None for r in rows) else ""
+    spread = f" (mean ± SD over {_folds(rows)} folds)" if any(r["std"] is not None for r in rows) else ""
     header = ["rank", f"{metric}{spread}", "hidden", "dropout", "optimizer", "lr", "decay", "batch", "class weight",
               "seed", "epochs", "id"]
     cells = []
@@ -57,6 +58,12 @@ def format_leaderboard(rows: list[dict], metric: str, top: int | None = None) ->
     return "\n".join(md_table(header, cells))
 
 
+def _folds(rows: list[dict]) -> str:
+    """The number of folds behind the rows' spreads ("3", or "2-3" where a metric was undefined in some folds)."""
+    ks = sorted({r.get("folds") for r in rows if r["std"] is not None and r.get("folds")})
+    return "?" if not ks else str(ks[0]) if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+
+
 def head_size(row: dict) -> tuple[int, int]:
     """How complex a leaderboard row's head is: (hidden units in all, hidden layers); a linear head is (0, 0)."""
     hidden = [int(h) for h in str(row["hidden"] or "").split(",") if h.strip() and int(h)]
@@ -65,8 +72,8 @@ def head_size(row: dict) -> tuple[int, int]:
 
 def choose_winner(rows: list[dict], metric: str) -> tuple[str | None, str]:
     """(id, how) of the winner: the best mean score; configurations whose mean is within one standard deviation
-    (over folds) of the best count as tied, and the simplest head among them wins (fewest hidden units, then
-    layers; then the higher mean). Without a spread (no folds) the best mean wins outright."""
+    (the sample standard deviation over folds) of the best count as tied, and the simplest head among them wins
+    (fewest hidden units, then layers; then the higher mean). Without a spread (no folds) the best mean wins."""
     scored = [r for r in rows if r["score"] is not None]
     if not scored:
         return None, "no configuration has a score"
@@ -76,7 +83,8 @@ def choose_winner(rows: list[dict], metric: str) -> tuple[str | None, str]:
     floor = best["score"] - best["std"]
     tied = [r for r in scored if r["score"] >= floor]
     winner = min(tied, key=lambda r: (head_size(r), -r["score"], r["id"]))
-    how = (f"highest mean {metric} over folds is {fmt(best['score'])} ± {fmt(best['std'])} ({best['id']}); "
+    how = (f"highest mean {metric} over {_folds([best])} folds is {fmt(best['score'])} ± {fmt(best['std'])} "
+           f"(sample standard deviation; {best['id']}); "
            f"{len(tied)} configuration{'s' * (len(tied) != 1)} within one standard deviation of it "
            f"(mean >= {fmt(floor)}) count as tied, and the simplest head among them wins (fewest hidden units, "
            f"then fewest layers): {winner['id']}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..stats import binary_positive, log_of, ovr_scores
 
 
 def _figure(width: float, height: float):
@@ -140,28 +141,45 @@ def plot_reliability(figures: dict, path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def plot_roc(y: np.ndarray, proba: np.ndarray, class_names: list[str], path, positive: int | None = None,
-             point: dict | None = None, title: str = "") -> Path:
-    """One-vs-rest ROC curve per class present; the positive class drawn bold, its operating point marked."""
+def roc_curves(y: np.ndarray, log_proba: np.ndarray, class_names: list[str],
+               positive: int | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """class index -> (false positive rates, true positive rates) of its one-vs-rest ROC curve, for each class
+    present with both positives and negatives; of two classes, the positive class's only (`stats.binary_positive`):
+    the other's is the same curve mirrored. Ranked by `stats.ovr_scores`, as the AUCs of metrics.json are."""
     from sklearn.metrics import roc_curve
 
+    scores = ovr_scores(log_proba)  # (N, C)
+    shown = [binary_positive(class_names, positive)] if len(class_names) == 2 else range(len(class_names))
+    curves = {}
+    for k in shown:
+        hit = y == k
+        if hit.any() and not hit.all():
+            fpr, tpr, _ = roc_curve(hit, scores[:, k])
+            curves[k] = (fpr, tpr)
+    return curves
+
+
+def plot_roc(y: np.ndarray, proba: np.ndarray, class_names: list[str], path, positive: int | None = None,
+             point: dict | None = None, title: str = "", log_proba: np.ndarray | None = None) -> Path:
+    """`roc_curves` drawn, the positive class bold and its operating point marked; one curve of two classes.
+
+    `log_proba`: float64 log-probabilities (else the log of `proba`): probabilities rounded to 0 or 1 would draw
+    false ties as straight segments."""
+    binary = len(class_names) == 2
     fig = _figure(6.0, 5.5)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    for k, name in enumerate(class_names):
-        hit = y == k
-        if hit.all() or not hit.any():
-            continue
-        fpr, tpr, _ = roc_curve(hit, proba[:, k])
-        bold = k == positive
-        ax.plot(fpr, tpr, linewidth=2.5 if bold else 1.0, alpha=1.0 if bold else 0.6, label=name,
-                zorder=3 if bold else 2)
+    for k, (fpr, tpr) in roc_curves(y, log_of(proba) if log_proba is None else log_proba, class_names,
+                                    positive).items():
+        bold = k == positive or binary
+        ax.plot(fpr, tpr, linewidth=2.5 if bold else 1.0, alpha=1.0 if bold else 0.6,
+                label=class_names[k] + (f" against {class_names[1 - k]}" if binary else ""), zorder=3 if bold else 2)
     if point and point.get("threshold") is not None:
         sens, spec = point["test"]["sensitivity"]["value"], point["test"]["specificity"]["value"]
         ax.plot([1 - spec], [sens], marker="*", markersize=14, color="black", linestyle="none", zorder=4,
                 label=f"operating point (p >= {point['threshold']:.3f})")
     ax.set_xlabel("1 - specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_title(title or "ROC curves, one class against the rest")
+    ax.set_title(title or ("ROC curve" if binary else "ROC curves, one class against the rest"))
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ..heads import describe, run_class_names
-from ..stats import fmt
+from ..heads import run_class_names
+from ..stats import FEW_LESIONS, fmt
 from ..util import md_code, md_table, md_text
+from .decision import decision_section
+from .figures import FEW, ci, few_note
 
 # Text from data (class names, metadata values, paths, the run's name) goes in through md_table (every table cell),
 # md_text (prose) or md_code (a code span): a `|`, a line break or HTML in a value cannot add cells or tags.
@@ -27,15 +29,6 @@ def class_map_section(record: dict | None) -> list[str]:
     return lines + [""]
 
 
-def ci(record: dict | None, digits: int = 3) -> str:
-    """An interval record as `0.812 (0.781-0.842)`; "-" when undefined."""
-    if not record:
-        return "-"
-    if record.get("lower") is None:
-        return fmt(record["value"], digits)
-    return f"{fmt(record['value'], digits)} ({fmt(record['lower'], digits)}-{fmt(record['upper'], digits)})"
-
-
 def results_section(metrics: dict, names: list[str]) -> list[str]:
     """Headline test figures with their bootstrap intervals, and per-class recall with intervals."""
     test, boot = metrics["test"], metrics["bootstrap"]
@@ -44,9 +37,12 @@ def results_section(metrics: dict, names: list[str]) -> list[str]:
     lines = ["### Test split, with 95% intervals",
              f"Intervals: {boot['resamples']} bootstrap resamples of the test split's {boot['units']} "
              f"{'lesions/patients' if boot['unit'].startswith('lesion') else 'images (no group ids)'} "
-             f"(percentile method, seed {boot['seed']}). Predictions: "
-             + ("the head's own classes (calibration changes probabilities, not decisions)."
-                if (metrics.get("calibration") or {}).get("applied") else "the class of highest probability."), ""]
+             f"(seed {boot['seed']}). Proportions (sensitivity, specificity, recall, PPV, NPV) get the exact binomial "
+             "(Clopper-Pearson) interval on their effective number of images: the images divided by the design "
+             "effect those resamples measure (images of one lesion agree, so they count for less); AUC and balanced "
+             f"accuracy the resamples' percentile interval. {FEW}: fewer than {FEW_LESIONS} lesions. Predictions: "
+             f"the {(metrics.get('decision_rule') or {}).get('rule', 'balanced')} decision rule (see Decision rule).",
+             ""]
     header = ["n", "balanced acc", "macro AUC"] + ([f"{pos} sensitivity", f"{pos} specificity"] if pos else [])
     row = [test["n"], ci(iv["balanced_accuracy"]), ci(iv["roc_auc_macro"])]
     row += [ci(iv["sensitivity"]), ci(iv["specificity"])] if pos else []
@@ -75,22 +71,37 @@ def operating_point_section(metrics: dict) -> list[str]:
 
 
 def calibration_section(metrics: dict) -> list[str]:
+    """## Calibration: what was done (applied, or skipped and why), its check on validation, and the test figures of
+    the head's own and the calibrated probabilities, both scored on the run's decisions."""
     cal = metrics["calibration"]
     f = cal["test"]
-    lines = ["## Calibration", f"Expected calibration error ({f['bins']} bins, top class) and Brier score on the "
-             "test split; lower is better.", ""]
+    lines = ["## Calibration", f"Whether the probability given to {f.get('confidence_of', 'the most probable class')} "
+             f"matches how often it is right: expected calibration error ({f['bins']} bins), Brier score and negative "
+             "log-likelihood (NLL) on the test split; lower is better. Both rows score the same decisions, so they "
+             "differ only in the probabilities.", ""]
+    cross = cal.get("cross_fit")
+    forms = cross.get("candidates", {}) if cross else {}
+    checked = (f" Checked on validation by cross-fitting ({cross['folds']} folds of whole lesions, each scored by a "
+               f"temperature fitted on the others): held-out NLL {fmt(cross['nll_before'])} without calibration, "
+               f"{fmt(cross['nll_after'])} with" + (" (" + ", ".join(f"{md_text(k)} {fmt(v)}" for k, v in forms.items())
+                                                     + ")" if len(forms) > 1 else "") + "." if cross else "")
+    rule = [f"Rule: calibration is {md_text(cal['rule'])}.", ""] if cal.get("rule") else []
     if cal.get("applied"):
         shift = any(cal["prior_shift"])
         lines += [f"Temperature scaling fitted on the validation split: T = {cal['temperature']:.3f}"
                   + (", after undoing the prior shift of the balanced class weights (probabilities then estimate "
                      "the training prevalence; the predicted classes stay the head's own)" if shift else "")
-                  + ". `head.keras`, `predictions.csv`, `evaluate`, `predict` and `export` give the calibrated "
-                  "probabilities (`--no-calibrate` for the head's own).", ""]
-        lines += md_table(["", "ECE", "Brier"], [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"])],
-                                                 ["calibrated", fmt(f["ece_after"]), fmt(f["brier_after"])]])
+                  + "." + checked + " `head.keras`, `predictions.csv`, `evaluate`, `predict` and `export` give the "
+                  "calibrated probabilities (`--no-calibrate` for the head's own).", ""] + rule
+        lines += md_table(["", "ECE", "Brier", "NLL"],
+                          [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"]), fmt(f.get("nll_before"))],
+                           ["calibrated", fmt(f["ece_after"]), fmt(f["brier_after"]), fmt(f.get("nll_after"))]])
     else:
-        lines += [f"Not calibrated: {md_text(cal['reason'])}.", ""]
-        lines += md_table(["", "ECE", "Brier"], [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"])]])
+        lines += [f"Not calibrated: {md_text(cal['reason'])}." + checked + " Probabilities and decisions are the "
+                  "head's own, in `head.keras`, `predictions.csv`, `evaluate`, `predict` and `export`.", ""] + rule
+        lines += md_table(["", "ECE", "Brier", "NLL"],
+                          [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"]), fmt(f.get("nll_before"))]])
+    lines += [""] + [f"**Flag:** {md_text(x)}." for x in cal.get("flags", [])]
     return lines + ["", "![reliability diagram](calibration.png)", ""]
 
 
@@ -110,22 +121,41 @@ def lesion_section(metrics: dict) -> list[str]:
 
 
 def subgroup_section(metrics: dict) -> list[str]:
+    """## Subgroups: per metadata column, figures that compare like with like (the positive class's sensitivity and
+    specificity, each class's recall with its count), balanced accuracy only where a subgroup holds every class."""
     sub = metrics.get("subgroups") or {}
     lines = ["## Subgroups"]
     if not sub.get("columns"):
         return lines + [md_text(sub.get("note", "None asked for (--subgroups none)")) + ".", ""]
     pos = metrics.get("positive")
-    at = "at the operating point" if sub["at"] == "operating point" else "at the argmax"
+    at = "at the operating point" if sub["at"] == "operating point" else "as predicted"
     lines += [f"Test split by metadata column; intervals resample lesions within the subgroup. A subgroup of "
               f"few images or few {md_text(pos or 'positive')} cases has a wide interval: read it before the figure. A "
-              "figure resting on a single lesion has no interval (resampling one lesion cannot show its "
-              "uncertainty), and under about ten cases the percentile interval understates it.", ""]
+              f"figure resting on fewer than {FEW_LESIONS} lesions is marked {FEW}; proportions get the exact "
+              "binomial interval on their effective number of images, as in the test results. Balanced accuracy "
+              "is the mean recall over every class of the run, so it is shown only for a subgroup holding all of "
+              "them; elsewhere the missing classes are named (a mean over the classes a subgroup happens to hold "
+              "would be another quantity in each row). Recall by class: the recall, its interval and the "
+              "subgroup's images of that class; `-` where it has none.", ""]
     for col, rows in sub["tables"].items():
-        header = [col, "images", "lesions", "balanced acc"] + ([f"{pos} images", f"{pos} sensitivity ({at})"]
-                                                               if pos else [])
-        lines += md_table(header, [[r["value"], r["images"], r["lesions"], ci(r["balanced_accuracy"])]
-                                   + ([r["positives"], ci(r["sensitivity"])] if pos else []) for r in rows]) + [""]
+        header = [col, "images", "lesions"] + ([f"{pos} images (lesions)", f"{pos} sensitivity ({at})",
+                                                f"{pos} specificity ({at})"] if pos else []) + ["balanced acc"]
+        lines += md_table(header, [[r["value"], r["images"], r["lesions"]]
+                                   + ([f"{r['positives']} ({r.get('positive_lesions', '-')})", ci(r["sensitivity"]),
+                                       ci(r.get("specificity"))] if pos else [])
+                                   + [_balanced_cell(r)] for r in rows]) + [""]
+        names = list(rows[0].get("per_class") or {}) if rows else []
+        if names:
+            lines += [f"Recall by class, by {md_text(col)}:", ""]
+            lines += md_table([col, *names], [[r["value"]] + [f"{ci(r['recall'][n])}, n={r['per_class'][n]}"
+                                                              if n in r["recall"] else "-" for n in names]
+                                              for r in rows]) + [""]
     return lines
+
+
+def _balanced_cell(row: dict) -> str:
+    missing = row.get("missing_classes") or []
+    return ci(row["balanced_accuracy"]) if not missing else "- (no " + ", ".join(missing) + ")"
 
 
 def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits: list[str] = ()) -> Path:
@@ -138,7 +168,7 @@ def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits
               "majority-class baseline always predicts the most frequent training class.", ""]
     lines += _splits_table(metrics)
     test = metrics["test"]
-    lines += [""]
+    lines += [""] + decision_section(metrics, names)
     if "bootstrap" in metrics:
         lines += results_section(metrics, names)
     lines += ["### Class-wise results on the test split", ""]
@@ -153,13 +183,28 @@ def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits
         lines += subgroup_section(metrics)
     lines += _views_section(config.get("views") or {}, metrics)
     if config.get("selection"):
-        lines += ["", "## Selection", f"Chosen by sweep {md_code(config.get('from', ''))}: "
-                  f"{md_text(config['selection'])}."]
+        lines += _selection_section(config)
     lines += _training_section(config, metrics, names)
     if limits:
         lines += ["## Limitations", ""] + [f"- {md_text(x)}" for x in limits] + [""]
+    lines += few_note(lines)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _selection_section(config: dict) -> list[str]:
+    """## Selection: the sweep that chose this head (its directory), how, and the winner's validation scores."""
+    sweep = config.get("sweep") or (config.get("split") or {}).get("from") or "(not recorded)"
+    lines = ["", "## Selection", f"Chosen by sweep {md_code(sweep)}: {md_text(config['selection'])}."]
+    scores = config.get("validation") or {}
+    metric = config.get("selected_by")
+    s = scores.get(metric) or {}
+    if s.get("mean") is not None:
+        n = s.get("n")
+        spread = (f" ± {fmt(s['std'])} (sample standard deviation over {n} folds)" if s.get("std") is not None
+                  else " (one validation split, no spread)")
+        lines += ["", f"Validation {md_text(metric)} of this configuration: {fmt(s['mean'])}{spread}."]
+    return lines
 
 
 def _data_section(cache: dict, names: list[str]) -> list[str]:
@@ -211,10 +256,16 @@ def _views_section(views: dict, metrics: dict) -> list[str]:
     evaluation = "averaged probabilities over all views (--tta)" if views["tta"] else "used the plain view"
     lines = ["", "### Augmented views",
              f"The cache stores {views['stored']} augmented views per image besides the plain one. "
-             f"Training {training}; evaluation {evaluation}. The effect, on the same split:", ""]
+             f"Training {training}; evaluation {evaluation}. The effect, on the same split, each row scored as this "
+             "run's figures are (" + ("calibrated probabilities, " if (metrics.get("calibration") or {}).get("applied")
+                                      else "") + f"the {(metrics.get('decision_rule') or {}).get('rule', 'balanced')} "
+             "decision rule); the row marked (this run) is the one the rest of this report shows:", ""]
     tests = {name: m["test"] for name, m in metrics.get("views_comparison", {}).items()}
+    # the run's own figures: with TTA the TTA row, else this head on the plain view (train.py's _views_comparison)
+    mine = [name for name in tests if (", TTA over " in name if views["tta"] else name.endswith("plain view only"))]
     return lines + md_table(["variant", "test balanced acc", "test accuracy", "test macro AUC", "melanoma sens"],
-                            [[name, fmt(t["balanced_accuracy"]), fmt(t["accuracy"]), fmt(t["roc_auc_macro"]),
+                            [[name + (" (this run)" if name in mine else ""), fmt(t["balanced_accuracy"]),
+                              fmt(t["accuracy"]), fmt(t["roc_auc_macro"]),
                               fmt((t.get("melanoma") or {}).get("sensitivity"))] for name, t in tests.items()])
 
 
@@ -267,70 +318,5 @@ def write_finetune_report(path: Path, config: dict, metrics: dict, name: str) ->
         lines += [f"{len(bad)} test images could not be read and are left out of the fine-tuned row.", ""]
     lines += ["![training curves](curves.png)", "", "![confusion matrix, test split](confusion.png)", "",
               f"Rerun: {md_code(shlex.join(config['command']))}", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
-def served_section(record: dict, m: dict, names: list[str]) -> list[str]:
-    """An evaluation's intervals, calibration and the run's operating point on the evaluated images."""
-    rule, boot, iv, cal = record["decision_rule"], record["bootstrap"], m["intervals"], record["calibration"]
-    pos = (m.get("positive") or {}).get("class")
-    lines = [f"With 95% intervals ({boot['resamples']} bootstrap resamples of {boot['units']} "
-             f"{'lesions/patients' if boot['unit'].startswith('lesion') else 'images'}); probabilities "
-             + (f"calibrated by the run (temperature {rule['temperature']:.3f})." if rule["calibrated"] else
-                "as the head gives them (not calibrated)."), ""]
-    header = ["balanced acc", "macro AUC"] + ([f"{pos} sensitivity", f"{pos} specificity"] if pos else [])
-    row = [ci(iv["balanced_accuracy"]), ci(iv["roc_auc_macro"])] + ([ci(iv["sensitivity"]), ci(iv["specificity"])]
-                                                                    if pos else [])
-    lines += md_table(header, [row])
-    lines += ["", f"Calibration on these images: ECE {fmt(cal['ece_before'])} ({cal['bins']} bins), Brier "
-              f"{fmt(cal['brier_before'])}."]
-    op = record.get("operating_point")
-    if op:
-        pos = md_text(op["positive"])
-        lines += ["", f"At the run's operating point ({pos} probability >= {op['threshold']:.4f}, chosen "
-                  f"on its validation split; {op['positives']} {pos} images here):", ""]
-        lines += md_table(["sensitivity", "specificity", "PPV", "NPV"],
-                          [[ci(op["sensitivity"]), ci(op["specificity"]), ci(op["ppv"]), ci(op["npv"])]])
-    return lines
-
-
-def write_eval_report(path: Path, config: dict, record: dict, run_name: str, name: str) -> Path:
-    """report.md of `bottleneck evaluate`: which data, what was left out and why, and the results."""
-    m, external = record["metrics"], record["external"]
-    base, mel = m["majority_baseline"], m.get("melanoma") or {}
-    cache = md_code(record["cache"])
-    what = f"external cache {cache}" if external else f"the run's test split of {cache}"
-    lines = [f"# Evaluation {md_code(name)} of head run {md_code(run_name)}", "", f"- data: {what}, {m['n']} images"]
-    if external:
-        lines.append(f"- overlap with the run's training and validation data: {md_text(record['overlap_message'])}"
-                     + (" (listed in `excluded.csv`)" if record["overlap"]["excluded"] else ""))
-    if record.get("class_map"):
-        lines.append(f"- class map {md_code(record['class_map']['spec'])} (the cache's classes onto the run's): "
-                     + md_text("; ".join(describe(record["class_map"]))))
-    elif record["unmapped_classes"]:
-        lines.append("- classes the run does not know (left out): "
-                     + md_text(", ".join(f"{k} ({v:,} images)" for k, v in record["unmapped_classes"].items())))
-    lines += [f"- note: {md_text(n)}" for n in record["notes"]]
-    baseline = ("the most frequent class of the run's training split" if record["majority_baseline_from"] == "training"
-                else "the most frequent class of the evaluated images (the training labels could not be read)")
-    lines += ["", "## Results", f"The majority-class baseline always predicts {baseline}: {md_code(base['class'])}.",
-              ""]
-    lines += md_table(["n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
-                       "melanoma sens", "melanoma spec"],
-                      [[m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
-                        fmt(base["accuracy"]), fmt(base["balanced_accuracy"]), fmt(mel.get("sensitivity")),
-                        fmt(mel.get("specificity"))]])
-    names = run_class_names(config)
-    lines += [""] + served_section(record, m, names)
-    lines += ["", "### Class-wise results", ""]
-    lines += md_table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
-                      [[n, m["per_class"][n]["support"], fmt(m["per_class"][n]["precision"]),
-                        fmt(m["per_class"][n]["recall"]), fmt(m["per_class"][n]["f1"]),
-                        fmt(m["roc_auc_per_class"].get(n))] for n in names])
-    lines += ["", "![confusion matrix](confusion.png)", "",
-              "Files: `metrics.json`, `predictions.csv` (probabilities at full precision: the metrics recompute "
-              "exactly from it)" + (", `excluded.csv`" if external and record["overlap"]["excluded"] else "")
-              + ", `confusion.png`.", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -44,7 +44,8 @@ from ..util import sha256_file, write_json_atomic
 from .directory import write_history
 from .grid import config_id
 from .leaderboard import METRICS, choose_winner, format_leaderboard, metric_score, write_leaderboard
-from .train import RunOptions, fit_and_write, require_views, resolve_split, task_map, tta_proba
+from .train import RunOptions, fit_and_write, resolve_split, task_map
+from .views import require_views, tta_proba
 
 
 def fit_part(x, y: np.ndarray, part: tuple[np.ndarray, np.ndarray, np.ndarray], num_classes: int,
@@ -119,13 +120,19 @@ def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None
         per_fold.append({"n": m["n"], "n_fit": int(len(fit)), "n_early_stopping": int(len(stop)),
                          "best_epoch": trained.best_epoch,
                          **{k: metric_score(m, k) for k in METRICS}})
+    return {"id": config_id(cfg), "config": cfg.to_dict(), "folds": per_fold, "summary": fold_summary(per_fold),
+            "seconds": time.perf_counter() - start, "streamed": is_streamed(x), "history": history}
+
+
+def fold_summary(per_fold: list[dict]) -> dict:
+    """Per metric (and best epoch): the mean over folds, the sample standard deviation (ddof=1: the folds are a
+    sample of the splits that could have been drawn) and the number of folds it rests on; no spread from one."""
     summary = {}
     for k in METRICS + ("best_epoch",):
-        vals = [p[k] for p in per_fold if p[k] is not None]
+        vals = [p[k] for p in per_fold if p.get(k) is not None]
         summary[k] = {"mean": float(np.mean(vals)) if vals else None,
-                      "std": float(np.std(vals)) if len(vals) > 1 else None}  # no spread from one score
-    return {"id": config_id(cfg), "config": cfg.to_dict(), "folds": per_fold, "summary": summary,
-            "seconds": time.perf_counter() - start, "streamed": is_streamed(x), "history": history}
+                      "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None, "n": len(vals)}
+    return summary
 
 
 @dataclass
@@ -169,7 +176,9 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
         cdir = out / "configs" / config_id(cfg)
         done = cdir / "result.json"
         if done.is_file():
-            results.append(json.loads(done.read_text()))
+            res = json.loads(done.read_text())
+            res["summary"] = fold_summary(res["folds"])  # from the fold scores: a result of an older version too
+            results.append(res)
             skipped += 1
             continue
         res = evaluate_config(data, split, folds, cfg, views, tta_stream_gb, seed=opts.split.seed)
@@ -204,6 +213,7 @@ def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions
                       replace(cfg, epochs=epochs), best_dir, run_opts,
                       command=["bottleneck", "sweep", str(data.path), "--out", str(out)]
                       + (["--class-map", opts.class_map.argument] if opts.class_map else []), final=True,
-                      extra_config={"sweep_config_id": best_id, "selected_by": opts.metric, "selection": how,
+                      extra_config={"sweep": str(out), "sweep_config_id": best_id, "selected_by": opts.metric,
+                                    "selection": how,
                                     "validation": best["summary"]})
     return r.run_dir, r.metrics

@@ -18,12 +18,10 @@ import numpy as np
 from ..cache import (
     GIB,
     CacheData,
-    ViewsReader,
     features_record,
     is_streamed,
     library_versions,
     load_cache_within,
-    read_views,
     resolve_memory_gb,
     take,
 )
@@ -43,18 +41,21 @@ from ..heads import (
     load_split,
     make_split,
     map_classes,
-    predict_proba,
+    predict_log_proba,
     recorded_map,
     save_split,
 )
-from ..images import view_sampler
 from ..stats import (
     Calibration,
     ClinicalOptions,
+    DecisionRule,
+    calibrate_on_validation,
     calibration_figures,
+    check_decision,
     check_target,
     choose_threshold,
     clinical_results,
+    data_checks,
     decide,
     evaluate_splits,
     few_groups_warning,
@@ -62,6 +63,7 @@ from ..stats import (
     positive_index,
     small_class_warnings,
     subgroup_columns,
+    uncalibrated_record,
     warn,
 )
 from ..util import finite_or_null, write_json_atomic
@@ -69,6 +71,7 @@ from .directory import cache_record, check_free, read_config, staged, write_hist
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .report import write_head_report
 from .sanity import run_warnings
+from .views import require_views, tta_log_proba, view_batches
 
 EVAL_SPLITS = ("val", "test")
 
@@ -87,6 +90,7 @@ class RunOptions:
     views_memory_gb: float | None = None  # views beyond this are streamed; None: what memory_gb leaves them
     class_map: ClassMap | None = None  # the task (class_map.py); None: the cache's classes, or --split-from's map
     clinical: ClinicalOptions = ClinicalOptions()  # --positive, --target-sensitivity, --subgroups, --no-calibrate
+    decision: str = "balanced"  # --decision: balanced (equal-prior) or most-probable (stats.DecisionRule)
 
 
 @dataclass
@@ -115,6 +119,7 @@ def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) ->
     if c.subgroups is not None:
         command += ["--subgroups", ",".join(c.subgroups) or "none"]
     command += [] if c.calibrate else ["--no-calibrate"]
+    command += ["--decision", opts.decision]
     if opts.memory_gb is not None:  # the resolved budget: the rerun streams (or not) as this run did
         command += ["--memory-gb", f"{opts.memory_gb:g}"]
     return command + ["--augment"] * opts.augment + ["--tta"] * opts.tta
@@ -124,6 +129,7 @@ def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: Run
     """Train a head off `cache`, evaluate it on validation and test, and write a run directory."""
     head.validate()
     check_target(opts.clinical.target_sensitivity)
+    check_decision(opts.decision)
     opts = replace(opts, memory_gb=resolve_memory_gb(opts.memory_gb))
     cache = Path(cache)
     out = Path(opts.out) if opts.out else opts.runs_dir / f"{cache.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -171,6 +177,8 @@ class HeadFit:
     metrics: dict
     sizes: dict  # split -> images, groups, per-class counts
     calibration: Calibration | None = None  # folded into trained.model's last layer
+    log_proba: np.ndarray | None = None  # (len(rows), C) float64 log-probabilities `proba` is exp of: what AUCs rank
+    rule: DecisionRule | None = None  # how `proba` became decisions (--decision)
 
 
 def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: RunOptions = RunOptions(),
@@ -194,37 +202,40 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
     batches = view_batches(data, fit_rows, head, views_gb) if opts.augment else None
     trained = fit_head(take(x, fit_rows), y[fit_rows], val_x, val_y, len(names), head,
                        callbacks=[epoch_bar(head.epochs, opts.progress)], batches=batches)
-    plain_proba = predict_proba(trained.model, take(x, rows))
-    raw = tta_proba(trained.model, data, rows, plain_proba, views_gb) if opts.tta else plain_proba
+    plain_logp = predict_log_proba(trained.model, take(x, rows))  # (len(rows), C) float64, the head's own
+    raw_logp = tta_log_proba(trained.model, data, rows, plain_logp, views_gb) if opts.tta else plain_logp
+    plain_proba, raw = np.exp(plain_logp), np.exp(raw_logp)
     in_val, in_test = split[rows] == "val", split[rows] == "test"
     positive = positive_index(names, opts.clinical.positive)
-    calibration, cal_record = _calibrate(trained, plain_proba[in_val], y[rows][in_val], y[fit_rows], len(names),
-                                         head, opts, final)
-    finish = calibration.apply if calibration else (lambda p: p)
-    weights = calibration.decision_weights if calibration else None
+    calibration, cal_record = _calibrate(trained, plain_proba[in_val], y[rows][in_val], data.groups[rows][in_val],
+                                         y[fit_rows], names, head, opts, final)
+    rule = DecisionRule.chosen(opts.decision, calibration)
+    weights = rule.decision_weights
 
-    def evaluate(p, calibrated=False):
-        return evaluate_splits(y[rows], p if calibrated else finish(p), split[rows], names, y[fit_rows],
-                               splits=eval_splits, decision_weights=weights, positive=positive)
+    def evaluate(logp):  # every split's metrics of (served) log-probabilities, decided by the run's rule
+        return evaluate_splits(y[rows], np.exp(logp), split[rows], names, y[fit_rows], splits=eval_splits,
+                               decision_weights=weights, positive=positive, log_proba=logp)
 
-    proba = finish(plain_proba)
-    if opts.tta and calibration:
-        proba = tta_proba(trained.model, data, rows, proba, views_gb)
-    elif opts.tta:
-        proba = raw
-    metrics = evaluate(proba, calibrated=True)
+    served_plain, logp = _served_log_proba(trained.model, data, rows, calibration, (plain_logp, raw_logp),
+                                           views_gb if opts.tta else None)
+    proba = np.exp(logp)
+    metrics = evaluate(logp)
+    metrics["decision_rule"] = rule.record() | {"on_test": metrics["test"]["not_most_probable"]}
     if opts.augment or opts.tta:  # the effect of views, on the same split
-        metrics["views_comparison"] = _views_comparison(data, rows, fit_rows, val_x, val_y, head, opts, plain_proba,
-                                                        metrics_copy(metrics, eval_splits), evaluate)
+        metrics["views_comparison"] = _views_comparison(data, rows, fit_rows, val_x, val_y, head, opts, served_plain,
+                                                        metrics_copy(metrics, eval_splits), evaluate, calibration)
     fitted = np.isin(rows, fit_rows)
     metrics["train"] = {"n": int(len(fit_rows)),
                         "accuracy": float((decide(proba[fitted], weights) == y[rows][fitted]).mean())}
     # Degenerate features or a one-class head: said in metrics.json and warned (one `warning:` line in the CLI).
-    found = run_warnings(take(x, fit_rows), proba[split[rows] == "test"], names)
+    found = run_warnings(take(x, fit_rows), proba[split[rows] == "test"], names) + cal_record.get("flags", [])
     sizes = _split_sizes(data, idx)
     test = rows[in_test]
     metrics["calibration"] = cal_record | {"test": calibration_figures(y[test], raw[in_test],
-                                                                        proba[in_test] if calibration else None)}
+                                                                        proba[in_test] if calibration else None,
+                                                                        decide(proba[in_test], weights))}
+    metrics["data_checks"] = data_checks({k: v[rows] for k, v in data.meta.items()}, split[rows],
+                                         str(data.attrs.get("source", "")), bool(sizes["test"]["groups"]))
     metrics |= clinical_results(names, y[test], proba[in_test], data.groups[test],
                                 {k: v[test] for k, v in data.meta.items()}, metrics["test"],
                                 opts.clinical, head.seed, weights,
@@ -236,41 +247,58 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
                                                            opts.clinical.target_sensitivity)
     small = small_class_warnings({s: sizes[s] for s in SPLITS if s != "val" or not final})
     small += few_groups_warning(metrics["bootstrap"]["units"], bool(sizes["test"]["groups"]))
-    warn(small)
+    warn(cal_record.get("flags", []) + small)  # run_warnings warned its own
     if found or small:
         metrics["warnings"] = found + small
     metrics["small_numbers"] = small
-    return HeadFit(trained, rows, fit_rows, proba, metrics, sizes, calibration)
+    return HeadFit(trained, rows, fit_rows, proba, metrics, sizes, calibration, logp, rule)
 
 
-def _calibrate(trained: TrainedHead, proba_val: np.ndarray, y_val: np.ndarray, y_fit: np.ndarray, n_classes: int,
-               head: HeadConfig, opts: RunOptions, final: bool) -> tuple[Calibration | None, dict]:
-    """(calibration, its config/metrics record): fitted on the validation split's plain-view probabilities and
-    folded into the head's last layer; None without a held-out validation split or with --no-calibrate."""
+def _calibrate(trained: TrainedHead, proba_val: np.ndarray, y_val: np.ndarray, groups_val: np.ndarray,
+               y_fit: np.ndarray, names: list[str], head: HeadConfig, opts: RunOptions,
+               final: bool) -> tuple[Calibration | None, dict]:
+    """(calibration, its config/metrics record): fitted on the validation split's plain-view probabilities where
+    it helps (`calibrate_on_validation`) and folded into the head's last layer; None without a held-out validation
+    split, with --no-calibrate, or where validation is too small or calibration does not lower its held-out NLL."""
+    weights = class_weights(y_fit, len(names), head.class_weight)
     if final:
-        return None, {"applied": False, "reason": "trained on train+val: no held-out validation split to fit a "
-                      "temperature on"}
+        return None, uncalibrated_record("trained on train+val: no held-out validation split to fit a temperature "
+                                         "on", len(names), weights)
     if not opts.clinical.calibrate:
-        return None, {"applied": False, "reason": "switched off (--no-calibrate)"}
+        return None, uncalibrated_record("switched off (--no-calibrate)", len(names), weights)
     # Fitted on the plain view; with TTA the calibrated probabilities of the views are averaged, as the
     # folded head gives them to evaluate --tta and predict --tta.
-    calibration = Calibration.fit(proba_val, y_val, class_weights(y_fit, n_classes, head.class_weight))
-    cal_record = calibration.record()
-    fold_calibration(trained.model, calibration)
+    calibration, cal_record = calibrate_on_validation(proba_val, y_val, groups_val, weights, names, head.seed)
+    if calibration is not None:
+        fold_calibration(trained.model, calibration)
     return calibration, cal_record
 
 
+def _served_log_proba(model, data: CacheData, rows: np.ndarray, calibration: Calibration | None,
+                      head_own: tuple[np.ndarray, np.ndarray], tta_gb: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(plain view, reported) float64 log-probabilities of `rows` as head.keras serves them: the head's own
+    (`head_own`: plain, with TTA when asked) without calibration; with it, the calibrated (folded) head predicted
+    again, the TTA mean when `tta_gb` is set, so that the report, `evaluate` and `predict` score the same numbers."""
+    if calibration is None:
+        return head_own
+    plain = predict_log_proba(model, take(data.features, rows))
+    return plain, plain if tta_gb is None else tta_log_proba(model, data, rows, plain, tta_gb)
+
+
 def _views_comparison(data: CacheData, rows: np.ndarray, fit_rows: np.ndarray, val_x, val_y, head: HeadConfig,
-                      opts: RunOptions, plain_proba: np.ndarray, tta_metrics: dict, evaluate) -> dict:
-    """The effect of --augment/--tta on the same split: a head fitted without views (with --augment), this head on
-    the plain view alone, and with TTA (`tta_metrics`, this run's own figures)."""
+                      opts: RunOptions, served_plain: np.ndarray, tta_metrics: dict, evaluate,
+                      calibration: Calibration | None) -> dict:
+    """The effect of --augment/--tta on the same split, each scored as this run's figures are (its calibration, its
+    decision rule): a head fitted without views (with --augment), this head on the plain view alone
+    (`served_plain`), and with TTA (`tta_metrics`, this run's own figures)."""
     x, y, names = data.features, data.labels, data.class_names
     compare = {}
     if opts.augment:
         base = fit_head(take(x, fit_rows), y[fit_rows], val_x, val_y, len(names), head)
-        compare["plain head (no views)"] = evaluate(predict_proba(base.model, take(x, rows)))
+        base_logp = predict_log_proba(base.model, take(x, rows))
+        compare["plain head (no views)"] = evaluate(calibration.apply_log(base_logp) if calibration else base_logp)
     name = "this head" + (" (augment)" if opts.augment else "")
-    compare[f"{name}, plain view only"] = evaluate(plain_proba)
+    compare[f"{name}, plain view only"] = evaluate(served_plain)
     if opts.tta:
         compare[f"{name}, TTA over {data.n_views + 1} views"] = tta_metrics
     return compare
@@ -294,6 +322,7 @@ def head_run_config(data: CacheData, fit: HeadFit, head: HeadConfig, split_info:
             "best_epoch": fit.trained.best_epoch, "epochs_run": len(fit.trained.history["loss"]),
             "train_seconds": round(fit.trained.seconds, 3),
             "calibration": {k: v for k, v in fit.metrics["calibration"].items() if k != "test"},
+            "decision_rule": opts.decision,  # stats.DecisionRule.of reads it back (evaluate, predict, export)
             "operating_point": {k: fit.metrics["operating_point"].get(k) for k in
                                 ("positive", "threshold", "threshold_uncalibrated", "target_sensitivity", "chosen_on")},
             "library_versions": library_versions(),
@@ -305,8 +334,8 @@ def write_head_run(tmp: Path, data: CacheData, split: np.ndarray, fit: HeadFit, 
     names = data.class_names
     save_split(tmp / "split.csv", data.image_ids, split)
     write_history(tmp / "history.csv", fit.trained.history)
-    weights = fit.calibration.decision_weights if fit.calibration else None
-    write_predictions(tmp / "predictions.csv", data, split, fit.proba, fit.rows, names, weights)
+    write_predictions(tmp / "predictions.csv", data, split, fit.proba, fit.rows, names, fit.rule.decision_weights,
+                      fit.log_proba, fit.rule.rule)
     write_json_atomic(tmp / "metrics.json", finite_or_null(fit.metrics))  # undefined figures: null
     write_json_atomic(tmp / "config.json", config)
     fit.trained.model.save(tmp / "head.keras")
@@ -320,7 +349,7 @@ def write_head_run(tmp: Path, data: CacheData, split: np.ndarray, fit: HeadFit, 
     point = fit.metrics["operating_point"]
     plot_roc(data.labels[test], fit.proba[in_test], names, tmp / "roc.png",
              None if point["positive"] is None else names.index(point["positive"]), point,
-             title=f"ROC, test split ({len(test)} images)")
+             title=f"ROC, test split ({len(test)} images)", log_proba=fit.log_proba[in_test])
     overlap = test_overlap(data, split)
     write_head_report(tmp / "report.md", config, fit.metrics, name, limitations(config, fit.metrics, overlap))
 
@@ -348,16 +377,6 @@ def metrics_copy(metrics: dict, splits) -> dict:
     return {s: metrics[s] for s in splits if s in metrics}
 
 
-def require_views(data: CacheData, rows: np.ndarray) -> None:
-    if data.n_views == 0:
-        raise InputError(f"cache {data.path} holds no augmented views; add them with "
-                         f"`bottleneck extract DATA --views 7 --cache {data.path}` (the plain vectors are kept)")
-    missing = int((~data.views_ok[rows]).sum())
-    if missing:
-        raise InputError(f"{missing} images of cache {data.path} lack their {data.n_views} views (added after "
-                         "the views were extracted); rerun the same extract command to complete them")
-
-
 def views_budget_gb(data: CacheData, opts: RunOptions) -> float:
     """What stored views may take of memory: opts.views_memory_gb if set, else --memory-gb less the features
     held in memory (one budget for both)."""
@@ -365,35 +384,3 @@ def views_budget_gb(data: CacheData, opts: RunOptions) -> float:
         return opts.views_memory_gb
     held = 0 if is_streamed(data.features) else data.features.nbytes / GIB
     return max(0.0, resolve_memory_gb(opts.memory_gb) - held)
-
-
-def view_batches(data: CacheData, rows: np.ndarray, head: HeadConfig, memory_gb: float):
-    """--augment batches; the views are read into memory when they fit in `memory_gb`, else streamed.
-    Streamed plain features (a FeatureReader) are read batch by batch too, each batch's rows from the file."""
-    need = len(data.labels) * data.n_views * data.config.num_features * 4
-    if need <= memory_gb * 2**30:
-        views = read_views(data.path)
-    else:  # each batch reads its own rows, opening the file for that read only
-        views = ViewsReader(data.path)
-    return view_sampler(data.features, views, rows, data.labels, head.batch_size, head.seed)
-
-
-def tta_proba(model, data: CacheData, rows: np.ndarray, plain_proba: np.ndarray,
-              memory_gb: float | None = None) -> np.ndarray:
-    """Mean probabilities over the plain view and every stored view of `rows`.
-
-    The views of all `rows` are read at once when they fit in `memory_gb` (or it is None), else in blocks of
-    rows that do, and of at least 1 MiB (as a streamed feature read is at least one ~1 MiB chunk): smaller blocks
-    would spend their time in per-call overhead."""
-    total = plain_proba.copy()
-    per_row = max(1, data.n_views * data.config.num_features * 4)  # float32 bytes of one row's views
-    block = len(rows) if memory_gb is None else int(max(memory_gb * GIB, 2**20) // per_row)
-    block = max(1, block)
-    n_views = data.n_views
-    for start in range(0, len(rows), block):
-        part = slice(start, start + block)
-        views = read_views(data.path, rows[part])  # (b, V, D)
-        n_views = views.shape[1]
-        for k in range(n_views):
-            total[part] += predict_proba(model, views[:, k])
-    return total / (n_views + 1)

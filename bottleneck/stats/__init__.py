@@ -1,12 +1,20 @@
 """The numbers of a run, in numpy, scipy and scikit-learn only (no Keras, no h5py): imbalance-aware metrics and the
-one decision rule (`metrics`), the lesion bootstrap (`bootstrap`), calibration (`calibration`) and the figures a
-clinician can defend (`clinical`).
+one decision rule (`metrics`), the lesion bootstrap (`bootstrap`) and the intervals it gives (`intervals`),
+calibration (`calibration`) and the figures a clinician can defend (`clinical`).
 
 What other packages may use is named here; everything else is private to the package."""
 
 
-from .bootstrap import bootstrap, bootstrap_record, metric_intervals
-from .calibration import Calibration, DecisionRule, calibration_figures
+from .bootstrap import bootstrap, bootstrap_record, interval_of, metric_intervals, ratio, resample_weights
+from .calibration import (
+    DECISIONS,
+    Calibration,
+    DecisionRule,
+    calibrate_on_validation,
+    calibration_figures,
+    check_decision,
+    uncalibrated_record,
+)
 from .clinical import (
     TARGET_SENSITIVITY,
     ClinicalOptions,
@@ -16,20 +24,35 @@ from .clinical import (
     choose_threshold,
     clinical_results,
     few_groups_warning,
-    limitations,
     parse_subgroups,
     positive_index,
     small_class_warnings,
     subgroup_columns,
+    subgroup_table,
     warn,
 )
-from .metrics import compute_metrics, decide, evaluate_splits, fmt, format_table
+from .intervals import FEW_LESIONS, proportion_interval
+from .limitations import data_checks, limitations
+from .metrics import (
+    binary_positive,
+    compute_metrics,
+    decide,
+    evaluate_splits,
+    fmt,
+    format_table,
+    log_of,
+    log_softmax,
+    ovr_scores,
+)
 from .units import group_keys, resampling_units
 
 __all__ = [
+    "DECISIONS", "binary_positive", "check_decision", "log_of", "log_softmax", "ovr_scores",
     "Calibration", "ClinicalOptions", "DecisionRule", "TARGET_SENSITIVITY", "binary_stats", "binary_support",
-    "bootstrap", "bootstrap_record", "calibration_figures", "check_target", "choose_threshold", "clinical_results",
-    "compute_metrics", "decide", "evaluate_splits", "few_groups_warning", "fmt", "format_table", "group_keys",
-    "limitations", "metric_intervals", "parse_subgroups", "positive_index", "resampling_units", "small_class_warnings",
-    "subgroup_columns", "warn",
+    "bootstrap", "bootstrap_record", "calibrate_on_validation", "calibration_figures", "check_target",
+    "choose_threshold", "clinical_results", "compute_metrics", "data_checks", "decide", "evaluate_splits",
+    "few_groups_warning", "fmt", "format_table", "group_keys", "limitations", "metric_intervals", "parse_subgroups",
+    "positive_index", "resampling_units", "small_class_warnings", "subgroup_columns", "subgroup_table",
+    "uncalibrated_record", "warn",
+    "FEW_LESIONS", "interval_of", "proportion_interval", "ratio", "resample_weights",
 ]

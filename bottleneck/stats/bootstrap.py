@@ -1,8 +1,11 @@
-"""The lesion bootstrap: percentile intervals of statistics of weighted rows, for a thousand resamples at once.
+"""The lesion bootstrap: intervals of statistics of weighted rows, for a thousand resamples at once.
 
 A resample draws whole resampling units (the cache's group ids, `units.resampling_units`; an image without one is
 its own unit) and becomes a row of weights, how often each row's unit was drawn. Images of one lesion are not
-independent evidence: resampling images would make the intervals too narrow. Pure numpy, like metrics.py.
+independent evidence: resampling images would make the intervals too narrow. The statistics say what they are
+(`Ratio`, `AUC`, `Mean`), so that each gets the interval that covers (`intervals.py`): a proportion the exact
+binomial interval on its effective sample size (the design effect measured by these resamples), the others the
+percentile interval, bounded at the edges. Pure numpy, like metrics.py.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Callable
 
 import numpy as np
 
+from .intervals import BOUND, FEW_LESIONS, LEVEL, PERCENTILE, PROPORTION, percentile_interval, proportion_interval
+
 RESAMPLES = 1000  # bootstrap resamples of every interval
-LEVEL = 0.95  # two-sided percentile intervals
 _CELLS = 2_000_000  # resamples x rows of one weight block (16 MB of float64)
 
 
@@ -29,45 +33,79 @@ def resample_weights(units: np.ndarray, resamples: int, seed: int):
         yield counts[:, units].astype(np.float64)
 
 
-def ratio(num: np.ndarray, den: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """A statistic of weighted rows: (weights of rows in `num`) / (weights of rows in `den`); NaN when empty."""
-    num, den = num.astype(np.float64), den.astype(np.float64)
+class Ratio:
+    """A proportion of weighted rows: (weights of rows in `num`) / (weights of rows in `den`); NaN when empty.
+    `den` says which rows (so which lesions) the proportion rests on."""
 
-    def stat(w: np.ndarray) -> np.ndarray:
-        d = w @ den
+    def __init__(self, num: np.ndarray, den: np.ndarray):
+        self.num, self.den = num.astype(np.float64), den.astype(np.float64)
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        d = w @ self.den
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(d > 0, (w @ num) / np.where(d > 0, d, 1), np.nan)
+            return np.where(d > 0, (w @ self.num) / np.where(d > 0, d, 1), np.nan)
 
-    return stat
+    def lesions(self, units: np.ndarray) -> int:
+        return units_in(units, self.den > 0)
 
 
-def weighted_auc(positive: np.ndarray, score: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+class AUC:
     """ROC AUC of weighted rows (ties count half), for many weightings at once; NaN without both classes."""
-    order = np.argsort(score, kind="stable")
-    s = score[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]  # first row of each run of tied scores
-    pos = positive[order].astype(np.float64)
 
-    def stat(w: np.ndarray) -> np.ndarray:
-        wo = w[:, order]
-        p = np.add.reduceat(wo * pos, starts, axis=1)  # (b, ties) weight of positives per tied score
-        n = np.add.reduceat(wo * (1 - pos), starts, axis=1)
+    def __init__(self, positive: np.ndarray, score: np.ndarray):
+        self.positive = np.asarray(positive, dtype=bool)
+        self.order = np.argsort(score, kind="stable")
+        s = score[self.order]
+        self.starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]  # first row of each run of tied scores
+        self.pos = self.positive[self.order].astype(np.float64)
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        wo = w[:, self.order]
+        p = np.add.reduceat(wo * self.pos, self.starts, axis=1)  # (b, ties) weight of positives per tied score
+        n = np.add.reduceat(wo * (1 - self.pos), self.starts, axis=1)
         below = np.cumsum(n, axis=1) - n  # negatives scored strictly lower
         den = p.sum(1) * n.sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, (p * (below + 0.5 * n)).sum(1) / np.where(den > 0, den, 1), np.nan)
 
-    return stat
+    def lesions(self, units: np.ndarray) -> int:
+        """The fewer of the positive and the negative lesions: an AUC rests on both."""
+        return min(units_in(units, self.positive), units_in(units, ~self.positive))
 
 
-def mean_of(stats: list[Callable]) -> Callable[[np.ndarray], np.ndarray]:
+class Mean:
     """The mean of several statistics over those defined in each resample (balanced accuracy, macro AUC)."""
-    def stat(w: np.ndarray) -> np.ndarray:
+
+    def __init__(self, parts: list[Callable]):
+        self.parts = list(parts)
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a resample with none defined: NaN
-            return np.nanmean(np.stack([f(w) for f in stats]), axis=0)
+            return np.nanmean(np.stack([f(w) for f in self.parts]), axis=0)
 
-    return stat
+    def lesions(self, units: np.ndarray) -> int:
+        """The fewest lesions any of its parts rests on (a mean is as rough as its roughest part)."""
+        return min((lesions_of(f, units) for f in self.parts), default=0)
+
+
+def ratio(num: np.ndarray, den: np.ndarray) -> Ratio:
+    return Ratio(num, den)
+
+
+def weighted_auc(positive: np.ndarray, score: np.ndarray) -> AUC:
+    return AUC(positive, score)
+
+
+def mean_of(stats: list[Callable]) -> Mean:
+    return Mean(stats)
+
+
+def lesions_of(stat: Callable, units: np.ndarray, given: int | None = None) -> int:
+    """How many lesions a statistic rests on: its own count where it knows its rows, else `given` (else all)."""
+    if hasattr(stat, "lesions"):
+        return stat.lesions(units)
+    return given if given is not None else (int(units.max()) + 1 if len(units) else 0)
 
 
 def point_values(stats: dict[str, Callable], n: int) -> dict[str, float | None]:
@@ -79,13 +117,13 @@ def point_values(stats: dict[str, Callable], n: int) -> dict[str, float | None]:
 def bootstrap(stats: dict[str, Callable], values: dict[str, float | None] | None, units: np.ndarray, seed: int,
               resamples: int = RESAMPLES, level: float = LEVEL, support: dict[str, int] | None = None
               ) -> dict[str, dict | None]:
-    """Percentile intervals of each statistic: {name: {value, lower, upper, resamples}} (None: no value).
+    """The interval of each statistic: {name: {value, lower, upper, method, lesions, few, resamples, ...}}
+    (None: no value); see `interval_of`.
 
     `stats` map weights (b, N) to (b,) values; `values` are the point estimates (None: the statistics of the
-    rows as drawn, `point_values`).
-    "resamples" counts those in which the statistic was defined (e.g. a class was drawn at all). `support`:
-    how many units the statistic rests on (e.g. lesions of the positive class); under 2, resampling cannot show
-    its uncertainty (one lesion gives a zero-width interval), so lower and upper are None."""
+    rows as drawn, `point_values`). "resamples" counts those in which the statistic was defined (e.g. a class was
+    drawn at all). `support`: how many lesions a statistic that does not know its rows rests on (a `Ratio`,
+    `AUC` or `Mean` counts its own)."""
     values = point_values(stats, len(units)) if values is None else values
     names = [k for k in stats if values.get(k) is not None]
     draws = {k: [] for k in names}
@@ -94,19 +132,27 @@ def bootstrap(stats: dict[str, Callable], values: dict[str, float | None] | None
             for k in names:
                 draws[k].append(stats[k](w))
     out = {}
-    tail = (1 - level) / 2 * 100
     for k in stats:
         if k not in draws:
             out[k] = None
             continue
         d = np.concatenate(draws[k]) if draws[k] else np.zeros(0)
         d = d[np.isfinite(d)]
-        lo, hi = (np.percentile(d, [tail, 100 - tail]) if len(d) else (np.nan, np.nan))
-        if (support or {}).get(k, 2) < 2:
-            lo = hi = np.nan
-        out[k] = {"value": float(values[k]), "lower": None if np.isnan(lo) else float(lo),
-                  "upper": None if np.isnan(hi) else float(hi), "resamples": int(len(d))}
+        out[k] = {"value": float(values[k]), **interval_of(stats[k], float(values[k]), d, units, level,
+                                                           (support or {}).get(k)), "resamples": int(len(d))}
     return out
+
+
+def interval_of(stat: Callable, value: float, draws: np.ndarray, units: np.ndarray, level: float = LEVEL,
+                lesions: int | None = None) -> dict:
+    """A proportion (`Ratio`): Clopper-Pearson on its effective sample size, the design effect measured by the
+    resamples `draws` (`intervals.proportion_interval`); anything else: the percentile interval, bounded at the
+    edges (`intervals.percentile_interval`). Each flagged `few` under FEW_LESIONS lesions."""
+    if isinstance(stat, Ratio):
+        rows = stat.den > 0
+        sizes = np.bincount(units[rows], weights=stat.den[rows])
+        return proportion_interval(value, draws, sizes[sizes > 0], level)
+    return percentile_interval(value, draws, lesions_of(stat, units, lesions), level)
 
 
 def units_in(units: np.ndarray, rows: np.ndarray) -> int:
@@ -115,8 +161,11 @@ def units_in(units: np.ndarray, rows: np.ndarray) -> int:
 
 
 def bootstrap_record(units: np.ndarray, groups: np.ndarray, seed: int, resamples: int = RESAMPLES) -> dict:
+    """How the intervals of metrics.json were made (each interval also names its own `method`)."""
     grouped = bool(len(groups)) and any(g for g in groups)
-    return {"resamples": resamples, "seed": seed, "level": LEVEL, "method": "percentile",
+    return {"resamples": resamples, "seed": seed, "level": LEVEL,
+            "method": {"proportions": PROPORTION, "others": PERCENTILE, "others_at_an_edge": BOUND},
+            "few_lesions": FEW_LESIONS,
             "unit": "lesion/patient (group id)" if grouped else "image (no group ids)",
             "units": int(units.max()) + 1 if len(units) else 0}
 
@@ -125,7 +174,8 @@ def metric_intervals(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, class_n
                      metrics: dict, units: np.ndarray, seed: int, positive: int | None,
                      resamples: int = RESAMPLES) -> dict:
     """Intervals of the headline metrics of `metrics` (a compute_metrics dict of the same rows): balanced
-    accuracy, macro AUC, per-class recall and the positive class's sensitivity and specificity (argmax)."""
+    accuracy, macro AUC, per-class recall and the positive class's sensitivity and specificity (argmax); each
+    record names its method and flags (`few`) a figure resting on fewer than FEW_LESIONS lesions."""
     c = len(class_names)
     recalls = {n: ratio((y == k) & (pred == k), y == k) for k, n in enumerate(class_names)}
     present = [recalls[n] for k, n in enumerate(class_names) if (y == k).any()]
@@ -143,13 +193,10 @@ def metric_intervals(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, class_n
         stats["specificity"] = ratio((y != positive) & (pred != positive), y != positive)
         pos = metrics.get("positive") or {}
         values |= {"sensitivity": pos.get("sensitivity"), "specificity": pos.get("specificity")}
-    support = {f"recall:{n}": units_in(units, y == k) for k, n in enumerate(class_names)}
     for n in class_names:
         stats[f"recall:{n}"] = recalls[n]
         values[f"recall:{n}"] = metrics["per_class"][n]["recall"] if metrics["per_class"][n]["support"] else None
-    if positive is not None:
-        support |= {"sensitivity": units_in(units, y == positive), "specificity": units_in(units, y != positive)}
-    found = bootstrap(stats, values, units, seed, resamples, support=support)
+    found = bootstrap(stats, values, units, seed, resamples)  # each statistic counts the lesions it rests on
     out = {k: v for k, v in found.items() if not k.startswith("recall:")}
     out["recall"] = {n: found[f"recall:{n}"] for n in class_names}
     return out

@@ -140,26 +140,42 @@ def _value_order(column: str, values) -> list[str]:
 
 
 def subgroup_table(column: str, values: np.ndarray, y: np.ndarray, pred: np.ndarray, flagged: np.ndarray | None,
-                   groups: np.ndarray, positive: int | None, seed: int, resamples: int = RESAMPLES) -> list[dict]:
-    """Per value of `column` (age as bands; "" as unknown): images, lesions, positives, balanced accuracy and the
-    positive class's sensitivity (at the operating point when `flagged` is given, else argmax), with intervals."""
+                   groups: np.ndarray, positive: int | None, seed: int, resamples: int = RESAMPLES,
+                   class_names: list[str] | None = None) -> list[dict]:
+    """Per value of `column` (age as bands; "" as unknown), figures that compare like with like across rows:
+    images, lesions and images of each class; the recall of each class present; the positive class's sensitivity
+    and specificity (at the operating point when `flagged` is given, else the decisions `pred`); and balanced
+    accuracy only where the subgroup holds every class of the run, since a mean over the classes a subgroup happens
+    to hold is another quantity in each row (None there, the missing classes named). Each figure with its
+    lesion-bootstrap interval, resampling lesions within the subgroup."""
+    names = list(class_names) if class_names is not None else [str(k) for k in range(int(max(y.max(), pred.max())) + 1)]
     banded = subgroup_values(column, values)
     rows = []
     for value in _value_order(column, set(banded)):
         m = banded == value
         ym, pm, gm = y[m], pred[m], groups[m]
         units = resampling_units(gm)
-        present = np.unique(ym)
-        stats = {"balanced_accuracy": mean_of([ratio((ym == k) & (pm == k), ym == k) for k in present])}
-        row = {"value": value, "images": int(m.sum()), "lesions": int(units.max()) + 1}
+        counts = np.bincount(ym, minlength=len(names))
+        present = [k for k in range(len(names)) if counts[k]]
+        stats = {f"recall:{names[k]}": ratio((ym == k) & (pm == k), ym == k) for k in present}
+        support = {f"recall:{names[k]}": units_in(units, ym == k) for k in present}
+        missing = [n for k, n in enumerate(names) if not counts[k]]
+        if not missing:
+            stats["balanced_accuracy"] = mean_of(list(stats.values()))
+            support["balanced_accuracy"] = int(units.max()) + 1
+        row = {"value": value, "images": int(m.sum()), "lesions": int(units.max()) + 1,
+               "per_class": {n: int(counts[k]) for k, n in enumerate(names)}, "missing_classes": missing}
         if positive is not None:
             hit = flagged[m] if flagged is not None else pm == positive
             is_pos = ym == positive
-            row["positives"] = int(is_pos.sum())
-            stats["sensitivity"] = ratio(hit & is_pos, is_pos)
-        row |= bootstrap(stats, None, units, seed, resamples,
-                         support={"balanced_accuracy": int(units.max()) + 1,
-                                  "sensitivity": units_in(units, ym == positive) if positive is not None else 0})
+            row |= {"positives": int(is_pos.sum()), "positive_lesions": units_in(units, is_pos)}
+            stats |= {"sensitivity": ratio(hit & is_pos, is_pos), "specificity": ratio(~hit & ~is_pos, ~is_pos)}
+            support |= {"sensitivity": units_in(units, is_pos), "specificity": units_in(units, ~is_pos)}
+        found = bootstrap(stats, None, units, seed, resamples, support=support)
+        row |= {"balanced_accuracy": found.get("balanced_accuracy"),
+                "recall": {names[k]: found[f"recall:{names[k]}"] for k in present}}
+        if positive is not None:
+            row |= {"sensitivity": found["sensitivity"], "specificity": found["specificity"]}
         rows.append(row)
     return rows
 
@@ -254,7 +270,7 @@ def clinical_results(class_names: list[str], y_test: np.ndarray, proba_test: np.
     columns = subgroup_columns(meta_test, opts.subgroups)
     out["subgroups"] = {"columns": columns, "at": "operating point" if flagged is not None else "argmax",
                         "tables": {c: subgroup_table(c, meta_test[c], y_test, pred, flagged, groups_test, positive,
-                                                     seed, opts.resamples) for c in columns}}
+                                                     seed, opts.resamples, class_names) for c in columns}}
     if opts.subgroups is None and not columns:
         out["subgroups"]["note"] = ("the cache stores no sex, age, body-site or dataset column; extract with "
                                     "--metadata CSV (e.g. HAM10000_metadata.csv) to get subgroup results")
@@ -272,37 +288,3 @@ def lesion_level(class_names, y, proba, groups, positive, seed, opts: ClinicalOp
                                       np.arange(len(ly)), seed, positive, opts.resamples)
     return {"lesions": int(len(ly)), "lesions_with_several_images": multi, "metrics": m}
 
-
-def limitations(config: dict, metrics: dict, overlap: int) -> list[str]:
-    """The report's closing "Limitations" section, generated from the run's facts."""
-    split, sizes = config["split"], config["split"]["sizes"]
-    test = sizes["test"]
-    out = []
-    grouped = any(sizes[s]["groups"] for s in sizes)
-    origin = f"reused from `{split['from']}`" if split.get("from") else f"seed {split.get('seed')}"
-    out.append(("One split, grouped by lesion/patient (no lesion in two splits)" if grouped else
-                "One split with no lesion/patient ids: images of one lesion may sit in both training and test, "
-                "which flatters every figure") + f", {origin}; another split or seed moves the figures within "
-               "(roughly) their intervals.")
-    out.append(f"The test split has {test['images']} images"
-               + (f" of {test['groups']} lesions" if test["groups"] else "") + ": "
-               + ", ".join(f"{n} {k}" for n, k in test["per_class"].items()) + ".")
-    op = metrics.get("operating_point") or {}
-    if op.get("threshold") is not None:
-        out.append(f"PPV and NPV hold at this test prevalence of {op['positive']} ({op['test_prevalence']:.1%}); "
-                   "in a population with another prevalence they differ, while sensitivity and specificity carry "
-                   "over better.")
-    out.append("Overlap: " + (f"{overlap} test images have the same bytes (SHA-256) as a training or validation "
-                              "image: the test figures are optimistic." if overlap else
-                              "no test image has the same bytes (SHA-256) as a training or validation image."))
-    cal = metrics.get("calibration") or {}
-    out.append(f"Calibration: temperature {cal['temperature']:.2f} fitted on the validation split"
-               + (" after undoing the class-weight prior" if any(cal.get("prior_shift") or []) else "")
-               + "; probabilities estimate the training data's class prevalence, not a clinic's."
-               if cal.get("applied") else
-               f"Calibration: not applied ({cal.get('reason', 'switched off')}); probabilities are the head's own.")
-    out += [f"Small numbers: {w}." for w in metrics.get("small_numbers", [])]
-    out.append("The intervals cover resampling of these lesions only: not another clinic, camera, dermoscope, "
-               "population or skin type, nor a change of label practice; only an external evaluation "
-               "(`bottleneck evaluate RUN --cache OTHER`) speaks to those.")
-    return out

@@ -4,6 +4,7 @@ Skin-lesion data sets are dominated by one class (nevi are ~67% of HAM10000), so
 model that ignores the rare, dangerous classes. Every result therefore carries balanced accuracy (the ISIC 2018
 metric), per-class numbers, the majority-class baseline to beat and melanoma sensitivity/specificity.
 Pure numpy/scikit-learn: no TensorFlow here, so metrics can be recomputed from `predictions.csv` alone.
+AUCs rank float64 log-probabilities (`ovr_scores`), never probabilities that float32 has rounded to 0 or 1.
 """
 
 from __future__ import annotations
@@ -70,6 +71,43 @@ def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
 TIE_RTOL = 1e-5  # a class's probabilities this close on every row are ties: their AUC ranks nothing
 
 
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """float64 log-probabilities of logits z (N, C), without rounding a probability near 1 to exactly 1:
+    log p_k = (z_k - max) - log1p(sum of exp(z_j - max) over the other classes). A float32 softmax gives 1.0 (and
+    log 1.0 = 0) to every row whose runner-up is below 6e-8, and 0.0 below 1e-45: ties that move an AUC."""
+    d = np.asarray(z, dtype=np.float64)
+    d = d - d.max(axis=1, keepdims=True)
+    e = np.exp(d)
+    e[np.arange(len(d)), d.argmax(axis=1)] = 0.0  # the top class's exp(0) = 1 is the 1 of log1p
+    return d - np.log1p(e.sum(axis=1, keepdims=True))
+
+
+def log_of(proba: np.ndarray) -> np.ndarray:
+    """float64 log-probabilities of probabilities, without clipping (an exact 0 gives -inf)."""
+    with np.errstate(divide="ignore"):
+        return np.log(np.asarray(proba, dtype=np.float64))
+
+
+def ovr_scores(log_proba: np.ndarray) -> np.ndarray:
+    """(N, C) one-vs-rest log-odds, log p_k - log(sum of p_j over j != k): what every AUC and ROC curve ranks.
+
+    The same order as p_k, with no false ties at either end: p_k near 1 is held by the (tiny, exact) probabilities
+    of the other classes, p_k near 0 by its own log. Of two classes, class 0's score is exactly minus class 1's.
+    Recomputed from predictions.csv's logp_<class> columns as logp_k - logsumexp(logp_j, j != k)."""
+    lp = np.asarray(log_proba, dtype=np.float64)
+    out = np.empty_like(lp)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in range(lp.shape[1]):
+            rest = np.delete(lp, k, axis=1)  # (N, C-1)
+            top = rest.max(axis=1, keepdims=True)
+            top = np.where(np.isfinite(top), top, 0.0)  # every other class at log 0 = -inf: the sum is 0
+            out[:, k] = lp[:, k] - (top[:, 0] + np.log(np.exp(rest - top).sum(axis=1)))
+    # An exact 0 or 1 (a probability that underflowed before it got here) has an infinite score: the largest finite
+    # one keeps its place in the order, and sklearn refuses infinities.
+    big = np.finfo(np.float64).max
+    return np.nan_to_num(out, nan=0.0, posinf=big, neginf=-big)
+
+
 def _tied(score: np.ndarray) -> bool:
     # A head fed constant features gives every row the same probabilities (up to float noise between batch
     # positions); an AUC of ties reads 0.5, or anything by tie order, and would pass for a result.
@@ -88,6 +126,13 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float | None:
 def melanoma_index(class_names: list[str]) -> int | None:
     """The class named mel/melanoma (any case), else None."""
     return next((i for i, n in enumerate(class_names) if n.casefold() in _MELANOMA_FOLDED), None)
+
+
+def binary_positive(class_names: list[str], positive: int | None = None) -> int:
+    """The class whose AUC and ROC curve a two-class task reports: `positive`, else the melanoma-named class, else
+    class 1."""
+    k = positive if positive is not None else melanoma_index(class_names)
+    return 1 if k is None else k
 
 
 def decide(proba: np.ndarray, decision_weights=None) -> np.ndarray:
@@ -110,19 +155,47 @@ def _melanoma(y: np.ndarray, pred: np.ndarray, class_names: list[str], idx: int 
             "support": int(is_mel.sum())}
 
 
-def compute_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str],
+def roc_aucs(y: np.ndarray, p: np.ndarray, log_proba: np.ndarray, class_names: list[str],
+             positive: int | None = None) -> dict:
+    """One-vs-rest ROC AUC per class, ranked by `ovr_scores(log_proba)`, and their macro mean, as compute_metrics
+    reports them. Of two classes there is one AUC, the positive class's (`positive`, else the melanoma-named class,
+    else class 1), given to both: the other class's ranking is its exact reverse."""
+    scores = ovr_scores(log_proba)  # (N, C)
+    tied = [n for i, n in enumerate(class_names) if _tied(p[:, i])]
+    if len(class_names) == 2:
+        k = binary_positive(class_names, positive)
+        macro = None if class_names[k] in tied else _auc(y == k, scores[:, k])
+        auc = {n: macro for n in class_names}
+        tied = [class_names[k]] if tied else []
+    else:
+        auc = {n: None if n in tied else _auc(y == i, scores[:, i]) for i, n in enumerate(class_names)}
+        defined = [v for v in auc.values() if v is not None]
+        macro = float(np.mean(defined)) if len(defined) >= 2 else None
+    return {"roc_auc_macro": macro, "roc_auc_per_class": auc,
+            **({"roc_auc_note": f"AUC left out (null) for {', '.join(tied)}: the head gives every image the same "
+                                "probability of it, so there is no ranking to score"} if tied else {})}
+
+
+def compute_metrics(y_true: np.ndarray, proba: np.ndarray | None, class_names: list[str],
                     train_labels: np.ndarray | None = None, decision_weights=None,
-                    positive: int | None = None) -> dict:
+                    positive: int | None = None, log_proba: np.ndarray | None = None) -> dict:
     """Metrics of softmax outputs `proba` (N, C) against class indices `y_true` (N,), as a JSON-ready dict.
 
     Undefined values (AUC of a class absent from y_true or whose probabilities are all tied, with a
     "roc_auc_note" then; melanoma sensitivity without melanoma cases) are None, never NaN. The majority
     baseline predicts the most frequent class of `train_labels` (of y_true when None). Predictions are
     `decide(proba, decision_weights)`; "positive" holds the sensitivity/specificity of class index `positive`
-    (default: the melanoma-named class), "melanoma" those of the melanoma-named class.
-    """
+    (default: the melanoma-named class), "melanoma" those of the melanoma-named class. "not_most_probable" counts
+    the rows whose prediction is not their most probable class (the decision weights' doing).
+
+    log_proba: the float64 log-probabilities `proba` came from (`log_softmax` of the logits), which the AUCs rank
+    (`roc_aucs`); None: the log of `proba` (a probability rounded to 1.0 is then held by the others' small ones).
+    proba may be None when log_proba is given."""
     class_names = list(class_names)
+    if proba is None:
+        proba = np.exp(np.asarray(log_proba, dtype=np.float64))
     y, p = _check_inputs(y_true, proba, class_names)
+    lp = log_of(p) if log_proba is None else _check_log(log_proba, p.shape)
     c = len(class_names)
     labels = list(range(c))
     pred = decide(p, decision_weights)  # (N,) predicted class index
@@ -131,32 +204,32 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str
     prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     per_class = {n: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
                      "support": int(sup[i])} for i, n in enumerate(class_names)}
-
-    tied = [n for i, n in enumerate(class_names) if _tied(p[:, i])]
-    auc = {n: None if n in tied else _auc(y == i, p[:, i]) for i, n in enumerate(class_names)}
-    if c == 2:
-        macro = auc[class_names[1]]  # binary: the positive class's AUC (class 0's is the same when rows sum to 1)
-    else:
-        defined = [v for v in auc.values() if v is not None]
-        macro = float(np.mean(defined)) if len(defined) >= 2 else None
-
     maj = _majority_class(train_labels, y, c)
     baseline_pred = np.full_like(y, maj)
+    differs = int((pred != decide(p)).sum())
 
     return {"n": int(len(y)),
             "accuracy": float((pred == y).mean()),
             "balanced_accuracy": _balanced_accuracy(y, pred),
             "per_class": per_class,
-            "roc_auc_macro": macro,
-            "roc_auc_per_class": auc,
-            **({"roc_auc_note": f"AUC left out (null) for {', '.join(tied)}: the head gives every image the same "
-                                "probability of it, so there is no ranking to score"} if tied else {}),
+            **roc_aucs(y, p, lp, class_names, positive),
             "confusion_matrix": confusion_matrix(y, pred, labels=labels).astype(int).tolist(),
+            "not_most_probable": {"rows": differs, "share": differs / len(y)},
             "majority_baseline": {"class": class_names[maj],
                                   "accuracy": float((y == maj).mean()),
                                   "balanced_accuracy": _balanced_accuracy(y, baseline_pred)},
             "melanoma": _melanoma(y, pred, class_names),
             "positive": _melanoma(y, pred, class_names, positive)}
+
+
+def _check_log(log_proba, shape: tuple) -> np.ndarray:
+    lp = np.asarray(log_proba, dtype=np.float64)
+    if lp.shape != shape:
+        raise InputError(f"log_proba must have the shape of proba {shape}, got {lp.shape}; pass the "
+                         "log-probabilities of the same rows")
+    if np.isnan(lp).any() or (lp > 0).any():
+        raise InputError("log_proba holds NaN or positive values; pass log-probabilities (log_softmax of logits)")
+    return lp
 
 
 def fmt(v, digits: int = 3) -> str:
@@ -165,14 +238,17 @@ def fmt(v, digits: int = 3) -> str:
 
 
 def evaluate_splits(y: np.ndarray, proba: np.ndarray, split_of_rows: np.ndarray, class_names, y_train,
-                    splits=("val", "test"), decision_weights=None, positive: int | None = None) -> dict:
-    """`compute_metrics` per split name of `splits` that has rows; y, proba and split_of_rows are row-aligned."""
+                    splits=("val", "test"), decision_weights=None, positive: int | None = None,
+                    log_proba: np.ndarray | None = None) -> dict:
+    """`compute_metrics` per split name of `splits` that has rows; y, proba (and log_proba, the log-probabilities
+    the AUCs rank) and split_of_rows are row-aligned."""
     out = {}
     for s in splits:
         m = split_of_rows == s
         if m.any():
             out[s] = compute_metrics(y[m], proba[m], class_names, train_labels=y_train,
-                                     decision_weights=decision_weights, positive=positive)
+                                     decision_weights=decision_weights, positive=positive,
+                                     log_proba=None if log_proba is None else log_proba[m])
     return out
 
 

@@ -206,7 +206,7 @@ def test_augment_and_tta_with_streamed_features_and_views(tmp_path):
                                                   "this head (augment), TTA over 3 views"}
     ev = evaluate_run(r.run_dir, tta=True, memory_gb=TINY_GB)  # TTA reads the views 204 rows at a time
     assert ev.metrics["balanced_accuracy"] == pytest.approx(r.metrics["test"]["balanced_accuracy"])
-    in_memory = evaluate_run(r.run_dir, tta=True, memory_gb=1.0)
+    in_memory = evaluate_run(r.run_dir, tta=True, memory_gb=1.0, overwrite=True)
     assert in_memory.metrics["confusion_matrix"] == ev.metrics["confusion_matrix"]
 
 

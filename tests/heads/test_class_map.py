@@ -222,18 +222,20 @@ def test_a_run_recorded_with_only_the_spec_text_still_evaluates(binary, tmp_path
     config = json.loads((run / "config.json").read_text())
     config["class_map"] = {k: v for k, v in config["class_map"].items() if k not in ("targets", "file")}
     (run / "config.json").write_text(json.dumps(config))
-    r = run_cli("evaluate", run)
+    r = run_cli("evaluate", run, "--overwrite")  # the copied run may hold another test's evaluation
     assert r.exit_code == 0, r.output
     saved = json.loads((run / "eval-test" / "metrics.json").read_text())
     assert saved["class_map"]["targets"] == [{"name": "mel", "sources": ["mel"]}, {"name": "other", "sources": ["*"]}]
     assert saved["metrics"]["n"] == json.loads((run / "metrics.json").read_text())["test"]["n"]
     config["class_map"]["targets"] = "mel=mel;other=*"  # neither a list nor an object: damaged
     (run / "config.json").write_text(json.dumps(config))
-    for args in (["evaluate", run], ["train-head", binary["cache"], "--split-from", run, "--out", tmp_path / "new"]):
+    for args in (["evaluate", run, "--overwrite"],
+                 ["train-head", binary["cache"], "--split-from", run, "--out", tmp_path / "new"]):
         r = run_cli(*args)
         assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
         assert f"{run / 'config.json'}: key 'class_map' has no list of targets" in r.output
     assert not (tmp_path / "new").exists()
+    assert json.loads((run / "eval-test" / "metrics.json").read_text()) == saved  # the failed one replaced nothing
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +259,7 @@ def test_ph2_names_map_onto_the_runs_classes(binary, ph2):
 
 
 def test_a_partial_external_map_counts_what_it_drops(binary, ph2):
-    r = run_cli("evaluate", binary["run"], "--cache", ph2, "--class-map", "mel=melanoma")
+    r = run_cli("evaluate", binary["run"], "--cache", ph2, "--class-map", "mel=melanoma", "--overwrite")
     assert r.exit_code == 0, r.output
     assert "dropped: atypical_nevus (12 images), common_nevus (10 images)" in r.output
     saved = json.loads((binary["run"] / "eval-ph2" / "metrics.json").read_text())
@@ -270,11 +272,13 @@ def test_a_partial_external_map_counts_what_it_drops(binary, ph2):
 
 def test_external_names_unlike_the_maps_sources_are_refused_not_swallowed_by_the_star(binary, ph2):
     """Without --class-map the run's 'mel=mel;other=*' would put PH2's melanomas under 'other': refused."""
-    r = run_cli("evaluate", binary["run"], "--cache", ph2)
+    out = binary["tmp"] / "refused"  # eval-ph2 may hold an earlier test's evaluation: that refusal comes first
+    r = run_cli("evaluate", binary["run"], "--cache", ph2, "--out", out)
     assert r.exit_code == 1
     assert "mel missing" in r.output and "--class-map" in r.output
-    bad = run_cli("evaluate", binary["run"], "--cache", ph2, "--class-map", "melanoma=melanoma")
+    bad = run_cli("evaluate", binary["run"], "--cache", ph2, "--class-map", "melanoma=melanoma", "--out", out)
     assert bad.exit_code == 1 and "target 'melanoma' is not a class of the run" in bad.output
+    assert not out.exists()
 
 
 # --- sweep --------------------------------------------------------------------------------------------------------

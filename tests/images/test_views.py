@@ -19,7 +19,8 @@ from bottleneck.images.index import build_index
 from bottleneck.images.views import view_sampler
 from bottleneck.runs.directory import load_run
 from bottleneck.runs.evaluate import evaluate_run
-from bottleneck.runs.train import RunOptions, train_head_run, tta_proba
+from bottleneck.runs.train import RunOptions, train_head_run
+from bottleneck.runs.views import tta_proba
 
 FAST = HeadConfig(epochs=4, patience=3, hidden=(32,))
 

@@ -37,15 +37,19 @@ def test_predict_a_folder_with_bad_files_lists_them(ham_run, tmp_path):
         df = pd.read_csv(out, keep_default_na=False)
         threshold = ["mel_threshold", "mel_at_threshold"] * (read_config(ham_run["run"])["operating_point"]["threshold"]
                                                              is not None)
-        assert len(df) == 5 and list(df.columns) == ["path", "predicted", "p_bkl", "p_mel", "p_nv", *threshold,
-                                                     "error"]
+        assert len(df) == 5 and list(df.columns) == ["path", "predicted", "decision_rule", "most_probable", "p_bkl",
+                                                     "p_mel", "p_nv", *threshold, "error"]
         bad = df[df["error"] != ""]
         assert sorted(bad["path"].map(lambda p: p.rsplit("/", 1)[-1])) == ["empty.jpg", "notes.txt"]
         assert sorted(p.rsplit("/", 1)[-1] for p, _ in r.failed) == ["empty.jpg", "notes.txt"]
         good = df[df["error"] == ""]
         probs = good[["p_bkl", "p_mel", "p_nv"]].astype(float).to_numpy()
         np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
-        assert (good["predicted"] == np.array(["bkl", "mel", "nv"])[probs.argmax(1)]).all()
+        names = np.array(["bkl", "mel", "nv"])
+        assert (good["most_probable"] == names[probs.argmax(1)]).all()
+        weights = np.array(r.rule["decision_weights"] or [1.0, 1.0, 1.0])  # the run's rule, named in every row
+        assert (good["predicted"] == names[(probs * weights).argmax(1)]).all()
+        assert set(df["decision_rule"]) == {read_config(ham_run["run"])["decision_rule"]} == {r.rule["rule"]}
 
 
 def test_tta_averages_the_eight_dihedral_views(ham_run, tmp_path):

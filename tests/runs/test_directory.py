@@ -21,6 +21,7 @@ from bottleneck.runs.directory import (
     staged,
     staging_dir,
     write_history,
+    write_predictions,
 )
 
 
@@ -135,6 +136,26 @@ def test_predictions_frame_columns(tmp_path):
     split = np.array(["train", "test", "test", "val"], dtype=object)
     proba = np.array([[0.2, 0.8], [0.9, 0.1]])
     df = predictions_frame(data, split, proba, np.array([1, 2]), data.class_names)
-    assert list(df.columns) == ["image_id", "path", "group", "split", "true", "predicted", "p_bcc", "p_mel"]
+    assert list(df.columns) == ["image_id", "path", "group", "split", "true", "predicted", "decision_rule",
+                                "most_probable", "p_bcc", "p_mel", "logp_bcc", "logp_mel"]
     assert df["true"].tolist() == ["", "mel"] and df["predicted"].tolist() == ["mel", "bcc"]
+    assert df["decision_rule"].tolist() == ["most-probable"] * 2 and df["most_probable"].tolist() == ["mel", "bcc"]
+    np.testing.assert_array_equal(df[["logp_bcc", "logp_mel"]].to_numpy(), np.log(proba))
     assert df["image_id"].tolist() == list(data.image_ids[[1, 2]]) and df["split"].tolist() == ["test", "test"]
+
+
+def test_predictions_name_the_rule_and_keep_the_log_probabilities_apart(tmp_path):
+    """predicted follows the decision weights, most_probable the probabilities; logp_ columns written to the last
+    bit (a p_ rounded to 1.0 keeps its logp_), read back exactly."""
+    data = load_cache(feature_cache(tmp_path / "c.h5", counts={"bcc": 2, "mel": 2}, dim=4))
+    split = np.array(["test"] * 4, dtype=object)
+    logp = np.array([[-1e-20, -46.0517], [-0.2, -1.7], [-3e-30, -68.0], [-0.9, -0.52]])
+    proba = np.exp(logp)  # rows 0 and 2: p_bcc is exactly 1.0, their logp_bcc are not
+    write_predictions(tmp_path / "p.csv", data, split, proba, np.arange(4), data.class_names, (1.0, 5.0), logp,
+                      "balanced")
+    df = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert df["predicted"].tolist() == ["bcc", "mel", "bcc", "mel"]  # p x (1, 5): row 1 flips to mel
+    assert df["most_probable"].tolist() == ["bcc", "bcc", "bcc", "mel"]
+    assert set(df["decision_rule"]) == {"balanced"}
+    assert df["p_bcc"][0] == df["p_bcc"][2] == 1.0
+    np.testing.assert_array_equal(df[["logp_bcc", "logp_mel"]].to_numpy(), logp)  # bit for bit

@@ -86,7 +86,7 @@ def test_same_lesion_counts_when_the_sources_agree(run):
         assert r.overlap.excluded == 0 and not r.overlap.lesions_compared
         assert "sources ham10000 and isic2020" in r.overlap.message("relabelled.h5")
         restamp(other, source="isic2019")  # ISIC 2019's lesion_id column reuses HAM10000's lesion ids
-        r = evaluate_run(run["run"], other)
+        r = evaluate_run(run["run"], other, overwrite=True)
         leaked = ids_of(run, "train", "val")
         assert r.overlap.same_lesion == len(leaked) and r.overlap.same_bytes == 0
         assert r.metrics["n"] == len(ids_of(run, "test"))
@@ -109,7 +109,7 @@ def test_external_baseline_is_the_training_majority_or_says_it_is_not(run):
     moved = run["tmp"] / "moved.h5"
     shutil.move(run["cache"], moved)  # the run's training cache is gone: evaluate still runs, and says so
     try:
-        out = run_cli("evaluate", run["run"], "--cache", other)
+        out = run_cli("evaluate", run["run"], "--cache", other, "--overwrite")
     finally:
         shutil.move(moved, run["cache"])
     assert out.exit_code == 0, out.output

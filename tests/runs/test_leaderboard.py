@@ -9,10 +9,11 @@ from bottleneck.heads.model import HeadConfig
 from bottleneck.runs.leaderboard import METRICS, choose_winner, format_leaderboard, metric_score, write_leaderboard
 
 
-def result(cid: str, score: float | None, std: float | None = None, **config) -> dict:
+def result(cid: str, score: float | None, std: float | None = None, folds: int = 3, **config) -> dict:
     """A configuration's result.json as evaluate_config writes it."""
-    summary = {k: {"mean": None if score is None else score - 0.01 * i, "std": std} for i, k in enumerate(METRICS)}
-    summary["best_epoch"] = {"mean": 4.0, "std": None}
+    summary = {k: {"mean": None if score is None else score - 0.01 * i, "std": std, "n": folds}
+               for i, k in enumerate(METRICS)}
+    summary["best_epoch"] = {"mean": 4.0, "std": None, "n": folds}
     return {"id": cid, "config": HeadConfig(**config).to_dict(), "summary": summary, "seconds": 1.234}
 
 
@@ -35,9 +36,10 @@ def test_rows_are_ranked_by_the_metric_and_written_with_their_hyperparameters(tm
 def test_a_spread_is_shown_and_the_winner_says_how_it_was_chosen(tmp_path):
     rows = write_leaderboard([result("big", 0.80, 0.05), result("small", 0.78, 0.04, hidden=(16,))], "accuracy",
                              tmp_path)
-    assert "(mean ± std)" in format_leaderboard(rows, "accuracy").splitlines()[0]
+    assert "(mean ± SD over 3 folds)" in format_leaderboard(rows, "accuracy").splitlines()[0]
+    assert list(pd.read_csv(tmp_path / "leaderboard.csv")["folds"]) == [3, 3]
     winner, how = choose_winner(rows, "accuracy")
-    assert winner == "small" and "simplest head" in how
+    assert winner == "small" and "simplest head" in how and "over 3 folds" in how and "sample standard" in how
 
 
 def test_melanoma_sensitivity_is_read_from_its_own_block():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from bottleneck.errors import InputError
-from bottleneck.runs.plots import plot_confusion, plot_curves
+from bottleneck.runs.plots import plot_confusion, plot_curves, plot_roc, roc_curves
+from bottleneck.stats.metrics import log_softmax
 
 
 def assert_png(path):
@@ -36,3 +39,19 @@ def test_plot_confusion_with_a_zero_row(tmp_path, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no 0/0 on the empty row
     with pytest.raises(InputError, match=r"shape \(3, 3\) but there are 2 class names"):
         plot_confusion(m, ["nv", "mel"], tmp_path / "bad.png")
+
+
+def test_a_two_class_roc_is_one_curve_of_the_positive_class_from_unsaturated_scores(tmp_path):
+    # mel first (index 0); its logit margin puts p_other at exactly 1.0 in float32 on five rows, which would draw
+    # them as one tie: the curve ranks the float64 log-probabilities instead
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    d = np.array([-20.0, -22.0, 5.0, -25.0, -30.0, -40.0, 3.0])
+    logp = log_softmax(np.stack([d, np.zeros_like(d)], axis=1))
+    curves = roc_curves(y, logp, ["mel", "other"])
+    assert list(curves) == [0]  # one curve, the melanoma class's
+    fpr, tpr = curves[0]
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(y == 0, d))
+    assert list(roc_curves(y, logp, ["a", "b"])) == [1]  # no melanoma: class 1's
+    assert list(roc_curves(y, logp, ["mel", "other"], positive=1)) == [1]  # --positive other
+    assert len(roc_curves(np.array([0, 1, 2, 0]), log_softmax(np.eye(3)[[0, 1, 2, 1]]), ["a", "b", "c"])) == 3
+    assert_png(plot_roc(y, np.exp(logp), ["mel", "other"], tmp_path / "roc.png", log_proba=logp))

@@ -129,6 +129,27 @@ def test_the_test_split_never_influences_selection(tmp_path, cache):
                                                        progress=False))
     assert [(r["id"], r["score"]) for r in first.leaderboard] == [(r["id"], r["score"]) for r in second.leaderboard]
     assert first.best_metrics["test"]["balanced_accuracy"] != second.best_metrics["test"]["balanced_accuracy"]
+    # the winner's report names its sweep, and its validation spread is the sample SD of the 2 fold scores
+    report = (tmp_path / "a" / "best" / "report.md").read_text()
+    result = json.loads((tmp_path / "a" / "configs" / first.winner / "result.json").read_text())
+    scores = [f["balanced_accuracy"] for f in result["folds"]]
+    assert len(scores) == 2 and result["summary"]["balanced_accuracy"]["std"] == pytest.approx(np.std(scores, ddof=1))
+    assert f"Chosen by sweep `{tmp_path / 'a'}`: highest mean balanced_accuracy over 2 folds" in report
+    assert (f"{np.mean(scores):.3f} ± {np.std(scores, ddof=1):.3f} (sample standard deviation over 2 folds)"
+            in report)
+
+
+def test_fold_spread_is_the_sample_standard_deviation_with_its_count():
+    from bottleneck.runs.sweep import fold_summary
+
+    folds = [{"balanced_accuracy": 0.6, "accuracy": 0.7, "roc_auc_macro": None, "melanoma_sensitivity": 0.5,
+              "best_epoch": 3}, {"balanced_accuracy": 0.8, "accuracy": 0.7, "roc_auc_macro": None,
+                                 "melanoma_sensitivity": None, "best_epoch": 5}]
+    s = fold_summary(folds)
+    assert s["balanced_accuracy"] == {"mean": pytest.approx(0.7), "std": pytest.approx(0.1 * 2 ** 0.5), "n": 2}
+    assert s["accuracy"]["std"] == 0 and s["best_epoch"]["mean"] == 4
+    assert s["roc_auc_macro"] == {"mean": None, "std": None, "n": 0}
+    assert s["melanoma_sensitivity"] == {"mean": 0.5, "std": None, "n": 1}  # no spread from one score
 
 
 def test_cli_sweep_with_options_prints_a_leaderboard(tmp_path, cache):

@@ -120,3 +120,110 @@ def test_bad_caches_are_refused_with_the_reason(tmp_path, kind, message):
     r = run_cli("train-head", cache, "--out", tmp_path / "run", "--quiet", "--epochs", "3")
     assert r.exit_code == 1 and message in r.output, r.output
     assert not (tmp_path / "run").exists()
+
+
+# --- every figure recomputes from predictions.csv; the decision rule named, chosen and reused ---------------------
+
+def read_predictions(path) -> pd.DataFrame:
+    """predictions.csv as a reviewer reads it (pandas' default parser reads each float64 back exactly)."""
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def ovr_from_logp(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """One-vs-rest log-odds from the logp_ columns, with scipy (not the library's code)."""
+    from scipy.special import logsumexp
+
+    logp = frame[[f"logp_{n}" for n in names]].to_numpy()
+    return np.stack([logp[:, k] - logsumexp(np.delete(logp, k, axis=1), axis=1) for k in range(len(names))], 1)
+
+
+@pytest.fixture(scope="module")
+def overlapping(tmp_path_factory):
+    """An imbalanced cache whose classes overlap (calibration moves decisions off the most probable class), a head
+    run off it with the default (balanced) rule, and a two-class cache (mel first) with its run."""
+    tmp = tmp_path_factory.mktemp("overlap")
+    cache = feature_cache(tmp / "multi.h5", counts={"bcc": 40, "mel": 40, "nv": 240}, dim=16, separation=0.5)
+    train_head_run(cache, FAST, RunOptions(out=tmp / "balanced", progress=False))
+    binary = feature_cache(tmp / "binary.h5", counts={"mel": 40, "other": 160}, dim=16, separation=0.5)
+    train_head_run(binary, FAST, RunOptions(out=tmp / "binary", progress=False))
+    return {"cache": cache, "run": tmp / "balanced", "binary": tmp / "binary"}
+
+
+def test_predictions_csv_recomputes_balanced_accuracy_and_every_auc_of_metrics_json_exactly(overlapping):
+    from sklearn.metrics import roc_auc_score
+
+    d = overlapping["run"]
+    metrics = json.loads((d / "metrics.json").read_text())
+    names = json.loads((d / "config.json").read_text())["class_names"]
+    t = read_predictions(d / "predictions.csv").query("split == 'test'")
+    test = metrics["test"]
+    recalls = [(t["predicted"][t["true"] == n] == n).mean() for n in names]
+    assert float(np.mean(recalls)) == test["balanced_accuracy"]
+    assert (t["predicted"] == t["true"]).mean() == test["accuracy"]
+    scores = ovr_from_logp(t, names)
+    aucs = {n: roc_auc_score(t["true"] == n, scores[:, k]) for k, n in enumerate(names)}
+    assert aucs == test["roc_auc_per_class"]
+    assert float(np.mean(list(aucs.values()))) == test["roc_auc_macro"]
+    # the rule, named in the file; the share of rows it moves off the most probable class, in metrics and report
+    probs = t[[f"p_{n}" for n in names]].to_numpy()
+    assert (t["most_probable"] == [names[k] for k in probs.argmax(axis=1)]).all()
+    assert set(t["decision_rule"]) == {"balanced"} and metrics["decision_rule"]["rule"] == "balanced"
+    moved = int((t["predicted"] != t["most_probable"]).sum())
+    assert moved > 0 and test["not_most_probable"] == {"rows": moved, "share": moved / len(t)}
+    assert metrics["decision_rule"]["on_test"] == test["not_most_probable"]
+    report = (d / "report.md").read_text()
+    assert "### Decision rule" in report and f"{moved} of {len(t)} images ({moved / len(t):.1%})" in report
+
+
+def test_a_two_class_run_reports_one_auc_for_both_classes(overlapping):
+    from sklearn.metrics import roc_auc_score
+
+    d = overlapping["binary"]
+    test = json.loads((d / "metrics.json").read_text())["test"]
+    t = read_predictions(d / "predictions.csv").query("split == 'test'")
+    auc = roc_auc_score(t["true"] == "mel", ovr_from_logp(t, ["mel", "other"])[:, 0])
+    assert test["roc_auc_per_class"] == {"mel": auc, "other": auc} and test["roc_auc_macro"] == auc
+    assert roc_auc_score(t["true"] == "other", ovr_from_logp(t, ["mel", "other"])[:, 1]) == pytest.approx(auc)
+    assert "one AUC and one ROC curve, the mel class's" in (d / "report.md").read_text()
+
+
+def test_decision_most_probable_is_recorded_and_evaluate_reuses_it(tmp_path, overlapping):
+    run = tmp_path / "mp"
+    r = run_cli("train-head", overlapping["cache"], "--out", run, "--decision", "most-probable", "--epochs",
+                FAST.epochs, "--patience", FAST.patience, "--quiet")
+    assert r.exit_code == 0, r.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["decision_rule"] == "most-probable"
+    assert config["command"][config["command"].index("--decision") + 1] == "most-probable"
+    preds = read_predictions(run / "predictions.csv")
+    assert (preds["predicted"] == preds["most_probable"]).all() and set(preds["decision_rule"]) == {"most-probable"}
+    assert json.loads((run / "metrics.json").read_text())["test"]["not_most_probable"]["rows"] == 0
+    # the same head as the balanced run (same cache and seed): only the decisions differ
+    balanced = read_predictions(overlapping["run"] / "predictions.csv")
+    assert (preds["most_probable"] == balanced["most_probable"]).all()
+    assert (preds["predicted"] != balanced["predicted"]).any()
+    r = run_cli("evaluate", run, "--out", tmp_path / "eval")
+    assert r.exit_code == 0, r.output
+    served = read_predictions(tmp_path / "eval" / "predictions.csv")
+    assert (served["predicted"] == served["most_probable"]).all()
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["decision_rule"]["rule"] == "most-probable"
+    r = run_cli("train-head", overlapping["cache"], "--out", tmp_path / "bad", "--decision", "argmax", "--quiet")
+    assert r.exit_code == 1 and "--decision should be balanced or most-probable; received 'argmax'" in r.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_evaluate_gives_the_runs_own_auc_and_an_older_run_keeps_its_balanced_rule(tmp_path, overlapping):
+    run = copy_run(overlapping["run"], tmp_path)
+    own = json.loads((run / "metrics.json").read_text())["test"]
+    theirs = read_predictions(run / "predictions.csv").query("split == 'test'").set_index("image_id")
+    assert run_cli("evaluate", run, "--out", tmp_path / "e1").exit_code == 0
+    m = json.loads((tmp_path / "e1" / "metrics.json").read_text())["metrics"]
+    assert m["roc_auc_per_class"] == own["roc_auc_per_class"] and m["roc_auc_macro"] == own["roc_auc_macro"]
+    assert m["balanced_accuracy"] == own["balanced_accuracy"]
+    config = json.loads((run / "config.json").read_text())
+    del config["decision_rule"]  # as a run written before --decision
+    (run / "config.json").write_text(json.dumps(config))
+    assert run_cli("evaluate", run, "--out", tmp_path / "e2").exit_code == 0
+    served = read_predictions(tmp_path / "e2" / "predictions.csv").set_index("image_id")
+    assert (served["predicted"] == theirs["predicted"][served.index]).all()
+    assert (served["predicted"] != served["most_probable"]).any()  # the balanced rule, with its decision weights

@@ -1,5 +1,5 @@
 """The lesion bootstrap: weighted statistics equal resamples drawn by hand, intervals resample lesions (not images),
-the headline metrics' intervals, and no interval for a figure resting on one lesion."""
+the headline metrics' intervals, and a wide flagged interval for a figure resting on one lesion."""
 
 from __future__ import annotations
 
@@ -71,11 +71,15 @@ def test_metric_intervals_cover_every_headline_metric_and_are_reproducible():
     assert set(a["recall"]) == set(names)
 
 
-def test_a_figure_resting_on_one_lesion_has_no_interval():
+def test_a_figure_resting_on_one_lesion_has_a_wide_flagged_interval():
+    """Resampling one lesion cannot show its uncertainty (every resample agrees); the exact binomial interval on one
+    lesion can: 2 of 2 images of one melanoma detected is 1.000 (0.025-1.000), flagged, not 1.000 (1.000-1.000)."""
     y = np.array([1, 1, 0, 0, 0, 0])
     flagged = np.array([True, True, False, True, False, False])
     units = resampling_units(np.array(["A", "A", "B", "C", "D", "E"], dtype=object))  # every positive: lesion A
     found = bootstrap(binary_stats(y, flagged, 1), None, units, seed=0,
                       support=binary_support(y, flagged, 1, units))
-    assert found["sensitivity"]["value"] == 1.0 and found["sensitivity"]["lower"] is None
-    assert found["specificity"]["lower"] is not None  # four negative lesions: an interval
+    sens = found["sensitivity"]
+    assert sens["value"] == 1.0 and sens["lower"] == pytest.approx(0.025) and sens["upper"] == 1.0
+    assert sens["few"] and sens["lesions"] == 1 and sens["n_eff"] == 1
+    assert found["specificity"]["lesions"] == 4 and 0 < found["specificity"]["lower"] < 0.75

@@ -14,7 +14,7 @@ from PIL import Image
 
 from bottleneck.errors import InputError
 from bottleneck.stats.calibration import Calibration
-from bottleneck.stats.clinical import age_band, binary_rates, choose_threshold, parse_subgroups
+from bottleneck.stats.clinical import age_band, binary_rates, choose_threshold, parse_subgroups, subgroup_table
 from bottleneck.stats.metrics import decide
 
 # --- operating point, subgroups -----------------------------------------------------------------------------------
@@ -38,6 +38,32 @@ def test_subgroup_helpers():
         ("sex", "age")
     with pytest.raises(InputError, match="--subgroups"):
         parse_subgroups(" , ")
+
+
+def test_subgroup_rows_compare_like_with_like():
+    """A subgroup holding one class of three ("genital") gets no balanced accuracy, its missing classes named (a mean
+    over the one class it holds would be another quantity than the others' mean over three); each row gives each
+    present class's recall with its count, and the positive class's sensitivity and specificity as flagged."""
+    from bottleneck.runs.report import subgroup_section
+
+    site = np.array(["back"] * 9 + ["genital"] * 3)
+    y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2])
+    pred = np.array([0, 0, 2, 1, 1, 2, 2, 2, 1, 2, 1, 2])
+    rows = subgroup_table("localization", site, y, pred, pred == 1, np.array([f"L{k}" for k in range(12)]), 1,
+                          seed=0, resamples=200, class_names=["bcc", "mel", "nv"])
+    back, genital = rows
+    assert back["missing_classes"] == [] and back["balanced_accuracy"]["value"] == pytest.approx(2 / 3)
+    assert {n: r["value"] for n, r in back["recall"].items()} == pytest.approx({"bcc": 2 / 3, "mel": 2 / 3,
+                                                                                 "nv": 2 / 3})
+    assert back["sensitivity"]["value"] == pytest.approx(2 / 3) and back["specificity"]["value"] == pytest.approx(5 / 6)
+    assert genital["balanced_accuracy"] is None and genital["missing_classes"] == ["bcc", "mel"]
+    assert genital["per_class"] == {"bcc": 0, "mel": 0, "nv": 3} and list(genital["recall"]) == ["nv"]
+    assert genital["recall"]["nv"]["value"] == pytest.approx(2 / 3) and genital["sensitivity"] is None
+    assert genital["specificity"]["value"] == pytest.approx(2 / 3) and genital["positives"] == 0
+    text = "\n".join(subgroup_section({"positive": "mel", "subgroups": {
+        "columns": ["localization"], "at": "operating point", "tables": {"localization": rows}}}))
+    assert "| genital | 3 | 3 | 0 (0) | - |" in text and "| - (no bcc, mel) |" in text
+    assert "| genital | - | - | 0.667 (" in text and ", n=3 |" in text  # recall by class: nv only
 
 
 # --- real runs ----------------------------------------------------------------------------------------------------
@@ -122,12 +148,12 @@ def test_the_saved_head_gives_the_calibrated_probabilities_and_evaluate_agrees(c
         m["balanced_accuracy"])
     assert ev["metrics"]["intervals"]["balanced_accuracy"]["lower"] is not None
     assert ev["operating_point"]["threshold"] == config["operating_point"]["threshold"]
-    assert run_cli("evaluate", d, "--no-calibrate").exit_code == 0
-    ev = json.loads((d / "eval-test" / "metrics.json").read_text())
+    assert run_cli("evaluate", d, "--no-calibrate").exit_code == 0  # beside eval-test, not over it
+    ev = json.loads((d / "eval-test-nocal" / "metrics.json").read_text())
     assert not ev["decision_rule"]["calibrated"]
     assert ev["operating_point"]["threshold"] == config["operating_point"]["threshold_uncalibrated"]
     assert ev["metrics"]["balanced_accuracy"] == pytest.approx(m["balanced_accuracy"])  # same decisions
-    ev_preds = pd.read_csv(d / "eval-test" / "predictions.csv")
+    ev_preds = pd.read_csv(d / "eval-test-nocal" / "predictions.csv")
     np.testing.assert_allclose(ev_preds[cols], raw[preds.split == "test"], atol=1e-4)
 
 
@@ -182,18 +208,19 @@ def test_predict_and_export_carry_the_operating_point(ham_run, tmp_path):
     assert (p["mel_at_threshold"].astype(str) == (p["p_mel"] >= op["threshold"]).astype(str)).all()
     flagged = int((p["p_mel"] >= op["threshold"]).sum())
     assert f"{flagged} of 4 images flagged (column mel_at_threshold)" in r.output
+    # The fixture's 6 validation images are too few to calibrate on: the run keeps the head's own probabilities,
+    # so --no-calibrate changes nothing, and the export's labels.json carries the run's record of the skip.
+    assert not config["calibration"]["applied"] and "too few validation images" in config["calibration"]["reason"]
     r = run_cli("predict", ham_run["run"], *images, "--out", tmp_path / "raw.csv", "--no-calibrate")
     assert r.exit_code == 0, r.output
     raw = pd.read_csv(tmp_path / "raw.csv", keep_default_na=False)
     cols = [c for c in p.columns if c.startswith("p_")]
-    cal = Calibration.from_record(config["calibration"])
-    np.testing.assert_allclose(cal.apply(raw[cols].to_numpy()), p[cols], atol=1e-4)
-    assert (raw["predicted"] == p["predicted"]).all()
-    r = run_cli("export", ham_run["run"], "--out", tmp_path / "exp", "--no-calibrate")
+    np.testing.assert_allclose(raw[cols], p[cols], atol=1e-6)
+    assert (raw["predicted"] == p["predicted"]).all() and (raw["mel_threshold"] == op["threshold"]).all()
+    r = run_cli("export", ham_run["run"], "--out", tmp_path / "exp")
     assert r.exit_code == 0, r.output
     labels = json.loads((tmp_path / "exp" / "labels.json").read_text())
-    assert labels["calibration"] == {"applied": False, "reason": "exported with --no-calibrate"}
-    assert labels["operating_point"]["threshold"] == op.get("threshold_uncalibrated")
+    assert labels["calibration"] == config["calibration"] and labels["operating_point"]["threshold"] == op["threshold"]
     r = run_cli("predict", tmp_path / "exp" / "model.keras", *images, "--out", tmp_path / "exp.csv")
     assert r.exit_code == 0, r.output
     np.testing.assert_allclose(pd.read_csv(tmp_path / "exp.csv")[cols], raw[cols], atol=1e-4)
@@ -252,7 +279,10 @@ def test_ham10000_layout_report_has_every_figure_and_a_subgroup_table(tmp_path):
     sexes = {row["value"]: row for row in sub["tables"]["sex"]}
     assert set(sexes) == {"female", "male"} and sum(r["images"] for r in sexes.values()) == m["test"]["n"]
     for row in sub["tables"]["localization"]:
-        assert {"images", "lesions", "positives", "balanced_accuracy", "sensitivity"} <= set(row)
+        assert {"images", "lesions", "positives", "balanced_accuracy", "sensitivity", "specificity",
+                "recall"} <= set(row)
+        assert (row["balanced_accuracy"] is None) == bool(row["missing_classes"])  # only over every class
+        assert set(row["recall"]) == {n for n, k in row["per_class"].items() if k}
     assert m["lesion_level"]["lesions"] == m["bootstrap"]["units"]
     assert m["operating_point"]["positive"] == "mel"
     report = (tmp_path / "run" / "report.md").read_text()

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from bottleneck.errors import InputError
-from bottleneck.stats.metrics import compute_metrics, format_table
+from bottleneck.stats.metrics import compute_metrics, format_table, log_softmax, ovr_scores
 
 
 def onehot_proba(pred, c: int, conf: float = 0.8) -> np.ndarray:
@@ -141,6 +141,83 @@ def test_perfect_predictions_give_auc_one():
 def test_bad_input_names_the_value(y, proba, names, match):
     with pytest.raises(InputError, match=match):
         compute_metrics(y, proba, names)
+
+
+# --- AUC from log-probabilities, not saturated probabilities ------------------------------------------------
+
+def float32_softmax(z: np.ndarray) -> np.ndarray:
+    """What a Keras softmax layer gives: probabilities computed in float32."""
+    z = np.asarray(z, dtype=np.float32)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def independent_ovr(logp: np.ndarray) -> np.ndarray:
+    """One-vs-rest log-odds with scipy: what a reviewer computes from predictions.csv's logp_ columns."""
+    from scipy.special import logsumexp
+
+    return np.stack([logp[:, k] - logsumexp(np.delete(logp, k, axis=1), axis=1) for k in range(logp.shape[1])], 1)
+
+
+def test_auc_ranks_logits_where_float32_probabilities_saturate_and_tie():
+    # class "a" against the rest: its float32 probability is exactly 1.0 on rows 0-4 (and the others underflow to
+    # exactly 0 on rows 0, 1 and 3), so those rows tie although their logits rank them
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    z = np.zeros((8, 3))
+    z[:, 0] = [120, 118, 30, 115, 20, -1, -2, -3]
+    p32 = float32_softmax(z)
+    assert (p32[:5, 0] == 1.0).all() and (p32[[0, 1, 3], 1:] == 0).all()
+    assert roc_auc_score(y == 0, p32[:, 0]) == pytest.approx(12 / 15)  # what an AUC of the probabilities says
+    logp = log_softmax(z)
+    r = compute_metrics(y, np.exp(logp), ["a", "b", "c"], log_proba=logp)
+    assert r["roc_auc_per_class"]["a"] == 14 / 15  # 120 and 118 rank above the class-b row at 115, 30 below it
+    assert r["roc_auc_per_class"]["a"] == roc_auc_score(y == 0, independent_ovr(logp)[:, 0])
+    for k, n in enumerate("abc"):
+        assert r["roc_auc_per_class"][n] == roc_auc_score(y == k, independent_ovr(logp)[:, k])
+    assert r["roc_auc_macro"] == np.mean([r["roc_auc_per_class"][n] for n in "abc"])
+
+
+def test_log_softmax_keeps_a_probability_near_one_apart_from_one():
+    logp = log_softmax(np.array([[0.0, -50.0], [0.0, -60.0], [0.0, 0.0], [2000.0, 0.0]]))
+    assert logp[0, 0] < logp[1, 0] < 0  # exp(-50) and exp(-60) from 1: float64 1.0 - 2e-22 would be 1.0
+    np.testing.assert_allclose(logp[0, 0], -np.exp(-50.0), rtol=1e-12)
+    np.testing.assert_allclose(logp[2], np.log([0.5, 0.5]), rtol=1e-15)
+    assert logp[3, 1] == -2000.0 and logp[3, 0] == 0.0  # no overflow, no NaN
+
+
+def test_a_binary_task_reports_one_auc_the_positive_classes_even_when_the_other_saturates():
+    # melanoma against the rest, mel first (as a sorted class map gives it): p_other rounds to 1.0 in float32
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    d = np.array([-20.0, -22.0, 5.0, -25.0, -30.0, -40.0, 3.0])  # logit of mel minus logit of other
+    z = np.stack([d, np.zeros_like(d)], axis=1)
+    p32 = float32_softmax(z)
+    assert (p32[[0, 1, 3, 4, 5], 1] == 1.0).all()
+    old = compute_metrics(y, p32.astype(np.float64), ["mel", "other"])
+    logp = log_softmax(z)
+    r = compute_metrics(y, np.exp(logp), ["mel", "other"], log_proba=logp)
+    truth = roc_auc_score(y == 0, d)  # 10 of 12 pairs
+    assert truth == pytest.approx(10 / 12)
+    assert r["roc_auc_per_class"] == {"mel": truth, "other": truth} and r["roc_auc_macro"] == truth
+    assert r["roc_auc_macro"] == roc_auc_score(y == 0, independent_ovr(logp)[:, 0])
+    assert roc_auc_score(y == 1, independent_ovr(logp)[:, 1]) == pytest.approx(truth, abs=1e-12)
+    assert old["roc_auc_per_class"]["mel"] == old["roc_auc_per_class"]["other"] == old["roc_auc_macro"]
+    np.testing.assert_array_equal(ovr_scores(logp)[:, 0], -ovr_scores(logp)[:, 1])  # exact mirror images
+
+
+def test_not_most_probable_counts_rows_the_decision_weights_moved():
+    y = np.array([0, 1, 1, 0])
+    proba = np.array([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
+    r = compute_metrics(y, proba, ["nv", "mel"], decision_weights=(1.0, 3.0))  # 0.3 x 3 > 0.7, 0.4 x 3 > 0.6
+    assert r["not_most_probable"] == {"rows": 2, "share": 0.5}
+    assert compute_metrics(y, proba, ["nv", "mel"])["not_most_probable"] == {"rows": 0, "share": 0.0}
+
+
+def test_log_proba_of_another_shape_or_with_nan_is_refused():
+    proba = np.full((2, 2), 0.5)
+    with pytest.raises(InputError, match=r"log_proba must have the shape of proba \(2, 2\)"):
+        compute_metrics(np.array([0, 1]), proba, ["a", "b"], log_proba=np.zeros((2, 3)))
+    with pytest.raises(InputError, match="NaN or positive"):
+        compute_metrics(np.array([0, 1]), proba, ["a", "b"], log_proba=np.array([[np.nan, 0.0], [0.0, 0.0]]))
 
 
 # --- format_table ------------------------------------------------------------------------------------------

@@ -147,7 +147,8 @@ def test_train_heads_rerun_command_is_the_argument_list_it_always_was(head):
     opts = RunOptions(split=SplitSpec.held_out(0.2, 0.1, head.seed), memory_gb=2.0, tta=True)
     new = train_rerun(Path("cache/c.h5"), Path("runs/r"), head, opts)
     old = old_train_head_command(Path("cache/c.h5"), Path("runs/r"), head, opts)
-    assert new[:len(old)] == old and new[len(old):] == ["--target-sensitivity", "0.95", "--memory-gb", "2", "--tta"]
+    assert new[:len(old)] == old and new[len(old):] == ["--target-sensitivity", "0.95", "--decision", "balanced",
+                                                     "--memory-gb", "2", "--tta"]
 
 
 @pytest.mark.parametrize("opts", [FineTuneOptions(), FineTuneOptions(unfreeze="all", lr=3e-6, augment=False,
