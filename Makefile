@@ -21,11 +21,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -n 2 -m slow
 
 # The crash-test harness: every write of extract, train-head, sweep and merge failed or killed in turn.
 test-crash: $(STAMP)
-	$(BIN)/python -m pytest -q -m crash
+	$(BIN)/python -m pytest -q -n 2 -m crash
 
 # The Ray engine's tests: installs the optional [ray] extra first (`make test` skips them).
 test-ray: $(STAMP)

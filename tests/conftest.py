@@ -110,11 +110,13 @@ def hostile_tree(tmp_path):
 
 
 def feature_cache(path, counts=None, dim=32, images_per_group=2, seed=0, backbone="vgg16", separation=1.5,
-                  class_names=None, meta=None, source=None):
+                  class_names=None, meta=None, source=None, phash=None):
     """A real cache written through the library's writer, with synthetic class-dependent features:
     train-head tests need no CNN pass. counts: {class name: images}; groups of `images_per_group`; meta: a function
     (row number, class name, number within the class) -> {column: text}, the row's metadata columns; source: the
-    cache's `source` attribute (as extract records it: ham10000, isic2020, csv, ...)."""
+    cache's `source` attribute (as extract records it: ham10000, isic2020, csv, ...); phash: a function (row number,
+    class name, number within the class) -> int, the row's perceptual fingerprint (stored as `phash`; without it the
+    cache has no fingerprint column, as one extracted before fingerprints)."""
     from bottleneck.cache.store import CacheConfig
     from bottleneck.cache.writer import CacheWriter
 
@@ -128,7 +130,8 @@ def feature_cache(path, counts=None, dim=32, images_per_group=2, seed=0, backbon
         for i in range(n):
             group = f"L{c}-{i // images_per_group}" if images_per_group else ""
             rows.append(dict(image_id=f"img{k:05d}", path=f"{name}/img{k:05d}.jpg", label=name, group=group,
-                             sha256=f"{k:064x}", width=40, height=30, **({"meta": meta(k, name, i)} if meta else {})))
+                             sha256=f"{k:064x}", width=40, height=30, **({"meta": meta(k, name, i)} if meta else {}),
+                             **({"phash": int(phash(k, name, i))} if phash else {})))
             feats.append(centers[c] + rng.normal(0, 1, dim))
             k += 1
     info = {"dataset": "synthetic", **({"source": source} if source else {})}

@@ -75,13 +75,17 @@ def test_this_version_writes_the_legacy_layout_and_the_same_features(legacy, tmp
     extract(build_index(legacy / "images"), ExtractOptions(**OPTS, cache=fresh))
     old, new = layout(legacy / "cache.h5"), layout(fresh)
     assert set(new.pop("attrs")) - set(old.pop("attrs")) == {"precision", "xla", "shard", "index_fingerprint",
-                                                              "index_images", "meta_columns"}  # added since 0.1.0
-    assert new.pop("row_keys") == ((18, 2), "uint64", (8192, 2))  # the one dataset added: lookups by key
+                                                              "index_images", "meta_columns",
+                                                              "identity"}  # added since 0.1.0
+    assert new.pop("row_keys") == ((18, 2), "uint64", (8192, 2))  # added: lookups by key
+    assert new.pop("phash")[:2] == ((18,), "uint64")  # added: each image's perceptual fingerprint
     assert new == old
     assert load_cache(legacy / "cache.h5").config.precision == "float32"  # what 0.1.0 computed in
     with h5py.File(legacy / "cache.h5", "r") as a, h5py.File(fresh, "r") as b:
-        for key in set(a.attrs) - VOLATILE_ATTRS:
+        for key in set(a.attrs) - VOLATILE_ATTRS - {"dataset"}:
             assert str(a.attrs[key]) == str(b.attrs[key]), key
+        # a generic folder name (`images`) now names the dataset by its parent, as the default cache name does
+        assert (a.attrs["dataset"], b.attrs["dataset"]) == ("images", "legacy")
     old_data, new_data = load_cache(legacy / "cache.h5"), load_cache(fresh)
     order = np.argsort(new_data.image_ids)
     assert list(new_data.image_ids[order]) == list(np.sort(old_data.image_ids))
@@ -132,5 +136,6 @@ def test_a_new_run_has_the_legacy_files_and_config_keys(legacy, tmp_path):
     old_metrics = json.loads((legacy / "run" / "metrics.json").read_text())
     clinical = {"calibration", "bootstrap", "positive", "operating_point", "lesion_level", "subgroups",
                 "small_numbers", "warnings",  # added since (issue: results a clinician can defend)
-                "data_checks", "decision_rule"}  # grouping unit, reference standard and ages, for the limitations
+                "data_checks", "decision_rule",  # grouping unit, reference standard and ages, for the limitations
+                "near_duplicates"}  # near-duplicate pairs across groups, found before the split
     assert set(json.loads((r.run_dir / "metrics.json").read_text())) - clinical == set(old_metrics) - {"warnings"}

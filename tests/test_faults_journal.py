@@ -140,10 +140,12 @@ def test_a_write_error_is_one_line_and_a_rerun_completes(tmp_path, reference, fo
     root, expected = reference
     cache = tmp_path / "c.h5"
     committed = 0
-    if limit is None:
-        shutil.copytree(root / "nv", tmp_path / "half" / "nv")
-        committed = extract(build_index(tmp_path / "half"), extract_opts(tmp_path, cache=cache)).rows
+    if limit is None:  # the dataset's nv images first; the rest are added to the same folder, as a clinic would
+        shutil.copytree(root / "nv", tmp_path / "data" / "nv")
+        committed = extract(build_index(tmp_path / "data"), extract_opts(tmp_path, cache=cache)).rows
         limit = cache.stat().st_size  # the journal's batches fit, the grown cache does not
+        shutil.copytree(root, tmp_path / "data", dirs_exist_ok=True)
+        root = tmp_path / "data"
     run = forked.run("extract", root, *TINY_ARGS, "--batch-size", "4", "--precision", "float32", "--cache", cache,
                      fsize=limit)
     lines = run.stderr.strip().splitlines()

@@ -13,7 +13,9 @@
 - ray: `--engine ray` on a local Ray instance against the local engine, same images (needs the [ray] extra);
 - grow: adding 1% to synthetic caches of 100,000 and 1,000,000 rows against writing the same rows into an empty
   cache, and the copy of the whole file that each commit used to make;
-- coverage: how often the reports' 95% intervals hold a known sensitivity in simulated test splits (`coverage`).
+- coverage: how often the reports' 95% intervals hold a known sensitivity in simulated test splits (`coverage`);
+- duplicates: how often fingerprints and feature similarity find re-encoded, resized, cropped, mirrored and turned
+  copies, how often distinct lesions look alike to them, and what a check costs (`duplicates`).
 
 Rates are differences or steady-state windows, never whole runs with start-up in them, and each ratio compares
 two ways measured in the same run: the machines are shared and drift between runs.
@@ -44,9 +46,11 @@ from ..util import tensorflow
 from .ceilings import decode_ceiling, forward_flops, matmul_flops_per_s
 from .coverage import bench_coverage
 from .data import BenchOptions, synthetic_features, synthetic_rows, write_bench_images, write_synthetic_cache
+from .duplicates import bench_duplicates
 from .report import machine_info
 
-PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow", "ray", "coverage")
+PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow", "ray", "coverage",
+         "duplicates")
 
 
 def bench_head_epoch(opts: BenchOptions) -> dict:
@@ -378,7 +382,8 @@ def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
              "load": lambda tmp: bench_cache_load(opts, tmp), "rerun": lambda tmp: bench_rerun(opts, tmp),
              "memory": lambda tmp: bench_memory(opts, tmp), "sweep": lambda tmp: bench_sweep(opts, tmp),
              "views": lambda tmp: bench_views(opts, tmp), "grow": lambda tmp: bench_grow(opts, tmp),
-             "ray": lambda tmp: bench_ray(opts, tmp), "coverage": lambda tmp: bench_coverage(opts.coverage_sims)}
+             "ray": lambda tmp: bench_ray(opts, tmp), "coverage": lambda tmp: bench_coverage(opts.coverage_sims),
+             "duplicates": lambda tmp: bench_duplicates()}
     with tempfile.TemporaryDirectory() as tmp:
         for part in PARTS:
             if part in parts:

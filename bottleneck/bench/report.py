@@ -11,6 +11,7 @@ from ..cache import library_versions
 from ..util import tensorflow
 from .coverage import format_coverage
 from .data import BenchOptions
+from .duplicates import format_duplicates
 
 
 def machine_info() -> dict:
@@ -111,4 +112,6 @@ def format_results(r: dict, opts: BenchOptions) -> str:
                          f"starting Ray {y['ray_start_s']:.1f} s vs building the backbone {y['local_build_s']:.1f} s")
     if "coverage" in r:
         lines += format_coverage(r["coverage"])
+    if "duplicates" in r:
+        lines += format_duplicates(r["duplicates"])
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from .journal import utf8_ok
 from .merge import MergeResult, merge_caches
 from .pending import journaled_ids
 from .store import (
+                       ADD_FINGERPRINTS,
                        CacheConfig,
                        CacheData,
                        describe_cache,
@@ -33,7 +34,8 @@ from .store import (
 from .writer import COMMIT_SECONDS, CacheWriter
 
 __all__ = [
-    "COMMIT_SECONDS", "CacheConfig", "CacheData", "CacheWriter", "GIB", "MergeResult", "ViewsReader", "chunk_batches",
+    "ADD_FINGERPRINTS", "COMMIT_SECONDS", "CacheConfig", "CacheData", "CacheWriter", "GIB", "MergeResult",
+    "ViewsReader", "chunk_batches",
     "default_memory_gb", "describe_cache", "features_fit", "features_record", "is_streamed", "journaled_ids",
     "library_versions",
     "load_cache", "load_cache_within", "merge_caches", "read_attrs", "read_views", "recorded_config",

@@ -72,6 +72,11 @@ def check_cache(f, path: Path, schema_version: int) -> None:
         if len(ds.shape) < 1 or ds.shape[0] < n:
             raise CacheError(f"cache {path}: dataset {name!r} holds {ds.shape[0] if ds.shape else 0} rows but "
                              f"attribute n_rows says {n} are committed; {REEXTRACT}")
+    phash = f.get("phash")  # optional (older caches have none); may be shorter than n_rows: readers pad with 0
+    if phash is not None and (not hasattr(phash, "shape") or len(phash.shape) != 1 or phash.dtype != "uint64"):
+        raise CacheError(f"cache {path}: dataset 'phash' is {getattr(phash, 'dtype', 'a group')} of shape "
+                         f"{getattr(phash, 'shape', '?')}, not (rows,) uint64 fingerprints; delete it with h5py "
+                         "(`del f['phash']`) and rerun the extract command to compute them again")
     width = f["features"].shape[1] if len(f["features"].shape) == 2 else None
     if width != int(_text(attrs["num_features"])):
         raise CacheError(f"cache {path}: dataset 'features' has shape {f['features'].shape}, not (rows, "

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .journal import ROW_FIELDS, Journal, batch_meta
+from .journal import ROW_FIELDS, Journal, batch_meta, batch_phash
 from .row_keys import KEYS, id_key, keys_for, matching_rows, read_keys
-from .store import META, STRING_DTYPE, decode_strings, meta_dataset, stored_meta_columns
+from .store import META, PHASH, STRING_DTYPE, decode_strings, meta_dataset, stored_meta_columns
 
 
 @dataclass
@@ -137,6 +137,9 @@ def _apply_batch(f, b: dict, n: int, state: CommittedState) -> int:
         if c not in state.meta_columns:  # columns are only ever added, as classes are
             _add_meta_column(f, c, n)
             state.meta_columns.append(c)
+    phash, has_phash = batch_phash(b)
+    if has_phash.any() and PHASH not in f:  # created by the first batch that brings fingerprints
+        add_phash_column(f, n)
     new_rows = []
     rows_of_batch = []
     ids = [str(i) for i in b["image_id"]]
@@ -147,6 +150,8 @@ def _apply_batch(f, b: dict, n: int, state: CommittedState) -> int:
         if r is not None:
             rows_of_batch.append(r)
             _refresh_row(f, b, i, r, image_id, label, meta_names, meta[i])
+            if has_phash[i]:
+                _phash_at(f, r + 1)[r] = phash[i]
         else:
             rows_of_batch.append(n + len(new_rows))
             state.known[image_id] = n + len(new_rows)
@@ -178,6 +183,7 @@ def _append_new_rows(f, b: dict, n: int, new_rows: list[tuple[int, int]], meta_n
                      meta_columns: list[str]) -> None:
     """The batch rows `new_rows` ((batch row, label) each) written as cache rows n.., past the committed count."""
     sel = np.array([i for i, _ in new_rows])
+    phash, has_phash = batch_phash(b)
     for k in ROW_FIELDS:
         _append_rows(f[k], n, [str(v) for v in b[k][sel]])
     for c in meta_columns:  # every column grows with the rows: "" where the batch lacks it
@@ -187,6 +193,8 @@ def _append_new_rows(f, b: dict, n: int, new_rows: list[tuple[int, int]], meta_n
     _append_rows(f["label"], n, np.array([lab for _, lab in new_rows], dtype=np.int32))
     _append_rows(f["orig_size"], n, b["size"][sel])
     _append_rows(f["features"], n, b["features"][sel])
+    if PHASH in f:  # NO_FINGERPRINT (0) where a row has none
+        _append_rows(_phash_at(f, n), n, np.where(has_phash[sel], phash[sel], np.uint64(0)).astype(np.uint64))
 
 
 def _write_failed(f, failed: dict[str, tuple[str, str]]) -> None:
@@ -210,6 +218,22 @@ def _add_meta_column(f, column: str, n: int) -> None:
     for start in range(0, n, block):  # written, not left to HDF5's fill value, in bounded blocks
         stop = min(n, start + block)
         ds[start:stop] = [""] * (stop - start)
+
+
+def add_phash_column(f, n: int) -> None:
+    """The (N,) uint64 fingerprint column, NO_FINGERPRINT (0, HDF5's fill value) for the n rows it did not know
+    (a leftover of a commit that never finished is replaced)."""
+    if PHASH in f:
+        del f[PHASH]
+    f.create_dataset(PHASH, (n,), maxshape=(None,), dtype=np.uint64, chunks=(8192,), fillvalue=0)
+
+
+def _phash_at(f, rows: int):
+    """The fingerprint column, at least `rows` long (a version without fingerprints may have added rows since)."""
+    ds = f[PHASH]
+    if ds.shape[0] < rows:
+        ds.resize(rows, axis=0)  # HDF5 reads the new rows as the fill value, NO_FINGERPRINT
+    return ds
 
 
 def _append_rows(ds, n: int, values) -> None:

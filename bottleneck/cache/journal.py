@@ -33,8 +33,9 @@ CRASH_ENV = "BOTTLENECK_CRASH_AT_JOURNAL"  # crash harness: SIGKILL self at the 
 # the metadata columns (`extract --meta-columns`) and `meta` (n, C) holds each row's values.
 ARRAYS = {**{k: (1, "U") for k in (*ROW_FIELDS, "label")}, "has_label": (1, "b"), "has_features": (1, "b"),
           "size": (2, "i"), "features": (2, "D"), "failed": (2, "U"), "view_lo": (0, "i"), "views": (3, "D"),
-          "meta_names": (1, "U"), "meta": (2, "U")}
+          "meta_names": (1, "U"), "meta": (2, "U"), "phash": (1, "u"), "has_phash": (1, "b")}
 META_ARRAYS = ("meta_names", "meta")  # absent from batches journaled by versions that stored no metadata columns
+PHASH_ARRAYS = ("phash", "has_phash")  # each row's perceptual fingerprint, absent from batches of older versions
 NOT_PER_ROW = ("failed", "meta_names")  # arrays whose first dimension is not the batch's rows
 
 
@@ -77,11 +78,20 @@ def utf8_ok(text: str) -> bool:
         return False
 
 
+def batch_phash(arrays: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A journaled batch's fingerprints (n,) uint64 and whether each row has one (n,) bool; none for a batch of an
+    older version."""
+    if "phash" not in arrays:
+        n = len(arrays["image_id"])
+        return np.zeros(n, np.uint64), np.zeros(n, bool)
+    return arrays["phash"].astype(np.uint64), arrays["has_phash"].astype(bool)
+
+
 def check_batch(arrays: dict, num_features: int, dtype: str) -> None:
     """Raise DamagedBatch unless `arrays` is a whole batch of this cache's configuration: every array, each
     of the expected rank, dtype and row count."""
-    expected = ARRAYS if any(k in arrays for k in META_ARRAYS) else {k: v for k, v in ARRAYS.items()
-                                                                      if k not in META_ARRAYS}
+    optional = [group for group in (META_ARRAYS, PHASH_ARRAYS) if not any(k in arrays for k in group)]
+    expected = {k: v for k, v in ARRAYS.items() if not any(k in group for group in optional)}
     if set(arrays) != set(expected):
         raise DamagedBatch(f"arrays {sorted(arrays)} instead of {sorted(expected)}")
     n = len(arrays["image_id"])
@@ -143,6 +153,8 @@ class Journal:
             has_label=np.array([r["label"] is not None for r in rows], dtype=bool).reshape(n),
             size=np.array([[r["width"], r["height"]] for r in rows], dtype=np.int32).reshape(n, 2),
             has_features=np.array([r.get("has_features", True) for r in rows], dtype=bool).reshape(n),
+            phash=np.array([r.get("phash") or 0 for r in rows], dtype=np.uint64).reshape(n),
+            has_phash=np.array([r.get("phash") is not None for r in rows], dtype=bool).reshape(n),
             features=np.asarray(features, dtype=dtype).reshape(n, d),
             failed=np.array([list(x) for x in failed], dtype=str).reshape(len(failed), 3),
             view_lo=np.array(view_lo if views is not None else 0),

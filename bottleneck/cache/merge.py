@@ -24,6 +24,7 @@ from .journal import ROW_FIELDS
 from .row_keys import KEYS, read_keys
 from .store import (
     META,
+    PHASH,
     SCHEMA_VERSION,
     STRING_DTYPE,
     CacheConfig,
@@ -34,6 +35,7 @@ from .store import (
     open_cache,
     read_attrs,
     read_failed,
+    read_phash,
     read_views,
     stored_meta_columns,
 )
@@ -148,8 +150,9 @@ def merge_caches(shards: list[str | Path], out: str | Path, batch_rows: int = 40
 
     Copying (the default), rows are keyed by image id, so merging into an existing cache adds nothing twice;
     views are merged when every shard has the same number; metadata columns are the union of the shards', "" where
-    a shard lacks one. `virtual` writes a new `out` of HDF5 virtual datasets over the shards' files instead
-    (referred to by paths relative to `out`, so the folder can move whole)."""
+    a shard lacks one; fingerprints are kept, NO_FINGERPRINT (0) for the rows of a shard without them. `virtual`
+    writes a new `out` of HDF5 virtual datasets over the shards' files instead (referred to by paths relative to
+    `out`, so the folder can move whole)."""
     paths, out = [Path(s) for s in shards], Path(out)
     if not paths:
         raise CacheError("merge needs at least one shard cache")
@@ -164,7 +167,7 @@ def merge_caches(shards: list[str | Path], out: str | Path, batch_rows: int = 40
         raise CacheError(f"cache {out} is a virtual merge of shards; extract into a shard, or merge by copying "
                          "into another --out")
     split = check_split(paths, attrs, out, out_attrs, allow_partial)
-    info = {k: attrs[0].get(k, "") for k in ("root", "source", "metadata")}
+    info = {k: attrs[0].get(k, "") for k in ("root", "source", "metadata", "identity")}
     info["dataset"] = re.sub(r"-shard\d+of\d+$", "", str(attrs[0].get("dataset", "")))
     info["merged_from"] = json.dumps([str(p) for p in paths], allow_nan=False)
     if split.held:  # a merge holds shards of one index; it is whole once none is missing
@@ -188,10 +191,11 @@ def _copy(out: Path, paths: list[Path], config: CacheConfig, info: dict, batch_r
             for start in range(0, len(d.labels), batch_rows):
                 sl = slice(start, start + batch_rows)
                 metas = [{c: str(v[k]) for c, v in d.meta.items()} for k in range(*sl.indices(len(d.labels)))]
+                prints = d.phash[sl] if d.phash is not None else np.zeros(len(metas), np.uint64)
                 rows = [dict(image_id=i, path=p, label=d.class_names[lab] if lab >= 0 else None, group=g, sha256=s,
-                             width=int(w), height=int(h), meta=m)
-                        for i, p, lab, g, s, (w, h), m in zip(d.image_ids[sl], d.paths[sl], d.labels[sl], d.groups[sl],
-                                                            d.sha256[sl], d.sizes[sl], metas)]
+                             width=int(w), height=int(h), meta=m, **({"phash": int(ph)} if ph else {}))
+                        for i, p, lab, g, s, (w, h), m, ph in zip(d.image_ids[sl], d.paths[sl], d.labels[sl],
+                                                                d.groups[sl], d.sha256[sl], d.sizes[sl], metas, prints)]
                 views = views_all[sl] if views_all is not None else None
                 writer.write_batch(rows, d.features[sl], views=views, view_lo=1 if views is not None else 0)
             failed = read_failed(d.path, with_sha=True)  # (path, reason, sha256): the record as the shard has it
@@ -234,7 +238,7 @@ def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: Cach
         with open_cache(p) as f:
             n = int(f.attrs["n_rows"])
             metas.append(stored_meta_columns(f))
-            shapes = {k: (f[k].shape, f[k].dtype) for k in [*names, *map(meta_dataset, metas[-1])] if k in f}
+            shapes = {k: (f[k].shape, f[k].dtype) for k in [*names, PHASH, *map(meta_dataset, metas[-1])] if k in f}
             keys.append(read_keys(f, n))  # computed for caches older than the keys
             records.append(source_record(f, rel))
         parts.append((rel, n, shapes))
@@ -249,6 +253,7 @@ def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: Cach
     copied = {c: _meta_values(paths, [n for _, n, _ in parts], metas, c) for c in columns
               if not all(c in cols for cols in metas)}
     stored_keys = all(KEYS in s and s[KEYS][0][0] >= n for _, n, s in parts)
+    prints = _virtual_phash(paths, parts, names)
     tmp = out.with_name(out.name + ".tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -267,6 +272,8 @@ def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: Cach
                                                                      dtype=dtype)[:n]
                     start += n
                 f.create_virtual_dataset(name, layout, fillvalue=0 if dtype.kind != "O" else None)
+            if prints is not None:
+                f.create_dataset(PHASH, data=prints, maxshape=(None,), chunks=(8192,))
             for c, values in copied.items():
                 f.create_dataset(meta_dataset(c), data=np.array(values, dtype=object), dtype=STRING_DTYPE,
                                  maxshape=(None,), chunks=(4096,))
@@ -288,6 +295,22 @@ def _write_virtual(out: Path, paths: list[Path], attrs: list[dict], config: Cach
         raise
     os.replace(tmp, out)
     return total
+
+
+def _virtual_phash(paths: list[Path], parts: list[tuple], names: list[str]) -> np.ndarray | None:
+    """Fingerprints of a virtual merge: virtual when every shard holds them for all its rows (PHASH joins `names`),
+    else the shards' rows copied in turn, 0 (NO_FINGERPRINT) where a shard has none; None when no shard has any."""
+    if all(PHASH in shapes and shapes[PHASH][0][0] >= n for _, n, shapes in parts):
+        names.append(PHASH)
+        return None
+    if not any(PHASH in shapes for _, _, shapes in parts):
+        return None
+    out = []
+    for p, (_, n, _) in zip(paths, parts):
+        with open_cache(p) as f:
+            got = read_phash(f, n)
+        out.append(got if got is not None else np.zeros(n, np.uint64))
+    return np.concatenate(out)
 
 
 def _meta_values(paths: list[Path], rows: list[int], metas: list[list[str]], column: str) -> list[str]:

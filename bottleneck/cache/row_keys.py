@@ -60,8 +60,9 @@ def matching_rows(column: np.ndarray, wanted) -> dict[int, list[int]]:
 
 def read_rows(f, rows: np.ndarray, n: int) -> dict:
     """The string columns, labels and views_ok of `rows` (sorted), read point by point when they are few and as
-    whole columns when they are many; "meta" is {column: values} of the metadata columns."""
-    from .store import decode_strings, meta_dataset, stored_meta_columns
+    whole columns when they are many; "meta" is {column: values} of the metadata columns; "phash" the rows'
+    fingerprints (0, NO_FINGERPRINT, where a row or the cache has none)."""
+    from .store import decode_strings, meta_dataset, read_phash, stored_meta_columns
 
     rows = np.asarray(rows, dtype=np.int64)
     whole = len(rows) > n // 8
@@ -72,6 +73,8 @@ def read_rows(f, rows: np.ndarray, n: int) -> dict:
             continue
         col = f[name][:n][rows] if whole else (f[name][rows] if len(rows) else f[name][:0])
         out[name] = decode_strings(col) if name in ROW_FIELDS else col
+    phash = read_phash(f, n)  # 8 bytes a row
+    out["phash"] = phash[rows] if phash is not None else np.zeros(len(rows), np.uint64)
     out["meta"] = {}
     for c in stored_meta_columns(f):
         ds = f[meta_dataset(c)]

@@ -117,6 +117,9 @@ class CacheData:
     class_map: dict | None = None  # class_map.map_classes's record when the labels were relabelled by a map
     # metadata columns (`extract --meta-columns`): name -> (N,) str, "" when missing; {} for caches without any
     meta: dict[str, np.ndarray] = field(default_factory=dict)
+    # (N,) uint64 perceptual fingerprints (images.fingerprint), NO_FINGERPRINT (0) where a row has none; None for a
+    # cache without the column (extracted before fingerprints: rerunning its extract command adds them)
+    phash: np.ndarray | None = None
 
     @property
     def n_views(self) -> int:
@@ -128,6 +131,10 @@ class CacheData:
 
 
 STRING_DTYPE = h5py.string_dtype("utf-8")  # every string column of a cache
+PHASH = "phash"  # the (N,) uint64 fingerprint column; absent from caches extracted before fingerprints
+# How a cache gets the fingerprints it lacks: what `info` and the checks that need fingerprints tell the user.
+ADD_FINGERPRINTS = ("rerun the extract command that made the cache (same images, same options) to add them: it only "
+                    "decodes the images, no backbone pass")
 META = "meta"  # the group of the metadata columns: one (N,) string dataset each, named by attribute meta_columns
 
 
@@ -139,6 +146,17 @@ def stored_meta_columns(f) -> list[str]:
     """The metadata columns an open cache holds, in order (attribute meta_columns; none in older caches)."""
     raw = f.attrs.get("meta_columns", "[]")
     return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def read_phash(f, n: int) -> np.ndarray | None:
+    """The first n rows' fingerprints of an open cache, 0 (NO_FINGERPRINT) past the column's end (rows added by a
+    version without fingerprints); None when the cache has no such column."""
+    if PHASH not in f:
+        return None
+    out = np.zeros(n, np.uint64)
+    stored = f[PHASH][: min(n, f[PHASH].shape[0])]
+    out[: len(stored)] = stored
+    return out
 
 
 def decode_strings(values) -> np.ndarray:
@@ -225,7 +243,8 @@ def load_cache(path: str | Path, dtype=np.float32, features: bool = True) -> Cac
             groups=decode_strings(f["group"][:n]),
             sha256=decode_strings(f["sha256"][:n]), sizes=f["orig_size"][:n].astype(np.int32), attrs=attrs,
             views_ok=f["views_ok"][:n].astype(bool) if "views_ok" in f else np.zeros(n, bool),
-            meta={c: decode_strings(f[meta_dataset(c)][:n]) for c in stored_meta_columns(f)})
+            meta={c: decode_strings(f[meta_dataset(c)][:n]) for c in stored_meta_columns(f)},
+            phash=read_phash(f, n))
 
 
 def read_views(path: str | Path, rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
@@ -280,4 +299,5 @@ def describe_cache(path: str | Path) -> dict:
             "unlabeled": int((labels < 0).sum()), "failed": read_failed(path), "views": data.n_views,
             "view_names": view_names(data.n_views), "rows_with_views": int(data.views_ok.sum()),
             "meta_columns": {c: int(sum(1 for v in values if v)) for c, values in data.meta.items()},
+            "fingerprints": None if data.phash is None else int(np.count_nonzero(data.phash)),
             "pending_batches": len(pending_batches(path)), "writer_pid": writer_pid(path)}

@@ -32,6 +32,7 @@ from .pending import lock_path
 from .row_keys import KEYS, id_key, matching_rows, read_keys, read_rows, sha_key
 from .store import (
     META,
+    PHASH,
     SCHEMA_VERSION,
     STRING_DTYPE,
     CacheConfig,
@@ -169,7 +170,8 @@ class CacheWriter:
 
     # -- reading what is there ----------------------------------------------------------------
     def lookup(self, image_ids, shas) -> tuple[dict[str, dict], dict[str, int]]:
-        """Which of these images the cache holds: image id -> {sha256, label, group, path, row, views, meta}, and
+        """Which of these images the cache holds: image id -> {sha256, label, group, path, row, views, meta, phash
+        (0 when the row has no fingerprint)}, and
         sha256 -> row for the same bytes under any id. Reads the row keys and only the rows they point to."""
         if not self.path.exists():
             return {}, {}
@@ -192,7 +194,8 @@ class CacheWriter:
                     found[image_id] = {"sha256": stored["sha256"][k], "label": classes[label] if label >= 0 else None,
                                        "group": stored["group"][k], "path": stored["path"][k], "row": r,
                                        "views": views if stored["views_ok"][k] else 0,
-                                       "meta": {c: col[k] for c, col in stored["meta"].items()}}
+                                       "meta": {c: col[k] for c, col in stored["meta"].items()},
+                                       "phash": int(stored["phash"][k])}
                     break
         for sha, key in zip(shas, sha_keys):
             for r in by_sha.get(key, ()):
@@ -211,6 +214,11 @@ class CacheWriter:
     def cached_features(self, row: int) -> np.ndarray:
         with open_cache(self.path) as f:
             return f["features"][row]
+
+    def cached_phash(self, row: int) -> int:
+        """The fingerprint of a committed row; 0 (NO_FINGERPRINT) when it has none."""
+        with open_cache(self.path) as f:
+            return int(f[PHASH][row]) if PHASH in f and f[PHASH].shape[0] > row else 0
 
     # -- writing --------------------------------------------------------------------------------
     def write_batch(self, rows: list[dict], features: np.ndarray | None, failed: list[tuple[str, str, str]] = (),

@@ -40,7 +40,11 @@ def extract_command(
     xla: str = typer.Option("auto", help="Compile the forward pass with XLA: auto (the cache's, else on for "
                             "float32 on backbones it speeds up), on or off."),
     dtype: str = typer.Option("float16", help="Storage dtype of features: float16 or float32."),
-    cache: Optional[Path] = typer.Option(None, help="Cache file (default: cache/<dataset>-<config>.h5)."),
+    cache: Optional[Path] = typer.Option(None, help="Cache file (default: cache/<dataset>-<root hash>-<config>.h5; "
+                                         "<dataset> is the folder's name, its parent's for a folder called images, "
+                                         "train, data...)."),
+    append: bool = typer.Option(False, help="Add this image root (or CSV) to a cache extracted from another one, on "
+                                "purpose (recorded in the cache); without it such a cache is refused."),
     strict: bool = typer.Option(False, help="Stop at the first unreadable image instead of listing it."),
     shard: Optional[str] = typer.Option(None, help="I/N: extract only shard I of N (deterministic by image id)."),
     engine: str = typer.Option("local", help="local (this process) or ray (decode in Ray tasks, the backbone in "
@@ -66,7 +70,7 @@ def extract_command(
     opts = ExtractOptions(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                           batch_size=batch_size, seed=seed, dtype=dtype, strict=strict, cache=cache,
                           progress=not quiet, views=views, precision=precision, xla=xla,
-                          engine=engine, address=address, workers=workers, devices=devices)
+                          engine=engine, address=address, workers=workers, devices=devices, append=append)
     echo_lines(extract_lines(extract(index, opts), index))
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..cache import default_memory_gb
-from ..heads import HEAD_OPTIONS, HeadConfig, SplitSpec
+from ..heads import HEAD_OPTIONS, HeadConfig, SplitSpec, check_duplicates
 from ..runs import (
     GRID_KEYS,
     RunOptions,
@@ -27,6 +27,10 @@ from .summaries import evaluate_lines, sweep_lines, train_head_lines
 MEMORY_HELP = ("Memory for the cache's features, in GiB (2^30 bytes) as float32: larger ones are streamed from the "
                "cache in chunk order (slower, same results within training noise). Default: a quarter of this "
                f"machine's RAM ({default_memory_gb():g} GiB here).")
+
+DUPLICATES_HELP = ("Near-duplicates across groups (perceptual hash within a few bits of a flip or turn, or feature "
+                   "cosine above a threshold): group (join each pair into one group before splitting, so it never "
+                   "crosses train/val/test), report (list them only) or ignore (no search). Recorded in config.json.")
 
 
 @app.command("train-head")
@@ -57,6 +61,7 @@ def train_head_command(
                                  "common, what balanced accuracy rewards) or most-probable (the class of highest "
                                  "calibrated probability). Recorded; evaluate, predict and export reuse it."),
     memory_gb: Optional[float] = typer.Option(None, help=MEMORY_HELP, show_default=False),
+    duplicates: str = typer.Option("group", help=DUPLICATES_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -68,7 +73,7 @@ def train_head_command(
                       overwrite=overwrite, progress=not quiet, augment=augment, tta=tta, memory_gb=memory_gb,
                       class_map=class_map_arg(class_map),
                       clinical=ClinicalOptions(positive, target_sensitivity, parse_subgroups(subgroups), calibrate),
-                      decision=check_decision(decision))
+                      decision=check_decision(decision), duplicates=check_duplicates(duplicates))
     echo_lines(train_head_lines(train_head_run(cache, HeadConfig(**head), opts)))
 
 
@@ -88,6 +93,9 @@ def evaluate_command(
     out: Optional[Path] = typer.Option(None, help="Evaluation folder (default: RUN/eval-<test|cache name>, then "
                                        "-tta and -nocal for those options)."),
     overwrite: bool = typer.Option(False, help="Replace an existing evaluation folder (once the new one is whole)."),
+    keep_overlap: bool = typer.Option(False, help="Evaluate external images found in the run's training or "
+                                      "validation data (or near copies of them) instead of leaving them out; still "
+                                      "counted, listed in overlap.csv."),
 ):
     """Evaluate a run's head on its own test split, or on another (external) cache; an earlier evaluation is never
     replaced without --overwrite.
@@ -96,7 +104,7 @@ def evaluate_command(
     """
     echo_lines(evaluate_lines(evaluate_run(run, cache, tta=tta, memory_gb=memory_gb,
                                            class_map=class_map_arg(class_map), calibrate=calibrate, out=out,
-                                           overwrite=overwrite)))
+                                           overwrite=overwrite, keep_overlap=keep_overlap)))
 
 
 @app.command("sweep")
@@ -118,6 +126,7 @@ def sweep_command(
                                             "class map of the --split-from run."),
     tta: bool = typer.Option(False, help="Score with predictions averaged over the cache's stored views."),
     memory_gb: Optional[float] = typer.Option(None, help=MEMORY_HELP, show_default=False),
+    duplicates: str = typer.Option("group", help=DUPLICATES_HELP + " A resumed sweep keeps its recorded split."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train many heads off one cache load and rank them; retrain the best on train+val, test it once.
@@ -128,5 +137,5 @@ def sweep_command(
     configs = expand_grid(grid_from_options(grid, given))
     opts = SweepOptions(out=out, folds=folds, metric=metric, split=SplitSpec.held_out(val, test, split_seed),
                         split_from=split_from, progress=not quiet, tta=tta, memory_gb=memory_gb,
-                        class_map=class_map_arg(class_map))
+                        class_map=class_map_arg(class_map), duplicates=check_duplicates(duplicates))
     echo_lines(sweep_lines(run_sweep(cache, configs, opts), len(configs), folds, metric))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cache import MergeResult
+from ..cache import ADD_FINGERPRINTS, MergeResult
 from ..extract import ExtractSummary
 from ..heads import describe
 from ..images import DatasetIndex
@@ -40,8 +40,11 @@ def extract_lines(s: ExtractSummary, index: DatasetIndex) -> list[str]:
                         if s.engine == "ray" else "")
                      + (f"; {len(s.devices)} replicas ({', '.join(s.devices)})" if len(s.devices) > 1 else ""))
     lines.append(f"rows in cache: {s.rows}" + (f", {s.views} augmented views each" if s.views else ""))
+    lines += _identity_lines(s)
     if s.views_added:
         lines.append(f"views added to {s.views_added} cached images (their plain vectors kept) in {s.seconds:.1f} s")
+    if s.fingerprinted:
+        lines.append(f"fingerprints added to {s.fingerprinted} cached images (decoded only, their vectors kept)")
     if s.rows_without_image:
         lines.append(f"metadata rows with no image: {s.rows_without_image} "
                      f"(e.g. {', '.join(index.rows_without_image[:3])})")
@@ -56,6 +59,40 @@ def extract_lines(s: ExtractSummary, index: DatasetIndex) -> list[str]:
     return lines + _more(s.failed, 10, f" (bottleneck info {s.cache})")
 
 
+def _identity_lines(s: ExtractSummary) -> list[str]:
+    """The cache's dataset identity: adopted by an older cache, a dataset appended, labels and groups changed."""
+    note, lines = s.identity, []
+    if note is None:
+        return lines
+    if note.adopted:
+        lines.append("identity: the cache recorded no dataset; it now records this one's root and CSV")
+    if note.appended:
+        lines.append(f"appended: the images of {note.appended} (--append; recorded in the cache)")
+    for count, what, shown in ((note.labels_changed, "label", note.labels_shown),
+                               (note.groups_changed, "group", note.groups_shown)):
+        if count:
+            lines.append(f"{count} {what}{'s' if count > 1 else ''} changed: {', '.join(shown)}"
+                         + (", ..." if count > len(shown) else "") + " (recorded in the cache)")
+    return lines
+
+
+def _identity_info(attrs: dict) -> list[str]:
+    """`info`'s lines for the identity (what the cache holds) and the relabels it recorded."""
+    ident = json.loads(attrs.get("identity") or "null")
+    if not ident:
+        return ["  identity: not recorded (a cache from before it: the next extract into it records its dataset)"]
+    csv = f", metadata {ident['metadata']} (sha256 {ident['metadata_sha256'][:12]})" if ident["metadata"] else ""
+    lines = [f"  identity: {ident['root']} (source {ident['source']}{csv})"]
+    lines += [f"  appended: {a['root']} (source {a['source']}" + (f", metadata {a['metadata']}" if a["metadata"]
+                                                                    else "") + f") on {a.get('at', '?')}"
+              for a in ident.get("appended", [])]
+    for r in json.loads(attrs.get("relabels") or "[]"):
+        lines.append(f"  relabelled on {r['at']}: {r['labels_changed']} labels, {r['groups_changed']} groups changed"
+                     + (f" ({', '.join(r['first'][:3])}{', ...' if len(r['first']) > 3 else ''})" if r["first"]
+                        else ""))
+    return lines
+
+
 def _on_off(value):
     return ("on" if value else "off") if isinstance(value, bool) else value
 
@@ -65,7 +102,7 @@ def info_lines(cache: Path, d: dict) -> list[str]:
     lines = [f"cache: {cache}"]
     lines += [f"  {key}: {_on_off(d['config'][key])}" for key in INFO_CONFIG_KEYS]
     lines += [f"  {key}: {d['attrs'][key]}" for key in INFO_ATTR_KEYS if d["attrs"].get(key) not in (None, "")]
-    lines += _shard_lines(d["attrs"])
+    lines += _identity_info(d["attrs"]) + _shard_lines(d["attrs"])
     lines.append(f"rows: {d['rows']} ({d['groups']} groups)" if d["groups"] else f"rows: {d['rows']}")
     if d["views"]:
         lines.append(f"views: {d['views']} per image besides the plain one ({', '.join(d['view_names'])}); "
@@ -73,6 +110,7 @@ def info_lines(cache: Path, d: dict) -> list[str]:
     if d.get("meta_columns"):
         lines.append("metadata columns (rows with a value): "
                      + ", ".join(f"{c} ({n})" for c, n in d["meta_columns"].items()))
+    lines.append(_fingerprint_line(d))
     lines.append("classes:")
     lines += [f"  {name}: {count}" for name, count in d["class_counts"].items()]
     if d["unlabeled"]:
@@ -86,6 +124,16 @@ def info_lines(cache: Path, d: dict) -> list[str]:
     lines.append(f"failed images: {len(d['failed'])}")
     lines += [f"  {path}: {reason}" for path, reason in d["failed"][:20]]
     return lines + _more(d["failed"], 20, "") + [f"note: {CLASH_NOTE}"]
+
+
+def _fingerprint_line(d: dict) -> str:
+    """How many rows have a perceptual fingerprint (the near-duplicate checks use them), and how to add the rest."""
+    have = d.get("fingerprints")
+    if have is None:
+        return f"fingerprints: none (extracted before fingerprints); {ADD_FINGERPRINTS}"
+    if have < d["rows"]:
+        return f"fingerprints: {have} of {d['rows']} rows; {ADD_FINGERPRINTS.replace('add them', 'add the rest')}"
+    return f"fingerprints: every row ({have})"
 
 
 def _shard_lines(attrs: dict) -> list[str]:

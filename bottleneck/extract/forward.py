@@ -19,10 +19,11 @@ from ..images import Entry
 from ..util import tensorflow
 
 
-def entry_row(entry: Entry, sha: str, size=(0, 0), has_features=True) -> dict:
+def entry_row(entry: Entry, sha: str, size=(0, 0), has_features=True, phash=None) -> dict:
+    """`phash`: the image's perceptual fingerprint, or None to keep the cached one (a row without one gets none)."""
     return dict(image_id=entry.image_id, path=entry.rel_path, label=entry.label, group=entry.group,
                 sha256=sha, width=int(size[0]), height=int(size[1]), has_features=has_features,
-                meta=dict(entry.meta))
+                meta=dict(entry.meta), **({} if phash is None else {"phash": int(phash)}))
 
 
 NOT_UTF8 = "file name is not valid UTF-8; rename it"

@@ -2,7 +2,8 @@
 of Ray actors, write on the driver through the same `CacheWriter` as the local engine.
 
     todo (after extract()'s hash/skip pass) -> Ray Dataset of (i, path)
-        -> map_batches(_decode)   Ray tasks: `decode_image`, the local pipeline's own per-image decode
+        -> map_batches(_decode)   Ray tasks: `decode_image`, the local pipeline's own per-image decode, and the
+                                  fingerprint of those pixels (`fingerprint_of`, as the local pipeline)
         -> map_batches(_Backbone) Ray actors: `create_backbone` + `make_forward` of the cache's configuration
         -> iter_batches on the driver -> CacheWriter.write_batch (journal, periodic commits, provenance)
 
@@ -185,11 +186,13 @@ def _quiet_ray_data() -> None:
 
 
 def _decode(batch: dict, size: int) -> dict:
-    """A Ray task: {"i", "path"} -> {"i", "pixels" (n, S, S, 3) uint8, "width", "height", "error" ("" if decoded)}."""
-    from ..images import decode_image
+    """A Ray task: {"i", "path"} -> {"i", "pixels" (n, S, S, 3) uint8, "width", "height", "error" ("" if decoded),
+    "phash" (n,) uint64}."""
+    from ..images import decode_image, fingerprint_of
 
     decoded = [decode_image(str(path), size) for path in batch["path"]]
     return {"i": np.asarray(batch["i"], np.int64),
+            "phash": np.array([fingerprint_of(d[0], d[3]) for d in decoded], np.uint64),
             "pixels": np.stack([d[0] for d in decoded]),
             "width": np.array([d[1] for d in decoded], np.int32),
             "height": np.array([d[2] for d in decoded], np.int32),
@@ -220,7 +223,7 @@ class _Backbone:
         x = tf.cast(pad_batch(tf.convert_to_tensor(batch["pixels"]), self.batch_size), tf.float32)
         features = self.forward(x).numpy()[:n]  # (n, D) float32; pixels stay in the actor
         return {"i": batch["i"], "width": batch["width"], "height": batch["height"], "error": batch["error"],
-                "features": features}
+                "phash": batch["phash"], "features": features}
 
 
 def default_workers(ray) -> tuple[int, float]:
@@ -270,7 +273,8 @@ def run_backbone_ray(writer, todo: list, config: CacheConfig, opts, summary) -> 
                     if reason:
                         failed.append((entry.rel_path, reason, sha))
                     else:
-                        rows.append(entry_row(entry, sha, (int(batch["width"][j]), int(batch["height"][j]))))
+                        rows.append(entry_row(entry, sha, (int(batch["width"][j]), int(batch["height"][j])),
+                                              phash=batch["phash"][j]))
                         keep.append(j)
                 writer.write_batch(rows, out[keep] if keep else None, failed)
                 summary.extracted += len(rows)

@@ -38,7 +38,9 @@ from ..cache import (
 from ..errors import ImageDecodeError, InputError
 from ..images import DatasetIndex, Entry, apply_view, check_views, inference_batches, pad_batch, seeds_for
 from ..util import sha256_file, tensorflow
+from .fingerprints import fingerprint_only, missing_fingerprints
 from .forward import check_dtype_range, entry_row, make_forward, printable_path, unstorable_name
+from .identity import IdentityNote, default_cache_path, plan_identity, record_identity
 
 DTYPES = ("float16", "float32")
 ENGINES = ("local", "ray")
@@ -65,6 +67,7 @@ class ExtractOptions:
     address: str | None = None  # --engine ray: the cluster to connect to (None: start a local Ray instance)
     workers: int | None = None  # --engine ray: backbone actors (None: one per GPU, else 1)
     devices: str | None = None  # --devices: all (None), cpu, GPU indices or device names; several: replicas
+    append: bool = False  # --append: add this dataset to a cache of another root or CSV on purpose (identity.py)
 
 
 @dataclass
@@ -77,6 +80,7 @@ class ExtractSummary:
     reused: int = 0  # same bytes cached under another id: vector copied, no inference
     views: int = 0  # views per image the cache holds after the run
     views_added: int = 0  # cached images that got (more) views in this run, plain vector not recomputed
+    fingerprinted: int = 0  # cached images that got their missing fingerprint in this run (decoded, no backbone)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     seconds: float = 0.0  # whole backbone stage, model construction included
     build_seconds: float = 0.0  # building the backbone (and loading its weights)
@@ -90,6 +94,7 @@ class ExtractSummary:
     engine: str = "local"  # which engine computed the features (recorded here, not in the cache's configuration)
     workers: int = 1  # backbone workers (Ray actors) of the ray engine
     devices: list[str] = field(default_factory=list)  # where the local engine ran the backbone (one replica each)
+    identity: IdentityNote | None = None  # the cache's dataset identity: adopted, appended, labels/groups changed
 
     @property
     def images_per_s(self) -> float:
@@ -138,12 +143,6 @@ def make_config(opts: ExtractOptions, recorded: CacheConfig | None = None) -> Ca
                                                             recorded.xla if recorded else None))
 
 
-def default_cache_path(index: DatasetIndex, config: CacheConfig, cache_dir: Path = Path("cache")) -> Path:
-    ref = parse_weights(config.weights)
-    weights = f"none-s{config.seed}" if ref.kind == "none" else ref.tag
-    return cache_dir / f"{index.name}-{config.backbone}-{weights}-{config.input_size}-{config.pooling}.h5"
-
-
 def _sha256(path: Path) -> tuple[str, str]:
     """(sha256, "") or ("", reason) when the file cannot be read."""
     try:
@@ -164,6 +163,8 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
                 images_without_row=len(index.images_without_row),
                 # which shard of which whole index (every shard shares the fingerprint): `merge` checks them
                 shard=index.shard, index_fingerprint=index.fingerprint, index_images=index.total_images)
+    plan = plan_identity(path, index, opts.append)  # a cache of another dataset is refused before any work
+    info.update(plan.info)
     summary = ExtractSummary(cache=path, total=len(index.entries),
                              rows_without_image=len(index.rows_without_image),
                              images_without_row=len(index.images_without_row), precision=config.precision,
@@ -184,11 +185,12 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
         summary.views = n_views
         hashes = _hash_files(entries, opts.progress)
         existing, by_sha = writer.lookup([e.image_id for e in entries], [sha for sha, _ in hashes])
+        summary.identity = record_identity(writer, plan, index, entries, existing, opts.append)  # relabels too
         todo, view_todo, updates, reused, unreadable = _sort_entries(entries, hashes, existing, by_sha, n_views,
                                                                      summary, bad_names, recovered)
         if opts.strict and unreadable:
             raise ImageDecodeError(f"{unreadable[0][0]}: {unreadable[0][1]} (--strict)")
-        _journal_metadata(writer, updates, reused, unreadable)
+        unprinted = _journal_metadata(writer, updates, reused, unreadable)
         summary.reused = len(reused)
         summary.failed.extend((p, r) for p, r, _ in unreadable)
         if (todo or view_todo) and opts.engine == "ray":
@@ -211,6 +213,8 @@ def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> Ext
                               replicas)
                 summary.views_added += len(items)
             summary.seconds = time.perf_counter() - start
+        fingerprint_only(writer, missing_fingerprints(entries, hashes, existing, view_todo) + unprinted, config,
+                         opts, summary)
     summary.rows = int(read_attrs(path)["n_rows"]) if path.exists() else 0
     return summary
 
@@ -273,15 +277,20 @@ def _row_changed(old: dict, entry: Entry) -> bool:
     return any(old["meta"].get(column) != value for column, value in entry.meta)
 
 
-def _journal_metadata(writer: CacheWriter, updates, reused, unreadable) -> None:
+def _journal_metadata(writer: CacheWriter, updates, reused, unreadable) -> list[tuple[Entry, str]]:
     """Rows that need no inference: label/group/metadata changes, and images whose bytes are cached under another
-    id."""
-    rows, feats = list(updates), [np.zeros(writer.config.num_features, np.float32)] * len(updates)
+    id (vector and fingerprint copied); returns those of the latter whose cached row has no fingerprint."""
+    rows, feats, unprinted = list(updates), [np.zeros(writer.config.num_features, np.float32)] * len(updates), []
     for entry, sha, src_row in reused:
-        rows.append(entry_row(entry, sha))
+        phash = writer.cached_phash(src_row)
+        rows.append(entry_row(entry, sha, phash=phash or None))
         feats.append(writer.cached_features(src_row).astype(np.float32))
+        if not phash:
+            unprinted.append((entry, sha))
     if rows or unreadable:
         writer.write_batch(rows, np.stack(feats) if feats else None, unreadable)
+    return unprinted
+
 
 
 def _build(config: CacheConfig, opts: ExtractOptions, summary, devices: list[str] | None = None):
@@ -308,7 +317,7 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
     n_views = ks[-1] if ks[-1] > 0 else 0
     size, bs = config.input_size, opts.batch_size
     padded = replicas.batch_size(bs)  # every replica gets an equal slice
-    batches = inference_batches([str(e.path) for e, _ in todo], size, bs)
+    batches = inference_batches([str(e.path) for e, _ in todo], size, bs, fingerprints=True)
 
     @tf.function(reduce_retracing=True)
     def infer(x, seeds):  # (B, S, S, 3) uint8 -> (B, len(ks), D) float32: every view in one backbone call
@@ -319,21 +328,21 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
     bar = tqdm(total=len(todo), desc=f"extract {config.backbone}", unit="img", disable=not opts.progress,
                smoothing=0.1)
     done, first_batch_end, steady_images = 0, None, 0
-    for pixels, w, h, err in batches:
+    for pixels, w, h, err, phash in batches:
         n = int(pixels.shape[0])
         seeds = seeds_for([todo[done + j][1] for j in range(n)] + ["0"] * (padded - n), config.seed)
         out = np.asarray(replicas.call(infer, pad_batch(pixels, padded), seeds))[:n]  # (n, len(ks), D)
         if not done:
             check_dtype_range(out, config)
         rows, keep, failed = [], [], []
-        reasons = err.numpy()
+        reasons, phash = err.numpy(), phash.numpy()
         for j in range(n):
             entry, sha = todo[done + j]
             reason = reasons[j].decode()
             if reason:
                 failed.append((entry.rel_path, reason, sha))
             else:
-                rows.append(entry_row(entry, sha, (int(w[j]), int(h[j])), has_features=plain))
+                rows.append(entry_row(entry, sha, (int(w[j]), int(h[j])), has_features=plain, phash=phash[j]))
                 keep.append(j)
         views = None
         if n_views:

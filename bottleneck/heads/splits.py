@@ -5,6 +5,8 @@ in test measures memory, not skill. So whole groups (lesions, patients) go to on
 spread over the splits in proportion, and the assignment depends only on the seed and the data. The same holds
 inside train+val for a sweep: its K cross-validation folds are grouped and stratified too (`make_folds`), and so is
 the slice of a part's training rows that watches early stopping (`early_stopping_slice`, `cv_parts`).
+Two ids of one picture are kept together too: near-duplicate pairs across groups (`duplicates.py`) join their groups
+before splitting (`join_near_duplicates`), and the joined groups are recorded so a reused split keeps them.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import CacheData
+from ..cache import CacheData, take
 from ..errors import InputError
 from ..stats import group_keys
 from ..util import check_split_file, csv_unescape, write_csv
+from .duplicates import Pairs, near_duplicates
 
 SPLITS = ("train", "val", "test")
 
@@ -215,3 +218,116 @@ def cv_parts(data: CacheData, split: np.ndarray, folds: np.ndarray | None, seed:
         fit, stop = early_stopping_slice(data, np.flatnonzero((folds >= 0) & (folds != f)), (seed, f))
         parts.append((fit, stop, np.flatnonzero(folds == f)))
     return parts
+
+
+# --- near-duplicates across groups: found (duplicates.py), joined into one group before splitting, recorded -------
+
+DUPLICATES = ("group", "report", "ignore")
+LISTED_PAIRS = 50  # pairs named in config.json and the report (crossing ones first); all are counted
+
+
+def check_duplicates(mode: str) -> str:
+    if mode not in DUPLICATES:
+        raise InputError(f"--duplicates should be one of {', '.join(DUPLICATES)}; received {mode!r}")
+    return mode
+
+
+def find_near_duplicates(data: CacheData, mode: str) -> Pairs | None:
+    """Near-duplicate pairs among the labeled rows in different groups (cache row numbers); None with `ignore`."""
+    if check_duplicates(mode) == "ignore":
+        return None
+    rows = np.flatnonzero(data.labels >= 0)
+    everything = len(rows) == len(data.labels)
+    phash = getattr(data, "phash", None)
+    pairs = near_duplicates(data.features if everything else take(data.features, rows),
+                            None if phash is None else np.asarray(phash)[rows],
+                            group_keys(data.groups[rows], data.image_ids[rows]))
+    pairs.rows = rows[pairs.rows].reshape(-1, 2)
+    return pairs
+
+
+def join_near_duplicates(data: CacheData, pairs: Pairs | None) -> np.ndarray:
+    """(N,) groups for the split: the groups (or lone images) that near-duplicate pairs connect become one group,
+    named after the first of their keys (union-find), so the split keeps them on one side."""
+    keys = group_keys(data.groups, data.image_ids)
+    if pairs is None or not len(pairs.rows):
+        return data.groups
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    parent = np.arange(len(uniq))
+
+    def root(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for i, j in inverse[pairs.rows].tolist():
+        a, b = root(i), root(j)
+        parent[max(a, b)] = min(a, b)  # the root is the smallest key: independent of row and pair order
+    roots = np.array([root(k) for k in range(len(uniq))])
+    joined = np.bincount(roots, minlength=len(uniq))[roots] > 1
+    names = np.where(joined, np.char.add("near-duplicates:", uniq[roots].astype(str)), "")
+    return np.where(joined[inverse], names[inverse], data.groups).astype(object)
+
+
+def recorded_groups(run_dir: Path, data: CacheData) -> np.ndarray:
+    """The groups a run's split was made with: its recorded joined near-duplicate groups applied to this cache's."""
+    import json
+
+    run_dir = Path(run_dir)
+    record = {}
+    for name, where in (("config.json", ("split", "duplicates")), ("sweep.json", ("duplicates",))):
+        if (run_dir / name).is_file():
+            record = json.loads((run_dir / name).read_text(encoding="utf-8"))
+            for key in where:
+                record = record.get(key) or {} if isinstance(record, dict) else {}
+            break
+    name_of = {k: f"near-duplicates:{min(group)}" for group in record.get("joined") or [] for k in group}
+    keys = group_keys(data.groups, data.image_ids)
+    return np.array([name_of.get(k, g) for k, g in zip(keys, data.groups)], dtype=object)
+
+
+def duplicate_groups(data: CacheData, mode: str, split_from: Path | None = None) -> tuple[Pairs | None, np.ndarray]:
+    """(near-duplicate pairs, (N,) groups to split by): a reused split's recorded groups; else, with `group`, the
+    cache's groups joined by the pairs; else the cache's groups."""
+    near = find_near_duplicates(data, mode)
+    if split_from:
+        return near, recorded_groups(split_from, data)
+    return near, join_near_duplicates(data, near) if mode == "group" else data.groups
+
+
+def duplicates_record(mode: str, pairs: Pairs | None, data: CacheData, split: np.ndarray,
+                      groups: np.ndarray) -> dict:
+    """config.json's split.duplicates: the choice, how each check searched, the pair counts (those that cross
+    train/val/test), the joined groups (by their original keys: what --split-from reapplies) and the first pairs."""
+    keys = group_keys(data.groups, data.image_ids)
+    joined: dict[str, set] = {}
+    for g, k in zip(groups, keys):
+        if str(g).startswith("near-duplicates:"):
+            joined.setdefault(g, set()).add(k)
+    record = {"mode": mode, "joined": sorted(sorted(v) for v in joined.values() if len(v) > 1)}
+    if pairs is None:
+        return record | {"checks": {}, "pairs": 0, "crossing": 0, "by_check": {}, "listed": []}
+    i, j = pairs.rows[:, 0], pairs.rows[:, 1]
+    crossing = (split[i] != split[j]) & (split[i] != "") & (split[j] != "")
+    kinds = pairs.kinds()
+    listed = []
+    for p in np.lexsort((np.arange(len(i)), ~crossing))[:LISTED_PAIRS]:
+        a, b = int(i[p]), int(j[p])
+        listed.append({"image_a": str(data.image_ids[a]), "group_a": str(data.groups[a]), "split_a": str(split[a]),
+                       "image_b": str(data.image_ids[b]), "group_b": str(data.groups[b]), "split_b": str(split[b]),
+                       "check": str(kinds[p]), "bits": int(pairs.bits[p]) if pairs.bits[p] >= 0 else None,
+                       "cosine": None if np.isnan(pairs.cosine[p]) else round(float(pairs.cosine[p]), 4)})
+    return record | {"checks": pairs.checks, "pairs": int(len(i)), "crossing": int(crossing.sum()),
+                     "by_check": {"phash": int((pairs.bits >= 0).sum()),
+                                  "cosine": int((~np.isnan(pairs.cosine)).sum())},
+                     "listed": listed}
+
+
+def duplicates_metrics(record: dict | None) -> dict | None:
+    """metrics.json's near_duplicates: the counts of config.json's record."""
+    if not record:
+        return None
+    return {"mode": record["mode"], "pairs": record["pairs"], "crossing_splits": record["crossing"],
+            "joined_groups": len(record["joined"]), "by_check": record["by_check"],
+            "searched": {k: v.get("search") for k, v in record["checks"].items()}}

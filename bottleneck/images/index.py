@@ -84,6 +84,28 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "dataset"
 
 
+# Folder names that say what a folder holds, not which dataset: `data/ph2/images` and `data/clinicB/images` are
+# two datasets, named by their parents (ISIC's own `ISIC_2019_Training_Input` counts as such a name too).
+GENERIC_WORDS = frozenset(("images", "image", "imgs", "img", "jpg", "jpeg", "png", "train", "training", "test",
+                           "testing", "val", "valid", "validation", "data", "dataset", "datasets", "input", "inputs",
+                           "raw", "photos", "pictures", "files", "all"))
+ISIC_FOLDER = re.compile(r"isic_?\d{4}_(training|test|validation)_(input|jpeg|jpg|images?|data)", re.IGNORECASE)
+
+
+def _generic(name: str) -> bool:
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    return bool(ISIC_FOLDER.fullmatch(name)) or all(w in GENERIC_WORDS or w.isdigit() for w in words)
+
+
+def dataset_name(root: Path) -> str:
+    """The dataset's name from its (resolved) folder: the folder's own, or its nearest parent's that is not
+    generic when the folder is called `images`, `train`, `ISIC_2019_Training_Input`..."""
+    for folder in (root, *root.parents):
+        if folder.name and not _generic(folder.name):
+            return _safe_name(folder.name)
+    return _safe_name(root.name)
+
+
 def build_index(data: str | Path, metadata: str | Path | None = None, id_column: str | None = None,
                 label_column: str | None = None, group_column: str | None = None,
                 follow_symlinks: bool = False, meta_columns: str | tuple[str, ...] = "all") -> DatasetIndex:
@@ -165,7 +187,7 @@ def _index_from_folders(root: Path, follow_symlinks: bool) -> DatasetIndex:
         raise InputError(f"no images found in {root}: expected class subfolders with image files "
                          f"(JPEG, PNG, BMP, ...) or --metadata CSV{_skipped_hint(skipped)}")
     classes = tuple(sorted({e.label for e in entries if e.label is not None}))
-    return DatasetIndex(root, _safe_name(root.name), source, tuple(entries), classes, ignored_files=ignored,
+    return DatasetIndex(root, dataset_name(root), source, tuple(entries), classes, ignored_files=ignored,
                         skipped_paths=skipped)
 
 
@@ -269,7 +291,7 @@ def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column
                          f"{root}; check the image folder and --id-column{_skipped_hint(finder.skipped)}")
     unlisted = tuple(p.relative_to(root).as_posix() for p, r in zip(finder.images, finder.reals) if r not in named)
     classes = tuple(sorted({e.label for e in entries if e.label is not None}))
-    return DatasetIndex(root, _safe_name(root.name), source, tuple(entries), classes, csv.resolve(),
+    return DatasetIndex(root, dataset_name(root), source, tuple(entries), classes, csv.resolve(),
                         tuple(missing), unlisted, skipped_paths=finder.skipped, meta_columns=meta_cols)
 
 

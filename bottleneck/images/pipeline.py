@@ -1,7 +1,8 @@
 """The one image pipeline: image files -> decoded, resized uint8 RGB -> batches, for extract, fine-tune and predict.
 
     paths -> tf.data (parallel `load_image` in a numpy_function) -> (S, S, 3) uint8 + original size + error
-          -> inference: batch -> prefetch, in file order, unreadable images marked by their error
+          -> inference: batch -> prefetch, in file order, unreadable images marked by their error (and, for
+             extraction, each image's perceptual fingerprint of those same pixels: `fingerprint.py`)
           -> training:  shuffle -> drop unreadable (recorded) -> float32 -> augment -> batch -> prefetch
 
 Every command decodes with `load_image`, so an image gives the same pixels, and a cached image the same
@@ -15,6 +16,7 @@ import numpy as np
 from ..errors import ImageDecodeError
 from ..util import tensorflow
 from .decode import load_image
+from .fingerprint import NO_FINGERPRINT, perceptual_hash
 
 
 def decode_image(path: str, size: int) -> tuple[np.ndarray, np.int32, np.int32, str]:
@@ -27,8 +29,15 @@ def decode_image(path: str, size: int) -> tuple[np.ndarray, np.int32, np.int32, 
         return np.zeros((size, size, 3), np.uint8), np.int32(0), np.int32(0), str(exc)
 
 
-def _decoder(paths: list[str], size: int, failures: dict | None = None):
-    """A tf.data map function: index -> (pixels (S, S, 3) uint8, width, height, error bytes; b"" if decoded).
+def fingerprint_of(pixels: np.ndarray, reason: str) -> np.uint64:
+    """The perceptual fingerprint of `decode_image`'s pixels; NO_FINGERPRINT for an unreadable image."""
+    return NO_FINGERPRINT if reason else perceptual_hash(pixels)
+
+
+def _decoder(paths: list[str], size: int, failures: dict | None = None, fingerprints: bool = False):
+    """A tf.data map function: index -> (pixels (S, S, 3) uint8, width, height, error bytes; b"" if decoded), and
+    the fingerprint of those pixels (uint64) when `fingerprints`: computed in the parallel decode, not in the loop
+    that runs the backbone.
 
     An unreadable image gives black pixels and its reason, also recorded in `failures` (path -> reason)
     when given: in a training pipeline it is filtered out before it could reach Python."""
@@ -39,22 +48,27 @@ def _decoder(paths: list[str], size: int, failures: dict | None = None):
         pixels, w, h, reason = decode_image(path, size)
         if reason and failures is not None:
             failures[path] = reason
+        if fingerprints:
+            return pixels, w, h, reason.encode(), fingerprint_of(pixels, reason)
         return pixels, w, h, reason.encode()
 
     def decode(i):
-        pixels, w, h, err = tf.numpy_function(load, [i], [tf.uint8, tf.int32, tf.int32, tf.string], stateful=False)
-        pixels.set_shape((size, size, 3))
-        return pixels, w, h, err
+        types = [tf.uint8, tf.int32, tf.int32, tf.string] + ([tf.uint64] if fingerprints else [])
+        out = tf.numpy_function(load, [i], types, stateful=False)
+        out[0].set_shape((size, size, 3))
+        return tuple(out)
 
     return decode
 
 
-def inference_batches(paths: list[str], size: int, batch_size: int):
-    """tf.data of (pixels (B, S, S, 3) uint8, width (B,), height (B,), error (B,) bytes), in the order of `paths`;
-    decoding runs in parallel ahead of the consumer. The last batch may be short: see `pad_batch`."""
+def inference_batches(paths: list[str], size: int, batch_size: int, fingerprints: bool = False):
+    """tf.data of (pixels (B, S, S, 3) uint8, width (B,), height (B,), error (B,) bytes), plus the images'
+    fingerprints (B,) uint64 when `fingerprints`, in the order of `paths`; decoding runs in parallel ahead of the
+    consumer. The last batch may be short: see `pad_batch`."""
     tf = tensorflow()
     return (tf.data.Dataset.range(len(paths))
-            .map(_decoder(paths, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .map(_decoder(paths, size, fingerprints=fingerprints), num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
             .batch(batch_size)
             .prefetch(tf.data.AUTOTUNE))
 

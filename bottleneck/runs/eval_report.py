@@ -56,9 +56,10 @@ def write_eval_report(path: Path, config: dict, record: dict, run_name: str, nam
     lines = [f"# Evaluation {md_code(name)} of head run {md_code(run_name)}", ""]
     lines += [f"- folder: {md_code(record['out'])}; run: {md_code(record['run'])}"] if record.get("out") else []
     lines += [f"- data: {what}, {m['n']} images"]
+    listed = "overlap.csv" if external and record["overlap"].get("kept") else "excluded.csv"
     if external:
         lines.append(f"- overlap with the run's training and validation data: {md_text(record['overlap_message'])}"
-                     + (" (listed in `excluded.csv`)" if record["overlap"]["excluded"] else ""))
+                     + (f" (listed in `{listed}`)" if record["overlap"].get("found") else ""))
     if record.get("class_map"):
         lines.append(f"- class map {md_code(record['class_map']['spec'])} (the cache's classes onto the run's): "
                      + md_text("; ".join(describe(record["class_map"]))))
@@ -69,6 +70,7 @@ def write_eval_report(path: Path, config: dict, record: dict, run_name: str, nam
     lines += [f"- note: {md_text(n)}" for n in record["notes"]]
     baseline = ("the most frequent class of the run's training split" if record["majority_baseline_from"] == "training"
                 else "the most frequent class of the evaluated images (the training labels could not be read)")
+    lines += overlap_section(record["overlap"]) if external else []
     lines += ["", "## Results", f"The majority-class baseline always predicts {baseline}: {md_code(base['class'])}.",
               ""]
     lines += md_table(["n", "accuracy", "balanced acc", "macro AUC", "baseline acc", "baseline bal acc",
@@ -89,11 +91,30 @@ def write_eval_report(path: Path, config: dict, record: dict, run_name: str, nam
               for x in subgroup_section({"subgroups": record["subgroups"], "positive": (m.get("positive") or {})
                                          .get("class")})] if "subgroups" in record else []
     lines += ["Files: `metrics.json`, `predictions.csv` (probabilities at full precision: the metrics recompute "
-              "exactly from it)" + (", `excluded.csv`" if external and record["overlap"]["excluded"] else "")
+              "exactly from it)" + (f", `{listed}`" if external and record["overlap"].get("found") else "")
               + "".join(f", `{f}`" for f in record.get("figures", ["confusion.png"])) + ".", ""]
     lines += few_note(lines)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def overlap_section(o: dict) -> list[str]:
+    """The overlap checks of an external evaluation, one row each: the images it is the first to match (what is
+    counted), those it matches on its own, or why it was not made."""
+    if not o.get("checked"):
+        return []
+    kinds = {"same_bytes": "same bytes (SHA-256)", "same_id": "same image id",
+             "same_lesion": f"same lesion id ({o['lesion_ids'] or 'none'} compared)",
+             "similar_picture": f"similar picture (fingerprint within {o['near_bits']} bits, any flip or turn)",
+             "similar_features": f"similar features (cosine similarity >= {o['near_cosine']})"}
+    rows = [[what, *(["not compared", md_text(o["not_compared"][k])] if k in o["not_compared"] else
+                     [f"{o[k]:,}", f"{o['found_by'][k]:,}"])] for k, what in kinds.items()]
+    return (["", "### Overlap with the run's training and validation data",
+             f"Each of the {o['candidates']:,} images was compared with the run's training and validation images; "
+             f"{o['found']:,} matched and {'were kept (`--keep-overlap`)' if o['kept'] else 'were left out'}. An image "
+             "counts under the first check that matches it; the last column is what each check finds on its own.", ""]
+            + md_table(["check", "images", "found by this check alone"], rows)
+            + ["", f"Not detectable: {md_text(o['not_detectable'])}."])
 
 
 def _rule_lines(rule: dict, m: dict) -> list[str]:

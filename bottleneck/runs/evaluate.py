@@ -3,8 +3,8 @@ cache, written to a folder of its own (RUN/eval-<data>[-tta][-nocal] unless --ou
 replaces without --overwrite.
 
 An external cache is checked against the run's training and validation images first (`overlap.py`): an image with
-the same bytes (SHA-256), or of a lesion the head was trained on, would flatter the result, so it is left out and
-counted.
+the same bytes, image id or lesion as one the head was trained on, or a near copy of one (perceptual fingerprint,
+features), would flatter the result, so it is left out and counted by check (kept with --keep-overlap).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from .plots import plot_confusion, plot_reliability, plot_roc
 from .views import require_views, tta_log_proba
 
 # What an evaluation folder holds: --out --overwrite replaces a folder of these files only (or an empty one).
-EVAL_FILES = {"metrics.json", "predictions.csv", "excluded.csv", "report.md", "confusion.png", "calibration.png",
-              "roc.png"}
+EVAL_FILES = {"metrics.json", "predictions.csv", "excluded.csv", "overlap.csv", "report.md", "confusion.png",
+              "calibration.png", "roc.png"}
 
 
 @dataclass
@@ -106,7 +106,8 @@ def external_map(config: dict, data: CacheData, given: ClassMap | None) -> tuple
 
 def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool = False,
                  memory_gb: float | None = None, class_map: ClassMap | None = None,
-                 calibrate: bool = True, out: str | Path | None = None, overwrite: bool = False) -> EvalResult:
+                 calibrate: bool = True, out: str | Path | None = None, overwrite: bool = False,
+                 keep_overlap: bool = False) -> EvalResult:
     """The run's head on its own test split, or on every labeled image of another cache (external data) that the
     run did not train or validate on; written to `out`, by default RUN/eval-<data>[-tta][-nocal] (`eval_dir`).
 
@@ -114,7 +115,9 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
     new one is whole (`staged`): a failed evaluation leaves the older one as it was.
     memory_gb: features beyond it are streamed from the cache (None: default_memory_gb()). class_map: how the
     cache's classes become the run's (targets are the run's classes); by default the run's own map, or by name.
-    calibrate=False: the head's own probabilities, without the run's calibration (and its decision weights)."""
+    calibrate=False: the head's own probabilities, without the run's calibration (and its decision weights).
+    keep_overlap: external images found in (or near copies of) the run's training data are evaluated all the same,
+    counted and listed in overlap.csv (RUN/eval-<data>...-overlap by default)."""
     memory_gb = resolve_memory_gb(memory_gb)
     run_dir = Path(run_dir)
     restore_interrupted(run_dir)  # a run left aside by a kill mid-publish
@@ -127,7 +130,7 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
     own = Path(config["cache"]["path"])
     path = Path(cache) if cache else own
     external = cache is not None and path.resolve() != own.resolve()
-    default = eval_dir(run_dir, path.stem if external else "test", tta, calibrate)
+    default = eval_dir(run_dir, path.stem if external else "test", tta, calibrate, keep_overlap and external)
     out = check_out(Path(out) if out is not None else default, out is None, run_dir, (path, own), overwrite)
     data = load_cache_within(path, memory_gb)
     diff = trained_on.mismatch(data.config)
@@ -137,7 +140,7 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
                                  "extract that data with the run's configuration first")
     if external:
         data, split, rows, y_train, notes, overlap, found = _external_rows(run_dir, config, data, path, own, names,
-                                                                           class_map)
+                                                                           class_map, memory_gb, keep_overlap)
     else:
         data, split, rows, y_train, notes = _own_test_rows(run_dir, config, data, path, names, class_map)
         overlap, found = None, []
@@ -175,16 +178,18 @@ def evaluate_run(run_dir: str | Path, cache: str | Path | None = None, tta: bool
         write_predictions(tmp / "predictions.csv", data, split, proba, rows, names, rule.decision_weights, logp,
                           rule.rule)
         if found:
-            write_excluded(tmp / "excluded.csv", found)
+            write_excluded(tmp / ("overlap.csv" if overlap.kept else "excluded.csv"), found)
         write_eval_report(tmp / "report.md", config, record, run_dir.name, out.name)
     return EvalResult(out, metrics, path, external, unmapped_counts, notes, overlap, baseline_from, shown_map)
 
 
-def eval_dir(run_dir: Path, data_name: str, tta: bool, calibrate: bool) -> Path:
-    """RUN/eval-<data>[-tta][-nocal], where an evaluation goes without --out. <data>: `test` (the run's own test
-    split) or the external cache's file name less `.h5`. One name per data and options, the same every time: a
-    script can find it, and an evaluation with other options (--tta, --no-calibrate) never replaces another."""
-    return run_dir / f"eval-{data_name}{'-tta' if tta else ''}{'' if calibrate else '-nocal'}"
+def eval_dir(run_dir: Path, data_name: str, tta: bool, calibrate: bool, keep_overlap: bool = False) -> Path:
+    """RUN/eval-<data>[-tta][-nocal][-overlap], where an evaluation goes without --out. <data>: `test` (the run's
+    own test split) or the external cache's file name less `.h5`. One name per data and options, the same every
+    time: a script can find it, and an evaluation with other options (--tta, --no-calibrate, --keep-overlap) never
+    replaces another."""
+    return run_dir / (f"eval-{data_name}{'-tta' if tta else ''}{'' if calibrate else '-nocal'}"
+                      f"{'-overlap' if keep_overlap else ''}")
 
 
 def check_out(out: Path, default: bool, run_dir: Path, caches: tuple[Path, ...], overwrite: bool) -> Path:
@@ -232,9 +237,10 @@ def run_subgroups(config: dict) -> tuple[str, ...] | None:
 
 
 def _external_rows(run_dir: Path, config: dict, data: CacheData, path: Path, own: Path, names: list[str],
-                   class_map: ClassMap | None):
+                   class_map: ClassMap | None, memory_gb: float, keep_overlap: bool):
     """(data in the run's classes, split, rows to evaluate, training labels or None, notes, overlap, overlapping
-    rows) of an external cache: every labeled image of a class the run knows, less those it trained or validated on."""
+    rows) of an external cache: every labeled image of a class the run knows, less those it trained or validated on
+    or near copies of them (unless `keep_overlap`)."""
     notes = []
     cmap, strict, how = external_map(config, data, class_map)
     notes += [how] if how else []
@@ -246,13 +252,14 @@ def _external_rows(run_dir: Path, config: dict, data: CacheData, path: Path, own
         raise InputError(f"no labeled image of {path} has a class the run knows ({', '.join(names)}); its "
                          f"classes are {', '.join(data.class_map['source_classes']) or 'none'}: map them with "
                          "--class-map 'RUNCLASS=CACHECLASS,...'")
-    overlap, found, y_train, more = check_external(run_dir, own, names, run_task(config), data, rows)
+    overlap, found, y_train, more = check_external(run_dir, own, names, run_task(config), data, rows, memory_gb,
+                                                   keep_overlap)
     notes += more
-    if found:
+    if found and not keep_overlap:
         rows = np.setdiff1d(rows, [f["row"] for f in found])
         if len(rows) == 0:
-            raise InputError(overlap.message(path.name).replace(" and were left out", "")
-                             + "; nothing is left to evaluate: pass a cache of images the run never saw")
+            raise InputError(overlap.message(path.name, refused=True) + "; nothing is left to evaluate: pass a cache "
+                             "of images the run never saw, or --keep-overlap to evaluate them all the same")
     return data, split, rows, y_train, notes, overlap, found
 
 

@@ -229,7 +229,38 @@ def _split_section(split: dict, names: list[str]) -> list[str]:
     lines = ["## Split", f"Stratified by class, {how}; {origin}.", ""]
     return lines + md_table(["split", "images", "groups", *names],
                             [[s, sizes[s]["images"], sizes[s]["groups"], *[sizes[s]["per_class"][n] for n in names]]
-                             for s in ("train", "val", "test")])
+                             for s in ("train", "val", "test")]) + duplicates_section(split.get("duplicates"))
+
+
+def duplicates_section(record: dict | None) -> list[str]:
+    """### Near-duplicates: what was searched, the pairs across groups found, those that cross train/val/test (or
+    were joined into one group before splitting), and the first of them."""
+    if not record:
+        return []
+    lines = ["", "### Near-duplicates"]
+    if record["mode"] == "ignore":
+        return lines + ["Not searched (`--duplicates ignore`): two ids of the same picture may sit in train and test.",
+                        ""]
+    searched = "; ".join(f"{md_text(k)}: {md_text(v.get('search', ''))}"
+                         + (f" ({md_text(v['reason'])})" if v.get("reason") else "")
+                         for k, v in record["checks"].items())
+    n, crossing, joined = record["pairs"], record["crossing"], len(record["joined"])
+    lines += [f"Pairs of images in different groups (lesions, or lone images) that look like copies: perceptual hash "
+              f"within a few bits of a flip or quarter turn, or feature cosine above the threshold ({searched}). "
+              f"Found {n} pair(s) ({record['by_check'].get('phash', 0)} by hash, "
+              f"{record['by_check'].get('cosine', 0)} by features); {crossing} cross train/val/test."
+              + (f" `--duplicates group` joined {joined} set(s) of groups into one group each before splitting."
+                 if record["mode"] == "group" and joined else "")
+              + (" Listed only (`--duplicates report`): the split was not changed." if record["mode"] == "report"
+                 else ""), ""]
+    if record["listed"]:
+        lines += md_table(["image", "group", "split", "image", "group", "split", "check", "bits", "cosine"],
+                          [[p["image_a"], p["group_a"] or "-", p["split_a"] or "-", p["image_b"], p["group_b"] or "-",
+                            p["split_b"] or "-", p["check"], "-" if p["bits"] is None else p["bits"],
+                            fmt(p["cosine"])] for p in record["listed"]])
+        if n > len(record["listed"]):
+            lines += ["", f"(the first {len(record['listed'])} of {n}, those crossing splits first)"]
+    return lines + [""]
 
 
 def _splits_table(metrics: dict) -> list[str]:

@@ -37,6 +37,7 @@ from ..heads import (
     make_folds,
     map_classes,
     predict_proba,
+    recorded_groups,
     save_split,
 )
 from ..stats import compute_metrics
@@ -68,10 +69,13 @@ class SweepOptions:
     tta: bool = False  # score validation with probabilities averaged over the stored views
     memory_gb: float | None = None  # features (then views) beyond this are streamed; None: default_memory_gb()
     class_map: ClassMap | None = None  # the task (class_map.py); None: the cache's classes, or --split-from's map
+    duplicates: str = "group"  # --duplicates: near-duplicates across groups joined before splitting, reported, or not
 
 
-def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, np.ndarray | None]:
-    """Create or reopen the sweep directory; a directory made for another cache or protocol is refused."""
+def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, np.ndarray | None, CacheData]:
+    """Create or reopen the sweep directory; a directory made for another cache or protocol is refused. Returns the
+    split, the folds and the data with the groups the split was made with (near-duplicates joined: the folds and
+    early-stopping slices keep them together too)."""
     identity = {"cache": str(data.path.resolve()), "cache_sha256": sha256_file(data.path), "folds": opts.folds,
                 "split_seed": opts.split.seed, "fractions": list(opts.split.fractions()),
                 "split_from": str(opts.split_from) if opts.split_from else None, "tta": opts.tta,
@@ -91,11 +95,12 @@ def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, n
         split, _ = load_split(out, data.image_ids)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        split, _ = resolve_split(data, opts.split, opts.split_from)
+        split, info = resolve_split(data, opts.split, opts.split_from, opts.duplicates)
         save_split(out / "split.csv", data.image_ids, split)
-        write_json_atomic(meta, identity)
-    folds = make_folds(data, split, opts.folds, opts.split.seed) if opts.folds else None
-    return split, folds
+        write_json_atomic(meta, identity | {"duplicates": info["duplicates"]})  # recorded, not part of the binding
+    grouped = replace(data, groups=recorded_groups(out, data))
+    folds = make_folds(grouped, split, opts.folds, opts.split.seed) if opts.folds else None
+    return split, folds, grouped
 
 
 def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None, cfg: HeadConfig,
@@ -161,7 +166,7 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
     opts = replace(opts, class_map=task_map(opts.class_map, opts.split_from))
     data = map_classes(load_cache_within(cache, opts.memory_gb), opts.class_map)  # once for the whole sweep
     out = Path(opts.out) if opts.out else Path("runs") / f"sweep-{Path(cache).stem}"
-    split, folds = _bind(out, data, opts)
+    split, folds, grouped = _bind(out, data, opts)
     views, tta_stream_gb = None, None
     if opts.tta:
         require_views(data, np.flatnonzero(split != ""))
@@ -181,7 +186,7 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
             results.append(res)
             skipped += 1
             continue
-        res = evaluate_config(data, split, folds, cfg, views, tta_stream_gb, seed=opts.split.seed)
+        res = evaluate_config(grouped, split, folds, cfg, views, tta_stream_gb, seed=opts.split.seed)
         cdir.mkdir(parents=True, exist_ok=True)
         write_history(cdir / "history.csv", res.pop("history"))
         write_json_atomic(done, res)  # written last: a config is finished exactly when this file exists
@@ -211,8 +216,9 @@ def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions
     run_opts = RunOptions(overwrite=True, progress=opts.progress, tta=opts.tta, memory_gb=opts.memory_gb)
     r = fit_and_write(data, split, json.loads((out / "sweep.json").read_text()) | {"from": str(out)},
                       replace(cfg, epochs=epochs), best_dir, run_opts,
-                      command=["bottleneck", "sweep", str(data.path), "--out", str(out)]
-                      + (["--class-map", opts.class_map.argument] if opts.class_map else []), final=True,
+                      command=["bottleneck", "sweep", str(data.path), "--out", str(out), "--duplicates",
+                               opts.duplicates] + (["--class-map", opts.class_map.argument] if opts.class_map else []),
+                      final=True,
                       extra_config={"sweep": str(out), "sweep_config_id": best_id, "selected_by": opts.metric,
                                     "selection": how,
                                     "validation": best["summary"]})

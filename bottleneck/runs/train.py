@@ -35,6 +35,9 @@ from ..heads import (
     TrainedHead,
     check_split,
     class_weights,
+    duplicate_groups,
+    duplicates_metrics,
+    duplicates_record,
     epoch_bar,
     fit_head,
     fold_calibration,
@@ -91,6 +94,7 @@ class RunOptions:
     class_map: ClassMap | None = None  # the task (class_map.py); None: the cache's classes, or --split-from's map
     clinical: ClinicalOptions = ClinicalOptions()  # --positive, --target-sensitivity, --subgroups, --no-calibrate
     decision: str = "balanced"  # --decision: balanced (equal-prior) or most-probable (stats.DecisionRule)
+    duplicates: str = "group"  # --duplicates: near-duplicates across groups joined before splitting, reported, or not
 
 
 @dataclass
@@ -119,7 +123,7 @@ def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) ->
     if c.subgroups is not None:
         command += ["--subgroups", ",".join(c.subgroups) or "none"]
     command += [] if c.calibrate else ["--no-calibrate"]
-    command += ["--decision", opts.decision]
+    command += ["--decision", opts.decision, "--duplicates", opts.duplicates]
     if opts.memory_gb is not None:  # the resolved budget: the rerun streams (or not) as this run did
         command += ["--memory-gb", f"{opts.memory_gb:g}"]
     return command + ["--augment"] * opts.augment + ["--tta"] * opts.tta
@@ -138,7 +142,7 @@ def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: Run
     data = map_classes(load_cache_within(cache, opts.memory_gb), opts.class_map)
     positive_index(data.class_names, opts.clinical.positive)  # bad --positive or --subgroups: refused before training
     subgroup_columns(data.meta, opts.clinical.subgroups)
-    split, split_info = resolve_split(data, opts.split, opts.split_from)
+    split, split_info = resolve_split(data, opts.split, opts.split_from, opts.duplicates)
     return fit_and_write(data, split, split_info, head, out, opts, rerun_command(cache, out, head, opts))
 
 
@@ -150,19 +154,23 @@ def task_map(class_map: ClassMap | None, split_from: Path | None) -> ClassMap | 
     return recorded_map(read_config(Path(split_from)), f"{config}: key 'class_map'") if config.is_file() else None
 
 
-def resolve_split(data: CacheData, spec: SplitSpec, split_from: Path | None) -> tuple[np.ndarray, dict]:
-    """The split of a run: made from the seed, or reused from an earlier run; checked either way."""
+def resolve_split(data: CacheData, spec: SplitSpec, split_from: Path | None,
+                  duplicates: str = "group") -> tuple[np.ndarray, dict]:
+    """The split of a run: made from the seed (near-duplicates across groups joined first, with `group`), or reused
+    from an earlier run (with the groups it joined); checked either way. info["duplicates"]: what was found."""
     if len(data.labels) == 0:
         raise InputError(f"cache {data.path} is empty (0 rows); run `bottleneck extract` into it first")
     info = {"fractions": [spec.train, spec.val, spec.test], "seed": spec.seed,
             "from": str(split_from) if split_from else None}
+    near, groups = duplicate_groups(data, duplicates, split_from)
     if split_from:
         split, extra = load_split(split_from, data.image_ids)
         split[data.labels < 0] = ""
         info.update(extra)
     else:
-        split = make_split(data.labels, data.groups, data.image_ids, data.class_names, spec)
-    check_split(split, data.labels, data.groups, data.class_names)
+        split = make_split(data.labels, groups, data.image_ids, data.class_names, spec)
+    check_split(split, data.labels, groups, data.class_names)
+    info["duplicates"] = duplicates_record(duplicates, near, data, split, groups)
     return split, info
 
 
@@ -360,6 +368,7 @@ def fit_and_write(data: CacheData, split: np.ndarray, split_info: dict, head: He
     """`fit_on_split`, then the whole run directory `out`, written atomically (see `fit_on_split` for `final`)."""
     with staged(out, opts.overwrite) as tmp:
         fit = fit_on_split(data, split, head, opts, final)
+        fit.metrics["near_duplicates"] = duplicates_metrics(split_info.get("duplicates"))
         config = head_run_config(data, fit, head, split_info, opts, command, final, extra_config)
         write_head_run(tmp, data, split, fit, config, out.name)
     return RunResult(out, fit.metrics, fit.sizes, fit.trained.best_epoch, fit.trained.seconds, split_info,

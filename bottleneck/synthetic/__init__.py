@@ -5,7 +5,8 @@ What other packages may use is named here; everything else is private to the pac
 
 
 from .demo_data import make_demo_dataset
+from .lesions import lesion_photograph
 
 __all__ = [
-    "make_demo_dataset",
+    "lesion_photograph", "make_demo_dataset",
 ]

@@ -303,3 +303,10 @@ def photograph(rng: np.random.Generator, base, canvas: Canvas, vignetting: float
     light = 1 - (vignetting + rng.uniform(-0.03, 0.03)) * canvas.corner**1.25
     rgb = rgb * light * exposure.reshape(3, 1, 1) + 1.5 * rng.standard_normal(rgb.shape, np.float32)
     return to_image(rgb)
+
+
+def lesion_photograph(rng: np.random.Generator, dx: str, size: int, vignetting: float = 0.3):
+    """One lesion of class `dx` drawn and photographed once: a (size x size) RGB PIL image (the benchmarks' and
+    tests' distinct images, each a lesion of its own)."""
+    canvas = Canvas.for_size(size)
+    return photograph(rng, to_image(draw_lesion(rng, dx, canvas)), canvas, vignetting).convert("RGB")

@@ -4,6 +4,7 @@ backbone (weights=None), real HDF5, the real CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -44,6 +45,18 @@ def make_clinic(root, rows=ROWS):
 
 def extract_cli(root, csv, cache, *args):
     return run_cli("extract", root / "images", "--metadata", csv, *CSV_ARGS, *TINY_ARGS, "--cache", cache, *args)
+
+
+@contextlib.contextmanager
+def edited(csv, old: str, new: str):
+    """The cache's own CSV corrected in place (another CSV file would be another dataset: refused without
+    --append), and restored for the module's other tests."""
+    text = csv.read_text()
+    csv.write_text(text.replace(old, new))
+    try:
+        yield
+    finally:
+        csv.write_text(text)
 
 
 def by_id(data, column):
@@ -120,9 +133,8 @@ def test_class_folders_have_no_metadata_and_refuse_named_columns(tmp_path, class
 
 def test_metadata_change_updates_rows_without_inference(clinic, cache):
     before = load_cache(cache)
-    csv = clinic["root"] / "changed.csv"
-    csv.write_text(clinic["csv"].read_text().replace("P1, 35 ,male", "P1,36,unknown"))  # img3's age and sex
-    r = extract_cli(clinic["root"], csv, cache)
+    with edited(clinic["csv"], "P1, 35 ,male", "P1,36,unknown"):  # img3's age and sex
+        r = extract_cli(clinic["root"], clinic["csv"], cache)
     assert r.exit_code == 0, r.output
     after = load_cache(cache)
     assert by_id(after, "age")["img3"] == "36" and by_id(after, "sex")["img3"] == "unknown"
@@ -136,9 +148,8 @@ def test_metadata_only_rerun_journals_no_features(clinic, cache, monkeypatch):
     import bottleneck.extract.run as extract_module
 
     monkeypatch.setattr(extract_module, "_build", lambda *a, **k: pytest.fail("the backbone was built"))
-    csv = clinic["root"] / "changed2.csv"
-    csv.write_text(clinic["csv"].read_text().replace(",back,", ",scalp,"))
-    r = extract_cli(clinic["root"], csv, cache)
+    with edited(clinic["csv"], ",back,", ",scalp,"):
+        r = extract_cli(clinic["root"], clinic["csv"], cache)
     assert r.exit_code == 0, r.output
     assert set(by_id(load_cache(cache), "site")[f"img{k}"] for k in (0, 3, 6)) == {"scalp"}
 

@@ -148,7 +148,7 @@ cache = sys.argv[1]
 config = load_cache(cache, features=False).config
 n = 1100  # past the first 1,024-row chunk of features
 rows = [dict(image_id=f"new{i}", path=f"mel/new{i}.jpg", label="mel", group=f"N{i}", sha256=f"{i:064x}",
-             width=2, height=3) for i in range(n)]
+             width=2, height=3, phash=(i * 0x9E3779B97F4A7C15) % 2**64 | 2) for i in range(n)]  # the column is new
 feats = np.arange(n * 32, dtype=np.float32).reshape(n, 32) / 1000
 with CacheWriter(cache, config, commit_seconds=1e9) as w:  # one commit, on leaving
     if len(sys.argv) > 2:  # a write error (disk full, quota) once the commit has begun to grow the file
@@ -158,14 +158,14 @@ with CacheWriter(cache, config, commit_seconds=1e9) as w:  # one commit, on leav
     w.write_batch(rows[:600], feats[:600], [("bad/x.jpg", "cannot decode", "")])
     w.write_batch(rows[600:], feats[600:])
     w.write_batch([dict(image_id="img00000", path="bcc/img00000.jpg", label="scc", group="G", sha256="0" * 64,
-                        width=1, height=1, has_features=False)], None)  # a new class, a row refreshed in place
+                        width=1, height=1, has_features=False, phash=2**63 + 6)], None)  # new class, row refreshed
 """
 
 
 def _cache_state(path):
     d = load_cache(path)
     return (list(d.image_ids), d.features.tolist(), d.labels.tolist(), d.class_names, list(d.paths),
-            read_failed(path))
+            read_failed(path), None if d.phash is None else d.phash.tolist())
 
 
 # Counts the writes of the commit it runs (the crash harness's unit, FdFile.write) and prints the count on exit.
@@ -196,6 +196,8 @@ def commit_harness(tmp_path):
                          capture_output=True, text=True)
     expected = _cache_state(reference)
     assert len(expected[0]) == 1300 and expected[3] == ["bcc", "mel", "scc"]
+    assert expected[6][:3] == [2**63 + 6, 0, 0] and expected[6][200] == 2  # fingerprints: the refreshed row, new rows
+    assert _cache_state(original)[6] is None  # the commit adds the column to a cache without fingerprints
 
     def crash_at(n: int):
         cache = tmp_path / f"k{n}" / "c.h5"

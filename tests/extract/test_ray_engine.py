@@ -39,8 +39,8 @@ def rows_of(path):
 
     data = load_cache(path)
     order = np.argsort(data.image_ids)
-    rows = [(data.image_ids[i], data.labels[i], data.groups[i], data.sha256[i], tuple(data.sizes[i]), data.paths[i])
-            for i in order]
+    rows = [(data.image_ids[i], data.labels[i], data.groups[i], data.sha256[i], tuple(data.sizes[i]), data.paths[i],
+             int(data.phash[i])) for i in order]  # the fingerprint too: the same pixels hashed in each engine
     return rows, data.features[order], sorted(read_failed(path, with_sha=True))
 
 
@@ -56,6 +56,7 @@ def test_ray_engine_writes_the_local_cache(ray_instance, tree_with_bad_image, tm
     local_rows, local_feats, local_failed = rows_of(tmp_path / "local.h5")
     ray_rows, ray_feats, ray_failed = rows_of(tmp_path / "ray.h5")
     assert len(ray_rows) == 12 and ray_rows == local_rows
+    assert all(r[-1] for r in ray_rows)  # every decoded image has its fingerprint
     np.testing.assert_array_equal(ray_feats, local_feats)  # same pixels, weights and traced forward: exact
     assert len(ray_failed) == 1 and ray_failed == local_failed  # (path, reason, sha256), as recorded locally
     assert ray_failed[0][0] == "mel/broken.jpg"

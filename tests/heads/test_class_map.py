@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -240,9 +241,11 @@ def test_a_run_recorded_with_only_the_spec_text_still_evaluates(binary, tmp_path
 
 @pytest.fixture(scope="module")
 def ph2(binary):
-    """An external cache with PH2's class names and bytes of its own."""
+    """An external cache with PH2's class names and bytes and ids of its own."""
     path = feature_cache(binary["tmp"] / "ph2.h5", counts={"melanoma": 8, "common_nevus": 10, "atypical_nevus": 12},
                          dim=16, seed=5)
+    with h5py.File(path, "a") as f:
+        f["image_id"][:] = np.array([f"IMD{k:03d}" for k in range(len(f["image_id"]))], dtype=object)
     return restamp(path, salt="f", source="csv")
 
 

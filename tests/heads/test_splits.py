@@ -155,3 +155,32 @@ def test_each_fold_early_stops_on_a_grouped_slice_of_its_training_folds(cache):
     (fit, stop, held), = cv_parts(data, split, None)
     assert set(split[fit]) == set(split[stop]) == {"train"} and set(split[held]) == {"val"}
     assert not set(fit) & set(stop) and not set(data.groups[fit]) & set(data.groups[stop])
+
+
+def test_near_duplicates_join_their_groups_before_the_split_and_a_reused_split_keeps_them(tmp_path):
+    """Rows 0 (lesion L0-0), 10 (L0-5) and 21 (L0-10) are one picture (chained hashes): their three lesions become
+    one group, transitively, named independently of row order, and the split keeps all six images together."""
+    import json
+
+    from bottleneck.heads.splits import duplicate_groups, duplicates_record
+
+    same = {0: 0b1011 << 9, 10: 0b1011 << 9, 21: (0b1011 << 9) ^ (1 << 40)}
+    cache = feature_cache(tmp_path / "c.h5", counts={"a": 40, "b": 40},
+                          phash=lambda k, name, i: same.get(k, (k * 0x9E3779B97F4A7C15 % 2 ** 63) << 1))
+    data = load_cache(cache)
+    near, groups = duplicate_groups(data, "group")
+    assert sorted(map(tuple, near.rows.tolist())) == [(0, 10), (0, 21), (10, 21)]
+    joined = {g for g in groups if g.startswith("near-duplicates:")}
+    assert joined == {"near-duplicates:g:L0-0"}
+    members = np.flatnonzero(groups == "near-duplicates:g:L0-0")
+    assert set(data.groups[members]) == {"L0-0", "L0-5", "L0-10"} and len(members) == 6
+    split = make_split(data.labels, groups, data.image_ids, data.class_names, SplitSpec(seed=2))
+    assert len(set(split[members])) == 1
+    record = duplicates_record("group", near, data, split, groups)
+    assert record["joined"] == [["g:L0-0", "g:L0-10", "g:L0-5"]] and record["crossing"] == 0 and record["pairs"] == 3
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"split": {"duplicates": record}}))
+    _, again = duplicate_groups(data, "ignore", tmp_path / "run")  # --split-from: the recorded groups
+    assert list(again) == list(groups)
+    _, plain = duplicate_groups(data, "report")
+    assert list(plain) == list(data.groups)

@@ -104,3 +104,17 @@ def test_augment_image_is_a_dihedral_view_up_to_small_jitter():
         assert np.sort(out.mean(axis=2).ravel())[-2] < 60  # every other pixel stays dark
         seen.add(int(np.argmax(corners)))
     assert len(seen) > 1  # the view is drawn at random
+
+
+def test_inference_batches_fingerprint_the_pixels_they_yield(files):
+    from bottleneck.images.fingerprint import NO_FINGERPRINT, perceptual_hash
+
+    batches = list(inference_batches(files, SIZE, batch_size=2, fingerprints=True))
+    pixels = np.concatenate([b[0].numpy() for b in batches])
+    hashes = np.concatenate([b[4].numpy() for b in batches])
+    assert hashes.dtype == np.uint64 and hashes.shape == (5,)
+    assert hashes[2] == NO_FINGERPRINT  # the unreadable file has none
+    for i in (0, 1, 3, 4):  # each the hash of the very pixels the backbone gets
+        assert hashes[i] == perceptual_hash(pixels[i]) != NO_FINGERPRINT
+    plain = list(inference_batches(files, SIZE, batch_size=2))
+    assert all(len(b) == 4 for b in plain)  # without fingerprints: what every other caller unpacks

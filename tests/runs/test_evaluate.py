@@ -37,9 +37,10 @@ def test_cli_train_head_prints_the_table_and_evaluate_matches(tmp_path):
 def test_evaluate_on_an_external_cache_maps_classes_by_name(tmp_path, synth_run):
     run = copy_run(synth_run["run"], tmp_path)  # evaluate writes eval-other/ into it
     # same backbone configuration, class names in another case and order, one class the run never saw
-    other = feature_cache(tmp_path / "other.h5", counts={"MEL": 10, "NV": 10, "vasc": 4}, seed=0)
-    with h5py.File(other, "a") as f:  # other images: synthetic caches number their SHA-256s alike
+    other = feature_cache(tmp_path / "other.h5", counts={"MEL": 10, "NV": 10, "vasc": 4}, seed=9)
+    with h5py.File(other, "a") as f:  # other images: synthetic caches number their SHA-256s and ids alike
         f["sha256"][:] = np.array([f"e{k:063x}" for k in range(len(f["sha256"]))], dtype=object)
+        f["image_id"][:] = np.array([f"e{k}" for k in range(len(f["image_id"]))], dtype=object)
     r = evaluate_run(run, other)
     assert r.external and r.unmapped == {"vasc": 4}
     assert r.metrics["n"] == 20
@@ -145,7 +146,7 @@ def with_metadata(src: Path, dst: Path) -> Path:
 
 def test_an_external_evaluation_draws_roc_reliability_and_subgroups(tmp_path, synth_run):
     run = copy_run(synth_run["run"], tmp_path)
-    ext = with_metadata(feature_cache(tmp_path / "src.h5", counts={"bcc": 12, "mel": 12, "nv": 18}, seed=0),
+    ext = with_metadata(feature_cache(tmp_path / "src.h5", counts={"bcc": 12, "mel": 12, "nv": 18}, seed=9),
                         tmp_path / "clinic.h5")
     r = run_cli("evaluate", run, "--cache", ext)
     assert r.exit_code == 0, r.output
@@ -172,9 +173,10 @@ def test_an_external_evaluation_draws_roc_reliability_and_subgroups(tmp_path, sy
 
 def test_an_external_set_of_one_class_has_no_roc_and_says_so(tmp_path, synth_run):
     run = copy_run(synth_run["run"], tmp_path)
-    only_mel = feature_cache(tmp_path / "mel.h5", counts={"mel": 6}, seed=0)
-    with h5py.File(only_mel, "a") as f:
+    only_mel = feature_cache(tmp_path / "mel.h5", counts={"mel": 6}, seed=9)
+    with h5py.File(only_mel, "a") as f:  # other images: other bytes, ids and (seed) features
         f["sha256"][:] = np.array([f"e{k:063x}" for k in range(len(f["sha256"]))], dtype=object)
+        f["image_id"][:] = np.array([f"e{k}" for k in range(len(f["image_id"]))], dtype=object)
     r = evaluate_run(run, only_mel)
     assert not (r.out_dir / "roc.png").exists() and (r.out_dir / "calibration.png").is_file()
     assert json.loads((r.out_dir / "metrics.json").read_text())["figures"] == ["confusion.png", "calibration.png"]

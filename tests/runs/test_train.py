@@ -227,3 +227,52 @@ def test_evaluate_gives_the_runs_own_auc_and_an_older_run_keeps_its_balanced_rul
     served = read_predictions(tmp_path / "e2" / "predictions.csv").set_index("image_id")
     assert (served["predicted"] == theirs["predicted"][served.index]).all()
     assert (served["predicted"] != served["most_probable"]).any()  # the balanced rule, with its decision weights
+
+
+def test_an_image_under_two_lesion_ids_is_reported_and_grouped(tmp_path):
+    """One picture stored under two lesion ids that the plain split puts in train and test: `report` lists the pair
+    as crossing (split unchanged), the default `group` joins the lesions into one split, records it, and a run
+    reusing that split keeps the joined groups."""
+    from bottleneck.heads.splits import SplitSpec, make_split
+
+    plain = load_cache(feature_cache(tmp_path / "plain.h5", images_per_group=3))
+    split = make_split(plain.labels, plain.groups, plain.image_ids, plain.class_names, SplitSpec())
+    mel = plain.labels == plain.class_names.index("mel")
+    a = int(np.flatnonzero(mel & (split == "train"))[0])
+    b = int(np.flatnonzero(mel & (split == "test"))[0])
+    dup = 0b110101 << 20
+    cache = feature_cache(tmp_path / "c.h5", images_per_group=3,
+                          phash=lambda k, name, i: dup if k in (a, b) else (k * 0x9E3779B97F4A7C15 % 2 ** 63) << 1)
+    r = run_cli("train-head", cache, "--out", tmp_path / "report", "--quiet", "--epochs", "3", "--duplicates", "report")
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "report" / "config.json").read_text())
+    record = config["split"]["duplicates"]
+    assert record["mode"] == "report" and record["pairs"] == 1 and record["crossing"] == 1 and record["joined"] == []
+    assert {record["listed"][0]["image_a"], record["listed"][0]["image_b"]} == {plain.image_ids[a], plain.image_ids[b]}
+    assert config["command"][config["command"].index("--duplicates") + 1] == "report"
+    reported = pd.read_csv(tmp_path / "report" / "split.csv").set_index("image_id")["split"]
+    assert (reported.loc[list(plain.image_ids)].to_numpy() == split).all()  # the split is not changed
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["near_duplicates"]["crossing_splits"] == 1
+    assert plain.image_ids[a] in (tmp_path / "report" / "report.md").read_text()
+
+    grouped = train_head_run(cache, FAST, RunOptions(out=tmp_path / "group", progress=False))
+    record = json.loads((grouped.run_dir / "config.json").read_text())["split"]["duplicates"]
+    assert record["mode"] == "group" and record["crossing"] == 0
+    assert record["joined"] == [sorted([f"g:{plain.groups[a]}", f"g:{plain.groups[b]}"])]
+    joined = pd.read_csv(grouped.run_dir / "split.csv").set_index("image_id")["split"]
+    together = np.isin(plain.groups, [plain.groups[a], plain.groups[b]])
+    assert joined.loc[list(plain.image_ids[together])].nunique() == 1
+    metrics = json.loads((grouped.run_dir / "metrics.json").read_text())["near_duplicates"]
+    assert metrics["pairs"] == 1 and metrics["joined_groups"] == 1 and metrics["crossing_splits"] == 0
+    assert "joined 1 set(s) of groups" in (grouped.run_dir / "report.md").read_text()
+
+    reused = train_head_run(cache, FAST, RunOptions(out=tmp_path / "reused", split_from=grouped.run_dir,
+                                                     progress=False))
+    assert json.loads((reused.run_dir / "config.json").read_text())["split"]["duplicates"]["joined"] == \
+        record["joined"]
+    assert (reused.run_dir / "split.csv").read_text() == (grouped.run_dir / "split.csv").read_text()
+
+
+def test_duplicates_option_is_checked(tmp_path):
+    r = run_cli("train-head", tmp_path / "missing.h5", "--duplicates", "merge")
+    assert r.exit_code != 0 and "--duplicates should be one of group, report, ignore" in r.output

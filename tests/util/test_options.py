@@ -148,7 +148,7 @@ def test_train_heads_rerun_command_is_the_argument_list_it_always_was(head):
     new = train_rerun(Path("cache/c.h5"), Path("runs/r"), head, opts)
     old = old_train_head_command(Path("cache/c.h5"), Path("runs/r"), head, opts)
     assert new[:len(old)] == old and new[len(old):] == ["--target-sensitivity", "0.95", "--decision", "balanced",
-                                                     "--memory-gb", "2", "--tta"]
+                                                     "--duplicates", "group", "--memory-gb", "2", "--tta"]
 
 
 @pytest.mark.parametrize("opts", [FineTuneOptions(), FineTuneOptions(unfreeze="all", lr=3e-6, augment=False,
