@@ -101,17 +101,19 @@ def format_results(r: dict, opts: BenchOptions) -> str:
             f"growing cache: first {g['first_commit_s']:.2f} s, last {g['last_commit_s']:.2f} s; copying the "
             f"file, as every commit did before: {g['copy_s']:.2f} s")
     if "ray" in r:
-        y = r["ray"]
-        if "skipped" in y:
-            lines.append(f"ray engine: skipped ({y['skipped']})")
-        else:
-            lines.append(f"ray engine vs local, {y['images']} JPEGs ({opts.backbone}): after start-up "
-                         f"{y['ray_images_per_s']:.2f} vs {y['local_images_per_s']:.2f} images/s = {y['ratio']:.2f}x "
-                         "(Ray's includes its backbone actor's start); "
-                         f"whole backbone stage {y['ray_whole_s']:.1f} s vs {y['local_whole_s']:.1f} s, of which "
-                         f"starting Ray {y['ray_start_s']:.1f} s vs building the backbone {y['local_build_s']:.1f} s")
+        lines.append(_ray_line(r["ray"], opts))
     if "coverage" in r:
         lines += format_coverage(r["coverage"])
     if "duplicates" in r:
         lines += format_duplicates(r["duplicates"])
     return "\n".join(lines)
+
+
+def _ray_line(y: dict, opts: BenchOptions) -> str:
+    if "skipped" in y:
+        return f"ray engine: skipped ({y['skipped']})"
+    return (f"ray engine vs local, {y['images']} JPEGs ({opts.backbone}): after start-up "
+            f"{y['ray_images_per_s']:.2f} vs {y['local_images_per_s']:.2f} images/s = {y['ratio']:.2f}x "
+            "(Ray's includes its backbone actor's start); "
+            f"whole backbone stage {y['ray_whole_s']:.1f} s vs {y['local_whole_s']:.1f} s, of which "
+            f"starting Ray {y['ray_start_s']:.1f} s vs building the backbone {y['local_build_s']:.1f} s")
