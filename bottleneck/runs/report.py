@@ -246,10 +246,12 @@ def duplicates_section(record: dict | None) -> list[str]:
                          for k, v in record["checks"].items())
     n, crossing, joined = record["pairs"], record["crossing"], len(record["joined"])
     lines += [f"Pairs of images in different groups (lesions, or lone images) that look like copies: perceptual hash "
-              f"within a few bits of a flip or quarter turn, or feature cosine above the threshold ({searched}). "
-              f"Found {n} pair(s) ({record['by_check'].get('phash', 0)} by hash, "
+              f"within {record['checks'].get('phash', {}).get('max_bits', 'a few')} bits of a flip or quarter turn, "
+              f"or feature cosine above the threshold ({searched}). "
+              f"Found {n} {'pair' if n == 1 else 'pairs'} ({record['by_check'].get('phash', 0)} by hash, "
               f"{record['by_check'].get('cosine', 0)} by features); {crossing} cross train/val/test."
-              + (f" `--duplicates group` joined {joined} set(s) of groups into one group each before splitting."
+              + (f" `--duplicates group` joined {joined} {'set' if joined == 1 else 'sets'} of groups "
+                 "into one group each before splitting."
                  if record["mode"] == "group" and joined else "")
               + (" Listed only (`--duplicates report`): the split was not changed." if record["mode"] == "report"
                  else ""), ""]

@@ -264,7 +264,7 @@ def test_an_image_under_two_lesion_ids_is_reported_and_grouped(tmp_path):
     assert joined.loc[list(plain.image_ids[together])].nunique() == 1
     metrics = json.loads((grouped.run_dir / "metrics.json").read_text())["near_duplicates"]
     assert metrics["pairs"] == 1 and metrics["joined_groups"] == 1 and metrics["crossing_splits"] == 0
-    assert "joined 1 set(s) of groups" in (grouped.run_dir / "report.md").read_text()
+    assert "joined 1 set of groups" in (grouped.run_dir / "report.md").read_text()
 
     reused = train_head_run(cache, FAST, RunOptions(out=tmp_path / "reused", split_from=grouped.run_dir,
                                                      progress=False))
