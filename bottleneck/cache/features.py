@@ -27,7 +27,8 @@ import numpy as np
 
 from ..errors import BottleneckWarning, CacheError, InputError
 from ..util import tensorflow
-from .store import load_cache, open_cache
+from .handle import open_cache
+from .store import load_cache
 from .virtual import recheck
 
 GIB = 2**30

@@ -20,12 +20,12 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError, CacheMismatchError, InputError
+from .handle import SCHEMA_VERSION
 from .journal import ROW_FIELDS
 from .row_keys import KEYS, read_keys
 from .store import (
     META,
     PHASH,
-    SCHEMA_VERSION,
     STRING_DTYPE,
     CacheConfig,
     check_readable,

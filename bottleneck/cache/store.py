@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,11 +14,10 @@ from ..errors import CacheError
 from ..images import view_names
 from ..util import tensorflow
 from .checks import check_cache
+from .handle import SCHEMA_VERSION, open_cache
 from .journal import journal_dir, pending_batches
 from .pending import writer_pid
-from .undo import rollback, undo_path
-
-SCHEMA_VERSION = 1
+from .virtual import check_virtual
 
 
 @dataclass(frozen=True)
@@ -164,49 +160,6 @@ def decode_strings(values) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
 
-@contextmanager
-def open_cache(path: str | Path):
-    """The cache as an h5py.File for reading, between commits: waits while a commit runs (it holds the file's
-    lock exclusively) and first rolls back a commit whose extraction was killed midway (see undo.py).
-
-    Only rows below the `n_rows` attribute are committed; a dataset may be longer."""
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise CacheError(f"cannot open cache {path}: {exc.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        except OSError:  # a file system without flock (some network mounts): read without waiting for commits
-            pass
-        if undo_path(path).exists():  # no commit is running (we hold the lock shared): its writer was killed
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            _recover(path)
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise CacheError(f"cannot open cache {path}: {exc}; is it an HDF5 file written by bottleneck?") from None
-        with f:
-            yield f
-    finally:
-        os.close(fd)
-
-
-def _recover(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError as exc:
-        raise CacheError(f"cache {path} has an unfinished commit from a killed extraction and this user cannot "
-                         f"roll it back ({exc.strerror}); rerun the extract command as its owner") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        rollback(path, fd)
-    finally:
-        os.close(fd)
-
-
 def read_attrs(path: Path) -> dict:
     with open_cache(path) as f:
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
@@ -220,8 +173,6 @@ def check_readable(path: Path) -> None:
         raise CacheError(f"cache {path} does not exist; create it with `bottleneck extract DATA --cache {path}`")
     with open_cache(path) as f:
         if f.attrs.get("virtual"):  # HDF5 reads rows a source lacks as zeros: refuse rather than train on them
-            from .virtual import check_virtual  # virtual.py opens the sources with open_cache
-
             check_virtual(f, path)
         check_cache(f, path, SCHEMA_VERSION)
 

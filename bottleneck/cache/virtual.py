@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import BottleneckWarning, CacheError
 from .checks import check_cache, check_virtual_record, check_virtual_sources
-from .store import SCHEMA_VERSION, open_cache
+from .handle import SCHEMA_VERSION, open_cache
 
 WARNED: set[tuple[str, int]] = set()  # legacy virtual caches already warned about in this process (path, mtime)
 

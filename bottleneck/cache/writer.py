@@ -27,13 +27,13 @@ import numpy as np
 
 from ..errors import CacheError, CacheLockedError, CacheMismatchError
 from .commit import CommittedState, apply_batches, drop_tracebacks, interrupts_deferred
+from .handle import SCHEMA_VERSION
 from .journal import ROW_FIELDS, DamagedBatch, Journal, first_line, os_reason, pending_batches
 from .pending import lock_path
 from .row_keys import KEYS, id_key, matching_rows, read_keys, read_rows, sha_key
 from .store import (
     META,
     PHASH,
-    SCHEMA_VERSION,
     STRING_DTYPE,
     CacheConfig,
     library_versions,
