@@ -15,7 +15,9 @@
   cache, and the copy of the whole file that each commit used to make;
 - coverage: how often the reports' 95% intervals hold a known sensitivity in simulated test splits (`coverage`);
 - duplicates: how often fingerprints and feature similarity find re-encoded, resized, cropped, mirrored and turned
-  copies, how often distinct lesions look alike to them, and what a check costs (`duplicates`).
+  copies, how often distinct lesions look alike to them, and what a check costs (`duplicates`);
+- fixed: a 5-fold sweep against one train-head, evaluate against info, the linear head against scikit-learn, each
+  command a new process, on a 70-row and the N-row cache (`fixed`).
 
 Rates are differences or steady-state windows, never whole runs with start-up in them, and each ratio compares
 two ways measured in the same run: the machines are shared and drift between runs.
@@ -40,17 +42,18 @@ from ..errors import InputError
 from ..extract import ExtractOptions, extract, make_config, make_forward
 from ..heads import HeadConfig, fit_head
 from ..images import build_index, inference_batches, load_image, pad_batch
-from ..runs import RunOptions, SweepOptions, expand_grid, run_sweep, train_head_run
+from ..runs import RunOptions, train_head_run
 from ..synthetic import make_demo_dataset
 from ..util import tensorflow
 from .ceilings import decode_ceiling, forward_flops, matmul_flops_per_s
 from .coverage import bench_coverage
 from .data import BenchOptions, synthetic_features, synthetic_rows, write_bench_images, write_synthetic_cache
 from .duplicates import bench_duplicates
+from .fixed import bench_fixed, bench_sweep
 from .report import machine_info
 
 PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow", "ray", "coverage",
-         "duplicates")
+         "duplicates", "fixed")
 
 
 def bench_head_epoch(opts: BenchOptions) -> dict:
@@ -283,33 +286,6 @@ def bench_memory(opts: BenchOptions, workdir: Path, factor: int = 8) -> dict:
     return {"images": (n1, n8), "peak_rss_mib": (r1, r8), "growth": r8 / r1}
 
 
-def bench_sweep(opts: BenchOptions, workdir: Path, commands: int = 2) -> dict:
-    """A 16-configuration sweep against 16 x one in-process head and 16 separate `train-head` commands
-    (`commands` of them are run and timed; the figure is their mean x 16)."""
-    cache = workdir / "bench.h5"
-    if not cache.exists():
-        write_synthetic_cache(cache, opts)
-    e = opts.sweep_epochs
-    grid = {"lr": [1e-3, 3e-4], "dropout": [0.3, 0.5], "hidden": [(512, 512), (1024,)], "batch_size": [128, 256],
-            "epochs": [e], "patience": [e + 1]}
-    configs = expand_grid(grid)
-    start = time.perf_counter()
-    run_sweep(cache, configs, SweepOptions(out=workdir / "sweep", progress=False))
-    sweep_s = time.perf_counter() - start
-    start = time.perf_counter()
-    train_head_run(cache, HeadConfig(epochs=e, patience=e + 1), RunOptions(out=workdir / "one", progress=False))
-    one_s = time.perf_counter() - start
-    cmd_s = []
-    for k in range(commands):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "bottleneck", "train-head", str(cache), "--epochs", str(e),
-                        "--patience", str(e + 1), "--out", str(workdir / f"cmd{k}"), "--quiet"],
-                       check=True, capture_output=True)
-        cmd_s.append(time.perf_counter() - start)
-    return {"configs": len(configs), "epochs": e, "sweep_s": sweep_s, "in_process_x16_s": 16 * one_s,
-            "commands_x16_s": 16 * float(np.mean(cmd_s)), "commands_timed": commands}
-
-
 def bench_views(opts: BenchOptions, workdir: Path, n_views: int = 7) -> dict:
     """Extraction cost of N stored views relative to the plain view alone, and disk size per view."""
     ds = make_demo_dataset(workdir / "view-images", images_per_class=max(1, opts.images // 4), image_size=600,
@@ -383,7 +359,7 @@ def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
              "memory": lambda tmp: bench_memory(opts, tmp), "sweep": lambda tmp: bench_sweep(opts, tmp),
              "views": lambda tmp: bench_views(opts, tmp), "grow": lambda tmp: bench_grow(opts, tmp),
              "ray": lambda tmp: bench_ray(opts, tmp), "coverage": lambda tmp: bench_coverage(opts.coverage_sims),
-             "duplicates": lambda tmp: bench_duplicates()}
+             "duplicates": lambda tmp: bench_duplicates(), "fixed": lambda tmp: bench_fixed(opts, tmp)}
     with tempfile.TemporaryDirectory() as tmp:
         for part in PARTS:
             if part in parts:

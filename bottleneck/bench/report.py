@@ -12,6 +12,7 @@ from ..util import tensorflow
 from .coverage import format_coverage
 from .data import BenchOptions
 from .duplicates import format_duplicates
+from .fixed import format_fixed
 
 
 def machine_info() -> dict:
@@ -106,6 +107,8 @@ def format_results(r: dict, opts: BenchOptions) -> str:
         lines += format_coverage(r["coverage"])
     if "duplicates" in r:
         lines += format_duplicates(r["duplicates"])
+    if "fixed" in r:
+        lines += format_fixed(r["fixed"])
     return "\n".join(lines)
 
 

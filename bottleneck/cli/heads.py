@@ -62,18 +62,24 @@ def train_head_command(
                                  "calibrated probability). Recorded; evaluate, predict and export reuse it."),
     memory_gb: Optional[float] = typer.Option(None, help=MEMORY_HELP, show_default=False),
     duplicates: str = typer.Option("group", help=DUPLICATES_HELP),
+    folds: int = typer.Option(0, help="Small-data mode: K grouped, stratified folds of the non-test images (all "
+                              "images with --test 0), each predicted by a head trained, early-stopped, calibrated and "
+                              "thresholded on the other folds; the pooled out-of-fold predictions are scored with "
+                              "intervals, each fold beside them. head.keras is trained on every non-test image. 0: one "
+                              "train/val/test split."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train a classifier head off a cache in seconds; write metrics, plots and a report to a run directory.
 
     Example: bottleneck train-head cache/HAM10000-inception_v3-imagenet-299-avg.h5 --out runs/baseline
+    (a few hundred images or fewer: add --folds 5 --test 0 for out-of-fold figures over all of them)
     """
     opts = RunOptions(out=out, split=SplitSpec.held_out(val, test, head["seed"]), split_from=split_from,
                       overwrite=overwrite, progress=not quiet, augment=augment, tta=tta, memory_gb=memory_gb,
                       class_map=class_map_arg(class_map),
                       clinical=ClinicalOptions(positive, target_sensitivity, parse_subgroups(subgroups), calibrate),
-                      decision=check_decision(decision), duplicates=check_duplicates(duplicates))
+                      decision=check_decision(decision), duplicates=check_duplicates(duplicates), folds=folds)
     echo_lines(train_head_lines(train_head_run(cache, HeadConfig(**head), opts)))
 
 
@@ -129,7 +135,8 @@ def sweep_command(
     duplicates: str = typer.Option("group", help=DUPLICATES_HELP + " A resumed sweep keeps its recorded split."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
-    """Train many heads off one cache load and rank them; retrain the best on train+val, test it once.
+    """Train many heads off one cache load and rank them beside a linear baseline; retrain the best as train-head
+    would (early-stopped, calibrated and given an operating point on val) and test it once.
 
     Example: bottleneck sweep cache/HAM10000-inception_v3-imagenet-299-avg.h5 --lr 1e-3,3e-4 --dropout 0.3,0.5
     --hidden 512,512 --hidden 1024 --folds 5

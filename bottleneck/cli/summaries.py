@@ -171,13 +171,16 @@ def class_map_lines(record: dict | None) -> list[str]:
 
 def train_head_lines(r: RunResult) -> list[str]:
     sizes = ", ".join(f"{s} {r.split_sizes[s]['images']}" for s in ("train", "val", "test"))
+    oof = {"out-of-fold": r.metrics["oof"]["metrics"]} if "oof" in r.metrics else {}  # --folds K
     lines = class_map_lines(r.class_map) + [
-             f"split: {sizes}; best epoch {r.best_epoch}, {r.seconds:.1f} s of training",
-             format_table({s: r.metrics[s] for s in ("val", "test")})]
+             f"split: {sizes}; best epoch {r.best_epoch}, {r.seconds:.1f} s of training"
+             + (f"; {r.metrics['protocol']}" if oof else ""),
+             format_table({s: r.metrics[s] for s in ("val", "test") if s in r.metrics} | oof)]
     for name, m in r.metrics.get("views_comparison", {}).items():
         t = m["test"]
         lines.append(f"  {name}: test balanced acc {t['balanced_accuracy']:.3f}, accuracy {t['accuracy']:.3f}")
-    return lines + decision_lines(r.metrics.get("decision_rule"), r.metrics["test"], "test") + [
+    shown = ("test", r.metrics["test"]) if "test" in r.metrics else ("out-of-fold", r.metrics["oof"]["metrics"])
+    return lines + decision_lines(r.metrics.get("decision_rule"), shown[1], shown[0]) + [
         f"run: {r.run_dir}  (report: {r.run_dir / 'report.md'})"]
 
 
@@ -211,7 +214,8 @@ def sweep_lines(r: SweepResult, n_configs: int, folds: int, metric: str) -> list
         f"leaderboard: {r.out / 'leaderboard.csv'}"]
     if r.best_dir:
         lines += [f"winner: {r.selection}",
-                  f"\nbest ({r.winner}) retrained on train+val, evaluated once on test:",
+                  f"\nbest ({r.winner}) retrained on train (early-stopped and calibrated on val), "
+                  "evaluated once on test:",
                   format_table({"test": r.best_metrics["test"]}),
                   f"best run: {r.best_dir}  (report: {r.best_dir / 'report.md'})"]
     return lines

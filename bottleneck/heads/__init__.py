@@ -1,5 +1,5 @@
-"""The classifier head on cached features (`model`), its callbacks, the grouped splits and CV folds (`splits`)
-and the class maps that define a task (`class_map`).
+"""The classifier head on cached features (`model`; applied with numpy, without TensorFlow: `dense`), its callbacks,
+the grouped splits and CV folds (`splits`) and the class maps that define a task (`class_map`).
 
 What other packages may use is named here; everything else is private to the package."""
 
@@ -15,6 +15,7 @@ from .class_map import (
                         recorded_map,
                         run_class_names,
 )
+from .dense import DenseHead, keras_head, read_dense_head
 from .duplicates import indistinct_features
 from .model import (
                         HEAD_OPTIONS,
@@ -49,8 +50,10 @@ from .splits import (
                         recorded_groups,
                         save_split,
 )
+from .stack import Part, StackedHead, fit_stack
 
 __all__ = [
+    "DenseHead", "keras_head", "read_dense_head", "Part", "StackedHead", "fit_stack",
     "DUPLICATES", "indistinct_features", "check_duplicates", "duplicate_groups", "duplicates_metrics",
     "duplicates_record",
     "find_near_duplicates", "join_near_duplicates", "recorded_groups",

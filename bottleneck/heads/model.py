@@ -16,6 +16,7 @@ from ..cache import chunk_batches, is_streamed
 from ..errors import InputError
 from ..stats import log_of, log_softmax
 from ..util import Option, Options, fraction_below_one, one_of, positive, positive_int, read_bool, tensorflow
+from .dense import DenseHead
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")  # of heads and of fine-tuning: see make_optimizer
 CLASS_WEIGHTS = ("balanced", "none")
@@ -48,9 +49,9 @@ class HeadConfig:
 
 
 def parse_hidden(text: str) -> tuple[int, ...]:
-    """"512,512" -> (512, 512); "" or "0" -> () (a linear head)."""
+    """"512,512" -> (512, 512); "linear", "none", "0" or "" -> () (a linear head)."""
     text = text.strip()
-    if text in ("", "0", "none"):
+    if text.lower() in ("", "0", "none", "linear"):
         return ()
     try:
         return tuple(int(x) for x in text.split(","))
@@ -171,6 +172,9 @@ def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, 
     import keras
 
     cfg.validate()
+    if not cfg.hidden and batches is None and not is_streamed(x_train) and \
+            (x_val is None or not is_streamed(x_val)):
+        return _fit_linear(x_train, y_train, x_val, y_val, num_classes, cfg, callbacks)
     model = build_head(x_train.shape[1], num_classes, cfg, x_train)
     # Without validation data (a final fit on train+val) there is nothing to stop on: exactly cfg.epochs.
     if x_val is None:
@@ -198,6 +202,21 @@ def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, 
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     best = int(np.argmin(history["val_loss"])) + 1 if "val_loss" in history else len(history["loss"])
     return TrainedHead(model, history, best, seconds)
+
+
+def _fit_linear(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, callbacks=()) -> TrainedHead:
+    """A linear head (softmax regression on the standardised features) trained in one traced graph (stack.py): no
+    Keras `fit` and its fixed cost per epoch, which is all of a linear head's training time. `callbacks`: their
+    on_train_begin / on_epoch_end(epoch, logs) / on_train_end (the progress bar), without a model."""
+    from .stack import Part, fit_stack
+
+    x_val = np.zeros((0, x_train.shape[1]), np.float32) if x_val is None else x_val
+    x = np.concatenate([np.asarray(x_train, np.float32), np.asarray(x_val, np.float32)])
+    y = np.concatenate([np.asarray(y_train), np.asarray([] if y_val is None else y_val, np.asarray(y_train).dtype)])
+    n = len(x_train)
+    stop = np.arange(n, len(x)) if len(x) > n else None
+    head = fit_stack(x, y, [Part(cfg, np.arange(n), stop)], num_classes, callbacks)[0]
+    return TrainedHead(head.to_keras(), head.history, head.best_epoch, head.seconds)
 
 
 def probabilities_layer(model):
@@ -238,7 +257,10 @@ def predict_log_proba(model, x, batch_size: int = 1024) -> np.ndarray:
     Keras computes the head's softmax in float32, which rounds a probability above 1 - 6e-8 to exactly 1.0 and one
     below ~1e-45 to 0.0: ties that move every AUC. Here Keras gives the last layer's input (N, H) and its weights
     make the logits in float64; `log_softmax` keeps every one of them apart. A model whose last layer is not a
-    softmax Dense named "probabilities" at its top level: the log of its own probabilities."""
+    softmax Dense named "probabilities" at its top level: the log of its own probabilities. A DenseHead (head.keras
+    read with numpy, dense.py) computes the same without TensorFlow."""
+    if isinstance(model, DenseHead):
+        return model.predict_log_proba(x, batch_size)
     if len(x) == 0:
         return np.zeros((0, model.output_shape[-1]))
     sub = _logits_model(model)

@@ -13,6 +13,7 @@ import numpy as np
 from ..backbones import POLICIES, compute_policy, create_backbone, get_spec, layer_groups, model_precision
 from ..cache import CacheConfig
 from ..errors import InputError, WeightsError
+from ..heads import keras_head
 from ..images import DIHEDRAL, apply_view, inference_batches, pad_batch
 from ..util import sha256_file, tensorflow
 
@@ -63,10 +64,12 @@ def preprocess_layer(backbone: str):
 
 
 def assemble_model(config: CacheConfig, head, backbone=None):
-    """raw RGB (B, S, S, 3) float 0..255 -> probabilities (B, C): preprocessing, backbone and head in one model."""
+    """raw RGB (B, S, S, 3) float 0..255 -> probabilities (B, C): preprocessing, backbone and head in one model.
+    `head`: a Keras model or a DenseHead (`load_run`'s, converted with its weights as they are)."""
     tensorflow()
     import keras
 
+    head = keras_head(head)
     backbone = backbone if backbone is not None else rebuild_backbone(config)
     size = config.input_size
     inputs = keras.Input((size, size, 3), name="image")

@@ -252,8 +252,8 @@ class FineTuneJob:
             backbone = rebuild_backbone(self.provenance, self.opts.precision)
             # The head as trained: a calibration fitted to the cached features' head does not hold for a
             # fine-tuned one, so it is taken out (the fine-tuned model reports uncalibrated probabilities).
-            model = assemble_model(self.provenance, load_head(self.run, read_config(self.run), calibrate=False),
-                                   backbone)
+            head = load_head(self.run, read_config(self.run), calibrate=False, keras=True)
+            model = assemble_model(self.provenance, head, backbone)
             unfrozen = unfreeze(backbone, self.provenance.backbone, parse_unfreeze(self.opts.unfreeze))  # may refuse
             model.compile(optimizer=make_optimizer(self.opts.optimizer, self.opts.lr),
                           loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])

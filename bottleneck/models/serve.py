@@ -68,7 +68,8 @@ def load_served(model_or_run: str | Path, calibrate: bool = True) -> ServedModel
     if (p / "model.keras").is_file():
         return ServedModel(load_keras(p / "model.keras"), names, size, config, "finetune")
     if (p / "head.keras").is_file():
-        return ServedModel(assemble_model(provenance, load_head(p, config, calibrate)), names, size, config, "head")
+        return ServedModel(assemble_model(provenance, load_head(p, config, calibrate, keras=True)), names, size,
+                           config, "head")
     raise InputError(f"{p} holds neither model.keras (fine-tune run) nor head.keras (train-head run)")
 
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..cache import CacheConfig, CacheData
 from ..errors import BottleneckError, InputError
-from ..heads import recorded_map
-from ..stats import decide, log_of
+from ..heads import fold_calibration, read_dense_head, recorded_map
+from ..stats import Calibration, decide, log_of
 from ..util import check_split_file, keras_layers, read_json_object, sha256_file, tensorflow, write_csv
 
 
@@ -164,28 +164,33 @@ def load_keras(path: Path):
                          "rerun the command that wrote it") from None
 
 
-def load_head(run_dir: Path, config: dict, calibrate: bool = True):
-    """head.keras of a run; calibrate=False takes out the calibration folded into it (--no-calibrate)."""
-    from ..heads import fold_calibration
-    from ..stats import Calibration
+def load_head(run_dir: Path, config: dict, calibrate: bool = True, keras: bool = False):
+    """head.keras of a run; calibrate=False takes out the calibration folded into it (--no-calibrate).
 
-    head = load_keras(run_dir / "head.keras")
+    By default a DenseHead (heads/dense.py: the head applied with numpy, no TensorFlow imported), or the Keras model
+    where numpy cannot reproduce the file; `predict_log_proba` and `fold_calibration` take either.
+    keras=True: always the Keras model (fine-tune and predict put it on a backbone)."""
+    path = Path(run_dir) / "head.keras"
+    head = None if keras else read_dense_head(path)
+    if head is None:
+        head = load_keras(path)
     calibration = Calibration.from_record(config.get("calibration"))
     if calibration is not None and not calibrate:
         fold_calibration(head, calibration, undo=True)
     return head
 
 
-def load_run(run_dir: str | Path, calibrate: bool = True) -> tuple[dict, object]:
-    """(config.json, the head model) of a train-head run, its config.json, split.csv and head.keras checked.
-    calibrate=False: the head as trained, without the calibration folded into head.keras."""
+def load_run(run_dir: str | Path, calibrate: bool = True, keras: bool = False) -> tuple[dict, object]:
+    """(config.json, the head) of a train-head run, its config.json, split.csv and head.keras checked.
+    calibrate=False: the head as trained, without the calibration folded into head.keras. The head is a DenseHead
+    (numpy) unless `keras` or numpy cannot read it (`load_head`)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "head.keras").is_file():
         raise InputError(f"{run_dir} is not a train-head run (no config.json / head.keras there)")
     config = read_config(run_dir, check=True)
     if (run_dir / "split.csv").is_file():
         check_split_file(run_dir / "split.csv", RUN_FIX)
-    return config, load_head(run_dir, config, calibrate)
+    return config, load_head(run_dir, config, calibrate, keras)
 
 
 # --- artifacts --------------------------------------------------------------------------------------------------

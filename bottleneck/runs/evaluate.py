@@ -276,6 +276,10 @@ def _own_test_rows(run_dir: Path, config: dict, data: CacheData, path: Path, nam
     split, _ = load_split(run_dir, data.image_ids)
     y = data.labels
     rows = np.flatnonzero((split == "test") & (y >= 0))
+    if len(rows) == 0:
+        raise InputError(f"run {run_dir} has no labeled test images in {path} (a `--folds K --test 0` run has no test "
+                         "split: its out-of-fold figures are in its report); evaluate it on other data with "
+                         "--cache OTHER.h5")
     y_train = y[(split == "train") & (y >= 0)]
     return data, split, rows, y_train, notes
 

@@ -31,8 +31,8 @@ def write_leaderboard(results: list[dict], metric: str, out: Path) -> list[dict]
                      "folds": s[metric].get("n", len(r.get("folds") or ())),  # scores the mean and std rest on
                      **{f"{k}": s[k]["mean"] for k in METRICS if k != metric},
                      "best_epoch": s["best_epoch"]["mean"], "seconds": round(r["seconds"], 2),
-                     **{k: (",".join(map(str, v)) if k == "hidden" else v) for k, v in cfg.items()},
-                     "run_dir": str(out / "configs" / r["id"])})
+                     **{k: (",".join(map(str, v)) or "linear" if k == "hidden" else v) for k, v in cfg.items()},
+                     "baseline": bool(r.get("baseline")), "run_dir": str(out / "configs" / r["id"])})
     rows.sort(key=lambda r: (r["score"] is None, -(r["score"] or 0), r["id"]))
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
@@ -52,7 +52,8 @@ def format_leaderboard(rows: list[dict], metric: str, top: int | None = None) ->
     for r in rows[:top]:
         score = fmt(r["score"]) + ("" if r["std"] is None else f" ± {fmt(r['std'])}")
         epochs = "-" if r["best_epoch"] is None else f"{r['best_epoch']:.0f}"
-        cells.append([r["rank"], score, r["hidden"] or "0", r["dropout"], r["optimizer"], f"{r['lr']:g}",
+        hidden = str(r["hidden"] or "linear") + (" (baseline)" if r.get("baseline") else "")
+        cells.append([r["rank"], score, hidden, r["dropout"], r["optimizer"], f"{r['lr']:g}",
                       f"{r['decay_rate']:g}/{r['decay_steps']}", r["batch_size"], r["class_weight"], r["seed"], epochs,
                       r["id"]])
     return "\n".join(md_table(header, cells))
@@ -66,15 +67,16 @@ def _folds(rows: list[dict]) -> str:
 
 def head_size(row: dict) -> tuple[int, int]:
     """How complex a leaderboard row's head is: (hidden units in all, hidden layers); a linear head is (0, 0)."""
-    hidden = [int(h) for h in str(row["hidden"] or "").split(",") if h.strip() and int(h)]
+    hidden = [int(h) for h in str(row["hidden"] or "").split(",") if h.strip().isdigit() and int(h)]
     return sum(hidden), len(hidden)
 
 
 def choose_winner(rows: list[dict], metric: str) -> tuple[str | None, str]:
     """(id, how) of the winner: the best mean score; configurations whose mean is within one standard deviation
     (the sample standard deviation over folds) of the best count as tied, and the simplest head among them wins
-    (fewest hidden units, then layers; then the higher mean). Without a spread (no folds) the best mean wins."""
-    scored = [r for r in rows if r["score"] is not None]
+    (fewest hidden units, then layers; then the higher mean). Without a spread (no folds) the best mean wins.
+    The linear baseline row a sweep adds (`baseline`) is there to be compared with, never chosen."""
+    scored = [r for r in rows if r["score"] is not None and not r.get("baseline")]
     if not scored:
         return None, "no configuration has a score"
     best = scored[0]

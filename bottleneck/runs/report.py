@@ -29,13 +29,14 @@ def class_map_section(record: dict | None) -> list[str]:
     return lines + [""]
 
 
-def results_section(metrics: dict, names: list[str]) -> list[str]:
-    """Headline test figures with their bootstrap intervals, and per-class recall with intervals."""
+def results_section(metrics: dict, names: list[str], scope: str = "test split") -> list[str]:
+    """Headline test figures (of `scope`: "out-of-fold set" for --folds) with their bootstrap intervals, and per-class
+    recall with intervals."""
     test, boot = metrics["test"], metrics["bootstrap"]
     iv = test["intervals"]
     pos = metrics.get("positive")
-    lines = ["### Test split, with 95% intervals",
-             f"Intervals: {boot['resamples']} bootstrap resamples of the test split's {boot['units']} "
+    lines = [f"### {scope[0].upper()}{scope[1:]}, with 95% intervals",
+             f"Intervals: {boot['resamples']} bootstrap resamples of the {scope}'s {boot['units']} "
              f"{'lesions/patients' if boot['unit'].startswith('lesion') else 'images (no group ids)'} "
              f"(seed {boot['seed']}). Proportions (sensitivity, specificity, recall, PPV, NPV) get the exact binomial "
              "(Clopper-Pearson) interval on their effective number of images: the images divided by the design "
@@ -47,7 +48,7 @@ def results_section(metrics: dict, names: list[str]) -> list[str]:
     row = [test["n"], ci(iv["balanced_accuracy"]), ci(iv["roc_auc_macro"])]
     row += [ci(iv["sensitivity"]), ci(iv["specificity"])] if pos else []
     lines += md_table(header, [row]) + [""]
-    lines += md_table(["class", "test images", "recall (95% interval)"],
+    lines += md_table(["class", f"{scope.split()[0]} images", "recall (95% interval)"],
                       [[n, test["per_class"][n]["support"], ci(iv["recall"][n])] for n in names])
     return lines + [""]
 
@@ -105,14 +106,14 @@ def calibration_section(metrics: dict) -> list[str]:
     return lines + ["", "![reliability diagram](calibration.png)", ""]
 
 
-def lesion_section(metrics: dict) -> list[str]:
+def lesion_section(metrics: dict, scope: str = "test split") -> list[str]:
     les = metrics.get("lesion_level") or {}
     lines = ["## Lesion-level results"]
     if "metrics" not in les:
         return lines + [md_text(les.get("note", "not computed")) + ".", ""]
     m, iv = les["metrics"], les["metrics"]["intervals"]
     pos = metrics.get("positive")
-    lines += [f"Probabilities averaged over each lesion's images: {les['lesions']} test lesions "
+    lines += [f"Probabilities averaged over each lesion's images: {les['lesions']} {scope.split()[0]} lesions "
               f"({les['lesions_with_several_images']} with more than one image); intervals resample lesions.", ""]
     header = ["lesions", "balanced acc", "macro AUC"] + ([f"{pos} sensitivity", f"{pos} specificity"] if pos else [])
     row = [m["n"], ci(iv["balanced_accuracy"]), ci(iv["roc_auc_macro"])]
@@ -120,7 +121,7 @@ def lesion_section(metrics: dict) -> list[str]:
     return lines + md_table(header, [row]) + [""]
 
 
-def subgroup_section(metrics: dict) -> list[str]:
+def subgroup_section(metrics: dict, scope: str = "test split") -> list[str]:
     """## Subgroups: per metadata column, figures that compare like with like (the positive class's sensitivity and
     specificity, each class's recall with its count), balanced accuracy only where a subgroup holds every class."""
     sub = metrics.get("subgroups") or {}
@@ -129,7 +130,8 @@ def subgroup_section(metrics: dict) -> list[str]:
         return lines + [md_text(sub.get("note", "None asked for (--subgroups none)")) + ".", ""]
     pos = metrics.get("positive")
     at = "at the operating point" if sub["at"] == "operating point" else "as predicted"
-    lines += [f"Test split by metadata column; intervals resample lesions within the subgroup. A subgroup of "
+    lines += [f"{scope[0].upper()}{scope[1:]} by metadata column; intervals resample lesions within the subgroup. A "
+              "subgroup of "
               f"few images or few {md_text(pos or 'positive')} cases has a wide interval: read it before the figure. A "
               f"figure resting on fewer than {FEW_LESIONS} lesions is marked {FEW}; proportions get the exact "
               "binomial interval on their effective number of images, as in the test results. Balanced accuracy "
@@ -158,7 +160,10 @@ def _balanced_cell(row: dict) -> str:
     return ci(row["balanced_accuracy"]) if not missing else "- (no " + ", ".join(missing) + ")"
 
 
-def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits: list[str] = ()) -> Path:
+def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits: list[str] = (),
+                      extra: list[str] = ()) -> Path:
+    """report.md of a head run; `extra`: lines after the results (--folds: the out-of-fold section, fold_report.py).
+    A run without a test split (--folds K --test 0) has no test sections."""
     names = run_class_names(config)
     lines = [f"# Head run {md_code(name)}", ""] + _data_section(config["cache"], names)
     lines += class_map_section(config.get("class_map"))
@@ -167,15 +172,16 @@ def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits
               "Balanced accuracy (mean recall over classes, the ISIC 2018 metric) is the headline number; the "
               "majority-class baseline always predicts the most frequent training class.", ""]
     lines += _splits_table(metrics)
-    test = metrics["test"]
-    lines += [""] + decision_section(metrics, names)
-    if "bootstrap" in metrics:
-        lines += results_section(metrics, names)
-    lines += ["### Class-wise results on the test split", ""]
-    lines += md_table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
-                      [[n, test["per_class"][n]["support"], fmt(test["per_class"][n]["precision"]),
-                        fmt(test["per_class"][n]["recall"]), fmt(test["per_class"][n]["f1"]),
-                        fmt(test["roc_auc_per_class"].get(n))] for n in names])
+    test = metrics.get("test")
+    if test:
+        lines += [""] + decision_section(metrics, names)
+        lines += results_section(metrics, names) if "bootstrap" in metrics else []
+        lines += ["### Class-wise results on the test split", ""]
+        lines += md_table(["class", "support", "precision", "recall", "F1", "ROC AUC"],
+                          [[n, test["per_class"][n]["support"], fmt(test["per_class"][n]["precision"]),
+                            fmt(test["per_class"][n]["recall"]), fmt(test["per_class"][n]["f1"]),
+                            fmt(test["roc_auc_per_class"].get(n))] for n in names])
+    lines += list(extra)
     if metrics.get("warnings"):
         lines += ["", "**Warnings**", ""] + [f"- {md_text(w)}" for w in metrics["warnings"]]
     if "bootstrap" in metrics:
@@ -268,10 +274,8 @@ def duplicates_section(record: dict | None) -> list[str]:
 def _splits_table(metrics: dict) -> list[str]:
     """The headline figures of the validation and test splits against the majority-class baseline."""
     rows = []
-    for s in ("val", "test"):
-        if s not in metrics:
-            continue
-        m = metrics[s]
+    shown = [(s, metrics[s]) for s in ("val", "test") if s in metrics]
+    for s, m in shown + ([("out-of-fold", metrics["oof"]["metrics"])] if metrics.get("oof") else []):
         base = m["majority_baseline"]
         mel = m.get("melanoma") or {}
         rows.append([s, m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
@@ -305,13 +309,16 @@ def _views_section(views: dict, metrics: dict) -> list[str]:
 def _training_section(config: dict, metrics: dict, names: list[str]) -> list[str]:
     """## Training (the head, its optimiser and how long it trained), the figures, ## Files and the rerun command."""
     cc, head = config["cache"]["config"], config["head"]
-    hidden = " -> ".join(str(h) for h in head["hidden"]) or "none"
+    hidden = " -> ".join(str(h) for h in head["hidden"])
+    shape = (f"{hidden} -> {len(names)}, dropout {head['dropout']}" if hidden else
+             f"{len(names)}: **linear** (softmax regression; trained in one traced graph, heads/stack.py)")
     return ["", "## Training",
             f"- head: {cc['num_features']} -> {'standardise (train mean/std) -> ' if head.get('standardize') else ''}"
-            f"{hidden} -> {len(names)}, dropout {head['dropout']}, "
+            f"{shape}, "
             f"{head['optimizer']} lr {head['lr']} (x{head['decay_rate']} every {head['decay_steps']} steps), "
             f"batch {head['batch_size']}, class weight {head['class_weight']}, seed {head['seed']}",
-            (f"- trained on train+val for {config['epochs_run']} epochs (the epoch count chosen on validation), "
+            (f"- trained on train+val for {config['epochs_run']} epochs ("
+             + ("the folds' mean best epoch" if config.get("folds") else "the epoch count chosen on validation") + "), "
              f"no early stopping; {config['train_seconds']:.1f} s" if config.get("trained_on") == "train+val" else
              f"- early stopping on validation loss (patience {head['patience']}): best epoch "
              f"{config['best_epoch']} of {config['epochs_run']} run, restored; {config['train_seconds']:.1f} s"),

@@ -1,7 +1,8 @@
 """`bottleneck sweep`: many heads off one cache load, in one process, with one split and a leaderboard.
 
 Selection only ever looks at validation data (the val split, or K grouped folds of train+val); the
-test split is used once, by the winner, after it is retrained on train+val. Early stopping watches a grouped
+test split is used once, by the winner, after it is retrained as train-head trains a head (on train, early-stopped,
+calibrated and given an operating point on val). Early stopping watches a grouped
 slice of the training rows (`early_stopping_slice` in heads/splits.py), never the rows being scored: a fold (or a
 val split) that picked its own best epoch would score itself optimistically. The configurations come from the grid
 (`grid.py`); the ranking and the winner's choice are `leaderboard.py`'s.
@@ -10,7 +11,8 @@ val split) that picked its own best epoch would score itself optimistically. The
     out/split.csv             the one split of the whole sweep
     out/configs/<id>/         result.json (+ history.csv) per configuration: the unit of resumption
     out/leaderboard.csv|.md   ranked by the chosen metric
-    out/best/                 the winner retrained on train+val, evaluated on test: a full run directory
+    out/best/                 the winner retrained on train (val: early stopping, calibration, operating point),
+                              evaluated on test: a full run directory with train-head's report
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ from ..heads import (
     EARLY_STOP_FRACTION,
     ClassMap,
     HeadConfig,
+    Part,
     SplitSpec,
+    StackedHead,
     TrainedHead,
     cv_parts,
     fit_head,
+    fit_stack,
     load_split,
     make_folds,
     map_classes,
@@ -108,25 +113,56 @@ def evaluate_config(data: CacheData, split: np.ndarray, folds: np.ndarray | None
     """Validation scores of one configuration: on the val split, or mean/std over the K folds (`cv_parts`;
     `seed` picks each fold's early-stopping slice).
 
-    TTA: with `views` loaded (N, V, D), or, when they did not fit, read from the cache `tta_stream_gb` GiB at a
-    time (`tta_proba`)."""
+    Features in memory: the K heads are trained at once (heads/stack.py: one traced graph, no per-fit cost);
+    streamed: one Keras fit per fold. TTA: with `views` loaded (N, V, D), or, when they did not fit, read from the
+    cache `tta_stream_gb` GiB at a time (`tta_proba`)."""
     x, y = data.features, data.labels
     per_fold, history = [], None
     start = time.perf_counter()
-    for fit, stop, held in cv_parts(data, split, folds, seed):
-        trained, proba = fit_part(x, y, (fit, stop, held), len(data.class_names), cfg)
-        history = history or trained.history
+    parts = cv_parts(data, split, folds, seed)
+    for (fit, stop, held), head in zip(parts, _fold_heads(x, y, parts, len(data.class_names), cfg)):
+        history = history or head.history
+        proba = head.proba(take(x, held))
         if views is not None:  # TTA: mean over the plain view and every stored view
-            proba = (proba + sum(predict_proba(trained.model, views[held, k]) for k in range(views.shape[1]))) \
-                / (views.shape[1] + 1)
+            proba = (proba + sum(head.proba(views[held, k]) for k in range(views.shape[1]))) / (views.shape[1] + 1)
         elif tta_stream_gb is not None:
-            proba = tta_proba(trained.model, data, held, proba, tta_stream_gb)
+            proba = tta_proba(head.model(), data, held, proba, tta_stream_gb)
         m = compute_metrics(y[held], proba, data.class_names, train_labels=y[fit])
         per_fold.append({"n": m["n"], "n_fit": int(len(fit)), "n_early_stopping": int(len(stop)),
-                         "best_epoch": trained.best_epoch,
+                         "best_epoch": head.best_epoch,
                          **{k: metric_score(m, k) for k in METRICS}})
     return {"id": config_id(cfg), "config": cfg.to_dict(), "folds": per_fold, "summary": fold_summary(per_fold),
             "seconds": time.perf_counter() - start, "streamed": is_streamed(x), "history": history}
+
+
+@dataclass
+class _FoldHead:
+    """A fold's trained head, stacked (numpy weights) or fitted by Keras (streamed features)."""
+
+    stacked: StackedHead | None = None
+    trained: TrainedHead | None = None
+
+    @property
+    def history(self) -> dict:
+        return (self.stacked or self.trained).history
+
+    @property
+    def best_epoch(self) -> int:
+        return (self.stacked or self.trained).best_epoch
+
+    def proba(self, x) -> np.ndarray:
+        return np.exp(self.stacked.log_proba(x)) if self.stacked else predict_proba(self.trained.model, x)
+
+    def model(self):
+        return self.stacked.to_keras() if self.stacked else self.trained.model
+
+
+def _fold_heads(x, y: np.ndarray, parts, num_classes: int, cfg: HeadConfig) -> list[_FoldHead]:
+    """One head per (fit, stop, scored) part: all at once from features in memory, else fold by fold."""
+    if not is_streamed(x):
+        return [_FoldHead(stacked=h) for h in fit_stack(x, y, [Part(cfg, fit, stop) for fit, stop, _ in parts],
+                                                         num_classes)]
+    return [_FoldHead(trained=fit_part(x, y, part, num_classes, cfg)[0]) for part in parts]
 
 
 def fold_summary(per_fold: list[dict]) -> dict:
@@ -155,7 +191,9 @@ class SweepResult:
 
 def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) -> SweepResult:
     """Score every configuration off one cache load (resuming a sweep directory), rank them, and retrain the
-    winner on train+val to test it once."""
+    winner as train-head would to test it once.
+
+    Every leaderboard also has a linear baseline row (`linear_baseline`), scored like the others, never chosen."""
     if opts.metric not in METRICS:
         raise InputError(f"--metric should be one of {', '.join(METRICS)}; received {opts.metric!r}")
     if opts.folds == 1 or opts.folds < 0:
@@ -177,7 +215,9 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
         else:
             tta_stream_gb = max(0.0, left)
     results, computed, skipped = [], 0, 0
-    for cfg in tqdm(configs, desc="sweep", unit="config", disable=not opts.progress):
+    baseline = linear_baseline(configs)
+    for cfg in tqdm(configs + [baseline] * (baseline is not None), desc="sweep", unit="config",
+                    disable=not opts.progress):
         cdir = out / "configs" / config_id(cfg)
         done = cdir / "result.json"
         if done.is_file():
@@ -187,6 +227,7 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
             skipped += 1
             continue
         res = evaluate_config(grouped, split, folds, cfg, views, tta_stream_gb, seed=opts.split.seed)
+        res["baseline"] = cfg is baseline
         cdir.mkdir(parents=True, exist_ok=True)
         write_history(cdir / "history.csv", res.pop("history"))
         write_json_atomic(done, res)  # written last: a config is finished exactly when this file exists
@@ -203,23 +244,35 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
     return SweepResult(out, board, computed, skipped, best_dir, best_metrics, data.class_map, winner, how)
 
 
+def linear_baseline(configs: list[HeadConfig]) -> HeadConfig | None:
+    """The linear head every leaderboard is compared with (the first configuration's training, no hidden layer); None
+    where the grid has a linear head of its own."""
+    if any(not cfg.hidden for cfg in configs):
+        return None
+    return replace(configs[0], hidden=())
+
+
+WINNER_PROTOCOL = "trained on train, early-stopped and calibrated on val, operating point on val"
+
+
 def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions, how: str = ""):
-    """Retrain the winner on train+val for its mean best epoch count, evaluate once on test."""
+    """Retrain the winner as train-head trains a head (on train, early-stopped on val, calibrated and given an
+    operating point on val) and evaluate it once on test: a full run directory with train-head's report."""
     best = next(r for r in results if r["id"] == best_id)
     best_dir = out / "best"
     cfg_path = best_dir / "config.json"
-    if cfg_path.is_file() and json.loads(cfg_path.read_text()).get("sweep_config_id") == best_id:
-        return best_dir, json.loads((best_dir / "metrics.json").read_text())
+    if cfg_path.is_file():
+        old = json.loads(cfg_path.read_text())
+        if old.get("sweep_config_id") == best_id and old.get("winner_protocol") == WINNER_PROTOCOL:
+            return best_dir, json.loads((best_dir / "metrics.json").read_text())
     cfg = HeadConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in best["config"].items()
                         if k in {f.name for f in fields(HeadConfig)}})
-    epochs = max(1, int(round(best["summary"]["best_epoch"]["mean"])))
     run_opts = RunOptions(overwrite=True, progress=opts.progress, tta=opts.tta, memory_gb=opts.memory_gb)
     r = fit_and_write(data, split, json.loads((out / "sweep.json").read_text()) | {"from": str(out)},
-                      replace(cfg, epochs=epochs), best_dir, run_opts,
+                      cfg, best_dir, run_opts,
                       command=["bottleneck", "sweep", str(data.path), "--out", str(out), "--duplicates",
                                opts.duplicates] + (["--class-map", opts.class_map.argument] if opts.class_map else []),
-                      final=True,
                       extra_config={"sweep": str(out), "sweep_config_id": best_id, "selected_by": opts.metric,
-                                    "selection": how,
+                                    "selection": how, "winner_protocol": WINNER_PROTOCOL,
                                     "validation": best["summary"]})
     return r.run_dir, r.metrics

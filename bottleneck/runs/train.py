@@ -2,9 +2,8 @@
 
     cache -> split (made from the seed, or reused) -> fit_on_split (head, metrics) -> write_head_run -> runs/<name>/
 
-The run directory is staged and renamed into place whole (`rundir.py`); sweep's winner is written by the same
-`fit_and_write`, trained on train+val.
-"""
+Staged and renamed into place whole (`directory.py`); sweep's winner and --folds' final head (`folds.py`) are fitted
+by the same `fit_and_write`."""
 
 from __future__ import annotations
 
@@ -95,6 +94,7 @@ class RunOptions:
     clinical: ClinicalOptions = ClinicalOptions()  # --positive, --target-sensitivity, --subgroups, --no-calibrate
     decision: str = "balanced"  # --decision: balanced (equal-prior) or most-probable (stats.DecisionRule)
     duplicates: str = "group"  # --duplicates: near-duplicates across groups joined before splitting, reported, or not
+    folds: int = 0  # --folds K: out-of-fold figures of K grouped folds of the non-test rows (folds.py); 0: none
 
 
 @dataclass
@@ -126,11 +126,23 @@ def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) ->
     command += ["--decision", opts.decision, "--duplicates", opts.duplicates]
     if opts.memory_gb is not None:  # the resolved budget: the rerun streams (or not) as this run did
         command += ["--memory-gb", f"{opts.memory_gb:g}"]
+    command += ["--folds", str(opts.folds)] if opts.folds else []
     return command + ["--augment"] * opts.augment + ["--tta"] * opts.tta
 
 
 def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: RunOptions = RunOptions()) -> RunResult:
-    """Train a head off `cache`, evaluate it on validation and test, and write a run directory."""
+    """Train a head off `cache`, evaluate it on validation and test (or K folds: `folds.py`), write a run directory."""
+    if opts.folds:
+        from .folds import folds_run  # folds.py builds on this module
+
+        return folds_run(cache, head, opts)
+    data, out, opts = open_run(cache, head, opts)
+    split, split_info = resolve_split(data, opts.split, opts.split_from, opts.duplicates)
+    return fit_and_write(data, split, split_info, head, out, opts, rerun_command(cache, out, head, opts))
+
+
+def open_run(cache: str | Path, head: HeadConfig, opts: RunOptions) -> tuple[CacheData, Path, RunOptions]:
+    """What a train-head does before splitting: options checked, `out` free, the cache loaded in the task's classes."""
     head.validate()
     check_target(opts.clinical.target_sensitivity)
     check_decision(opts.decision)
@@ -142,8 +154,7 @@ def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: Run
     data = map_classes(load_cache_within(cache, opts.memory_gb), opts.class_map)
     positive_index(data.class_names, opts.clinical.positive)  # bad --positive or --subgroups: refused before training
     subgroup_columns(data.meta, opts.clinical.subgroups)
-    split, split_info = resolve_split(data, opts.split, opts.split_from, opts.duplicates)
-    return fit_and_write(data, split, split_info, head, out, opts, rerun_command(cache, out, head, opts))
+    return data, out, opts
 
 
 def task_map(class_map: ClassMap | None, split_from: Path | None) -> ClassMap | None:
@@ -231,13 +242,13 @@ def fit_on_split(data: CacheData, split: np.ndarray, head: HeadConfig, opts: Run
     metrics["decision_rule"] = rule.record() | {"on_test": metrics["test"]["not_most_probable"]}
     if opts.augment or opts.tta:  # the effect of views, on the same split
         metrics["views_comparison"] = _views_comparison(data, rows, fit_rows, val_x, val_y, head, opts, served_plain,
-                                                        metrics_copy(metrics, eval_splits), evaluate, calibration)
+                                                        {s: metrics[s] for s in eval_splits}, evaluate, calibration)
     fitted = np.isin(rows, fit_rows)
     metrics["train"] = {"n": int(len(fit_rows)),
                         "accuracy": float((decide(proba[fitted], weights) == y[rows][fitted]).mean())}
     # Degenerate features or a one-class head: said in metrics.json and warned (one `warning:` line in the CLI).
     found = run_warnings(take(x, fit_rows), proba[split[rows] == "test"], names) + cal_record.get("flags", [])
-    sizes = _split_sizes(data, idx)
+    sizes = split_sizes(data, idx)
     test = rows[in_test]
     metrics["calibration"] = cal_record | {"test": calibration_figures(y[test], raw[in_test],
                                                                         proba[in_test] if calibration else None,
@@ -312,9 +323,8 @@ def _views_comparison(data: CacheData, rows: np.ndarray, fit_rows: np.ndarray, v
     return compare
 
 
-def _split_sizes(data: CacheData, idx: dict[str, np.ndarray]) -> dict:
-    """split -> images, groups (lesions with an id) and images per class."""
-    y, names = data.labels, data.class_names
+def split_sizes(data: CacheData, idx: dict[str, np.ndarray]) -> dict:
+    y, names = data.labels, data.class_names  # split -> images, groups (lesions with an id) and images per class
     return {s: {"images": int(len(idx[s])), "groups": int(len({g for g in data.groups[idx[s]] if g})),
                 "per_class": {n: int((y[idx[s]] == c).sum()) for c, n in enumerate(names)}} for s in SPLITS}
 
@@ -382,13 +392,8 @@ def test_overlap(data: CacheData, split: np.ndarray) -> int:
     return int(sum(1 for h in sha[split == "test"] if h and h in seen))
 
 
-def metrics_copy(metrics: dict, splits) -> dict:
-    return {s: metrics[s] for s in splits if s in metrics}
-
-
 def views_budget_gb(data: CacheData, opts: RunOptions) -> float:
-    """What stored views may take of memory: opts.views_memory_gb if set, else --memory-gb less the features
-    held in memory (one budget for both)."""
+    """Memory for stored views: opts.views_memory_gb, else --memory-gb less the features in memory (one budget)."""
     if opts.views_memory_gb is not None:
         return opts.views_memory_gb
     held = 0 if is_streamed(data.features) else data.features.nbytes / GIB

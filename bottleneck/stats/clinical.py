@@ -190,7 +190,9 @@ def small_class_warnings(sizes: dict) -> list[str]:
         if few:
             out.append(f"{split} split: " + ", ".join(f"{n} has {k} image{'s' * (k != 1)}" for n, k in few.items())
                        + f" (under {MIN_CLASS_IMAGES}): recall and intervals of such a class rest on a handful of "
-                       "cases; extract more images of it or merge it into another class (--class-map)")
+                       "cases; extract more images of it or merge it into another class (--class-map)"
+                       + ("; or use --folds 5 --test 0 for out-of-fold figures over all images" if split == "test"
+                          else ""))
     return out
 
 
@@ -199,7 +201,8 @@ def few_groups_warning(n_units: int, grouped: bool) -> list[str]:
         return []
     what = "lesions (groups)" if grouped else "images"
     return [f"the test split has {n_units} {what} (under {MIN_TEST_GROUPS}): its figures and intervals are rough; "
-            "use a larger test fraction (--test) or more data"]
+            "use a larger test fraction (--test), more data, or --folds 5 --test 0 for out-of-fold figures over all "
+            "images"]
 
 
 def warn(messages: list[str]) -> None:
@@ -239,11 +242,15 @@ def operating_point(y_val, score_val, y_test, score_test, units, positive: int, 
 
 def clinical_results(class_names: list[str], y_test: np.ndarray, proba_test: np.ndarray, groups_test: np.ndarray,
                      meta_test: dict, metrics_test: dict, opts: ClinicalOptions, seed: int,
-                     decision_weights=None, val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+                     decision_weights=None, val: tuple[np.ndarray, np.ndarray] | None = None,
+                     point: tuple[dict, np.ndarray] | None = None) -> dict:
     """Intervals, the operating point, lesion-level results and subgroups of the test split.
 
     proba_test: the probabilities the run reports (calibrated when calibration applies); val: (y_val, proba_val)
-    in the same form, None when nothing was held out (a final fit on train+val): then no operating point."""
+    in the same form, None when nothing was held out (a final fit on train+val): then no operating point.
+    point: (record, rows flagged) of an operating point chosen elsewhere, used instead of choosing one on `val`
+    (out-of-fold figures: each fold's threshold, chosen inside its training part). decision_weights: (C,), or (N, C)
+    when each row has its own (each fold's calibration)."""
     class_names = list(class_names)
     positive = positive_index(class_names, opts.positive)
     units = resampling_units(groups_test)
@@ -256,6 +263,8 @@ def clinical_results(class_names: list[str], y_test: np.ndarray, proba_test: np.
     if positive is None:
         out["operating_point"] = {"positive": None, "threshold": None, "reason": "no class named mel/melanoma: "
                                   "pass --positive CLASS to report an operating point"}
+    elif point is not None:
+        out["operating_point"], flagged = point
     elif val is None:
         out["operating_point"] = {"positive": class_names[positive], "threshold": None,
                                   "reason": "trained on train+val: no held-out validation split to choose it on"}
@@ -280,6 +289,10 @@ def clinical_results(class_names: list[str], y_test: np.ndarray, proba_test: np.
 def lesion_level(class_names, y, proba, groups, positive, seed, opts: ClinicalOptions, decision_weights) -> dict:
     """compute_metrics (and intervals) of probabilities averaged over each lesion's images."""
     ly, lp, multi = lesion_means(y, proba, groups)
+    if np.ndim(decision_weights) == 2:  # one row of weights per image: a lesion's images share their fold's
+        per_lesion = np.ones_like(lp)
+        per_lesion[resampling_units(groups)] = decision_weights
+        decision_weights = per_lesion
     if not any(g for g in groups):
         return {"lesions": int(len(ly)), "note": "no group ids in the cache: every image is its own lesion, so "
                 "lesion-level results equal image-level ones"}

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import TINY_ARGS, feature_cache, run_cli
 
@@ -62,3 +63,55 @@ def test_output_into_a_closed_pipe_ends_quietly_on_every_command(tmp_path):
     assert lines[0] == f"cache: {cache}" and lines[1] in ("status 0", "status 141") and len(lines) == 2, shell.stdout
     assert shell.stderr == ""
 
+
+
+# Run in a fresh interpreter: each command through the real CLI (CliRunner), then what got imported.
+NO_TENSORFLOW = """
+import json, sys
+from typer.testing import CliRunner
+from bottleneck.cli import app
+for args in json.loads(sys.argv[1]):
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, (args, r.output)
+print(json.dumps(sorted(m for m in ("tensorflow", "keras") if m in sys.modules)))
+"""
+
+
+def views_cache(path, views=2):
+    """A cache of the synthetic run's configuration (feature_cache's, other images: other ids, bytes and features)
+    with `views` stored views of each image."""
+    from bottleneck.cache.store import load_cache
+    from bottleneck.cache.writer import CacheWriter
+
+    src = load_cache(feature_cache(path.with_name("plain.h5"), counts={"bcc": 8, "mel": 8, "nv": 14}, seed=9))
+    x = np.asarray(src.features, np.float32)
+    rows = [dict(image_id=f"ext{k}", path=f"ext/{k}.jpg", label=src.class_names[y], group=f"E{k}",
+                 sha256=f"e{k:063x}", width=40, height=30) for k, y in enumerate(src.labels)]
+    noise = np.random.default_rng(5).normal(0, 0.3, (len(x), views, x.shape[1]))
+    with CacheWriter(path, src.config, {"dataset": "external"}, tuple(src.class_names)) as w:
+        w.write_batch(rows, x, views=(x[:, None] + noise).astype(np.float32), view_lo=1)
+    return path
+
+
+def test_help_info_merge_and_evaluate_never_import_tensorflow(tmp_path, synth_run):
+    """TensorFlow's import alone takes ~10 s: the commands that read caches and apply a trained head to cached
+    features (evaluate reads head.keras with numpy, heads/dense.py) must start without it."""
+    import json
+
+    from conftest import copy_run
+
+    run = copy_run(synth_run["run"], tmp_path)
+    ext = views_cache(tmp_path / "ext.h5")
+    commands = [["--help"], ["info", ext], ["merge", ext, "--out", tmp_path / "merged.h5"],
+                ["evaluate", run], ["evaluate", run, "--cache", ext, "--tta", "--no-calibrate"],
+                ["evaluate", run, "--cache", ext, "--memory-gb", "0.000001", "--out", tmp_path / "streamed"]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, json.dumps([[str(a) for a in c] for c in commands])],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
+    assert (tmp_path / "merged.h5").is_file() and (run / "eval-test" / "metrics.json").is_file()
+    tta = json.loads((run / "eval-ext-tta-nocal" / "metrics.json").read_text())
+    assert tta["tta"] and tta["metrics"]["n"] == 30 and not tta["decision_rule"]["calibrated"]
+    streamed = json.loads((tmp_path / "streamed" / "metrics.json").read_text())
+    assert streamed["features"] != tta["features"] and streamed["metrics"]["n"] == 30

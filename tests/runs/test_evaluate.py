@@ -181,3 +181,31 @@ def test_an_external_set_of_one_class_has_no_roc_and_says_so(tmp_path, synth_run
     assert not (r.out_dir / "roc.png").exists() and (r.out_dir / "calibration.png").is_file()
     assert json.loads((r.out_dir / "metrics.json").read_text())["figures"] == ["confusion.png", "calibration.png"]
     assert "No ROC curve: these images hold a single class." in (r.out_dir / "report.md").read_text()
+
+
+def flat(record, prefix="") -> dict:
+    """A nested JSON record as {"a/b/0": leaf}."""
+    items = record.items() if isinstance(record, dict) else enumerate(record) if isinstance(record, list) else None
+    if items is None:
+        return {prefix: record}
+    return {k: v for key, value in items for k, v in flat(value, f"{prefix}/{key}").items()}
+
+
+def test_the_numpy_head_gives_the_metrics_train_head_computed_with_keras(tmp_path, synth_run):
+    """evaluate applies head.keras with numpy (heads/dense.py): the same metrics as train-head's own on the test split
+    (computed there by the Keras model it saved), and the Keras head's log-probabilities in predictions.csv."""
+    from bottleneck.heads.model import predict_log_proba
+    from bottleneck.runs.directory import load_run
+
+    run = copy_run(synth_run["run"], tmp_path)
+    r = evaluate_run(run)
+    trained = json.loads((run / "metrics.json").read_text())["test"]
+    saved = json.loads((r.out_dir / "metrics.json").read_text())["metrics"]
+    assert flat(saved).keys() == flat(trained).keys() and flat(saved) == pytest.approx(flat(trained), abs=1e-9)
+
+    preds = pd.read_csv(r.out_dir / "predictions.csv", keep_default_na=False, float_precision="round_trip")
+    data = load_cache(synth_run["cache"])
+    rows = [list(data.image_ids).index(i) for i in preds["image_id"]]
+    _, keras_head = load_run(run, keras=True)
+    logp = preds[[f"logp_{n}" for n in ("bcc", "mel", "nv")]].to_numpy()
+    np.testing.assert_allclose(logp, predict_log_proba(keras_head, data.features[rows]), atol=1e-5, rtol=1e-6)

@@ -46,3 +46,16 @@ def test_melanoma_sensitivity_is_read_from_its_own_block():
     assert metric_score({"melanoma": {"sensitivity": 0.8}}, "melanoma_sensitivity") == 0.8
     assert metric_score({"accuracy": 0.5}, "melanoma_sensitivity") is None
     assert metric_score({"accuracy": 0.5}, "accuracy") == 0.5
+
+
+def test_the_linear_baseline_is_ranked_and_named_but_never_chosen(tmp_path):
+    baseline = result("lin", 0.95, 0.01, hidden=()) | {"baseline": True}
+    rows = write_leaderboard([result("big", 0.80, 0.05), baseline], "accuracy", tmp_path)
+    assert [r["id"] for r in rows] == ["lin", "big"]  # ranked like any configuration
+    assert "| linear (baseline) |" in format_leaderboard(rows, "accuracy")
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert board["hidden"].tolist() == ["linear", "512,512"] and board["baseline"].tolist() == [True, False]
+    assert choose_winner(rows, "accuracy")[0] == "big"
+    # a linear head the grid asked for is a candidate like any other, and the simplest
+    rows = write_leaderboard([result("big", 0.80, 0.05), result("lin", 0.79, 0.01, hidden=())], "accuracy", tmp_path)
+    assert choose_winner(rows, "accuracy")[0] == "lin"

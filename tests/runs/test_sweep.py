@@ -85,25 +85,32 @@ def test_sweep_resumes_and_leaves_a_best_run(tmp_path, cache):
     out = tmp_path / "sweep"
     configs = expand_grid({"lr": [1e-3, 3e-4], **SMALL})
     r = run_sweep(cache, configs, SweepOptions(out=out, progress=False))
-    assert (r.computed, r.skipped) == (2, 0)
+    assert (r.computed, r.skipped) == (3, 0)  # and the linear baseline
     board = pd.read_csv(out / "leaderboard.csv")
-    assert list(board["rank"]) == [1, 2] and board["balanced_accuracy"].is_monotonic_decreasing
+    assert list(board["rank"]) == [1, 2, 3] and board["balanced_accuracy"].is_monotonic_decreasing
+    assert board["baseline"].sum() == 1 and (board.loc[board["baseline"], "hidden"] == "linear").all()
     assert all((out / "configs" / i / "result.json").is_file() for i in board["id"])
+    assert "linear (baseline)" in (out / "leaderboard.md").read_text()
+    candidates = board[~board["baseline"]]
     best = json.loads((out / "best" / "config.json").read_text())
-    assert best["trained_on"] == "train+val" and best["sweep_config_id"] == board["id"][0]
+    assert best["sweep_config_id"] == candidates["id"].iloc[0] and best["sweep_config_id"] == r.winner
+    # the winner is a full run: trained on train, early-stopped and calibrated on val, as train-head does
+    assert best["trained_on"] == "train" and best["head"]["epochs"] == SMALL["epochs"][0]
     best_metrics = json.loads((out / "best" / "metrics.json").read_text())
-    assert {"test", "train"} <= set(best_metrics) and "val" not in best_metrics  # val was trained on
-    assert not best_metrics["calibration"]["applied"] and best_metrics["operating_point"]["threshold"] is None
+    assert {"val", "test", "train"} <= set(best_metrics)
+    assert "reason" in best_metrics["calibration"] or best_metrics["calibration"]["applied"]
+    assert "val" not in best_metrics["calibration"].get("reason", "") or "train+val" not in \
+        best_metrics["calibration"]["reason"]
     assert (out / "best" / "report.md").is_file() and (out / "best" / "head.keras").is_file()
     best_mtime = (out / "best" / "head.keras").stat().st_mtime
 
     again = run_sweep(cache, configs, SweepOptions(out=out, progress=False))
-    assert (again.computed, again.skipped) == (0, 2)
+    assert (again.computed, again.skipped) == (0, 3)
     assert (out / "best" / "head.keras").stat().st_mtime == best_mtime  # nothing retrained
     # an interrupted sweep: the config in flight never wrote result.json, so only it runs again
-    (out / "configs" / board["id"][1] / "result.json").unlink()
+    (out / "configs" / candidates["id"].iloc[1] / "result.json").unlink()
     more = run_sweep(cache, configs + expand_grid({"lr": [1e-4], **SMALL}), SweepOptions(out=out, progress=False))
-    assert (more.computed, more.skipped) == (2, 1)
+    assert (more.computed, more.skipped) == (2, 2)
 
 
 def test_a_sweep_directory_is_bound_to_its_cache_and_protocol(tmp_path, cache):
@@ -158,7 +165,8 @@ def test_cli_sweep_with_options_prints_a_leaderboard(tmp_path, cache):
                             "--epochs", "4", "--out", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
     board = pd.read_csv(out / "leaderboard.csv")
-    assert len(board) == 4 and set(board["hidden"].astype(str)) == {"64", "32,32"}
+    assert len(board) == 5 and set(board["hidden"].astype(str)) == {"64", "32,32", "linear"}
+    assert board.loc[board["hidden"] == "linear", "baseline"].all()  # the baseline row every leaderboard has
     assert "| rank |" in r.output
     r = runner.invoke(app, ["sweep", str(cache), "--dropout", "0.3,lots", "--out", str(out), "--quiet"])
     assert r.exit_code == 1 and "grid key 'dropout': cannot read value 'lots'" in r.output
