@@ -5,9 +5,9 @@ What other packages may use is named here; everything else is private to the pac
 
 
 from .data import BenchOptions, parse_sizes
-from .parts import PARTS, run_bench
+from .parts import PARTS, QUICK_PARTS, choose_parts, run_bench
 from .report import format_results
 
 __all__ = [
-    "BenchOptions", "PARTS", "format_results", "parse_sizes", "run_bench",
+    "BenchOptions", "PARTS", "QUICK_PARTS", "choose_parts", "format_results", "parse_sizes", "run_bench",
 ]

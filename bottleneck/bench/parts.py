@@ -44,7 +44,7 @@ from ..heads import HeadConfig, fit_head
 from ..images import build_index, inference_batches, load_image, pad_batch
 from ..runs import RunOptions, train_head_run
 from ..synthetic import make_demo_dataset
-from ..util import tensorflow
+from ..util import progress_bar, tensorflow
 from .ceilings import decode_ceiling, forward_flops, matmul_flops_per_s
 from .coverage import bench_coverage
 from .data import BenchOptions, synthetic_features, synthetic_rows, write_bench_images, write_synthetic_cache
@@ -54,6 +54,23 @@ from .report import machine_info
 
 PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow", "ray", "coverage",
          "duplicates", "fixed")
+# `bottleneck bench` with no --part: the parts that together finish in a few minutes on a 2-core laptop and write
+# little (measured: docs/benchmarks.md); --all adds the rest: `grow` writes ~4 GiB at 1,000,000 rows, `ray` starts a
+# Ray instance, the others take minutes each on such a machine.
+QUICK_PARTS = ("head", "run", "load", "coverage")
+
+
+def choose_parts(parts=(), all_parts: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the parts to run, the parts skipped), each in PARTS order: the --part ones (none skipped), else every part
+    with --all, else QUICK_PARTS (the others skipped, to be named to the user)."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise InputError(f"--part should be among {', '.join(PARTS)}; received {', '.join(sorted(unknown))}")
+    if parts and all_parts:
+        raise InputError("--all runs every part and --part chooses some; give one of them")
+    chosen = set(parts or (PARTS if all_parts else QUICK_PARTS))
+    skipped = () if parts else tuple(p for p in PARTS if p not in chosen)
+    return tuple(p for p in PARTS if p in chosen), skipped
 
 
 def bench_head_epoch(opts: BenchOptions) -> dict:
@@ -341,8 +358,9 @@ def bench_grow(opts: BenchOptions, workdir: Path, batch: int = 50_000) -> dict:
     return {"sizes": out}
 
 
-def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
-    """The figures of the chosen `parts` (see PARTS), measured in one temporary folder, plus the machine."""
+def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS, progress: bool = False) -> dict:
+    """The figures of the chosen `parts` (see PARTS), measured in one temporary folder, plus the machine; progress:
+    a progress bar over the parts (util/progress.py)."""
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise InputError(f"--part should be among {', '.join(PARTS)}; received {', '.join(sorted(unknown))}")
@@ -361,9 +379,10 @@ def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS) -> dict:
              "ray": lambda tmp: bench_ray(opts, tmp), "coverage": lambda tmp: bench_coverage(opts.coverage_sims),
              "duplicates": lambda tmp: bench_duplicates(), "fixed": lambda tmp: bench_fixed(opts, tmp)}
     with tempfile.TemporaryDirectory() as tmp:
-        for part in PARTS:
-            if part in parts:
-                results[part] = steps[part](Path(tmp))
+        bar = progress_bar([p for p in PARTS if p in parts], desc="bench", unit="part", enabled=progress)
+        for part in bar:
+            bar.set_description(f"bench {part}")
+            results[part] = steps[part](Path(tmp))
     if "extract" in results:
         one_pass = opts.rows / results["extract"]["images_per_s"]
         results["backbone_pass_s"] = one_pass

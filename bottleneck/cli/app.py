@@ -21,7 +21,9 @@ from ..errors import BottleneckError, BottleneckWarning
 from ..heads import ClassMap, parse_class_map
 from ..util import CLASH_NOTE, DISTRIBUTION, clash_warning, installed_version
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# Plain help (click's formatter), not typer's rich panels: at 80 columns those cut long values (a class-map spec, the
+# default cache name) with an ellipsis and show a <bool> type beside every flag.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Extract CNN bottlenecks once into an HDF5 cache, then train heads off it in seconds.")
 
 
@@ -53,9 +55,18 @@ def main(verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow'
         os.environ["BOTTLENECK_VERBOSE"] = "1"
 
 
-CLASS_MAP_HELP = ("The task, made of the cache's classes: 'target=src1,src2;target2=src3', '*' meaning every class "
+CLASS_MAP_SYNTAX = "'target=src1,src2;target2=src3'"  # --class-map SPEC, as every command that takes it shows it
+CLASS_MAP_HELP = (f"The task, made of the cache's classes: {CLASS_MAP_SYNTAX}, '*' meaning every class "
                   "not named elsewhere; classes named nowhere are dropped and counted. Or a .toml/.csv file of the "
                   "same (needed for class names holding ',' ';' or '='). E.g. 'mel=mel;other=*' (melanoma vs rest).")
+
+
+QUIET_HELP = "No progress bars or progress lines (the results and any error still print)."
+
+
+def quiet_option():
+    """-q/--quiet, the same on every command that does work that takes a while (`--quiet` in the design)."""
+    return typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
 
 
 def class_map_arg(value: str | None) -> ClassMap | None:
@@ -74,13 +85,23 @@ def echo_lines(lines: list[str]) -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning as one `warning:` line: ours as they are; a library's (Keras, TensorFlow, h5py...) by its first
+    line, with its category and package, instead of Python's two lines of file, line number and source."""
     if issubclass(category, BottleneckWarning):
         typer.echo(f"warning: {message}", err=True)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
+        return
+    text = str(message).strip().splitlines()
+    typer.echo(f"warning: {text[0] if text else category.__name__} ({category.__name__} from "
+               f"{warning_source(filename)})", err=True)
 
 
-_default_showwarning = warnings.showwarning
+def warning_source(filename: str) -> str:
+    """The package a warning came from, by its file: `.../site-packages/keras/src/x.py` -> `keras`."""
+    parts = Path(str(filename)).parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts and parts.index(marker) + 1 < len(parts):
+            return Path(parts[parts.index(marker) + 1]).stem
+    return Path(str(filename)).name or "Python"
 
 
 KEEP_LOGS = 50  # newest crash logs kept in the log folder

@@ -10,7 +10,7 @@ import typer
 from ..cache import describe_cache, merge_caches
 from ..extract import ExtractOptions, check_engine, extract
 from ..images import build_index, select_shard
-from .app import app, echo_lines, handle_errors
+from .app import app, echo_lines, handle_errors, quiet_option
 from .summaries import extract_lines, info_lines, merge_lines
 
 
@@ -18,12 +18,17 @@ from .summaries import extract_lines, info_lines, merge_lines
 @handle_errors
 def extract_command(
     data: Path = typer.Argument(..., help="Image folder: class subfolders, or images plus --metadata CSV."),
-    metadata: Optional[Path] = typer.Option(None, help="Metadata CSV (HAM10000, ISIC 2019/2020 or any CSV)."),
-    id_column: Optional[str] = typer.Option(None, help="CSV column with image ids (file names or stems)."),
+    metadata: Optional[List[Path]] = typer.Option(None, metavar="CSV", help="Metadata CSV (HAM10000, ISIC "
+                                                  "2019/2020 or any CSV); repeat it (or separate with commas) for "
+                                                  "CSVs joined on the image id, e.g. ISIC 2019's GroundTruth and "
+                                                  "Metadata files."),
+    id_column: Optional[str] = typer.Option(None, help="CSV column with image ids (file names or stems; default: "
+                                            "the layout's, else image_id, image, isic_id, image_name or filename)."),
     label_column: Optional[str] = typer.Option(None, help="CSV column with class labels."),
     group_column: Optional[str] = typer.Option(None, help="CSV column with lesion/patient ids for grouped splits."),
     meta_columns: str = typer.Option("all", help="CSV columns stored per row as metadata (for subgroup reports): "
-                                     "all (every column but the id, label and group ones), none, or names like "
+                                     "all (every column but the id, label and group ones and those that "
+                                     "determine the label, which are named), none, or names like "
                                      "age,sex,localization."),
     follow_symlinks: bool = typer.Option(False, help="Follow symlinks that lead outside the image folder too (by "
                                          "default only links into it are followed; loops are cut either way)."),
@@ -40,9 +45,9 @@ def extract_command(
     xla: str = typer.Option("auto", help="Compile the forward pass with XLA: auto (the cache's, else on for "
                             "float32 on backbones it speeds up), on or off."),
     dtype: str = typer.Option("float16", help="Storage dtype of features: float16 or float32."),
-    cache: Optional[Path] = typer.Option(None, help="Cache file (default: cache/<dataset>-<root hash>-<config>.h5; "
-                                         "<dataset> is the folder's name, its parent's for a folder called images, "
-                                         "train, data...)."),
+    cache: Optional[Path] = typer.Option(None, help="Cache file. Default: cache/<dataset>-<8hex>-<config>.h5, "
+                                         "<dataset> the folder's name (its parent's for a folder called images, "
+                                         "train, data...), <8hex> a hash of the folder's path."),
     append: bool = typer.Option(False, help="Add this image root (or CSV) to a cache extracted from another one, on "
                                 "purpose (recorded in the cache); without it such a cache is refused."),
     strict: bool = typer.Option(False, help="Stop at the first unreadable image instead of listing it."),
@@ -57,7 +62,7 @@ def extract_command(
     devices: str = typer.Option("all", help="Where the backbone runs: all (every GPU, else the CPU), cpu, GPU "
                                 "indices like 0,1, or device names; several GPUs run one replica each "
                                 "(MirroredStrategy), same features."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = quiet_option(),
 ):
     """Run every image once through a pretrained CNN and store its bottleneck vector in an HDF5 cache.
 
@@ -93,6 +98,7 @@ def merge_command(
     virtual: bool = typer.Option(False, help="Write --out as HDF5 virtual datasets over the shard files (no copy; "
                                  "keep the shards beside it)."),
     allow_partial: bool = typer.Option(False, help="Merge even if shards of the index are missing (and say which)."),
+    quiet: bool = quiet_option(),  # merge prints no progress; taken as every command that works a while takes it
 ):
     """Merge shard caches (same backbone configuration) into one cache; rows are keyed by image id.
 

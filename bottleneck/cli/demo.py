@@ -17,7 +17,7 @@ from .summaries import extract_lines, info_lines, train_head_lines
 
 def run_demo(out: Path = Path("demo_data"), *, images_per_class: int = 40, backbone: str = "resnet50",
              weights: str = "none", image_size: int = 96, run: Path = Path("runs/demo"), seed: int = 0,
-             echo: Callable[[str], None] = print) -> Path:
+             echo: Callable[[str], None] = print, progress: bool = True) -> Path:
     """`bottleneck demo`: make the synthetic dataset, then extract, info and train-head on it, echoing each
     command and what it prints, as a user typing them would see. Returns the run directory."""
     ds = make_demo_dataset(out, images_per_class=images_per_class, seed=seed)
@@ -28,7 +28,7 @@ def run_demo(out: Path = Path("demo_data"), *, images_per_class: int = 40, backb
          f"--cache {cache}")
     index = build_index(ds.root, ds.metadata)
     summary = extract(index, ExtractOptions(backbone=backbone, weights=weights, image_size=image_size, seed=seed,
-                                            cache=cache))
+                                            cache=cache, progress=progress))
     for line in extract_lines(summary, index):
         echo(line)
     echo(f"\n$ bottleneck info {cache}")
@@ -36,7 +36,8 @@ def run_demo(out: Path = Path("demo_data"), *, images_per_class: int = 40, backb
         echo(line)
     echo(f"\n$ bottleneck train-head {cache} --out {run} --overwrite")
     result = train_head_run(cache, HeadConfig(seed=seed),
-                            RunOptions(out=run, split=SplitSpec.held_out(0.15, 0.15, seed), overwrite=True))
+                            RunOptions(out=run, split=SplitSpec.held_out(0.15, 0.15, seed), overwrite=True,
+                                       progress=progress))
     for line in train_head_lines(result):
         echo(line)
     return result.run_dir

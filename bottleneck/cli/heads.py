@@ -20,7 +20,7 @@ from ..runs import (
     train_head_run,
 )
 from ..stats import TARGET_SENSITIVITY, ClinicalOptions, check_decision, parse_subgroups
-from .app import CLASS_MAP_HELP, app, class_map_arg, echo_lines, handle_errors
+from .app import CLASS_MAP_HELP, CLASS_MAP_SYNTAX, app, class_map_arg, echo_lines, handle_errors, quiet_option
 from .params import declared, with_declared
 from .summaries import evaluate_lines, sweep_lines, train_head_lines
 
@@ -68,7 +68,7 @@ def train_head_command(
                               "intervals, each fold beside them. head.keras is trained on every non-test image. 0: one "
                               "train/val/test split."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = quiet_option(),
 ):
     """Train a classifier head off a cache in seconds; write metrics, plots and a report to a run directory.
 
@@ -88,10 +88,11 @@ def train_head_command(
 def evaluate_command(
     run: Path = typer.Argument(..., help="A run directory made by train-head."),
     cache: Optional[Path] = typer.Option(None, help="Another cache of the same backbone configuration."),
-    class_map: Optional[str] = typer.Option(None, help="How the cache's classes become the run's: "
-                                            "'RUNCLASS=CACHECLASS1,CACHECLASS2;...' ('*': every other class; classes "
-                                            "named nowhere are left out and counted), or a .toml/.csv file. Default: "
-                                            "the run's own class map, or classes of the same name."),
+    class_map: Optional[str] = typer.Option(None, help=f"How the cache's classes become the run's: {CLASS_MAP_SYNTAX}"
+                                            ", each target a class of the run, each src a class of the cache ('*': "
+                                            "every other class; classes named nowhere are left out and counted), or "
+                                            "a .toml/.csv file. Default: the run's own class map, or classes of the "
+                                            "same name."),
     tta: bool = typer.Option(False, help="Average predictions over the cache's stored views."),
     calibrate: bool = typer.Option(True, help="Use the run's calibration (its default); --no-calibrate for the "
                                    "head's own probabilities."),
@@ -102,6 +103,7 @@ def evaluate_command(
     keep_overlap: bool = typer.Option(False, help="Evaluate external images found in the run's training or "
                                       "validation data (or near copies of them) instead of leaving them out; still "
                                       "counted, listed in overlap.csv."),
+    quiet: bool = quiet_option(),  # evaluate prints no progress (it applies the head with numpy, in seconds)
 ):
     """Evaluate a run's head on its own test split, or on another (external) cache; an earlier evaluation is never
     replaced without --overwrite.
@@ -133,7 +135,7 @@ def sweep_command(
     tta: bool = typer.Option(False, help="Score with predictions averaged over the cache's stored views."),
     memory_gb: Optional[float] = typer.Option(None, help=MEMORY_HELP, show_default=False),
     duplicates: str = typer.Option("group", help=DUPLICATES_HELP + " A resumed sweep keeps its recorded split."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = quiet_option(),
 ):
     """Train many heads off one cache load and rank them beside a linear baseline; retrain the best as train-head
     would (early-stopped, calibrated and given an operating point on val) and test it once.

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..models import FINETUNE_OPTIONS, PRECISION_HELP, FineTuneOptions, export, fine_tune, predict
-from .app import app, class_map_arg, echo_lines, handle_errors
+from .app import CLASS_MAP_SYNTAX, app, class_map_arg, echo_lines, handle_errors, quiet_option
 from .params import declared, with_declared
 from .summaries import export_lines, fine_tune_lines, predict_lines
 
@@ -20,11 +20,11 @@ from .summaries import export_lines, fine_tune_lines, predict_lines
 def fine_tune_command(
     run: Path = typer.Argument(..., help="A run directory made by train-head (its head and split are used)."),
     opts: dict = declared(FINETUNE_OPTIONS),  # --data ... --precision: FineTuneOptions's fields (finetune.py)
-    class_map: Optional[str] = typer.Option(None, help="Class map from the cache's classes to the head's "
-                                            "('target=src1,src2;...', '*', or a .toml/.csv file); default: the run's "
-                                            "own. Its targets must be the head's classes."),
+    class_map: Optional[str] = typer.Option(None, help=f"Class map from the cache's classes to the head's: "
+                                            f"{CLASS_MAP_SYNTAX} ('*': every other class), or a .toml/.csv file; "
+                                            "default: the run's own. Its targets must be the head's classes."),
     overwrite: bool = declared(FINETUNE_OPTIONS, "overwrite"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = quiet_option(),
 ):
     """Reattach a run's head to its backbone and train both end to end from the images at a low rate.
 
@@ -45,13 +45,14 @@ def predict_command(
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     calibrate: bool = typer.Option(True, help="The run's calibrated probabilities, decision weights and operating "
                                    "point (default); --no-calibrate for the head's own probabilities, argmax."),
+    quiet: bool = quiet_option(),
 ):
     """Class probabilities and the top class of each image; unreadable files are listed, not fatal.
 
     Example: bottleneck predict runs/baseline-finetune new_images/ --out predictions.csv --tta
     """
     echo_lines(predict_lines(predict(model, paths, out=out, batch_size=batch_size, tta=tta, precision=precision,
-                                     calibrate=calibrate), out, tta))
+                                     calibrate=calibrate, progress=not quiet), out, tta))
 
 
 @app.command("export")
@@ -64,6 +65,7 @@ def export_command(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     calibrate: bool = typer.Option(True, help="Keep the run's calibration in the exported model (default); "
                                    "--no-calibrate exports the head's own probabilities."),
+    quiet: bool = quiet_option(),  # export prints no progress; taken as every command that works a while takes it
 ):
     """Write one model taking raw RGB images (preprocessing inside) plus labels.json, after a parity check.
 

@@ -51,6 +51,7 @@ def extract_lines(s: ExtractSummary, index: DatasetIndex) -> list[str]:
     if s.images_without_row:
         lines.append(f"images with no metadata row: {s.images_without_row} "
                      f"(e.g. {', '.join(index.images_without_row[:3])})")
+    lines += [f"note: {note}" for note in index.notes]
     if index.skipped_paths:
         lines.append(f"skipped while indexing: {len(index.skipped_paths)} (symlinks not followed, special files)")
         lines += [f"  skipped: {path}: {reason}" for path, reason in index.skipped_paths[:10]]
@@ -82,6 +83,7 @@ def _identity_info(attrs: dict) -> list[str]:
     if not ident:
         return ["  identity: not recorded (a cache from before it: the next extract into it records its dataset)"]
     csv = f", metadata {ident['metadata']} (sha256 {ident['metadata_sha256'][:12]})" if ident["metadata"] else ""
+    csv += "".join(f" + {extra}" for extra in ident.get("metadata_extra", []))  # CSVs joined on the image id
     lines = [f"  identity: {ident['root']} (source {ident['source']}{csv})"]
     lines += [f"  appended: {a['root']} (source {a['source']}" + (f", metadata {a['metadata']}" if a["metadata"]
                                                                     else "") + f") on {a.get('at', '?')}"

@@ -9,10 +9,9 @@ New rows get their fingerprint in the backbone pass itself (`run._run_backbone`,
 
 from __future__ import annotations
 
-from tqdm.auto import tqdm
-
 from ..cache import CacheConfig, CacheWriter
 from ..images import Entry, inference_batches
+from ..util import progress_bar
 from .forward import entry_row
 
 
@@ -34,7 +33,7 @@ def fingerprint_only(writer: CacheWriter, todo: list[tuple[Entry, str]], config:
     committed like any other, rows refreshed in place with their vectors kept."""
     if not todo:
         return
-    bar = tqdm(total=len(todo), desc="fingerprints", unit="img", disable=not opts.progress, smoothing=0.1)
+    bar = progress_bar(total=len(todo), desc="fingerprints", unit="img", enabled=opts.progress, smoothing=0.1)
     done = 0
     for pixels, w, h, err, phash in inference_batches([str(e.path) for e, _ in todo], config.input_size,
                                                       opts.batch_size, fingerprints=True):

@@ -28,10 +28,21 @@ RECORDED = 20
 
 
 def dataset_identity(index: DatasetIndex) -> dict:
-    """{root, source, metadata, metadata_sha256} of an index: what a cache extracted from it holds."""
+    """{root, source, metadata, metadata_sha256, metadata_extra} of an index: what a cache extracted from it holds.
+    `metadata` is the CSV the labels come from; CSVs joined to it (`metadata_extra`, ISIC 2019's age/sex/site)
+    add columns to the same dataset, so joining one later is a rerun, not another dataset."""
     csv = index.metadata
     return {"root": str(index.root), "source": index.source, "metadata": str(csv or ""),
-            "metadata_sha256": sha256_file(csv) if csv else ""}
+            "metadata_sha256": sha256_file(csv) if csv else "",
+            # only where there are any: the identity of a one-CSV dataset stays as caches have always recorded it
+            **({"metadata_extra": [str(p) for p in index.metadata_extra]} if index.metadata_extra else {})}
+
+
+def _take(identity: dict, current: dict) -> None:
+    """Update a recorded dataset to this run's CSVs (their content may change: relabels are counted)."""
+    identity.update({k: current[k] for k in KEYS})
+    identity.pop("metadata_extra", None)
+    identity.update({k: current[k] for k in ("metadata_extra",) if k in current})
 
 
 def root_tag(index: DatasetIndex) -> str:
@@ -62,6 +73,7 @@ def recorded_identity(attrs: dict) -> dict | None:
 def describe(ident: dict) -> str:
     """`ROOT (source S, metadata CSV)`: one identity in a line."""
     csv = f", metadata {ident['metadata']}" if ident.get("metadata") else ""
+    csv += "".join(f" + {extra}" for extra in ident.get("metadata_extra", []))
     return f"{ident['root']} (source {ident.get('source', '?')}{csv})"
 
 
@@ -105,7 +117,7 @@ def plan_identity(path: Path, index: DatasetIndex, append: bool, current: dict |
     identity = copy.deepcopy(recorded)
     identity.setdefault("appended", [])
     if _same(identity, current):
-        identity.update({k: current[k] for k in KEYS})  # the CSV's SHA-256 follows its content
+        _take(identity, current)  # the CSV's SHA-256 follows its content
     else:
         known = next((a for a in identity["appended"] if _same(a, current)), None)
         if known is None and not append:
@@ -117,7 +129,7 @@ def plan_identity(path: Path, index: DatasetIndex, append: bool, current: dict |
             identity["appended"].append(dict(current, at=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
             note.appended = current["root"]
         else:
-            known.update({k: current[k] for k in KEYS})
+            _take(known, current)
         # rows keep paths relative to the cache's own root: `root` and friends stay the first dataset's
     info = {"identity": identity, **({k: attrs[k] for k in ("dataset", "root", "source", "metadata") if k in attrs}
                                      if not _same(identity, current) else {})}

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..cache import CacheConfig
 from ..errors import ImageDecodeError, InputError
+from ..util import progress_bar
 
 NEEDS_RAY = '--engine ray needs Ray: pip install -e ".[ray]" (or pip install "ray[data]")'
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
@@ -258,8 +258,8 @@ def run_backbone_ray(writer, todo: list, config: CacheConfig, opts, summary) -> 
                                # no actor restarts (Ray warns about them with constructor arguments in the object
                                # store): a dead worker stops the run, and a rerun resumes from what was committed
                                max_restarts=0))
-        bar = tqdm(total=len(todo), desc=f"extract {config.backbone} (ray)", unit="img",
-                   disable=not opts.progress, smoothing=0.1)
+        bar = progress_bar(total=len(todo), desc=f"extract {config.backbone} (ray)", unit="img",
+                           enabled=opts.progress, smoothing=0.1)
         first_batch_end, steady_images = None, 0
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):

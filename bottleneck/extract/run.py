@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..backbones import (
     POOLINGS,
@@ -37,7 +36,7 @@ from ..cache import (
 )
 from ..errors import ImageDecodeError, InputError
 from ..images import DatasetIndex, Entry, apply_view, check_views, inference_batches, pad_batch, seeds_for
-from ..util import sha256_file, tensorflow
+from ..util import progress_bar, sha256_file, tensorflow
 from .fingerprints import fingerprint_only, missing_fingerprints
 from .forward import check_dtype_range, entry_row, make_forward, printable_path, unstorable_name
 from .identity import IdentityNote, default_cache_path, plan_identity, record_identity
@@ -122,6 +121,12 @@ def check_engine(engine: str, views: int = 0, workers: int | None = None, addres
         if workers is not None and workers < 1:
             raise InputError(f"--workers should be a positive integer; received {workers}")
         check_address(address)
+    else:  # Ray's options would be silently ignored by the local engine
+        given = [flag for flag, value in (("--address", address), ("--workers", workers)) if value is not None]
+        if given:
+            raise InputError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} only to --engine ray; "
+                             "add --engine ray (pip install -e "
+                             f"\".[ray]\"), or leave {' and '.join(given)} out to extract in this process")
     return engine
 
 
@@ -233,8 +238,8 @@ def _hash_files(entries: list[Entry], progress: bool) -> list[tuple[str, str]]:
     """(sha256, "") or ("", reason) of each entry's file, in order."""
     pool = ThreadPoolExecutor(8)  # hashing is I/O bound; threads overlap reads
     try:
-        return list(tqdm(pool.map(_sha256, [e.path for e in entries]), total=len(entries),
-                         desc="hashing", unit="img", disable=not progress, leave=False))
+        return list(progress_bar(pool.map(_sha256, [e.path for e in entries]), total=len(entries),
+                                 desc="hashing", unit="img", enabled=progress, leave=False))
     finally:
         pool.shutdown(cancel_futures=True)  # Ctrl-C: the queued files are not hashed first
 
@@ -325,8 +330,8 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
         out = forward(tf.concat([x if k == 0 else apply_view(x, k, seeds) for k in ks], axis=0))
         return tf.transpose(tf.reshape(out, (len(ks), -1, out.shape[-1])), (1, 0, 2))
 
-    bar = tqdm(total=len(todo), desc=f"extract {config.backbone}", unit="img", disable=not opts.progress,
-               smoothing=0.1)
+    bar = progress_bar(total=len(todo), desc=f"extract {config.backbone}", unit="img", enabled=opts.progress,
+                       smoothing=0.1)
     done, first_batch_end, steady_images = 0, None, 0
     for pixels, w, h, err, phash in batches:
         n = int(pixels.shape[0])

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from tqdm.auto import tqdm
-
-from ..util import tensorflow
+from ..util import progress_bar, tensorflow
 
 
 def epoch_bar(total: int, enabled: bool = True, desc: str = "train-head"):
-    """A tqdm bar over epochs (with epochs/s) showing the current losses; a new bar at each `fit`."""
+    """A progress bar (util/progress.py) over epochs (with epochs/s) showing the current losses; a new bar at each
+    `fit`."""
     tensorflow()
     import keras  # after tensorflow(): its import is the slow, noisy part of start-up
 
     class EpochBar(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.bar = tqdm(total=total, desc=desc, unit="epoch", disable=not enabled, leave=False)
+            self.bar = progress_bar(total=total, desc=desc, unit="epoch", enabled=enabled, leave=False)
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}

@@ -174,7 +174,7 @@ def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, 
     cfg.validate()
     if not cfg.hidden and batches is None and not is_streamed(x_train) and \
             (x_val is None or not is_streamed(x_val)):
-        return _fit_linear(x_train, y_train, x_val, y_val, num_classes, cfg, callbacks)
+        return _fit_linear(x_train, y_train, x_val, y_val, num_classes, cfg)
     model = build_head(x_train.shape[1], num_classes, cfg, x_train)
     # Without validation data (a final fit on train+val) there is nothing to stop on: exactly cfg.epochs.
     if x_val is None:
@@ -204,18 +204,16 @@ def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, 
     return TrainedHead(model, history, best, seconds)
 
 
-def _fit_linear(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, callbacks=()) -> TrainedHead:
-    """A linear head (softmax regression on the standardised features) trained in one traced graph (stack.py): no
-    Keras `fit` and its fixed cost per epoch, which is all of a linear head's training time. `callbacks`: their
-    on_train_begin / on_epoch_end(epoch, logs) / on_train_end (the progress bar), without a model."""
+def _fit_linear(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig) -> TrainedHead:
+    """A linear head: a logistic regression on the standardised training rows, fitted to convergence (linear.py);
+    the validation rows are scored for the history (and, in a run, calibrate it), never stopped on."""
     from .stack import Part, fit_stack
 
     x_val = np.zeros((0, x_train.shape[1]), np.float32) if x_val is None else x_val
     x = np.concatenate([np.asarray(x_train, np.float32), np.asarray(x_val, np.float32)])
     y = np.concatenate([np.asarray(y_train), np.asarray([] if y_val is None else y_val, np.asarray(y_train).dtype)])
     n = len(x_train)
-    stop = np.arange(n, len(x)) if len(x) > n else None
-    head = fit_stack(x, y, [Part(cfg, np.arange(n), stop)], num_classes, callbacks)[0]
+    head = fit_stack(x, y, [Part(cfg, np.arange(n), np.arange(n, len(x)) if len(x) > n else None)], num_classes)[0]
     return TrainedHead(head.to_keras(), head.history, head.best_epoch, head.seconds)
 
 

@@ -1,5 +1,5 @@
-"""Many heads trained at once, in one traced graph: the folds of a sweep's configurations, train-head's folds, and
-every linear head.
+"""Many heads trained at once, in one traced graph: the folds of a sweep's configurations and train-head's folds
+(a linear head among them is fitted by linear.py instead: a logistic regression run to convergence).
 
 A Keras `fit` costs a build, a compile and a trace per head, then about 0.15 s of fixed cost per epoch (a new tf.data
 iterator for training and one for validation): on 70 images that is all of it. Here the heads of one shape (hidden
@@ -29,6 +29,7 @@ import numpy as np
 
 from ..util import tensorflow
 from .dense import DenseHead, DenseLayer
+from .linear import fit_linear_head
 from .model import HeadConfig, class_weights
 
 EPSILON = 1e-7  # Keras' epsilon: the optimizers' and the Normalization layer's floor
@@ -100,6 +101,10 @@ def fit_stack(x: np.ndarray, y: np.ndarray, parts: list[Part], num_classes: int,
     keys: dict[tuple, list[int]] = {}
     for i, part in enumerate(parts):
         part.cfg.validate()
+        if not part.cfg.hidden:  # a linear head is a logistic regression, fitted to convergence (linear.py)
+            layers, history, iterations, seconds = fit_linear_head(x, y, part.fit, part.stop, num_classes, part.cfg)
+            out[i] = StackedHead(part.cfg, layers, history | {"lbfgs_iterations": [iterations]}, 1, seconds)
+            continue
         keys.setdefault(stack_key(part.cfg), []).append(i)
     for members in keys.values():
         for i, head in zip(members, _train([parts[i] for i in members], x, y, xt, yt, num_classes, callbacks)):

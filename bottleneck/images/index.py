@@ -17,8 +17,7 @@ from ..errors import InputError
 from ..util import Walk, scan_folder
 from .decode import IMAGE_EXTENSIONS, sniff_format
 from .naming import dataset_name
-
-ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+from .tables import Table, companions, label_determining, layout_of, read_table
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,8 @@ class DatasetIndex:
     whole_fingerprint: str = ""  # a sharded index's `index_fingerprint` of the whole index it came from
     whole_images: int = 0  # ... and how many images that whole index had
     meta_columns: tuple[str, ...] = ()  # the columns of every entry's `meta`: CSV order, or as --meta-columns names
+    metadata_extra: tuple[Path, ...] = ()  # CSVs joined to `metadata` on the image id (ISIC 2019's age/sex/site)
+    notes: tuple[str, ...] = ()  # what indexing chose that the user should see: an id column, columns left out
 
     @property
     def fingerprint(self) -> str:
@@ -81,15 +82,17 @@ def _looks_like_image(path: Path) -> bool:
         return False
 
 
-def build_index(data: str | Path, metadata: str | Path | None = None, id_column: str | None = None,
+def build_index(data: str | Path, metadata: str | Path | list | tuple | None = None, id_column: str | None = None,
                 label_column: str | None = None, group_column: str | None = None,
                 follow_symlinks: bool = False, meta_columns: str | tuple[str, ...] = "all") -> DatasetIndex:
-    """Index `data`: class folders (`DATA/<class>/*`), or an image folder plus a metadata CSV.
+    """Index `data`: class folders (`DATA/<class>/*`), or an image folder plus metadata CSVs.
 
+    `metadata`: one CSV, or several (a sequence, or "A.csv,B.csv") joined on the image id, e.g. ISIC 2019's ground
+    truth and its metadata file; without it, a top-level CSV of a known layout in `data` is used.
     A symlink is followed only when its target lies inside `data` (`follow_symlinks`: wherever it leads, loops
     still cut); each real file is indexed once, and what was skipped is in `skipped_paths` with the reason.
     `meta_columns` (`--meta-columns`): which CSV columns each entry carries as metadata, "all" (every column but
-    the id, label and group ones), "none", or a list of names (or "C,C")."""
+    the id, label and group ones and those that determine the label), "none", or a list of names (or "C,C")."""
     wanted = parse_meta_columns(meta_columns)
     root = Path(data).expanduser()
     if not root.exists():
@@ -98,17 +101,36 @@ def build_index(data: str | Path, metadata: str | Path | None = None, id_column:
         raise InputError(f"data path {root} is a file, not a folder; pass the folder that holds your images "
                          "(and a metadata CSV with --metadata)")
     root = root.resolve()
-    if metadata is None and (id_column or label_column or group_column):
+    csvs = metadata_paths(metadata)
+    if not csvs and (id_column or label_column or group_column):
         raise InputError("--id-column/--label-column/--group-column need --metadata CSV")
-    if metadata is None:
-        metadata = _find_known_csv(root)
-    if metadata is not None:
-        return _index_from_csv(root, Path(metadata).expanduser(), id_column, label_column, group_column,
-                               follow_symlinks, wanted)
+    notes = ()
+    if csvs:
+        others = companions(csvs)
+        notes = tuple(f"{p} beside {csvs[0].name} is not used; pass it with --metadata too to join its columns"
+                      for p in others)
+    else:
+        csvs = _find_known_csvs(root)
+    if csvs:
+        index = _index_from_csv(root, csvs, id_column, label_column, group_column, follow_symlinks, wanted)
+        return replace(index, notes=(*index.notes, *notes))
     if wanted not in ("all", "none"):
         raise InputError(f"--meta-columns {','.join(wanted)} needs a metadata CSV, but {root} is indexed as class "
                          "folders, which carry no metadata columns; pass --metadata CSV, or drop --meta-columns")
     return _index_from_folders(root, follow_symlinks)
+
+
+def metadata_paths(metadata) -> list[Path]:
+    """`--metadata` as paths: one, several, or "A.csv,B.csv" (split at commas unless the whole names a file)."""
+    if metadata is None:
+        return []
+    items = [metadata] if isinstance(metadata, (str, Path)) else list(metadata)
+    paths = []
+    for item in items:
+        text = str(item)
+        split = [t.strip() for t in text.split(",")] if "," in text and not Path(text).expanduser().exists() else [text]
+        paths += [Path(t).expanduser() for t in split if t]
+    return list(dict.fromkeys(paths))
 
 
 def parse_meta_columns(value: str | tuple[str, ...]) -> str | tuple[str, ...]:
@@ -123,18 +145,25 @@ def parse_meta_columns(value: str | tuple[str, ...]) -> str | tuple[str, ...]:
     return names
 
 
-def _find_known_csv(root: Path) -> Path | None:
-    """A top-level CSV in a recognised format (e.g. HAM10000_metadata.csv) is used without --metadata,
-    so `bottleneck extract HAM10000/` does not mistake `HAM10000_images_part_1/` for a class."""
+def _find_known_csvs(root: Path) -> list[Path]:
+    """The top-level CSVs of a recognised layout (HAM10000_metadata.csv, ISIC 2019's ground truth and metadata
+    files...) are used without --metadata, so `bottleneck extract HAM10000/` does not mistake
+    `HAM10000_images_part_1/` for a class; several of the first one's layout are joined."""
+    found: list[tuple[Path, str]] = []
     for csv in sorted(root.glob("*.csv")):
         try:
             with open(csv, encoding="utf-8-sig", errors="replace") as f:
                 header = {c.strip() for c in f.readline().split(",")}
         except OSError:
             continue
-        if _detect_format(header)[0] != "csv":
-            return csv
-    return None
+        layout = layout_of(csv, header)
+        if layout != "csv":
+            found.append((csv, layout))
+    if not found:
+        return []
+    # one file per role (ISIC 2019's ground truth and metadata; a _v2 replaces the file it corrects)
+    roles = {re.sub(r"(_v\d+)?\.csv$", "", csv.name.lower()): csv for csv, layout in found if layout == found[0][1]}
+    return sorted(roles.values())
 
 
 def _index_from_folders(root: Path, follow_symlinks: bool) -> DatasetIndex:
@@ -178,79 +207,21 @@ def _skipped_hint(skipped) -> str:
     return f" ({len(skipped)} skipped, e.g. {''.join(c if c.isprintable() else repr(c)[1:-1] for c in hint)})"
 
 
-def _detect_format(columns: set[str]) -> tuple[str, dict]:
-    if {"lesion_id", "image_id", "dx"} <= columns:
-        return "ham10000", {"id": "image_id", "label": "dx", "group": "lesion_id"}
-    if "image" in columns and {"MEL", "NV", "BCC"} <= columns:
-        return "isic2019", {"id": "image", "label": None, "group": "lesion_id" if "lesion_id" in columns else None}
-    if {"image_name", "target"} <= columns:
-        label = "benign_malignant" if "benign_malignant" in columns else "target"
-        return "isic2020", {"id": "image_name", "label": label,
-                            "group": "patient_id" if "patient_id" in columns else None}
-    return "csv", {"id": None, "label": None, "group": None}
-
-
-def _read_csv(path: Path):
-    import pandas as pd  # 0.5 s of import: only indexing a CSV pays it, not every command's start-up
-
-    if not path.is_file():
-        raise InputError(f"metadata CSV {path} does not exist")
-    try:
-        # utf-8-sig strips a BOM; dtype=str and no NA parsing keep ids like "NA" or "00123" as written.
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
-    except UnicodeDecodeError as exc:  # guessing another encoding could misread ids silently: say what to do
-        raise InputError(f"metadata CSV {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                         f"{exc.start}); save it as UTF-8, e.g. 'CSV UTF-8' in Excel") from None
-    except (ValueError, pd.errors.ParserError) as exc:
-        # pandas' tokenizer messages end in a newline: one line, as every error is
-        raise InputError(f"cannot read metadata CSV {path}: {' '.join(str(exc).split())}") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    if df.empty:
-        raise InputError(f"metadata CSV {path} has no rows")
-    return df.apply(lambda col: col.str.strip())
-
-
-def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column,
+def _index_from_csv(root: Path, csvs: list[Path], id_column, label_column, group_column,
                     follow_symlinks: bool, wanted: str | tuple[str, ...] = "all") -> DatasetIndex:
-    df = _read_csv(csv)
-    columns = set(df.columns)
-    source, cols = _detect_format(columns)
-    id_col = id_column or cols["id"]
-    lab_col = label_column or cols["label"]
-    grp_col = group_column or cols["group"]
-    if id_col is None:
-        raise InputError(f"cannot tell which column of {csv} holds image ids (columns: {', '.join(df.columns)}); "
-                         "pass --id-column and --label-column")
-    for opt, col in (("--id-column", id_col), ("--label-column", lab_col), ("--group-column", grp_col)):
-        if col is not None and col not in columns:
-            raise InputError(f"{csv} has no column {col!r} ({opt}); its columns are: {', '.join(df.columns)}")
-
-    ids = df[id_col]
-    dup = ids[ids.duplicated()]
-    if len(dup):
-        raise InputError(f"duplicate image id {dup.iloc[0]!r} in {csv} ({len(dup)} duplicate rows); "
-                         "each row must name a different image")
-    if (ids == "").any():
-        raise InputError(f"{csv} has a row with an empty {id_col!r} (row {int((ids == '').values.argmax()) + 2})")
-
-    if lab_col is not None:
-        labels = [v or None for v in df[lab_col]]
-    elif source == "isic2019" and label_column is None:
-        onehot = [c for c in ISIC2019_CLASSES if c in columns]
-        values = df[onehot].apply(lambda c: c.map(lambda v: float(v or 0))).to_numpy()
-        labels = [onehot[int(r.argmax())] if r.max() > 0 else None for r in values]
-    else:
-        labels = [None] * len(df)
-    groups = list(df[grp_col]) if grp_col is not None else [""] * len(df)
-    own = {id_col, lab_col, grp_col} | (set(ISIC2019_CLASSES) if source == "isic2019" and lab_col is None else set())
-    meta_cols = _meta_columns(csv, list(df.columns), wanted, own)
-    _refuse_control_characters(csv, df, [c for c in (id_col, lab_col, grp_col) if c is not None], meta_cols)
-    values = {c: [v if isinstance(v, str) else "" for v in df[c]] for c in meta_cols}  # a short row: NaN -> ""
+    table = read_table(csvs, id_column, label_column, group_column)
+    csv, df = table.csv, table.frame
+    meta_cols, notes = _meta_columns(table, wanted)
+    for part in table.parts:
+        keys = [c for c in (part.id_col, table.label_col, table.group_col) if c in part.frame.columns]
+        _refuse_control_characters(part.path, part.frame, keys, tuple(c for c in meta_cols if c in part.frame))
+    values = {c: list(df[c]) for c in meta_cols}
     metas = [tuple((c, values[c][k]) for c in meta_cols) for k in range(len(df))]
+    groups = list(df[table.group_col]) if table.group_col is not None else [""] * len(df)
 
     finder = _ImageFinder(root, follow_symlinks)
     entries, missing, named = [], [], {}  # named: real path -> the first id that named it
-    for image_id, label, group, meta in zip(ids, labels, groups, metas):
+    for image_id, label, group, meta in zip(df[table.id_col], table.labels, groups, metas):
         found = finder.find(image_id, csv)
         if found is None:
             missing.append(image_id)
@@ -262,12 +233,14 @@ def _index_from_csv(root: Path, csv: Path, id_column, label_column, group_column
         named[real] = image_id
         entries.append(Entry(image_id, path, path.relative_to(root).as_posix(), label, group, meta))
     if not entries:
-        raise InputError(f"none of the {len(df)} ids in {csv} (column {id_col!r}) matches an image file under "
-                         f"{root}; check the image folder and --id-column{_skipped_hint(finder.skipped)}")
+        raise InputError(f"none of the {len(df)} ids in {csv} (column {table.id_col!r}) matches an image file "
+                         f"under {root}; check the image folder and --id-column{_skipped_hint(finder.skipped)}")
     unlisted = tuple(p.relative_to(root).as_posix() for p, r in zip(finder.images, finder.reals) if r not in named)
     classes = tuple(sorted({e.label for e in entries if e.label is not None}))
-    return DatasetIndex(root, dataset_name(root), source, tuple(entries), classes, csv.resolve(),
-                        tuple(missing), unlisted, skipped_paths=finder.skipped, meta_columns=meta_cols)
+    return DatasetIndex(root, dataset_name(root), table.source, tuple(entries), classes, csv.resolve(),
+                        tuple(missing), unlisted, skipped_paths=finder.skipped, meta_columns=meta_cols,
+                        metadata_extra=tuple(p.path.resolve() for p in table.parts[1:]),
+                        notes=(*table.notes, *notes))
 
 
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters, DEL
@@ -291,22 +264,29 @@ def _refuse_control_characters(csv: Path, df, keys: list[str], meta: tuple[str, 
                              "rerun")
 
 
-def _meta_columns(csv: Path, columns: list[str], wanted: str | tuple[str, ...], own: set) -> tuple[str, ...]:
-    """The CSV columns kept as metadata: every one but the id/label/group columns (`own`) for "all", none for
-    "none", else the named ones, each of which the CSV must have and the cache must be able to name."""
+def _meta_columns(table: Table, wanted: str | tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """The CSV columns kept as metadata, and notes: for "all" every one but the id/label/group columns and those
+    that repeat the label (named in a note), none for "none", else the named ones, each of which the CSVs must have
+    and the cache must be able to name."""
+    columns = list(table.frame.columns)
     if wanted == "none":
-        return ()
+        return (), []
     if wanted == "all":
-        return tuple(c for c in columns if c not in own and _storable_column(c))
+        candidates = [c for c in columns if c not in table.own and _storable_column(c)]
+        left_out = label_determining(table, candidates)
+        notes = [f"left out of metadata: {', '.join(left_out)} (they determine the label; name them in "
+                 "--meta-columns to keep them)"] if left_out else []
+        return tuple(c for c in candidates if c not in left_out), notes
     unknown = [c for c in wanted if c not in columns]
     if unknown:
-        raise InputError(f"{csv} has no column {unknown[0]!r} (--meta-columns); its columns are: "
-                         f"{', '.join(columns)}")
+        where = (f"{table.csv} has" if len(table.parts) == 1 else
+                 f"none of {', '.join(str(p.path) for p in table.parts)} has")
+        raise InputError(f"{where} no column {unknown[0]!r} (--meta-columns); its columns are: {', '.join(columns)}")
     for c in wanted:
         if not _storable_column(c):
-            raise InputError(f"column {c!r} of {csv} cannot name a metadata column of the cache (it holds '/' or is "
-                             "'.'); rename it in the CSV, or leave it out of --meta-columns")
-    return wanted
+            raise InputError(f"column {c!r} of {table.csv} cannot name a metadata column of the cache (it holds '/' "
+                             "or is '.'); rename it in the CSV, or leave it out of --meta-columns")
+    return wanted, []
 
 
 def _storable_column(name: str) -> bool:

@@ -15,7 +15,7 @@ from ..cache import CacheConfig
 from ..errors import InputError, WeightsError
 from ..heads import keras_head
 from ..images import DIHEDRAL, apply_view, inference_batches, pad_batch
-from ..util import sha256_file, tensorflow
+from ..util import progress_bar, sha256_file, tensorflow
 
 DIHEDRAL_VIEWS = DIHEDRAL + 1  # identity plus the 7 stored-view transforms of views.py
 
@@ -134,10 +134,12 @@ def unfreeze(backbone, name: str, n: int | str) -> dict:
             "trainable_weights": int(sum(np.prod(w.shape) for w in backbone.trainable_weights))}
 
 
-def predict_images(model, paths: list[str], size: int, batch_size: int = 32, tta: bool = False):
+def predict_images(model, paths: list[str], size: int, batch_size: int = 32, tta: bool = False,
+                   progress: bool = False):
     """Probabilities (N, C) float64 (NaN rows where an image failed) and the reasons ("" when decoded).
 
-    tta: mean over the 8 dihedral views (identity, 3 rotations, their mirrors), as the cache's views 1-7."""
+    tta: mean over the 8 dihedral views (identity, 3 rotations, their mirrors), as the cache's views 1-7.
+    progress: a progress bar over the images (util/progress.py)."""
     tf = tensorflow()
 
     @tf.function(reduce_retracing=True)
@@ -150,10 +152,13 @@ def predict_images(model, paths: list[str], size: int, batch_size: int = 32, tta
         return tf.reduce_mean(tf.reshape(p, (DIHEDRAL_VIEWS, -1, p.shape[-1])), axis=0)
 
     out, errors = [], []
+    bar = progress_bar(total=len(paths), desc="predict", unit="img", enabled=progress)
     for pixels, _, _, err in inference_batches(paths, size, batch_size):
         n = int(pixels.shape[0])
         out.append(np.asarray(infer(pad_batch(pixels, batch_size)), np.float64)[:n])
         errors.extend(e.decode() for e in err.numpy())
+        bar.update(n)
+    bar.close()
     proba = np.concatenate(out) if out else np.zeros((0, int(model.output_shape[-1])))
     proba = proba / proba.sum(axis=1, keepdims=True)
     proba[[bool(e) for e in errors]] = np.nan

@@ -24,7 +24,15 @@ from ..heads import fold_calibration, predict_proba, run_class_names
 from ..images import load_image
 from ..runs import check_free, load_head, load_keras, read_config, restore_interrupted, staged
 from ..stats import Calibration, DecisionRule, decide
-from ..util import input_size_of, read_json_object, tensorflow, walk_files, write_csv, write_json_atomic
+from ..util import (
+    input_size_of,
+    native_stderr_quiet,
+    read_json_object,
+    tensorflow,
+    walk_files,
+    write_csv,
+    write_json_atomic,
+)
 from .classifier import assemble_model, predict_images, set_precision
 
 FORMATS = ("keras", "savedmodel", "tflite")
@@ -123,7 +131,8 @@ class PredictResult:
 
 
 def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path | None = None,
-            batch_size: int = 32, tta: bool = False, precision: str = "auto", calibrate: bool = True) -> PredictResult:
+            batch_size: int = 32, tta: bool = False, precision: str = "auto", calibrate: bool = True,
+            progress: bool = True) -> PredictResult:
     """Class probabilities of raw image files; unreadable files get an error and no probabilities. The backbone
     computes in `precision` (`auto`: the fastest native one here, see precision.py).
 
@@ -140,7 +149,8 @@ def predict(model_or_run: str | Path, inputs: list[str | Path], out: str | Path 
     served = load_served(model_or_run, calibrate)
     rule = DecisionRule.of(served.config, calibrate)
     model, precision = set_precision(served.model, precision, required=requested != "auto")
-    proba, errors = predict_images(model, [str(f) for f in files], served.input_size, batch_size, tta)
+    proba, errors = predict_images(model, [str(f) for f in files], served.input_size, batch_size, tta,
+                                   progress)
     names = served.class_names
     chosen = decide(proba, rule.decision_weights)
     frame = pd.DataFrame({"path": [str(f) for f in files],
@@ -275,12 +285,13 @@ def _write_artifact(model, fmt: str, tmp: Path):
 
 def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
     tf = tensorflow()
-    with warnings.catch_warnings():  # tf.lite.Interpreter warns that it moves to ai_edge_litert
+    # TensorFlow Lite's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight to fd 2
+    with warnings.catch_warnings(), native_stderr_quiet():  # and tf.lite.Interpreter warns of ai_edge_litert
         warnings.simplefilter("ignore")
         interpreter = tf.lite.Interpreter(model_path=str(path))
-    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    interpreter.resize_tensor_input(inp["index"], x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(inp["index"], x.astype(np.float32))
-    interpreter.invoke()
+        inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        interpreter.resize_tensor_input(inp["index"], x.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], x.astype(np.float32))
+        interpreter.invoke()
     return interpreter.get_tensor(outp["index"])

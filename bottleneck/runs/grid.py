@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 import tomllib
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from ..errors import InputError
@@ -95,3 +95,38 @@ def expand_grid(grid: dict[str, list], base: HeadConfig = HeadConfig()) -> list[
 
 def config_id(cfg: HeadConfig) -> str:
     return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, allow_nan=False).encode()).hexdigest()[:10]
+
+
+def write_grid_toml(configs: list[HeadConfig], path: Path) -> bool:
+    """The configurations as a grid file (`--grid`) that expands to exactly them, for a sweep's rerun command:
+    each field's values in order of first appearance, where they are not one default. False (nothing written)
+    where they are not a full product of their values (a grid cannot say them)."""
+    default = HeadConfig()
+    lines = []
+    for f in fields(HeadConfig):
+        values = []
+        for cfg in configs:
+            v = getattr(cfg, f.name)
+            if v not in values:
+                values.append(v)
+        if values == [getattr(default, f.name)]:
+            continue
+        lines.append(f"{f.name} = [{', '.join(_toml_value(v) for v in values)}]")
+    text = "\n".join(lines) + "\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    if {config_id(c) for c in expand_grid(load_grid_toml(path))} == {config_id(c) for c in configs}:
+        return True
+    path.unlink()
+    return False
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, tuple):
+        return "[" + ", ".join(str(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v, allow_nan=False)
+    return repr(v)

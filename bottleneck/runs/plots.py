@@ -13,6 +13,9 @@ import numpy as np
 from ..errors import InputError
 from ..stats import binary_positive, log_of, ovr_scores
 
+RELIABILITY_MIN_IMAGES = 100  # below this a reliability diagram is said to be unreadable (bins of a few images)
+LINESTYLES = ("-", "--", "-.", ":")
+
 
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -51,6 +54,8 @@ def plot_curves(history: dict[str, list[float]], path) -> Path:
     fig = _figure(11, 4.2)
     ax_loss, ax_acc = fig.subplots(1, 2)
     panels = ((ax_loss, "loss", "loss (cross-entropy)"), (ax_acc, "accuracy", "accuracy"))
+    if len(loss) == 1:  # one epoch (or a linear head fitted to convergence): values, not a curve of one dot
+        return _save(_one_point(fig, history, panels), path)
     for ax, key, ylabel in panels:
         drawn = False
         for name, label in ((key, "train"), (f"val_{key}", "validation")):
@@ -77,6 +82,27 @@ def plot_curves(history: dict[str, list[float]], path) -> Path:
     return _save(fig, path)
 
 
+def _one_point(fig, history: dict, panels):
+    """Bars of the train and validation values of a history with one entry, each labelled with its value."""
+    for ax, key, ylabel in panels:
+        pairs = [(label, history[name][0]) for name, label in ((key, "train"), (f"val_{key}", "validation"))
+                 if history.get(name)]
+        if not pairs:
+            ax.text(0.5, 0.5, f"no {key} recorded", ha="center", va="center", transform=ax.transAxes, color="0.4")
+            continue
+        bars = ax.bar([p[0] for p in pairs], [p[1] for p in pairs], color=["tab:blue", "tab:orange"][:len(pairs)],
+                      width=0.5)
+        ax.bar_label(bars, labels=[f"{p[1]:.3f}" for p in pairs], padding=3)
+        ax.set_ylabel(ylabel)
+        top = max(p[1] for p in pairs)
+        ax.set_ylim(0, 1.1 if key == "accuracy" else 1.15 * top if top > 0 else 1)
+        ax.grid(True, axis="y", alpha=0.3)
+    how = ("one fit run to convergence (a linear head): no epochs to draw" if history.get("lbfgs_iterations")
+           else "one epoch: no curve to draw")
+    fig.suptitle(f"Training: {how}")
+    return fig
+
+
 def plot_confusion(matrix: list[list[int]], class_names: list[str], path, title: str = "",
                    normalize: bool = True) -> Path:
     """Confusion matrix heatmap, rows = true class; each cell shows its count and its share of the row.
@@ -99,7 +125,7 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path, title:
     ax = fig.subplots()
     vmax = 1.0 if normalize else max(1.0, float(m.max()))
     im = ax.imshow(colour, cmap="Blues", vmin=0.0, vmax=vmax)
-    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar = fig.colorbar(im, ax=ax, shrink=0.8)  # fraction/pad of its own kept the y label off the canvas
     cbar.set_label("share of true class (recall on the diagonal)" if normalize else "images")
 
     fontsize = 9 if c <= 8 else 7 if c <= 14 else 5
@@ -124,6 +150,7 @@ def plot_reliability(figures: dict, path, title: str = "") -> Path:
     fig = _figure(5.5, 5.0)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    total = 0
     for key, label, style in (("before", "head as trained", dict(color="tab:red", marker="o")),
                               ("after", "calibrated", dict(color="tab:blue", marker="s"))):
         points = figures.get(f"reliability_{key}")
@@ -131,9 +158,22 @@ def plot_reliability(figures: dict, path, title: str = "") -> Path:
             continue
         conf = [p["confidence"] for p in points]
         acc = [p["accuracy"] for p in points]
-        ax.plot(conf, acc, label=f"{label} (ECE {figures[f'ece_{key}']:.3f})", markersize=4, **style)
+        counts = [p["n"] for p in points]
+        line = ax.plot(conf, acc, label=f"{label} (ECE {figures[f'ece_{key}']:.3f})", linewidth=1, alpha=0.6,
+                       **{k: v for k, v in style.items() if k != "marker"})
+        # Each bin's point is as large as its image count, and says it: a bin of 2 images is not a finding.
+        ax.scatter(conf, acc, s=[12 + 200 * n / max(counts) for n in counts], color=line[0].get_color(),
+                   marker=style["marker"], zorder=3)
+        for c, a, n in zip(conf, acc, counts):
+            ax.annotate(str(n), (c, a), textcoords="offset points", xytext=(6, -10 if key == "after" else 6),
+                        fontsize=7, color=line[0].get_color())
+        total = sum(counts)
+    if total and total < RELIABILITY_MIN_IMAGES:
+        ax.text(0.98, 0.03, f"only {total} images (numbers: images per bin):\ntoo few to read calibration from; "
+                f"about {RELIABILITY_MIN_IMAGES} or more are needed", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=8, color="0.25", bbox=dict(facecolor="white", edgecolor="0.7", alpha=0.9))
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("confidence (top-class probability)")
     ax.set_ylabel("accuracy in the bin")
     ax.set_title(title or "Reliability diagram")
@@ -169,11 +209,17 @@ def plot_roc(y: np.ndarray, proba: np.ndarray, class_names: list[str], path, pos
     fig = _figure(6.0, 5.5)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    for k, (fpr, tpr) in roc_curves(y, log_of(proba) if log_proba is None else log_proba, class_names,
-                                    positive).items():
+    from sklearn.metrics import auc
+
+    curves = roc_curves(y, log_of(proba) if log_proba is None else log_proba, class_names, positive)
+    for i, (k, (fpr, tpr)) in enumerate(curves.items()):
         bold = k == positive or binary
-        ax.plot(fpr, tpr, linewidth=2.5 if bold else 1.0, alpha=1.0 if bold else 0.6,
-                label=class_names[k] + (f" against {class_names[1 - k]}" if binary else ""), zorder=3 if bold else 2)
+        # Each class's AUC in the legend (the area under this very curve: metrics.json's AUC) and a line style of
+        # its own, so that overlapping curves of many classes can still be told apart.
+        ax.plot(fpr, tpr, linewidth=2.5 if bold else 1.2, alpha=1.0 if bold else 0.8,
+                linestyle="-" if bold else LINESTYLES[i % len(LINESTYLES)],
+                label=class_names[k] + (f" against {class_names[1 - k]}" if binary else "")
+                + f" (AUC {auc(fpr, tpr):.3f})", zorder=3 if bold else 2)
     if point and point.get("threshold") is not None:
         sens, spec = point["test"]["sensitivity"]["value"], point["test"]["specificity"]["value"]
         ax.plot([1 - spec], [sens], marker="*", markersize=14, color="black", linestyle="none", zorder=4,

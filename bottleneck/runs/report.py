@@ -311,13 +311,16 @@ def _training_section(config: dict, metrics: dict, names: list[str]) -> list[str
     cc, head = config["cache"]["config"], config["head"]
     hidden = " -> ".join(str(h) for h in head["hidden"])
     shape = (f"{hidden} -> {len(names)}, dropout {head['dropout']}" if hidden else
-             f"{len(names)}: **linear** (softmax regression; trained in one traced graph, heads/stack.py)")
+             f"{len(names)}: **linear** (multinomial logistic regression)")
     return ["", "## Training",
             f"- head: {cc['num_features']} -> {'standardise (train mean/std) -> ' if head.get('standardize') else ''}"
             f"{shape}, "
             f"{head['optimizer']} lr {head['lr']} (x{head['decay_rate']} every {head['decay_steps']} steps), "
             f"batch {head['batch_size']}, class weight {head['class_weight']}, seed {head['seed']}",
-            (f"- trained on train+val for {config['epochs_run']} epochs ("
+            (f"- linear: fitted to convergence by scikit-learn's LogisticRegression (L-BFGS, L2 penalty C = 1, the "
+             f"class weights above); the MLP's lr, optimizer, decay, batch and epoch options do not apply; "
+             f"{config['train_seconds']:.1f} s" if not head["hidden"] and config.get("epochs_run") == 1 else
+             f"- trained on train+val for {config['epochs_run']} epochs ("
              + ("the folds' mean best epoch" if config.get("folds") else "the epoch count chosen on validation") + "), "
              f"no early stopping; {config['train_seconds']:.1f} s" if config.get("trained_on") == "train+val" else
              f"- early stopping on validation loss (patience {head['patience']}): best epoch "

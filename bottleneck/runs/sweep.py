@@ -23,7 +23,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..cache import GIB, CacheData, features_fit, is_streamed, load_cache_within, read_views, resolve_memory_gb, take
 from ..errors import InputError
@@ -46,9 +45,9 @@ from ..heads import (
     save_split,
 )
 from ..stats import compute_metrics
-from ..util import sha256_file, write_json_atomic
+from ..util import progress_bar, sha256_file, write_json_atomic
 from .directory import write_history
-from .grid import config_id
+from .grid import config_id, write_grid_toml
 from .leaderboard import METRICS, choose_winner, format_leaderboard, metric_score, write_leaderboard
 from .train import RunOptions, fit_and_write, resolve_split, task_map
 from .views import require_views, tta_proba
@@ -75,6 +74,7 @@ class SweepOptions:
     memory_gb: float | None = None  # features (then views) beyond this are streamed; None: default_memory_gb()
     class_map: ClassMap | None = None  # the task (class_map.py); None: the cache's classes, or --split-from's map
     duplicates: str = "group"  # --duplicates: near-duplicates across groups joined before splitting, reported, or not
+    given_memory_gb: float | None = None  # --memory-gb as the user gave it (the rerun command holds only that)
 
 
 def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, np.ndarray | None, CacheData]:
@@ -200,7 +200,7 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
         raise InputError(f"--folds should be 0 (use the val split) or at least 2; received {opts.folds}")
     if not configs:
         raise InputError("the grid is empty; give values with --lr/--dropout/... or --grid FILE.toml")
-    opts = replace(opts, memory_gb=resolve_memory_gb(opts.memory_gb))
+    opts = replace(opts, memory_gb=resolve_memory_gb(opts.memory_gb), given_memory_gb=opts.memory_gb)
     opts = replace(opts, class_map=task_map(opts.class_map, opts.split_from))
     data = map_classes(load_cache_within(cache, opts.memory_gb), opts.class_map)  # once for the whole sweep
     out = Path(opts.out) if opts.out else Path("runs") / f"sweep-{Path(cache).stem}"
@@ -216,8 +216,8 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
             tta_stream_gb = max(0.0, left)
     results, computed, skipped = [], 0, 0
     baseline = linear_baseline(configs)
-    for cfg in tqdm(configs + [baseline] * (baseline is not None), desc="sweep", unit="config",
-                    disable=not opts.progress):
+    for cfg in progress_bar(configs + [baseline] * (baseline is not None), desc="sweep", unit="config",
+                            enabled=opts.progress):
         cdir = out / "configs" / config_id(cfg)
         done = cdir / "result.json"
         if done.is_file():
@@ -240,7 +240,7 @@ def run_sweep(cache: str | Path, configs: list[HeadConfig], opts: SweepOptions) 
                                         encoding="utf-8")
     best_dir, best_metrics = None, None
     if winner is not None:
-        best_dir, best_metrics = _final_fit(data, split, out, results, winner, opts, how)
+        best_dir, best_metrics = _final_fit(data, split, out, results, winner, opts, how, configs)
     return SweepResult(out, board, computed, skipped, best_dir, best_metrics, data.class_map, winner, how)
 
 
@@ -255,7 +255,26 @@ def linear_baseline(configs: list[HeadConfig]) -> HeadConfig | None:
 WINNER_PROTOCOL = "trained on train, early-stopped and calibrated on val, operating point on val"
 
 
-def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions, how: str = ""):
+def sweep_command(cache: Path, out: Path, opts: SweepOptions, configs: list[HeadConfig]) -> list[str]:
+    """The sweep command that reruns (resumes) this sweep: its grid written to OUT/grid.toml, and the options the
+    user chose (the machine's memory budget only when it was given)."""
+    command = ["bottleneck", "sweep", str(cache), "--out", str(out)]
+    if write_grid_toml(configs, out / "grid.toml"):
+        command += ["--grid", str(out / "grid.toml")]
+    s = opts.split
+    command += ["--folds", str(opts.folds)] * bool(opts.folds) + ["--metric", opts.metric] * (
+        opts.metric != SweepOptions.metric)
+    if opts.split_from:
+        command += ["--split-from", str(opts.split_from)]
+    elif (s.val, s.test, s.seed) != (SplitSpec.val, SplitSpec.test, SplitSpec.seed):
+        command += ["--val", f"{s.val:g}", "--test", f"{s.test:g}", "--split-seed", str(s.seed)]
+    command += ["--class-map", opts.class_map.argument] if opts.class_map else []
+    command += ["--duplicates", opts.duplicates] + ["--tta"] * opts.tta
+    return command + (["--memory-gb", f"{opts.given_memory_gb:g}"] if opts.given_memory_gb is not None else [])
+
+
+def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions, how: str = "",
+               configs: list[HeadConfig] = ()):
     """Retrain the winner as train-head trains a head (on train, early-stopped on val, calibrated and given an
     operating point on val) and evaluate it once on test: a full run directory with train-head's report."""
     best = next(r for r in results if r["id"] == best_id)
@@ -269,9 +288,7 @@ def _final_fit(data, split, out: Path, results, best_id: str, opts: SweepOptions
                         if k in {f.name for f in fields(HeadConfig)}})
     run_opts = RunOptions(overwrite=True, progress=opts.progress, tta=opts.tta, memory_gb=opts.memory_gb)
     r = fit_and_write(data, split, json.loads((out / "sweep.json").read_text()) | {"from": str(out)},
-                      cfg, best_dir, run_opts,
-                      command=["bottleneck", "sweep", str(data.path), "--out", str(out), "--duplicates",
-                               opts.duplicates] + (["--class-map", opts.class_map.argument] if opts.class_map else []),
+                      cfg, best_dir, run_opts, command=sweep_command(data.path, out, opts, configs),
                       extra_config={"sweep": str(out), "sweep_config_id": best_id, "selected_by": opts.metric,
                                     "selection": how, "winner_protocol": WINNER_PROTOCOL,
                                     "validation": best["summary"]})

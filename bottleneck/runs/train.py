@@ -124,8 +124,8 @@ def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) ->
         command += ["--subgroups", ",".join(c.subgroups) or "none"]
     command += [] if c.calibrate else ["--no-calibrate"]
     command += ["--decision", opts.decision, "--duplicates", opts.duplicates]
-    if opts.memory_gb is not None:  # the resolved budget: the rerun streams (or not) as this run did
-        command += ["--memory-gb", f"{opts.memory_gb:g}"]
+    if opts.memory_gb is not None:  # only a budget the user gave: this machine's default is not a choice, and the
+        command += ["--memory-gb", f"{opts.memory_gb:g}"]  # budget changes speed, not results (within noise)
     command += ["--folds", str(opts.folds)] if opts.folds else []
     return command + ["--augment"] * opts.augment + ["--tta"] * opts.tta
 
@@ -146,12 +146,12 @@ def open_run(cache: str | Path, head: HeadConfig, opts: RunOptions) -> tuple[Cac
     head.validate()
     check_target(opts.clinical.target_sensitivity)
     check_decision(opts.decision)
-    opts = replace(opts, memory_gb=resolve_memory_gb(opts.memory_gb))
+    budget = resolve_memory_gb(opts.memory_gb)  # opts.memory_gb stays as given (None: the default) for the rerun line
     cache = Path(cache)
     out = Path(opts.out) if opts.out else opts.runs_dir / f"{cache.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_free(out, opts.overwrite)  # before loading anything: fail fast and touch nothing
     opts = replace(opts, class_map=task_map(opts.class_map, opts.split_from))
-    data = map_classes(load_cache_within(cache, opts.memory_gb), opts.class_map)
+    data = map_classes(load_cache_within(cache, budget), opts.class_map)
     positive_index(data.class_names, opts.clinical.positive)  # bad --positive or --subgroups: refused before training
     subgroup_columns(data.meta, opts.clinical.subgroups)
     return data, out, opts

@@ -5,10 +5,16 @@ command's module tests (extract in test_extract.py, info in test_cache.py, merge
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
-from conftest import TINY_ARGS, feature_cache, run_cli
+import typer
+from conftest import TINY_ARGS, copy_run, feature_cache, run_cli
+from typer.testing import CliRunner
+
+from bottleneck.cli import app
+from bottleneck.cli.app import CLASS_MAP_SYNTAX, QUIET_HELP, handle_errors
 
 
 @pytest.mark.parametrize("args, message", [
@@ -18,6 +24,8 @@ from conftest import TINY_ARGS, feature_cache, run_cli
     (["extract", "{data}", *TINY_ARGS, "--pooling", "median"], "--pooling should be one of avg, max"),
     (["extract", "{data}", *TINY_ARGS, "--metadata", "{tmp}/missing.csv"], "missing.csv does not exist"),
     (["extract", "{data}", *TINY_ARGS, "--shard", "5/2"], "--shard should be I/N"),
+    (["extract", "{data}", *TINY_ARGS, "--address", "auto"], "--address applies only to --engine ray; add"),
+    (["extract", "{data}", *TINY_ARGS, "--workers", "2", "--engine", "local"], "--workers applies only to"),
     (["info", "{tmp}/missing.h5"], "does not exist"),
     (["info", "{data}/mel/img0.jpg"], "cannot open cache"),
 ])
@@ -115,3 +123,65 @@ def test_help_info_merge_and_evaluate_never_import_tensorflow(tmp_path, synth_ru
     assert tta["tta"] and tta["metrics"]["n"] == 30 and not tta["decision_rule"]["calibrated"]
     streamed = json.loads((tmp_path / "streamed" / "metrics.json").read_text())
     assert streamed["features"] != tta["features"] and streamed["metrics"]["n"] == 30
+
+
+# --- help and flags: what every command shows and takes -----------------------------------------------------------
+
+COMMANDS = [c.name for c in app.registered_commands]
+# Every command that works long enough to print progress (or runs commands that do) takes -q/--quiet.
+QUIET_COMMANDS = ["extract", "merge", "train-head", "evaluate", "sweep", "fine-tune", "predict", "export", "bench",
+                  "demo"]
+
+
+def help_text(*args) -> str:
+    r = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_at_80_columns_cuts_nothing_and_shows_no_bool_type(command):
+    """At 80 columns typer's rich panels cut `--class-map`'s syntax and the default cache name with an ellipsis and
+    showed a <bool> type beside every flag (`--help <bool>`)."""
+    text = help_text(*([command] if command else []))
+    assert "<bool>" not in text and "\u2026" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    if "--class-map" in text:
+        assert CLASS_MAP_SYNTAX in text
+    if command == "extract":
+        assert "cache/<dataset>-<8hex>-<config>.h5" in text
+
+
+def test_the_commands_with_a_class_map_show_its_syntax():
+    assert {c for c in COMMANDS if CLASS_MAP_SYNTAX in help_text(c)} == {"train-head", "evaluate", "sweep",
+                                                                           "fine-tune"}
+
+
+def test_quiet_is_the_same_option_on_every_command_that_prints_progress(tmp_path, synth_run):
+    """`evaluate -q` once failed with "No such option: -q" while extract and train-head took it."""
+    for command in QUIET_COMMANDS:
+        assert f"-q, --quiet {QUIET_HELP.split(' (')[0]}" in " ".join(help_text(command).split()), command
+    run = copy_run(synth_run["run"], tmp_path)
+    r = run_cli("evaluate", run, "-q")
+    assert r.exit_code == 0, r.output
+    assert (run / "eval-test" / "metrics.json").is_file()
+
+
+def test_a_library_warning_is_one_warning_line(tmp_path):
+    """Keras' and TensorFlow's own warnings (not ours) once printed in Python's two-line format, file and source
+    line included; they are one `warning:` line each, with their category and package."""
+    tiny = typer.Typer()
+
+    @tiny.command()
+    @handle_errors
+    def warn():
+        warnings.warn_explicit("Do not pass an `input_shape` to a layer.\nSecond line.", UserWarning,
+                               "/x/site-packages/keras/src/layers/core/input_layer.py", 12)
+        warnings.warn("a second warning, from here", RuntimeWarning, stacklevel=1)
+
+    r = CliRunner().invoke(tiny, [])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == "warning: Do not pass an `input_shape` to a layer. (UserWarning from keras)"
+    assert lines[1] == "warning: a second warning, from here (RuntimeWarning from test_app.py)"
+    assert len(lines) == 2

@@ -29,7 +29,7 @@ def parts(order, cfgs):
     return out
 
 
-@pytest.mark.parametrize("optimizer,hidden", [("rmsprop", (16, 8)), ("adam", (16,)), ("sgd", ())])
+@pytest.mark.parametrize("optimizer,hidden", [("rmsprop", (16, 8)), ("adam", (16,)), ("sgd", (8,))])
 def test_a_head_in_a_stack_is_the_head_trained_alone(data, optimizer, hidden):
     x, y, order = data
     cfgs = [HeadConfig(hidden=hidden, optimizer=optimizer, epochs=12, patience=3, batch_size=16, seed=s,
@@ -71,3 +71,18 @@ def test_numpy_and_keras_give_the_same_probabilities(data, hidden, standardize):
     assert [layer.name for layer in model.layers][-1] == "probabilities"
     np.testing.assert_allclose(np.exp(predict_log_proba(head, x)),
                                np.exp(predict_log_proba(model, x.astype(np.float32))), atol=1e-5)
+
+
+def test_a_linear_head_is_scikit_learns_logistic_regression(data):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, order = data
+    part = parts(order, [HeadConfig(hidden=())])[0]
+    head = fit_stack(x, y, [part], CLASSES)[0]
+    xf = x[part.fit].astype(np.float32)
+    scaler = StandardScaler().fit(xf)
+    lr = LogisticRegression(class_weight="balanced", max_iter=1000).fit(scaler.transform(xf), y[part.fit])
+    expected = lr.predict_log_proba(scaler.transform(x.astype(np.float32)))
+    np.testing.assert_allclose(predict_log_proba(head, x), expected, atol=1e-4)
+    assert head.history["lbfgs_iterations"][0] > 1 and "val_loss" in head.history

@@ -168,3 +168,14 @@ def test_cli_export(ham_run, tmp_path):
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
     r = run_cli("export", ham_run["run"], "--format", "keras", "--out", tmp_path / "k")
     assert r.exit_code == 1 and "already exists" in r.output
+
+
+@pytest.mark.slow
+def test_export_tflite_prints_no_native_info_line(ham_run, tmp_path, capfd):
+    """TensorFlow Lite's C++ once printed "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight to
+    file descriptor 2 during the parity check; only --verbose shows such lines."""
+    r = run_cli("export", ham_run["run"], "--format", "tflite", "--out", tmp_path / "lite", "-q")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "lite" / "model.tflite").is_file()
+    captured = capfd.readouterr()
+    assert "INFO: Created" not in captured.err + captured.out + r.output

@@ -7,7 +7,15 @@ import pytest
 
 from bottleneck.errors import InputError
 from bottleneck.heads.model import HEAD_OPTIONS, HeadConfig
-from bottleneck.runs.grid import GRID_KEYS, config_id, expand_grid, grid_from_options, load_grid_toml, parse_values
+from bottleneck.runs.grid import (
+    GRID_KEYS,
+    config_id,
+    expand_grid,
+    grid_from_options,
+    load_grid_toml,
+    parse_values,
+    write_grid_toml,
+)
 
 
 def test_toml_grid_and_its_errors(tmp_path):
@@ -69,3 +77,12 @@ def test_a_configuration_id_depends_on_every_field():
         other = HeadConfig(**{option.name: {bool: lambda v: not v, tuple: lambda v: (7,), str: lambda v: v + "x"}
                               .get(type(option.default), lambda v: v + 1)(option.default)})
         assert config_id(other) != base, option.name
+
+
+def test_a_sweeps_configurations_are_written_back_as_the_grid_that_makes_them(tmp_path):
+    configs = expand_grid({"lr": [1e-3, 3e-4], "hidden": [(64,), (32, 32)], "standardize": [False]})
+    assert write_grid_toml(configs, tmp_path / "grid.toml")
+    again = expand_grid(load_grid_toml(tmp_path / "grid.toml"))
+    assert {config_id(c) for c in again} == {config_id(c) for c in configs}
+    # configurations that are not a full product of their values cannot be one grid: nothing is written
+    assert not write_grid_toml(configs[:3], tmp_path / "part.toml") and not (tmp_path / "part.toml").exists()

@@ -55,3 +55,29 @@ def test_a_two_class_roc_is_one_curve_of_the_positive_class_from_unsaturated_sco
     assert list(roc_curves(y, logp, ["mel", "other"], positive=1)) == [1]  # --positive other
     assert len(roc_curves(np.array([0, 1, 2, 0]), log_softmax(np.eye(3)[[0, 1, 2, 1]]), ["a", "b", "c"])) == 3
     assert_png(plot_roc(y, np.exp(logp), ["mel", "other"], tmp_path / "roc.png", log_proba=logp))
+
+
+def dark_columns(path, threshold: int = 100) -> np.ndarray:
+    """Per pixel column of the PNG, whether any pixel in it is dark (text or lines)."""
+    with Image.open(path) as img:
+        return (np.asarray(img.convert("L")) < threshold).any(axis=0)
+
+
+def test_seven_classes_keep_the_confusion_matrix_y_label_on_the_canvas(tmp_path):
+    names = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    matrix = (np.eye(7, dtype=int) * 3 + 1).tolist()
+    path = plot_confusion(matrix, names, tmp_path / "c.png", title="test split, 20 images")
+    dark = dark_columns(path)
+    # the rotated y label "true class (images)" is drawn left of the tick labels: dark pixels near the left edge,
+    # not cut off at the canvas border
+    assert dark[2:40].any() and not dark[0]
+
+
+def test_a_one_epoch_history_is_drawn_as_values_not_a_dot(tmp_path):
+    one = plot_curves({"loss": [0.9], "val_loss": [1.0], "accuracy": [0.5], "val_accuracy": [0.4]},
+                      tmp_path / "one.png")
+    many = plot_curves({"loss": [0.9, 0.8], "val_loss": [1.0, 0.9], "accuracy": [0.5, 0.6],
+                        "val_accuracy": [0.4, 0.5]}, tmp_path / "two.png")
+    with Image.open(one) as a, Image.open(many) as b:
+        ink = [(np.asarray(img.convert("L")) < 200).mean() for img in (a, b)]
+    assert ink[0] > 2 * ink[1]  # bars, not two dots on an empty axis

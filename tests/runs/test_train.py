@@ -276,3 +276,16 @@ def test_an_image_under_two_lesion_ids_is_reported_and_grouped(tmp_path):
 def test_duplicates_option_is_checked(tmp_path):
     r = run_cli("train-head", tmp_path / "missing.h5", "--duplicates", "merge")
     assert r.exit_code != 0 and "--duplicates should be one of group, report, ignore" in r.output
+
+
+def test_the_rerun_line_holds_a_memory_budget_only_when_the_user_gave_one(tmp_path):
+    """The "Rerun:" line once carried this machine's resolved budget (`--memory-gb 5.89`): a rerun command holds what
+    the user chose, and a budget changes speed, not results."""
+    cache = feature_cache(tmp_path / "c.h5")
+    for given, out in (([], tmp_path / "default"), (["--memory-gb", "0.5"], tmp_path / "given")):
+        r = run_cli("train-head", cache, "--out", out, "--epochs", "2", "-q", *given)
+        assert r.exit_code == 0, r.output
+        command = json.loads((out / "config.json").read_text())["command"]
+        rerun = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("Rerun:"))
+        assert ("--memory-gb" in command) == bool(given) and ("--memory-gb" in rerun) == bool(given)
+    assert command[command.index("--memory-gb") + 1] == "0.5"

@@ -263,7 +263,7 @@ def test_ham10000_layout_report_has_every_figure_and_a_subgroup_table(tmp_path):
             write_image(root / "HAM10000_images_part_1" / f"{image_id}.jpg", seed=k % 96)
             age = "" if les % 11 == 0 else str(20 + 15 * (les % 5))
             lines.append(f"HAM_{les:07d},{image_id},{('mel', 'nv', 'bkl')[les % 3]},histo,{age},"
-                         f"{('male', 'female')[les % 2]},{sites[les % 3]}")
+                         f"{('male', 'female')[les % 2]},{sites[les % 4 % 3]}")  # not the dx's function
             k += 1
     (root / "HAM10000_metadata.csv").write_text("\n".join(lines) + "\n")
     cache = tmp_path / "ham.h5"
