@@ -296,7 +296,7 @@ def synth_run(tmp_path_factory):
     into the run (evaluate writes eval-*/ there, --overwrite replaces it) works on
     `copy_run(synth_run["run"], tmp_path)`."""
     from bottleneck.heads.model import HeadConfig
-    from bottleneck.runs.train import RunOptions, train_head_run
+    from bottleneck.runs import RunOptions, train_head_run
 
     tmp = tmp_path_factory.mktemp("synth")
     cache = feature_cache(tmp / "feat.h5", images_per_group=3)
@@ -321,7 +321,7 @@ def ham_run(tmp_path_factory):
     from bottleneck.extract.run import ExtractOptions, extract
     from bottleneck.heads.model import HeadConfig
     from bottleneck.images.index import build_index
-    from bottleneck.runs.train import RunOptions, train_head_run
+    from bottleneck.runs import RunOptions, train_head_run
 
     tmp = tmp_path_factory.mktemp("ham")
     root = make_ham(tmp / "ham", n_lesions=9, images_per_lesion=2)

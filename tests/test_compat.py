@@ -21,9 +21,9 @@ from bottleneck.heads.model import HeadConfig, predict_proba
 from bottleneck.heads.splits import SplitSpec
 from bottleneck.images.index import build_index
 from bottleneck.models.serve import HEAD_RUN_ATOL, predict
+from bottleneck.runs import RunOptions, train_head_run
 from bottleneck.runs.directory import load_run
 from bottleneck.runs.evaluate import evaluate_run
-from bottleneck.runs.train import RunOptions, train_head_run
 
 LEGACY = Path(__file__).parent / "data" / "legacy-0.1.0"
 OPTS = dict(backbone="vgg16", weights="none", image_size=32, views=1, progress=False)  # as make.py extracted

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import CacheConfig, CacheWriter, load_cache
+from ..errors import BottleneckError
 from ..heads import HeadConfig, load_split
 from ..runs import RunOptions, SweepOptions, expand_grid, run_sweep, train_head_run
 from .data import BenchOptions, synthetic_features, write_synthetic_cache
@@ -45,8 +46,12 @@ def write_small_cache(path: Path, dim: int, seed: int = 0) -> Path:
 
 
 def _timed(args: list[str]) -> float:
+    """Seconds of one `bottleneck ARGS` command in a new process; a failure is raised with its last error line."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "bottleneck", *args], check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "bottleneck", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise BottleneckError(f"bench: `bottleneck {' '.join(args)}` failed ({last})")
     return time.perf_counter() - start
 
 
@@ -107,7 +112,7 @@ def format_fixed(r: dict) -> list[str]:
             f"{f['sweep_s']:.1f} s vs one train-head {f['train_head_s']:.1f} s = {f['sweep_vs_train_head']:.2f}x "
             f"(target <= 2.5x); evaluate {f['evaluate_s']:.1f} s vs info {f['info_s']:.1f} s = "
             f"{f['evaluate_vs_info']:.2f}x (target <= 2x); linear head {f['linear_fit_s']:.2f} s of fitting "
-            f"({f['linear_epochs']} epochs), test balanced accuracy {f['linear_balanced_accuracy']:.3f} vs "
+            f"(to convergence), test balanced accuracy {f['linear_balanced_accuracy']:.3f} vs "
             f"scikit-learn LogisticRegression {f['sklearn_fit_s']:.2f} s, {f['sklearn_balanced_accuracy']:.3f}")
     return lines
 

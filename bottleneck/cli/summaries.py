@@ -11,7 +11,7 @@ from ..extract import ExtractSummary
 from ..heads import describe
 from ..images import DatasetIndex
 from ..models import ExportResult, FineTuneResult, PredictResult
-from ..runs import EvalResult, RunResult, SweepResult, format_leaderboard
+from ..runs import CompareResult, EvalResult, RunResult, SweepResult, format_leaderboard
 from ..stats import format_table
 from ..util import CLASH_NOTE
 
@@ -261,3 +261,14 @@ def export_lines(r: ExportResult) -> list[str]:
     return [f"parity: worst probability difference {r.worst_difference:.2g} on {r.images_checked} cached "
             f"images (tolerance {r.tolerance})",
             f"exported: {r.out} ({', '.join(r.files)})"]
+
+
+def compare_lines(r: CompareResult) -> list[str]:
+    """The rows compared, the table of paired differences, what survives Holm's correction, and where it went."""
+    rows = r.record["rows"]
+    lines = [f"compared on {rows['images']} images ({rows['lesions']} lesions, {rows['positives']} "
+             f"{r.record['positive']}) of {', '.join(x['label'] for x in r.record['runs'])}"]
+    if rows["intersect"]:
+        lines.append(f"note: --intersect: only the images every run scored ({rows['first_difference']['counts']} "
+                     f"for {rows['first_difference']['a']} vs {rows['first_difference']['b']})")
+    return lines + r.table + [r.survivors, f"written: {r.out_dir}  (report: {r.out_dir / 'comparison.md'})"]

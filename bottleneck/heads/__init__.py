@@ -4,7 +4,7 @@ the grouped splits and CV folds (`splits`) and the class maps that define a task
 What other packages may use is named here; everything else is private to the package."""
 
 
-from .callbacks import epoch_bar
+from .callbacks import epoch_bar, step_bar
 from .class_map import (
                         STAR,
                         ClassMap,
@@ -23,7 +23,6 @@ from .model import (
                         HeadConfig,
                         TrainedHead,
                         class_weights,
-                        fit_head,
                         fold_calibration,
                         make_optimizer,
                         parse_hidden,
@@ -50,7 +49,7 @@ from .splits import (
                         recorded_groups,
                         save_split,
 )
-from .stack import Part, StackedHead, fit_stack
+from .stack import Part, StackedHead, fit_head, fit_stack
 
 __all__ = [
     "DenseHead", "keras_head", "read_dense_head", "Part", "StackedHead", "fit_stack",
@@ -62,5 +61,5 @@ __all__ = [
     "class_weights", "describe", "epoch_bar", "fit_head", "fold_calibration", "load_split", "make_optimizer",
     "make_split", "map_classes", "missing_sources", "parse_class_map", "parse_hidden", "predict_log_proba",
     "predict_proba", "recorded_map",
-    "run_class_names", "save_split",
+    "run_class_names", "save_split", "step_bar",
 ]

@@ -161,7 +161,7 @@ class TrainedHead:
     seconds: float
 
 
-def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, verbose: int = 0,
+def fit_keras_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, verbose: int = 0,
              callbacks=(), batches=None) -> TrainedHead:
     """Fit a head with early stopping on validation loss; same seed and machine give the same weights.
 
@@ -172,9 +172,6 @@ def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, 
     import keras
 
     cfg.validate()
-    if not cfg.hidden and batches is None and not is_streamed(x_train) and \
-            (x_val is None or not is_streamed(x_val)):
-        return _fit_linear(x_train, y_train, x_val, y_val, num_classes, cfg)
     model = build_head(x_train.shape[1], num_classes, cfg, x_train)
     # Without validation data (a final fit on train+val) there is nothing to stop on: exactly cfg.epochs.
     if x_val is None:
@@ -202,19 +199,6 @@ def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, 
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     best = int(np.argmin(history["val_loss"])) + 1 if "val_loss" in history else len(history["loss"])
     return TrainedHead(model, history, best, seconds)
-
-
-def _fit_linear(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig) -> TrainedHead:
-    """A linear head: a logistic regression on the standardised training rows, fitted to convergence (linear.py);
-    the validation rows are scored for the history (and, in a run, calibrate it), never stopped on."""
-    from .stack import Part, fit_stack
-
-    x_val = np.zeros((0, x_train.shape[1]), np.float32) if x_val is None else x_val
-    x = np.concatenate([np.asarray(x_train, np.float32), np.asarray(x_val, np.float32)])
-    y = np.concatenate([np.asarray(y_train), np.asarray([] if y_val is None else y_val, np.asarray(y_train).dtype)])
-    n = len(x_train)
-    head = fit_stack(x, y, [Part(cfg, np.arange(n), np.arange(n, len(x)) if len(x) > n else None)], num_classes)[0]
-    return TrainedHead(head.to_keras(), head.history, head.best_epoch, head.seconds)
 
 
 def probabilities_layer(model):

@@ -27,10 +27,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..cache import is_streamed
 from ..util import tensorflow
 from .dense import DenseHead, DenseLayer
 from .linear import fit_linear_head
-from .model import HeadConfig, class_weights
+from .model import HeadConfig, TrainedHead, class_weights, fit_keras_head
 
 EPSILON = 1e-7  # Keras' epsilon: the optimizers' and the Normalization layer's floor
 
@@ -278,3 +279,24 @@ def _functions(optimizer: str, n_hidden: int, n_heads: int):
 def stacked_parts(cfg: HeadConfig, parts: list[tuple[np.ndarray, np.ndarray | None]]) -> list[Part]:
     """Parts of one configuration over several (fit, stop) row sets (folds)."""
     return [Part(replace(cfg), fit, stop) for fit, stop in parts]
+
+def fit_head(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig, verbose: int = 0,
+             callbacks=(), batches=None) -> TrainedHead:
+    """Fit a head (model.py `fit_keras_head` for the arguments): a linear head on features in memory is a logistic
+    regression fitted to convergence (linear.py); any other head, or one trained off a stream or stored views, by
+    Keras with early stopping on validation loss."""
+    cfg.validate()
+    if not cfg.hidden and batches is None and not is_streamed(x_train) and (x_val is None or not is_streamed(x_val)):
+        return _fit_linear(x_train, y_train, x_val, y_val, num_classes, cfg)
+    return fit_keras_head(x_train, y_train, x_val, y_val, num_classes, cfg, verbose, callbacks, batches)
+
+
+def _fit_linear(x_train, y_train, x_val, y_val, num_classes: int, cfg: HeadConfig) -> TrainedHead:
+    """A linear head: a logistic regression on the standardised training rows, fitted to convergence (linear.py);
+    the validation rows are scored for the history (and, in a run, calibrate it), never stopped on."""
+    x_val = np.zeros((0, x_train.shape[1]), np.float32) if x_val is None else x_val
+    x = np.concatenate([np.asarray(x_train, np.float32), np.asarray(x_val, np.float32)])
+    y = np.concatenate([np.asarray(y_train), np.asarray([] if y_val is None else y_val, np.asarray(y_train).dtype)])
+    n = len(x_train)
+    head = fit_stack(x, y, [Part(cfg, np.arange(n), np.arange(n, len(x)) if len(x) > n else None)], num_classes)[0]
+    return TrainedHead(head.to_keras(), head.history, head.best_epoch, head.seconds)

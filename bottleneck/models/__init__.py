@@ -1,5 +1,5 @@
 """Backbone and head as one model from images: the classifier, fine-tuning (`finetune`, resumable through
-`checkpoints`), and serving it (`serve`: predict and export).
+`checkpoints`, scored as a head run is by `finetune_eval`), and serving it (`serve`: predict and export).
 
 What other packages may use is named here; everything else is private to the package."""
 

@@ -135,11 +135,11 @@ def unfreeze(backbone, name: str, n: int | str) -> dict:
 
 
 def predict_images(model, paths: list[str], size: int, batch_size: int = 32, tta: bool = False,
-                   progress: bool = False):
+                   progress: bool = False, desc: str = "predict"):
     """Probabilities (N, C) float64 (NaN rows where an image failed) and the reasons ("" when decoded).
 
     tta: mean over the 8 dihedral views (identity, 3 rotations, their mirrors), as the cache's views 1-7.
-    progress: a progress bar over the images (util/progress.py)."""
+    progress: a progress bar over the images (util/progress.py), named `desc`, with images/s."""
     tf = tensorflow()
 
     @tf.function(reduce_retracing=True)
@@ -152,7 +152,7 @@ def predict_images(model, paths: list[str], size: int, batch_size: int = 32, tta
         return tf.reduce_mean(tf.reshape(p, (DIHEDRAL_VIEWS, -1, p.shape[-1])), axis=0)
 
     out, errors = [], []
-    bar = progress_bar(total=len(paths), desc="predict", unit="img", enabled=progress)
+    bar = progress_bar(total=len(paths), desc=desc, unit="img", enabled=progress)
     for pixels, _, _, err in inference_batches(paths, size, batch_size):
         n = int(pixels.shape[0])
         out.append(np.asarray(infer(pad_batch(pixels, batch_size)), np.float64)[:n])

@@ -11,7 +11,6 @@ state naming them: checkpoints.py). The options are FineTuneOptions, each declar
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -29,19 +28,19 @@ from ..heads import (
     SPLITS,
     ClassMap,
     class_weights,
-    epoch_bar,
     load_split,
     make_optimizer,
     map_classes,
     recorded_map,
     run_class_names,
+    step_bar,
 )
 from ..images import training_batches
 from ..runs import (
     check_free,
     load_head,
     load_keras,
-    plot_confusion,
+    paired_with_head,
     plot_curves,
     publish,
     read_config,
@@ -51,7 +50,7 @@ from ..runs import (
     write_history,
     write_predictions,
 )
-from ..stats import evaluate_splits
+from ..stats import limitations
 from ..util import (
     Option,
     Options,
@@ -73,7 +72,8 @@ from .checkpoints import (
     saved_states,
     tracker,
 )
-from .classifier import assemble_model, predict_images, rebuild_backbone, unfreeze
+from .classifier import assemble_model, rebuild_backbone, unfreeze
+from .finetune_eval import TunedScores, copied_test_files, score_images, write_figures
 
 PRECISION_HELP = ("Backbone compute precision: auto (the fastest native here: bfloat16 on CPUs with AVX512-BF16/AMX, "
                   "float16 on GPUs, else float32), float32, bfloat16 or float16.")
@@ -286,27 +286,33 @@ class FineTuneJob:
                 model.fit(batches("train", True), validation_data=batches("val", False), epochs=opts.epochs,
                           initial_epoch=state.epoch, verbose=0, shuffle=False,  # the dataset shuffles itself
                           callbacks=[tracker(self.tmp, state, opts.patience), *callbacks,
-                                     epoch_bar(opts.epochs, opts.progress, "fine-tune")])
+                                     step_bar(opts.epochs, len(images.rows["train"]), opts.batch_size,
+                                              state.epoch, opts.progress, "fine-tune")])
         state.seconds += time.perf_counter() - start
         state.skipped_in_training = skipped
 
     def evaluate_and_write(self, model) -> FineTuneResult:
-        """The best checkpoint on every split from the images, against the head alone; the run's artifacts."""
+        """The best checkpoint on every split from the images, calibrated on val and scored as a head run is
+        (finetune_eval.py), against the head alone; the run's artifacts."""
         tmp, state, images, names = self.tmp, self.state, self.images, self.class_names
-        metrics, proba, good, failed = evaluate_images(model, images, names, self.provenance.input_size,
-                                                       self.opts.batch_size, self.run)
-        failed += [{"path": p, "split": "train/val", "reason": r, "stage": "training"}
-                   for p, r in state.skipped_in_training.items()]
+        scored = score_images(model, images, names, self.provenance.input_size, self.opts.batch_size, self.run,
+                              self.source, self.opts.progress)  # calibration folded into `model`
+        metrics = scored.metrics
+        failed = scored.failed + [{"path": p, "split": "train/val", "reason": r, "stage": "training"}
+                                  for p, r in state.skipped_in_training.items()]
         shutil.copy(self.run / "split.csv", tmp / "split.csv")
         write_history(tmp / "history.csv", state.history)
-        write_predictions(tmp / "predictions.csv", images.data, images.split, proba, good, names)
-        write_json_atomic(tmp / "metrics.json", finite_or_null(metrics))  # undefined figures: null
-        config = _run_config(self, failed)
+        write_predictions(tmp / "predictions.csv", images.data, images.split, scored.proba, scored.rows, names,
+                          scored.rule.decision_weights, scored.log_proba, scored.rule.rule)
+        config = _run_config(self, failed, scored)
         write_json_atomic(tmp / "config.json", config)
+        metrics["paired_with_head"] = paired_with_head(self.run, tmp, self.out.name,
+                                                       int(self.source["head"].get("seed", 0)))
+        write_json_atomic(tmp / "metrics.json", finite_or_null(metrics))  # undefined figures: null
         plot_curves(state.history, tmp / "curves.png")
-        plot_confusion(metrics["test"]["confusion_matrix"], names, tmp / "confusion.png",
-                       title=f"test split, {metrics['test']['n']} images (fine-tuned)")
-        write_finetune_report(tmp / "report.md", config, metrics, self.out.name)
+        write_figures(tmp, images, names, scored)
+        write_finetune_report(tmp / "report.md", config, metrics, self.out.name,
+                              limitations(config, metrics, copied_test_files(images)))
         model.save(tmp / "model.keras")
         clear(tmp)  # model.keras is the best checkpoint
         return FineTuneResult(self.out, metrics, state.best_epoch, state.epoch, state.seconds, failed,
@@ -343,29 +349,9 @@ class JobImages:
         return cls(data, split, rows, np.array([str(root / p) for p in data.paths], dtype=object))
 
 
-def evaluate_images(model, images: JobImages, names: list[str], size: int, batch_size: int, run: Path):
-    """(metrics, probabilities of the readable rows, those rows, failed images): the model on every split from the
-    images, with the head alone's metrics beside (`head_only`, from the run's metrics.json)."""
-    data, split, rows, y = images.data, images.split, images.rows, images.data.labels
-    all_rows = np.concatenate([rows[s] for s in SPLITS])
-    proba, errors = predict_images(model, list(images.paths[all_rows]), size, batch_size)
-    ok = np.array([not e for e in errors], bool)
-    failed = [{"path": str(data.paths[r]), "split": str(split[r]), "reason": e, "stage": "evaluation"}
-              for r, e in zip(all_rows, errors) if e]
-    good = all_rows[ok]
-    metrics = evaluate_splits(y[good], proba[ok], split[good], names, y[rows["train"]])
-    if "test" not in metrics:
-        raise InputError(f"no test image of {run} could be read for evaluation; check the image root (--data)")
-    train_ok = np.isin(good, rows["train"])
-    metrics["train"] = {"n": int(train_ok.sum()),
-                        "accuracy": float((proba[ok][train_ok].argmax(1) == y[good][train_ok]).mean())}
-    head_metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-    metrics["head_only"] = {k: head_metrics[k] for k in ("val", "test") if k in head_metrics}
-    return metrics, proba[ok], good, failed
-
-
-def _run_config(job: FineTuneJob, failed: list) -> dict:
-    """config.json of the fine-tune run: its source, options and outcome."""
+def _run_config(job: FineTuneJob, failed: list, scored: TunedScores) -> dict:
+    """config.json of the fine-tune run: its source, options and outcome, and (as a head run's) its calibration,
+    decision rule and operating point, which predict and export apply (`stats.DecisionRule.of`)."""
     source, state, opts = job.source, job.state, job.opts
     options = {k: v for k, v in state.options.items() if k != "progress"}
     return {"command": list(job.command), "kind": "finetune",
@@ -373,11 +359,15 @@ def _run_config(job: FineTuneJob, failed: list) -> dict:
                            "command": source.get("command")},
             "cache": {**source["cache"], "root": str(opts.data or source["cache"]["root"])},
             "class_names": job.class_names, "class_map": job.images.data.class_map,
-            "head": source["head"], "split": source.get("split"),
+            "head": source["head"], "split": {**(source.get("split") or {}), "sizes": scored.sizes},
             "options": {**options, "epochs": opts.epochs, "patience": opts.patience},
             "unfrozen": state.unfrozen, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
             "train_seconds": round(state.seconds, 3),
             "images": {s: int(len(r)) for s, r in job.images.rows.items()},
+            "calibration": {k: v for k, v in scored.metrics["calibration"].items() if k != "test"},
+            "decision_rule": scored.rule.rule,
+            "operating_point": {k: scored.metrics["operating_point"].get(k) for k in
+                                ("positive", "threshold", "threshold_uncalibrated", "target_sensitivity", "chosen_on")},
             "failed": failed, "library_versions": library_versions(), "python": sys.version.split()[0],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

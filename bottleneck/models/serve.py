@@ -54,7 +54,8 @@ class ServedModel:
 
 def load_served(model_or_run: str | Path, calibrate: bool = True) -> ServedModel:
     """A head run, a fine-tune run, or a .keras file with labels.json (an export) beside it. calibrate=False: the
-    head's own probabilities, the calibration folded into a head run's (or an export's) last layer taken out."""
+    model's own probabilities, the calibration folded into a run's (head or fine-tune) or an export's last layer
+    taken out."""
     p = Path(model_or_run)
     if not p.exists():
         raise InputError(f"{p} does not exist; pass a run directory (train-head or fine-tune) or an exported "
@@ -73,8 +74,12 @@ def load_served(model_or_run: str | Path, calibrate: bool = True) -> ServedModel
     config = read_config(p, check=True)
     provenance = CacheConfig(**config["cache"]["config"])
     size, names = provenance.input_size, run_class_names(config)
-    if (p / "model.keras").is_file():
-        return ServedModel(load_keras(p / "model.keras"), names, size, config, "finetune")
+    if (p / "model.keras").is_file():  # a fine-tune run: its calibration (config.json's, as a head run's) folded in
+        model = load_keras(p / "model.keras")
+        calibration = Calibration.from_record(config.get("calibration"))
+        if calibration is not None and not calibrate:
+            fold_calibration(model, calibration, undo=True)
+        return ServedModel(model, names, size, config, "finetune")
     if (p / "head.keras").is_file():
         return ServedModel(assemble_model(provenance, load_head(p, config, calibrate, keras=True)), names, size,
                            config, "head")

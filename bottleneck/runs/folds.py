@@ -28,19 +28,13 @@ from ..heads import (
     SPLITS,
     HeadConfig,
     Part,
-    SplitSpec,
-    check_split,
     class_weights,
     cv_parts,
-    duplicate_groups,
     duplicates_metrics,
-    duplicates_record,
     epoch_bar,
     fit_head,
     fit_stack,
-    load_split,
     make_folds,
-    make_split,
     predict_log_proba,
 )
 from ..stats import (
@@ -66,6 +60,7 @@ from .directory import predictions_frame, staged, write_history
 from .fold_report import oof_limitations, oof_section
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .report import write_head_report
+from .splitting import resolve_split
 from .train import (
     HeadFit,
     RunOptions,
@@ -74,9 +69,17 @@ from .train import (
     head_run_config,
     open_run,
     rerun_command,
+    split_run,
     split_sizes,
     test_overlap,
 )
+
+
+def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: RunOptions = RunOptions()) -> RunResult:
+    """`bottleneck train-head`: a head on one train/val/test split (train.py `split_run`), or with `opts.folds` K
+    grouped folds and their pooled out-of-fold figures (`folds_run`)."""
+    return folds_run(cache, head, opts) if opts.folds else split_run(cache, head, opts)
+
 
 
 def check_fold_options(opts: RunOptions) -> None:
@@ -86,30 +89,6 @@ def check_fold_options(opts: RunOptions) -> None:
     if opts.augment or opts.tta:
         raise InputError("--folds does not support --augment or --tta yet (each fold would need its own views); "
                          "drop them, or use --folds 0 for a train/val/test run with views")
-
-
-def fold_split(data: CacheData, spec: SplitSpec, split_from: Path | None,
-               duplicates: str) -> tuple[np.ndarray, dict, np.ndarray]:
-    """(split, its config record, the groups it was made with) of a --folds run: train/val/test as any run, or with
-    `--test 0` (and no --split-from) every labeled row "train"; a reused split keeps its test rows (none from a
-    --test 0 run). The folds cut train+val, so val matters only to a run that reuses this split without --folds."""
-    if len(data.labels) == 0:
-        raise InputError(f"cache {data.path} is empty (0 rows); run `bottleneck extract` into it first")
-    info = {"fractions": [spec.train, spec.val, spec.test] if spec.test else [1.0, 0.0, 0.0], "seed": spec.seed,
-            "from": str(split_from) if split_from else None}
-    near, groups = duplicate_groups(data, duplicates, split_from)
-    if split_from:
-        split, extra = load_split(split_from, data.image_ids)
-        split[data.labels < 0] = ""
-        info.update(extra)
-    elif spec.test:
-        split = make_split(data.labels, groups, data.image_ids, data.class_names, spec)
-    else:
-        split = np.where(data.labels >= 0, "train", "").astype(object)
-    if (split == "test").any():
-        check_split(split, data.labels, groups, data.class_names)
-    info["duplicates"] = duplicates_record(duplicates, near, data, split, groups)
-    return split, info, groups
 
 
 def check_fold_counts(data: CacheData, split: np.ndarray, groups: np.ndarray, k: int) -> None:
@@ -287,7 +266,7 @@ def folds_run(cache: str | Path, head: HeadConfig, opts: RunOptions) -> RunResul
     check_fold_options(opts)
     data, out, opts = open_run(cache, head, opts)
     command = rerun_command(cache, out, head, opts)
-    split, split_info, groups = fold_split(data, opts.split, opts.split_from, opts.duplicates)
+    split, split_info, groups = resolve_split(data, opts.split, opts.split_from, opts.duplicates, folded=True)
     check_fold_counts(data, split, groups, opts.folds)
     start = time.perf_counter()
     with staged(out, opts.overwrite) as tmp:

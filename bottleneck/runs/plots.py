@@ -168,15 +168,15 @@ def plot_reliability(figures: dict, path, title: str = "") -> Path:
             ax.annotate(str(n), (c, a), textcoords="offset points", xytext=(6, -10 if key == "after" else 6),
                         fontsize=7, color=line[0].get_color())
         total = sum(counts)
-    if total and total < RELIABILITY_MIN_IMAGES:
-        ax.text(0.98, 0.03, f"only {total} images (numbers: images per bin):\ntoo few to read calibration from; "
-                f"about {RELIABILITY_MIN_IMAGES} or more are needed", transform=ax.transAxes, ha="right",
-                va="bottom", fontsize=8, color="0.25", bbox=dict(facecolor="white", edgecolor="0.7", alpha=0.9))
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("confidence (top-class probability)")
     ax.set_ylabel("accuracy in the bin")
-    ax.set_title(title or "Reliability diagram")
+    few = bool(total) and total < RELIABILITY_MIN_IMAGES
+    # Said above the plot, where no point can hide under it: a diagram of a few images per bin is noise.
+    ax.set_title((title or "Reliability diagram") + (f"\nonly {total} images: too few to read "
+                                                     "(numbers: images per bin)" if few else ""),
+                 fontsize=9.5 if few else None)
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, path)
 

@@ -1,5 +1,5 @@
-"""`report.md`: the short human-readable summary of a run (a head run, or a fine-tune run against its head),
-written from its config and metrics."""
+"""`report.md`: the short human-readable summary of a head run, written from its config and metrics, and the
+sections it shares with a fine-tune run's (finetune_report.py) and an evaluation's (eval_report.py)."""
 
 from __future__ import annotations
 
@@ -71,9 +71,13 @@ def operating_point_section(metrics: dict) -> list[str]:
     return lines + ["", "![ROC curves, operating point marked](roc.png)", ""]
 
 
-def calibration_section(metrics: dict) -> list[str]:
+SERVED_BY = "`head.keras`, `predictions.csv`, `evaluate`, `predict` and `export`"  # what serves a head run's
+
+
+def calibration_section(metrics: dict, served_by: str = SERVED_BY) -> list[str]:
     """## Calibration: what was done (applied, or skipped and why), its check on validation, and the test figures of
-    the head's own and the calibrated probabilities, both scored on the run's decisions."""
+    the head's own and the calibrated probabilities, both scored on the run's decisions. `served_by`: the files and
+    commands that give the run's probabilities."""
     cal = metrics["calibration"]
     f = cal["test"]
     lines = ["## Calibration", f"Whether the probability given to {f.get('confidence_of', 'the most probable class')} "
@@ -92,14 +96,14 @@ def calibration_section(metrics: dict) -> list[str]:
         lines += [f"Temperature scaling fitted on the validation split: T = {cal['temperature']:.3f}"
                   + (", after undoing the prior shift of the balanced class weights (probabilities then estimate "
                      "the training prevalence; the predicted classes stay the head's own)" if shift else "")
-                  + "." + checked + " `head.keras`, `predictions.csv`, `evaluate`, `predict` and `export` give the "
-                  "calibrated probabilities (`--no-calibrate` for the head's own).", ""] + rule
+                  + "." + checked + f" {served_by} give the calibrated probabilities (`--no-calibrate` for the "
+                  "head's own).", ""] + rule
         lines += md_table(["", "ECE", "Brier", "NLL"],
                           [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"]), fmt(f.get("nll_before"))],
                            ["calibrated", fmt(f["ece_after"]), fmt(f["brier_after"]), fmt(f.get("nll_after"))]])
     else:
         lines += [f"Not calibrated: {md_text(cal['reason'])}." + checked + " Probabilities and decisions are the "
-                  "head's own, in `head.keras`, `predictions.csv`, `evaluate`, `predict` and `export`.", ""] + rule
+                  f"head's own, in {served_by}.", ""] + rule
         lines += md_table(["", "ECE", "Brier", "NLL"],
                           [["head as trained", fmt(f["ece_before"]), fmt(f["brier_before"]), fmt(f.get("nll_before"))]])
     lines += [""] + [f"**Flag:** {md_text(x)}." for x in cal.get("flags", [])]
@@ -160,18 +164,13 @@ def _balanced_cell(row: dict) -> str:
     return ci(row["balanced_accuracy"]) if not missing else "- (no " + ", ".join(missing) + ")"
 
 
-def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits: list[str] = (),
-                      extra: list[str] = ()) -> Path:
-    """report.md of a head run; `extra`: lines after the results (--folds: the out-of-fold section, fold_report.py).
-    A run without a test split (--folds K --test 0) has no test sections."""
-    names = run_class_names(config)
-    lines = [f"# Head run {md_code(name)}", ""] + _data_section(config["cache"], names)
-    lines += class_map_section(config.get("class_map"))
-    lines += _split_section(config["split"], names)
-    lines += ["", "## Results",
-              "Balanced accuracy (mean recall over classes, the ISIC 2018 metric) is the headline number; the "
-              "majority-class baseline always predicts the most frequent training class.", ""]
-    lines += _splits_table(metrics)
+def results_lines(metrics: dict, names: list[str]) -> list[str]:
+    """## Results: val and test against the majority-class baseline, the decision rule, the test figures with their
+    intervals and the class-wise table (of a head run or a fine-tune run)."""
+    lines = ["", "## Results",
+             "Balanced accuracy (mean recall over classes, the ISIC 2018 metric) is the headline number; the "
+             "majority-class baseline always predicts the most frequent training class.", ""]
+    lines += splits_table(metrics)
     test = metrics.get("test")
     if test:
         lines += [""] + decision_section(metrics, names)
@@ -181,6 +180,18 @@ def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits
                           [[n, test["per_class"][n]["support"], fmt(test["per_class"][n]["precision"]),
                             fmt(test["per_class"][n]["recall"]), fmt(test["per_class"][n]["f1"]),
                             fmt(test["roc_auc_per_class"].get(n))] for n in names])
+    return lines
+
+
+def write_head_report(path: Path, config: dict, metrics: dict, name: str, limits: list[str] = (),
+                      extra: list[str] = ()) -> Path:
+    """report.md of a head run; `extra`: lines after the results (--folds: the out-of-fold section, fold_report.py).
+    A run without a test split (--folds K --test 0) has no test sections."""
+    names = run_class_names(config)
+    lines = [f"# Head run {md_code(name)}", ""] + data_section(config["cache"], names)
+    lines += class_map_section(config.get("class_map"))
+    lines += split_section(config["split"], names)
+    lines += results_lines(metrics, names)
     lines += list(extra)
     if metrics.get("warnings"):
         lines += ["", "**Warnings**", ""] + [f"- {md_text(w)}" for w in metrics["warnings"]]
@@ -213,7 +224,7 @@ def _selection_section(config: dict) -> list[str]:
     return lines
 
 
-def _data_section(cache: dict, names: list[str]) -> list[str]:
+def data_section(cache: dict, names: list[str]) -> list[str]:
     """## Data: the cache and the backbone configuration its features come from."""
     cc = cache["config"]
     weights = cc["weights"] if cc["weights"] in ("imagenet", "none") else f"file {cc['weights_sha256'][:12]}"
@@ -224,7 +235,7 @@ def _data_section(cache: dict, names: list[str]) -> list[str]:
             f"- classes: {md_text(', '.join(names))}", ""]
 
 
-def _split_section(split: dict, names: list[str]) -> list[str]:
+def split_section(split: dict, names: list[str]) -> list[str]:
     """## Split: how the images were split, and each split's images, groups and classes."""
     sizes = split["sizes"]
     n_groups = sum(sizes[s]["groups"] for s in sizes)
@@ -271,7 +282,7 @@ def duplicates_section(record: dict | None) -> list[str]:
     return lines + [""]
 
 
-def _splits_table(metrics: dict) -> list[str]:
+def splits_table(metrics: dict) -> list[str]:
     """The headline figures of the validation and test splits against the majority-class baseline."""
     rows = []
     shown = [(s, metrics[s]) for s in ("val", "test") if s in metrics]
@@ -331,35 +342,3 @@ def _training_section(config: dict, metrics: dict, names: list[str]) -> list[str
             "`config.json` (how to rerun), `split.csv`, `history.csv`, `metrics.json`, `predictions.csv`, "
             "`curves.png`, `confusion.png`, `calibration.png`, `roc.png`, `head.keras`.", "",
             f"Rerun: {md_code(shlex.join(config['command']))}", ""]
-
-
-def write_finetune_report(path: Path, config: dict, metrics: dict, name: str) -> Path:
-    """report.md: head only (the source run) against fine-tuned, on the same test split."""
-    o, u = config["options"], config["unfrozen"]
-
-    def row(label, m):
-        mel = m.get("melanoma") or {}
-        return [label, m["n"], fmt(m["accuracy"]), fmt(m["balanced_accuracy"]), fmt(m["roc_auc_macro"]),
-                fmt(mel.get("sensitivity")), fmt(mel.get("specificity"))]
-
-    lines = [f"# Fine-tune run {md_code(name)}", "",
-             f"- source run: {md_code(config['source_run']['path'])} (its head, its split)",
-             f"- backbone: {md_text(config['cache']['config']['backbone'])} at "
-             f"{config['cache']['config']['input_size']} px, "
-             f"top {u['groups']} of {u['of']} layer groups trained, {u['frozen_batchnorm_layers']} BatchNorm layers "
-             "kept frozen (inference mode)",
-             f"- {o['optimizer']} lr {o['lr']}, batch {o['batch_size']}, augment {o['augment']}, early stopping on "
-             f"val loss (patience {o['patience']}): best epoch {config['best_epoch']} of {config['epochs_run']}",
-             ""] + class_map_section(config.get("class_map")) + [
-             "## Test split: head only against fine-tuned", ""]
-    rows = [row("head only (cached features)", metrics["head_only"]["test"])] if "test" in metrics.get(
-        "head_only", {}) else []
-    lines += md_table(["model", "n", "accuracy", "balanced acc", "macro AUC", "melanoma sens", "melanoma spec"],
-                      rows + [row("fine-tuned (from images)", metrics["test"])]) + [""]
-    bad = [f for f in config["failed"] if f["split"] == "test"]
-    if bad:
-        lines += [f"{len(bad)} test images could not be read and are left out of the fine-tuned row.", ""]
-    lines += ["![training curves](curves.png)", "", "![confusion matrix, test split](confusion.png)", "",
-              f"Rerun: {md_code(shlex.join(config['command']))}", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path

@@ -49,7 +49,8 @@ from ..util import progress_bar, sha256_file, write_json_atomic
 from .directory import write_history
 from .grid import config_id, write_grid_toml
 from .leaderboard import METRICS, choose_winner, format_leaderboard, metric_score, write_leaderboard
-from .train import RunOptions, fit_and_write, resolve_split, task_map
+from .splitting import resolve_split
+from .train import RunOptions, fit_and_write, task_map
 from .views import require_views, tta_proba
 
 
@@ -100,7 +101,7 @@ def _bind(out: Path, data: CacheData, opts: SweepOptions) -> tuple[np.ndarray, n
         split, _ = load_split(out, data.image_ids)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        split, info = resolve_split(data, opts.split, opts.split_from, opts.duplicates)
+        split, info, _ = resolve_split(data, opts.split, opts.split_from, opts.duplicates)
         save_split(out / "split.csv", data.image_ids, split)
         write_json_atomic(meta, identity | {"duplicates": info["duplicates"]})  # recorded, not part of the binding
     grouped = replace(data, groups=recorded_groups(out, data))

@@ -32,16 +32,11 @@ from ..heads import (
     HeadConfig,
     SplitSpec,
     TrainedHead,
-    check_split,
     class_weights,
-    duplicate_groups,
     duplicates_metrics,
-    duplicates_record,
     epoch_bar,
     fit_head,
     fold_calibration,
-    load_split,
-    make_split,
     map_classes,
     predict_log_proba,
     recorded_map,
@@ -73,6 +68,7 @@ from .directory import cache_record, check_free, read_config, staged, write_hist
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .report import write_head_report
 from .sanity import run_warnings
+from .splitting import resolve_split
 from .views import require_views, tta_log_proba, view_batches
 
 EVAL_SPLITS = ("val", "test")
@@ -130,14 +126,13 @@ def rerun_command(cache: Path, out: Path, head: HeadConfig, opts: RunOptions) ->
     return command + ["--augment"] * opts.augment + ["--tta"] * opts.tta
 
 
-def train_head_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: RunOptions = RunOptions()) -> RunResult:
-    """Train a head off `cache`, evaluate it on validation and test (or K folds: `folds.py`), write a run directory."""
+def split_run(cache: str | Path, head: HeadConfig = HeadConfig(), opts: RunOptions = RunOptions()) -> RunResult:
+    """Train a head off `cache` on one train/val/test split, evaluate it on validation and test, write a run
+    directory. `train_head_run` (folds.py) is train-head: this, or K folds with --folds."""
     if opts.folds:
-        from .folds import folds_run  # folds.py builds on this module
-
-        return folds_run(cache, head, opts)
+        raise InputError("split_run trains on one split; train-head with --folds K is folds.train_head_run")
     data, out, opts = open_run(cache, head, opts)
-    split, split_info = resolve_split(data, opts.split, opts.split_from, opts.duplicates)
+    split, split_info, _ = resolve_split(data, opts.split, opts.split_from, opts.duplicates)
     return fit_and_write(data, split, split_info, head, out, opts, rerun_command(cache, out, head, opts))
 
 
@@ -163,26 +158,6 @@ def task_map(class_map: ClassMap | None, split_from: Path | None) -> ClassMap | 
         return class_map
     config = Path(split_from) / "config.json"
     return recorded_map(read_config(Path(split_from)), f"{config}: key 'class_map'") if config.is_file() else None
-
-
-def resolve_split(data: CacheData, spec: SplitSpec, split_from: Path | None,
-                  duplicates: str = "group") -> tuple[np.ndarray, dict]:
-    """The split of a run: made from the seed (near-duplicates across groups joined first, with `group`), or reused
-    from an earlier run (with the groups it joined); checked either way. info["duplicates"]: what was found."""
-    if len(data.labels) == 0:
-        raise InputError(f"cache {data.path} is empty (0 rows); run `bottleneck extract` into it first")
-    info = {"fractions": [spec.train, spec.val, spec.test], "seed": spec.seed,
-            "from": str(split_from) if split_from else None}
-    near, groups = duplicate_groups(data, duplicates, split_from)
-    if split_from:
-        split, extra = load_split(split_from, data.image_ids)
-        split[data.labels < 0] = ""
-        info.update(extra)
-    else:
-        split = make_split(data.labels, groups, data.image_ids, data.class_names, spec)
-    check_split(split, data.labels, groups, data.class_names)
-    info["duplicates"] = duplicates_record(duplicates, near, data, split, groups)
-    return split, info
 
 
 @dataclass

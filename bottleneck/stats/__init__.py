@@ -1,6 +1,6 @@
 """The numbers of a run, in numpy, scipy and scikit-learn only (no Keras, no h5py): imbalance-aware metrics and the
 one decision rule (`metrics`), the lesion bootstrap (`bootstrap`) and the intervals it gives (`intervals`),
-calibration (`calibration`) and the figures a clinician can defend (`clinical`).
+calibration (`calibration`), the figures a clinician can defend (`clinical`) and runs compared as pairs (`paired`).
 
 What other packages may use is named here; everything else is private to the package."""
 
@@ -44,6 +44,7 @@ from .metrics import (
     log_softmax,
     ovr_scores,
 )
+from .paired import ALPHA, PAIRED_METRICS, PAIRED_RESAMPLES, Scored, bootstrap_p, delong, holm, paired_bootstrap
 from .units import group_keys, resampling_units
 
 __all__ = [
@@ -55,4 +56,5 @@ __all__ = [
     "positive_index", "resampling_units", "small_class_warnings", "subgroup_columns", "subgroup_table",
     "uncalibrated_record", "warn",
     "FEW_LESIONS", "interval_of", "proportion_interval", "ratio", "resample_weights",
+    "ALPHA", "PAIRED_METRICS", "PAIRED_RESAMPLES", "Scored", "bootstrap_p", "delong", "holm", "paired_bootstrap",
 ]

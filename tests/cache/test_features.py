@@ -23,10 +23,10 @@ from bottleneck.cache.features import (
 )
 from bottleneck.cache.store import load_cache
 from bottleneck.errors import InputError
-from bottleneck.heads.model import HeadConfig, fit_head, predict_proba
+from bottleneck.heads import HeadConfig, fit_head, predict_proba
 from bottleneck.images.views import view_sampler
+from bottleneck.runs import RunOptions, train_head_run
 from bottleneck.runs.evaluate import evaluate_run
-from bottleneck.runs.train import RunOptions, train_head_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:features of .* streaming them")  # the notice the CLI prints
 

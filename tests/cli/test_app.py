@@ -130,7 +130,7 @@ def test_help_info_merge_and_evaluate_never_import_tensorflow(tmp_path, synth_ru
 COMMANDS = [c.name for c in app.registered_commands]
 # Every command that works long enough to print progress (or runs commands that do) takes -q/--quiet.
 QUIET_COMMANDS = ["extract", "merge", "train-head", "evaluate", "sweep", "fine-tune", "predict", "export", "bench",
-                  "demo"]
+                  "demo", "compare"]
 
 
 def help_text(*args) -> str:
@@ -154,7 +154,7 @@ def test_help_at_80_columns_cuts_nothing_and_shows_no_bool_type(command):
 
 def test_the_commands_with_a_class_map_show_its_syntax():
     assert {c for c in COMMANDS if CLASS_MAP_SYNTAX in help_text(c)} == {"train-head", "evaluate", "sweep",
-                                                                           "fine-tune"}
+                                                                           "fine-tune", "compare"}
 
 
 def test_quiet_is_the_same_option_on_every_command_that_prints_progress(tmp_path, synth_run):

@@ -8,11 +8,11 @@ import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from bottleneck.errors import InputError
+from bottleneck.heads import fit_head
 from bottleneck.heads.model import (
     HeadConfig,
     build_head,
     class_weights,
-    fit_head,
     make_optimizer,
     parse_hidden,
     predict_proba,

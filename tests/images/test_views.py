@@ -17,9 +17,9 @@ from bottleneck.heads.model import HeadConfig, predict_proba
 from bottleneck.images.decode import load_image
 from bottleneck.images.index import build_index
 from bottleneck.images.views import view_sampler
+from bottleneck.runs import RunOptions, train_head_run
 from bottleneck.runs.directory import load_run
 from bottleneck.runs.evaluate import evaluate_run
-from bottleneck.runs.train import RunOptions, train_head_run
 from bottleneck.runs.views import tta_proba
 
 FAST = HeadConfig(epochs=4, patience=3, hidden=(32,))

@@ -17,8 +17,8 @@ from conftest import feature_cache, restamp, run_cli
 from bottleneck.cache import load_cache
 from bottleneck.heads.model import HeadConfig
 from bottleneck.images import NEAR_BITS, NEAR_COSINE, dihedral_variants
+from bottleneck.runs import RunOptions, train_head_run
 from bottleneck.runs.evaluate import evaluate_run
-from bottleneck.runs.train import RunOptions, train_head_run
 
 COUNTS = {"bcc": 30, "mel": 30, "nv": 60}  # nv is the training majority
 TEXT_COLUMNS = ("image_id", "group", "sha256")

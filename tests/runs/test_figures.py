@@ -31,7 +31,7 @@ def noisy_run(tmp_path_factory):
     """A run whose figures sit inside (0, 1): overlapping classes, lesions of two images; few melanoma lesions in
     the test split, many naevus ones."""
     from bottleneck.heads.model import HeadConfig
-    from bottleneck.runs.train import RunOptions, train_head_run
+    from bottleneck.runs import RunOptions, train_head_run
 
     tmp = tmp_path_factory.mktemp("figures")
     cache = feature_cache(tmp / "c.h5", counts={"bcc": 80, "mel": 36, "nv": 240}, separation=0.35)

@@ -19,8 +19,8 @@ from bottleneck.errors import InputError
 from bottleneck.heads.model import HeadConfig
 from bottleneck.heads.splits import SplitSpec, cv_parts, make_folds
 from bottleneck.runs.grid import expand_grid
+from bottleneck.runs.splitting import resolve_split
 from bottleneck.runs.sweep import SweepOptions, _bind, fit_part, run_sweep
-from bottleneck.runs.train import resolve_split
 
 runner = CliRunner()
 SMALL = dict(epochs=[6], patience=[3])
@@ -34,7 +34,7 @@ def cache(tmp_path):
 def test_a_val_split_score_does_not_depend_on_the_val_labels(cache):
     """--folds 0 scores the val split: the head trained for it is the same whatever val's labels are."""
     data = load_cache(cache)
-    split, _ = resolve_split(data, SplitSpec(), None)
+    split, _, _ = resolve_split(data, SplitSpec(), None)
     part = cv_parts(data, split, None, seed=0)[0]
     other = data.labels.copy()
     other[part[2]] = (other[part[2]] + 1) % 3
@@ -49,7 +49,7 @@ def test_a_fold_score_does_not_depend_on_the_scored_folds_labels(cache):
     """Train one fold twice, the second time with every label of the scored fold changed: the head (and so its
     predictions on that fold) must be the same. Early-stopping on the scored fold, as sweeps once did, fails it."""
     data = load_cache(cache)
-    split, _ = resolve_split(data, SplitSpec(), None)
+    split, _, _ = resolve_split(data, SplitSpec(), None)
     folds = make_folds(data, split, 3, seed=0)
     fit, stop, held = cv_parts(data, split, folds, seed=0)[0]
     other = data.labels.copy()

@@ -16,8 +16,8 @@ from bottleneck.errors import InputError
 from bottleneck.extract.run import ExtractOptions, extract
 from bottleneck.heads.model import HeadConfig
 from bottleneck.images.index import build_index
+from bottleneck.runs import RunOptions, train_head_run
 from bottleneck.runs.directory import load_run
-from bottleneck.runs.train import RunOptions, train_head_run
 
 FAST = HeadConfig(**FAST_HEAD)  # the configuration of conftest's synth_run
 

@@ -6,7 +6,7 @@ from conftest import write_image
 from bottleneck.images.index import build_index
 from bottleneck.extract.run import ExtractOptions, extract
 from bottleneck.heads.model import HeadConfig
-from bottleneck.runs.train import RunOptions, train_head_run
+from bottleneck.runs import RunOptions, train_head_run
 from bottleneck.heads.splits import SplitSpec
 
 out = Path(sys.argv[1])
