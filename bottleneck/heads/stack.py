@@ -130,7 +130,7 @@ def _train(parts: list[Part], x, y, xt, yt, num_classes: int, callbacks=()) -> l
     cfg0 = parts[0].cfg
     n_heads, dim = len(parts), x.shape[1]
     stats = [_standardization(x, p) for p in parts]
-    hyper = _hyper(parts, stats, y, num_classes, tf)
+    hyper = _hyper(parts, stats, y, num_classes, dim, tf)
     sizes = [dim, *cfg0.hidden, num_classes]
     init = [_glorot(p.cfg.seed, sizes) for p in parts]
     params = [tf.constant(np.stack([h[k] for h in init])) for k in range(2 * (len(sizes) - 1))]
@@ -194,10 +194,10 @@ def _standardization(x: np.ndarray, part: Part) -> tuple[np.ndarray | None, np.n
     return rows.mean(axis=0).astype(np.float32), rows.var(axis=0).astype(np.float32)
 
 
-def _hyper(parts: list[Part], stats, y: np.ndarray, num_classes: int, tf) -> dict:
-    """Per-head constants of the traced functions, as (H, ...) tensors."""
-    dim = stats[0][0].shape[0] if stats[0][0] is not None else None
-    mean = [s[0] if s[0] is not None else np.zeros(dim or 1, np.float32) for s in stats]
+def _hyper(parts: list[Part], stats, y: np.ndarray, num_classes: int, dim: int, tf) -> dict:
+    """Per-head constants of the traced functions, as (H, ...) tensors; a head without standardisation gets mean 0
+    and scale 1 (the identity), whichever head of the stack comes first."""
+    mean = [s[0] if s[0] is not None else np.zeros(dim, np.float32) for s in stats]
     scale = [np.maximum(np.sqrt(s[1]), np.float32(EPSILON)) if s[1] is not None else np.ones_like(m)
              for s, m in zip(stats, mean)]
     weights = []
@@ -206,7 +206,6 @@ def _hyper(parts: list[Part], stats, y: np.ndarray, num_classes: int, tf) -> dic
         weights.append([cw[c] if cw else 1.0 for c in range(num_classes)])
     f32 = np.float32
     return {"mean": tf.constant(np.stack(mean)), "scale": tf.constant(np.stack(scale)),
-            "standardize": tf.constant([p.cfg.standardize for p in parts]),
             "class_weight": tf.constant(np.array(weights, f32)),
             "lr": tf.constant(np.array([p.cfg.lr for p in parts], f32)),
             "decay_rate": tf.constant(np.array([p.cfg.decay_rate for p in parts], f32)),

@@ -34,7 +34,7 @@ def test_a_head_in_a_stack_is_the_head_trained_alone(data, optimizer, hidden):
     x, y, order = data
     cfgs = [HeadConfig(hidden=hidden, optimizer=optimizer, epochs=12, patience=3, batch_size=16, seed=s,
                        dropout=d, lr=lr, standardize=std)
-            for s, d, lr, std in [(0, 0.5, 1e-3, True), (1, 0.2, 3e-3, False), (2, 0.0, 1e-2, True)]]
+            for s, d, lr, std in [(0, 0.5, 1e-3, False), (1, 0.2, 3e-3, True), (2, 0.0, 1e-2, True)]]
     ps = parts(order, cfgs)
     stacked = fit_stack(x, y, ps, CLASSES)
     for part, head in zip(ps, stacked):
