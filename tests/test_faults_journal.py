@@ -56,29 +56,38 @@ def _row(i: int) -> dict:
 # -- the journal's files ----------------------------------------------------------------------------------------
 
 def test_damaged_and_stale_journal_files_are_set_aside_and_the_rerun_completes(tmp_path, reference):
-    """A truncated batch, one of another feature size, a file merely named like a batch and parts cut off
-    mid-write: each damaged one is moved to damaged/ with one warning naming it, the parts are removed, and the
-    extraction ends with exactly the uninterrupted features."""
+    """A batch whose bytes fail its CRC, one of another feature size, a file merely named like a batch, a record
+    cut off at a segment's end and parts of files an older version cut off mid-write: each damaged batch is kept
+    in damaged/ with one warning naming it, the cut-off record and the parts are removed, and the extraction ends
+    with exactly the uninterrupted features."""
     root, expected = reference
     o = extract_opts(tmp_path)
     config = make_config(o)
     journal = Journal(o.cache, config)
     whole = journal.write([_row(1), _row(2)], np.ones((2, config.num_features), np.float32))
-    whole.write_bytes(whole.read_bytes()[:200])  # truncated: does not load
+    cut = journal.write([_row(4)], np.ones((1, config.num_features), np.float32))
+    journal.close_segment()
+    with open(whole.path, "r+b") as fh:  # a flipped byte, as a power cut can leave one
+        fh.seek(whole.offset + whole.size - 3)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.truncate(cut.path, cut.offset + cut.size // 2)  # a record cut off mid-write: never a batch
     other = Journal(o.cache, make_config(extract_opts(tmp_path, backbone="mobilenet_v2")))
-    other.seq = journal.seq
     other.write([_row(3)], np.ones((1, other.config.num_features), np.float32))  # loads, wrong shape
+    other.close_segment()
     (journal.dir / "batch-extra.npz").write_bytes(b"not a batch")
-    (journal.dir / ".batch-00000009.npz.part").write_bytes(b"cut off")
+    (journal.dir / ".batch-00000009.npz.part").write_bytes(b"cut off by an older version")
     (journal.dir / "batch-00000010.npz.tmp").write_bytes(b"cut off by an older version")
+    assert [b.name for b in pending_batches(o.cache)] == ["journal-00000001.bnj@0", "journal-00000002.bnj@0"]
     with pytest.warns(BottleneckWarning) as warned:
         s = extract(build_index(root), o)
     named = " ".join(str(w.message) for w in warned)
-    damaged = ("batch-00000001.npz", "batch-00000002.npz", "batch-extra")
+    damaged = ("journal-00000001.bnj@0", "journal-00000002.bnj@0", "batch-extra")
     assert named.count("journal batch") == 3 and all(n in named for n in damaged), named
-    assert s.extracted == 8 and _same(o.cache, expected)
+    assert "CRC" in named and s.extracted == 8 and _same(o.cache, expected)
     assert sorted(p.name for p in (journal.dir / "damaged").iterdir()) == [
-        "batch-00000001.npz", "batch-00000002.npz", "batch-extra.npz"]
+        "batch-extra.npz", "journal-00000001-0.bnj", "journal-00000002-0.bnj"]
     assert [p.name for p in journal.dir.iterdir()] == ["damaged"]  # no part, no batch, no config left
 
 
@@ -100,12 +109,16 @@ def test_check_batch_names_what_is_wrong(tmp_path, damage, why):
         check_batch(arrays, config.num_features, config.dtype)
 
 
-def test_a_journal_part_is_never_a_batch(tmp_path):
+def test_a_record_cut_off_is_never_a_batch(tmp_path):
     config = make_config(extract_opts(tmp_path))
     j = Journal(tmp_path / "c.h5", config)
     j.write([_row(1)], None)
-    (j.dir / ".batch-00000002.npz.part").write_bytes(b"x")
-    assert [p.name for p in pending_batches(tmp_path / "c.h5")] == ["batch-00000001.npz"]
+    cut = j.write([_row(2)], None)
+    j.close_segment()
+    os.truncate(cut.path, cut.offset + 10)  # inside the second record's header
+    (j.dir / ".batch-00000002.npz.part").write_bytes(b"x")  # as an older version left a cut-off batch
+    assert [b.name for b in pending_batches(tmp_path / "c.h5")] == ["journal-00000001.bnj@0"]
+    assert list(Journal.read(pending_batches(tmp_path / "c.h5")[0])["image_id"]) == ["x1"]
 
 
 # -- file names that are not UTF-8 ------------------------------------------------------------------------------
@@ -188,7 +201,7 @@ def test_ctrl_c_anywhere_keeps_the_finished_batches(tmp_path, reference, monkeyp
     if where == "hashing":
         monkeypatch.setattr(extract_mod, "_sha256", interrupt_on(5, extract_mod._sha256))
     elif where == "journal write":
-        monkeypatch.setattr(Journal, "_write_file", interrupt_on(3, Journal._write_file))  # config, batch 1, batch 2
+        monkeypatch.setattr(Journal, "_append", interrupt_on(2, Journal._append))  # batch 1, batch 2
     else:
         monkeypatch.setattr(extract_mod, "seeds_for", interrupt_on(2, extract_mod.seeds_for))
     r = run_cli("extract", root, *TINY_ARGS, "--batch-size", 4, "--cache", o.cache)
@@ -205,7 +218,7 @@ def test_ctrl_c_anywhere_keeps_the_finished_batches(tmp_path, reference, monkeyp
 
 @pytest.mark.slow
 def test_an_extraction_killed_at_any_journal_step_reruns_to_the_same_features(tmp_path, reference, forked):
-    """SIGKILL at the 1st, 2nd, ... step of the journal (each half-written file, each rename, each cleanup)
+    """SIGKILL at the 1st, 2nd, ... step of the journal (each half-written record, each whole one, each cleanup)
     until a run gets past the last: every rerun ends with exactly the uninterrupted features."""
     root, expected = reference
     n, killed = 0, 0

@@ -11,15 +11,16 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .journal import ROW_FIELDS, Journal, batch_meta, batch_phash
-from .row_keys import KEYS, id_key, keys_for, matching_rows, read_keys
-from .store import META, PHASH, STRING_DTYPE, decode_strings, meta_dataset, stored_meta_columns
+from .handle import SCHEMA_VERSION
+from .journal import ROW_FIELDS, batch_meta, batch_phash
+from .row_keys import KEYS, key_array, keys_for, matching_rows, read_keys
+from .store import META, PHASH, STRING_DTYPE, decode_strings, library_versions, meta_dataset, stored_meta_columns
 
 
 @dataclass
@@ -42,14 +43,16 @@ class CommittedState:
         return cls(int(f.attrs["n_rows"]), json.loads(f.attrs["class_names"]), failed,
                    meta_columns=stored_meta_columns(f))
 
-    def resolve(self, f, image_ids: list[str]) -> list[int | None]:
-        """The row of each id, or None for an id not in the cache; a key match is confirmed by reading that row's
-        id. Ids looked up before (by `CacheWriter.lookup` or an earlier batch) cost nothing."""
-        todo = list(dict.fromkeys(i for i in image_ids if i not in self.known and i not in self.absent))
+    def resolve(self, f, image_ids: list[str], keys: np.ndarray) -> list[int | None]:
+        """The row of each id (`keys`: their `id_key`s), or None for an id not in the cache; a key match is
+        confirmed by reading that row's id. Ids looked up before (by `CacheWriter.lookup` or an earlier batch) cost
+        nothing."""
+        at = {i: k for k, i in enumerate(image_ids) if i not in self.known and i not in self.absent}
+        todo = list(at)
         if todo:
             if self.id_keys is None:
                 self.id_keys = read_keys(f, self.n)[:, 0]
-            keys = [id_key(i) for i in todo]
+            keys = keys[list(at.values())]
             hits = matching_rows(self.id_keys, keys)
             for image_id, key in zip(todo, keys):
                 for r in hits.get(key, ()):
@@ -60,6 +63,42 @@ class CommittedState:
                     self.absent.add(image_id)
         return [self.known.get(i) for i in image_ids]
 
+
+
+def merged(batches: Iterable[dict], max_rows: int = 8192):
+    """Consecutive batches (dicts of arrays) joined into fewer, larger ones that apply exactly as the sequence
+    would: a batch joins the one before only when both have the same arrays, metadata columns and views, no image
+    id of it is already there, and none of its paths failed there (applied in turn, its row would clear that
+    failure); at most `max_rows` rows each. A commit of many small batches writes each dataset a few times."""
+    group: list[dict] = []
+    ids: set[str] = set()
+    failed: set[str] = set()
+    rows = 0
+    for b in batches:
+        if group and rows + len(b["image_id"]) <= max_rows and _same_kind(group[0], b) \
+                and ids.isdisjoint(b["image_id"].tolist()) and failed.isdisjoint(b["path"].tolist()):
+            group.append(b)
+            rows += len(b["image_id"])
+        else:
+            if group:
+                yield _joined(group)
+            group, ids, failed, rows = [b], set(), set(), len(b["image_id"])
+        ids.update(b["image_id"].tolist())
+        failed.update(b["failed"][:, 0].tolist())
+    if group:
+        yield _joined(group)
+
+
+def _same_kind(a: dict, b: dict) -> bool:
+    return (set(a) == set(b) and a["meta_names"].tolist() == b["meta_names"].tolist()
+            and int(a["view_lo"]) == int(b["view_lo"]) and a["views"].shape[1:] == b["views"].shape[1:])
+
+
+def _joined(group: list[dict]) -> dict:
+    if len(group) == 1:
+        return group[0]
+    fixed = ("meta_names", "view_lo")  # the same in every batch of a group
+    return {k: group[0][k] if k in fixed else np.concatenate([g[k] for g in group]) for k in group[0]}
 
 
 def drop_tracebacks(exc: BaseException | None) -> None:
@@ -87,8 +126,28 @@ def interrupts_deferred():
         raise KeyboardInterrupt
 
 
-def apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, ...], state: CommittedState) -> int:
-    """Apply journaled batches to the open file `f`, keeping `state` in step; returns the rows added.
+def create_layout(f, config) -> None:
+    """The empty datasets and attributes of a new cache of `config` in the open file `f` (its first commit)."""
+    d = config.num_features
+    chunk_rows = max(1, min(1024, (1 << 20) // (d * np.dtype(config.dtype).itemsize)))  # ~1 MiB chunks
+    f.create_dataset("features", (0, d), maxshape=(None, d), dtype=config.dtype, chunks=(chunk_rows, d))
+    for name in ROW_FIELDS:
+        f.create_dataset(name, (0,), maxshape=(None,), dtype=STRING_DTYPE, chunks=(4096,))
+    f.create_group(META)  # one column per metadata column, created by the commit that first brings it
+    f.create_dataset("label", (0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
+    f.create_dataset("orig_size", (0, 2), maxshape=(None, 2), dtype=np.int32, chunks=(4096, 2))
+    f.create_dataset(KEYS, (0, 2), maxshape=(None, 2), dtype=np.uint64, chunks=(8192, 2))
+    for name in ("path", "reason", "sha256"):
+        f.create_dataset(f"failed/{name}", (0,), maxshape=(None,), dtype=STRING_DTYPE, chunks=(1024,))
+    f.attrs.update({k: v for k, v in asdict(config).items()})
+    f.attrs.update(schema_version=SCHEMA_VERSION, n_rows=0, class_names="[]",
+                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   library_versions=json.dumps(library_versions(), allow_nan=False))
+
+
+def apply_batches(f, batches: Iterable[dict], info: dict, class_names: tuple[str, ...], state: CommittedState) -> int:
+    """Apply journaled batches (their arrays, in order: see `journal.merged`) to the open file `f`, keeping `state`
+    in step; returns the rows added.
 
     Rows past the committed count are written first and `n_rows` is advanced last, so a reader of the
     committed count never sees a row that is not whole."""
@@ -98,7 +157,7 @@ def apply_batches(f, batches: list[Path], info: dict, class_names: tuple[str, ..
     # New class names are appended, never inserted, so label indices already stored stay valid.
     classes.extend(c for c in class_names if c not in classes)
     for batch in batches:
-        n = _apply_batch(f, Journal.read(batch), n, state)
+        n = _apply_batch(f, batch, n, state)
     if failed != failed_before:
         _write_failed(f, failed)
     if "views" in f and f["views"].shape[0] < n:  # rows added without views (they get them next run)
@@ -129,9 +188,11 @@ def _apply_batch(f, b: dict, n: int, state: CommittedState) -> int:
     """One journaled batch `b`: its known ids refreshed in place, its new ones appended past row `n`, its views and
     failed images recorded; returns the row count after it (still uncommitted: `n_rows` is the caller's)."""
     classes, failed = state.classes, state.failed
-    for name, has in zip(b["label"], b["has_label"]):
-        if has and name not in classes:
-            classes.append(str(name))
+    labels, has_label = b["label"].tolist(), b["has_label"].tolist()
+    for name in dict.fromkeys(name for name, has in zip(labels, has_label) if has):
+        if name not in classes:
+            classes.append(name)
+    index = {c: k for k, c in enumerate(classes)}
     meta_names, meta = batch_meta(b)  # (C,), (rows, C)
     for c in meta_names:
         if c not in state.meta_columns:  # columns are only ever added, as classes are
@@ -142,10 +203,13 @@ def _apply_batch(f, b: dict, n: int, state: CommittedState) -> int:
         add_phash_column(f, n)
     new_rows = []
     rows_of_batch = []
-    ids = [str(i) for i in b["image_id"]]
-    for i, (image_id, r) in enumerate(zip(ids, state.resolve(f, ids))):
-        label = classes.index(str(b["label"][i])) if b["has_label"][i] else -1
-        failed.pop(str(b["path"][i]), None)
+    ids = b["image_id"].tolist()
+    id_keys = key_array(ids)
+    if failed:
+        for path in b["path"].tolist():
+            failed.pop(path, None)
+    for i, (image_id, r) in enumerate(zip(ids, state.resolve(f, ids, id_keys))):
+        label = index[labels[i]] if has_label[i] else -1
         r = state.known.get(image_id, r)  # an id twice in one batch: its first copy was appended above
         if r is not None:
             rows_of_batch.append(r)
@@ -157,7 +221,7 @@ def _apply_batch(f, b: dict, n: int, state: CommittedState) -> int:
             state.known[image_id] = n + len(new_rows)
             new_rows.append((i, label))
     if new_rows:
-        _append_new_rows(f, b, n, new_rows, meta_names, meta, state.meta_columns)
+        _append_new_rows(f, b, n, new_rows, meta_names, meta, state.meta_columns, id_keys)
         n += len(new_rows)
     if int(b["view_lo"]) > 0:
         _store_views(f, n, rows_of_batch, b["views"], int(b["view_lo"]))
@@ -180,16 +244,17 @@ def _refresh_row(f, b: dict, i: int, r: int, image_id: str, label: int, meta_nam
 
 
 def _append_new_rows(f, b: dict, n: int, new_rows: list[tuple[int, int]], meta_names: list[str], meta: np.ndarray,
-                     meta_columns: list[str]) -> None:
-    """The batch rows `new_rows` ((batch row, label) each) written as cache rows n.., past the committed count."""
+                     meta_columns: list[str], id_keys: np.ndarray) -> None:
+    """The batch rows `new_rows` ((batch row, label) each) written as cache rows n.., past the committed count;
+    `id_keys`: the `id_key` of each batch row."""
     sel = np.array([i for i, _ in new_rows])
     phash, has_phash = batch_phash(b)
     for k in ROW_FIELDS:
-        _append_rows(f[k], n, [str(v) for v in b[k][sel]])
+        _append_rows(f[k], n, b[k][sel].tolist())
     for c in meta_columns:  # every column grows with the rows: "" where the batch lacks it
-        values = meta[sel, meta_names.index(c)] if c in meta_names else [""] * len(sel)
-        _append_rows(f[meta_dataset(c)], n, [str(v) for v in values])
-    _append_rows(f[KEYS], n, keys_for(b["image_id"][sel], b["sha256"][sel]))
+        values = meta[sel, meta_names.index(c)].tolist() if c in meta_names else [""] * len(sel)
+        _append_rows(f[meta_dataset(c)], n, values)
+    _append_rows(f[KEYS], n, np.stack([id_keys[sel], key_array(b["sha256"][sel].tolist())], axis=1))
     _append_rows(f["label"], n, np.array([lab for _, lab in new_rows], dtype=np.int32))
     _append_rows(f["orig_size"], n, b["size"][sel])
     _append_rows(f["features"], n, b["features"][sel])

@@ -1,33 +1,41 @@
 """The batch journal of a cache (`<cache>.journal/`): the redo log between a batch and its commit.
 
-Each finished batch is one `.npz`, written as `.batch-N.npz.part` (a name the journal never reads as a batch),
-fsynced and renamed to `batch-N.npz`, so a batch is journaled whole or not at all; a part left by a killed run is
-removed by the next writer. A commit checks every batch before applying it (`check_batch`): one that does not
-load, or whose arrays are not what a batch holds, is moved to `damaged/` with a warning, and its images, absent
-from the cache, are simply extracted again. A commit then empties the journal. Batches are keyed by image id, so
-applying one twice (a crash between the commit and the cleanup) adds nothing twice.
+Finished batches are appended as framed records (`frames.py`: header, CRC-32, arrays) to one segment file,
+`journal-N.bnj` (N: the number of its first batch); a writer starts a new segment after each commit. Nothing is
+synced batch by batch: the segment is fsynced at most every `SYNC_SECONDS` and when its writer ends, so a killed
+process loses nothing it journaled (the kernel still holds it) and a power cut at most the batches of the last
+`SYNC_SECONDS`, whose records are then cut off or fail their CRC. A record a kill or a full disk cut off can only
+be a segment's last; readers ignore it and the next writer truncates it. A commit checks every batch before
+applying it (`check_batch`): one that does not load, fails its CRC, or whose arrays are not what a batch holds, is
+copied to `damaged/` with a warning, and its images, absent from the cache, are simply extracted again. A commit
+then deletes the segments it applied. Batches are keyed by image id, so applying one twice (a crash between the
+commit and the cleanup) adds nothing twice. Batches journaled one file each by older versions (`batch-N.npz`) are
+read and committed as before.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import signal
+import time
 import warnings
 import zipfile
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BottleneckWarning, CacheError
+from .frames import DamagedRecord, pack, read_record, scan, write_all
 
 ROW_FIELDS = ("image_id", "path", "group", "sha256")  # string columns, one per row
-BATCH_NAME = re.compile(r"batch-(\d+)\.npz")
+SEGMENT_NAME = re.compile(r"journal-(\d+)\.bnj")
+LEGACY_NAME = re.compile(r"batch-(\d+)\.npz")  # one batch per file, journaled by a version before the segments
 STALE = (".batch-*.npz.part", "batch-*.npz.tmp", ".config.json.part", "config.json.tmp")  # cut off mid-write
+SYNC_SECONDS = 1.0  # batches reach the disk in groups at most this far apart: the power-loss window
 CRASH_ENV = "BOTTLENECK_CRASH_AT_JOURNAL"  # crash harness: SIGKILL self at the Nth journal step (tests)
 # What a batch holds: name -> (dimensions, dtype kind); "D" stands for the cache's dtype. `meta_names` (C,) names
 # the metadata columns (`extract --meta-columns`) and `meta` (n, C) holds each row's values.
@@ -39,17 +47,53 @@ PHASH_ARRAYS = ("phash", "has_phash")  # each row's perceptual fingerprint, abse
 NOT_PER_ROW = ("failed", "meta_names")  # arrays whose first dimension is not the batch's rows
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One journaled batch: the record at `offset` (`size` bytes) of a segment, or a whole legacy `.npz` file."""
+
+    path: Path
+    offset: int
+    size: int
+    seq: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path.suffix == ".npz" else f"{self.path.name}@{self.offset}"
+
+
 def journal_dir(path: Path) -> Path:
     return path.with_name(path.name + ".journal")
 
 
-def pending_batches(path: Path) -> list[Path]:
-    """The journaled batches of `path`, in order. Safe while a writer runs: a commit that empties the journal
-    removes its folder, which may vanish between the check and the listing (then nothing is pending)."""
+def segments(path: Path) -> list[Path]:
+    """The journal's segment files and legacy batch files, in order. Safe while a writer runs: a commit that
+    empties the journal removes its folder, which may vanish between the check and the listing."""
     try:
-        return sorted(p for p in journal_dir(path).glob("batch-*.npz") if BATCH_NAME.fullmatch(p.name))
+        found = [p for p in journal_dir(path).iterdir() if file_seq(p) is not None]
     except FileNotFoundError:
         return []
+    return sorted(found, key=lambda p: (file_seq(p), p.name))
+
+
+def file_seq(p: Path) -> int | None:
+    """The number of the first batch of a journal file (a segment or a legacy batch), None for another file."""
+    m = SEGMENT_NAME.fullmatch(p.name) or LEGACY_NAME.fullmatch(p.name)
+    return int(m.group(1)) if m else None
+
+
+def pending_batches(path: Path) -> list[Batch]:
+    """The journaled batches of `path`, in order; a record still being written (or cut off) is not one."""
+    out = []
+    for f in segments(path):
+        try:
+            if f.suffix == ".npz":
+                out.append(Batch(f, 0, f.stat().st_size, file_seq(f)))
+                continue
+            records, _ = scan(f)
+        except FileNotFoundError:  # committed and removed meanwhile
+            continue
+        out.extend(Batch(f, off, size, file_seq(f) + k) for k, (off, size) in enumerate(records))
+    return out
 
 
 def meta_names(rows: list[dict]) -> list[str]:
@@ -62,10 +106,6 @@ def batch_meta(arrays: dict) -> tuple[list[str], np.ndarray]:
     if "meta_names" not in arrays:
         return [], np.zeros((len(arrays["image_id"]), 0), str)
     return [str(c) for c in arrays["meta_names"]], arrays["meta"]
-
-
-class DamagedBatch(Exception):
-    """A journaled batch that cannot be applied; the message says why."""
 
 
 def utf8_ok(text: str) -> bool:
@@ -119,27 +159,37 @@ def check_batch(arrays: dict, num_features: int, dtype: str) -> None:
             raise DamagedBatch(f"{name} holds a NUL character")
 
 
+class DamagedBatch(Exception):
+    """A journaled batch that cannot be applied; the message says why."""
+
+
 class Journal:
-    """Batches of one cache written durably, in order, by its one writer."""
+    """Batches of one cache written in order, by its one writer, and synced in groups."""
 
     def __init__(self, path: Path, config):
         self.path = path
         self.dir = journal_dir(path)
         self.config = config
-        self.seq = max((int(BATCH_NAME.fullmatch(p.name).group(1)) for p in pending_batches(path)), default=0)
+        self.seq = max((b.seq for b in pending_batches(path)), default=0)
         self.steps = 0
         self.crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
+        self.segment: Path | None = None  # the segment this writer appends to, and its open descriptor
+        self.fd: int | None = None
+        self.end = 0  # where its next record starts
+        self.unsynced = False
+        self.last_sync = time.monotonic()
+        self.done: set[tuple[Path, int]] = set()  # records applied or set aside, in segments not yet removed
 
     def _step(self) -> None:
-        """A point where the crash harness may kill the process: between the journal's writes and renames."""
+        """A point where the crash harness may kill the process: inside and between the journal's writes."""
         self.steps += 1
         if self.crash_at and self.steps == self.crash_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
     # -- writing --------------------------------------------------------------------------------------
     def write(self, rows: list[dict], features: np.ndarray | None, failed=(), views: np.ndarray | None = None,
-              view_lo: int = 0) -> Path:
-        """Journal one batch (see CacheWriter.write_batch for the arguments); returns its file."""
+              view_lo: int = 0) -> Batch:
+        """Journal one batch (see CacheWriter.write_batch for the arguments); returns it."""
         d, dtype, n = self.config.num_features, self.config.dtype, len(rows)
         if features is None:
             features = np.zeros((n, d), np.float32)
@@ -160,51 +210,98 @@ class Journal:
             view_lo=np.array(view_lo if views is not None else 0),
             views=(np.zeros((n, 0, d), dtype) if views is None else np.asarray(views, dtype=dtype)),
         )
-        buf = io.BytesIO()
-        np.savez(buf, **payload)
-        target = self.dir / f"batch-{self.seq + 1:08d}.npz"
         try:
+            batch = self._append(pack(payload))
+            if time.monotonic() - self.last_sync >= SYNC_SECONDS:
+                self.sync()
+        except OSError as exc:
+            raise CacheError(f"cannot write batch {self.seq + 1} to the journal {self.dir}: {os_reason(exc)}; the "
+                             "cache's committed rows are intact and the batches journaled before this one are kept: "
+                             "free space and rerun the same command") from None
+        return batch
+
+    def _append(self, parts: list) -> Batch:
+        """One record at the end of this writer's segment (a new one after a commit): whole, or cut back off."""
+        if self.fd is None:
             if not self.dir.is_dir():
                 self.dir.mkdir(parents=True)
                 # A first run's configuration lives here until its first commit creates the cache.
                 self._write_file(self.dir / "config.json", json.dumps(asdict(self.config), allow_nan=False).encode())
-            self._write_file(target, buf.getbuffer())
-        except OSError as exc:
-            raise CacheError(f"cannot write batch {target.name} to the journal {self.dir}: {os_reason(exc)}; the "
-                             "cache's committed rows are intact and the batches journaled before this one are kept: "
-                             "free space and rerun the same command") from None
+            # A file of that name holds no whole batch (it would be numbered past it): one a failed write emptied
+            self.segment = self.dir / f"journal-{self.seq + 1:08d}.bnj"
+            self.fd, self.end = os.open(self.segment, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 0
+        half = (len(parts) + 1) // 2
+        try:
+            size = write_all(self.fd, parts[:half])
+            self._step()  # killed here: a record cut off at the segment's end, never read as a batch
+            size += write_all(self.fd, parts[half:])
+        except BaseException:
+            try:
+                os.ftruncate(self.fd, self.end)  # the segment ends with whole records again
+                os.lseek(self.fd, self.end, os.SEEK_SET)
+            except OSError:
+                pass  # the next writer cuts it off (remove_stale)
+            raise
+        batch = Batch(self.segment, self.end, size, self.seq + 1)
+        self.end += size
         self.seq += 1
-        return target
+        self.unsynced = True
+        self._step()  # killed here: journaled, not committed
+        return batch
 
-    def _write_file(self, target: Path, data) -> None:
+    def _write_file(self, target: Path, data: bytes) -> None:
         """`target` whole or not at all: written under a name no reader takes for it, fsynced, renamed."""
         part = target.with_name(f".{target.name}.part")
-        view = memoryview(data).cast("B")
         try:
             with open(part, "wb") as fh:
-                fh.write(view[: len(view) // 2])
-                fh.flush()
-                self._step()  # killed here: a partial file under the temporary name
-                fh.write(view[len(view) // 2:])
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            self._step()  # killed here: a whole file under the temporary name
-            os.replace(part, target)  # atomic: a batch is either wholly journaled or absent
+            os.replace(part, target)
         except BaseException:
             try:
                 part.unlink(missing_ok=True)
             except OSError:
                 pass  # the next writer removes it
             raise
-        self._step()  # killed here: journaled, not committed
+
+    def sync(self) -> None:
+        """Put what this writer journaled on the disk: its segment, and its folder's entry for it."""
+        self.last_sync = time.monotonic()
+        if self.fd is None or not self.unsynced:
+            return
+        os.fsync(self.fd)
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.unsynced = False
+
+    def close_segment(self, sync: bool = True) -> None:
+        """Stop appending to the current segment (synced, unless it is being removed); the next batch starts
+        another."""
+        if self.fd is not None:
+            try:
+                if sync:
+                    self.sync()
+            finally:
+                os.close(self.fd)
+                self.fd = None
 
     # -- reading and cleaning ---------------------------------------------------------------------------
     @staticmethod
-    def read(batch: Path) -> dict:
-        with open(batch, "rb") as fh, np.load(fh) as b:  # our handle: np.load leaks its own on a bad zip
-            return {k: b[k] for k in b.files}
+    def read(batch: Batch) -> dict:
+        """A batch's arrays, unchecked; DamagedBatch when its record is cut off, foreign or fails its CRC."""
+        if batch.path.suffix == ".npz":  # journaled by an older version
+            with open(batch.path, "rb") as fh, np.load(fh) as b:  # our handle: np.load leaks its own on a bad zip
+                return {k: b[k] for k in b.files}
+        try:
+            return read_record(batch.path, batch.offset, batch.size)
+        except DamagedRecord as err:
+            raise DamagedBatch(str(err)) from None
 
-    def load(self, batch: Path) -> dict:
+    def load(self, batch: Batch) -> dict:
         """A batch's arrays, checked (`check_batch`); DamagedBatch when it cannot be applied."""
         try:
             arrays = self.read(batch)
@@ -213,36 +310,58 @@ class Journal:
         check_batch(arrays, self.config.num_features, self.config.dtype)
         return arrays
 
-    def set_aside(self, batch: Path, reason: str) -> Path:
-        """Move a damaged batch to `damaged/` (kept for a post-mortem, never read again) and warn, naming it."""
+    def set_aside(self, batch: Batch, reason: str) -> Path:
+        """Keep a damaged batch in `damaged/` for a post-mortem (a legacy file moved there, a segment's record
+        copied there: the segment goes with its commit) and warn, naming it; it is never read again."""
         dest_dir = self.dir / "damaged"
         dest_dir.mkdir(exist_ok=True)
-        dest, k = dest_dir / batch.name, 1
+        stem = batch.path.stem if batch.path.suffix == ".npz" else f"{batch.path.stem}-{batch.offset}"
+        suffix = batch.path.suffix
+        dest, k = dest_dir / f"{stem}{suffix}", 1
         while dest.exists():
-            dest, k = dest_dir / f"{batch.stem}-{k}.npz", k + 1
-        os.replace(batch, dest)
-        warnings.warn(f"journal batch {batch} is damaged ({reason}); moved it to {dest}: its images are not in "
-                      "the cache and the extract command extracts them again", BottleneckWarning, stacklevel=2)
+            dest, k = dest_dir / f"{stem}-{k}{suffix}", k + 1
+        if batch.path.suffix == ".npz":
+            os.replace(batch.path, dest)
+        else:
+            with open(batch.path, "rb") as src:
+                src.seek(batch.offset)
+                dest.write_bytes(src.read(batch.size))
+            self.done.add((batch.path, batch.offset))
+        warnings.warn(f"journal batch {batch.path if batch.path.suffix == '.npz' else batch.name} is damaged "
+                      f"({reason}); kept it as {dest}: its images are not in the cache and the extract command "
+                      "extracts them again", BottleneckWarning, stacklevel=2)
         return dest
 
     def remove_stale(self) -> None:
-        """Parts of files cut off mid-write by a killed run (only the lock holder may call this), and files that
-        look like batches but are not named as the journal names them."""
+        """What a killed run was writing (only the lock holder may call this): parts of files, and a record cut
+        off at a segment's end; files named like batches but not as the journal names them are set aside."""
         if not self.dir.is_dir():
             return
         for pattern in STALE:
             for p in self.dir.glob(pattern):
                 p.unlink(missing_ok=True)
         for p in self.dir.glob("batch-*.npz"):
-            if not BATCH_NAME.fullmatch(p.name):
-                self.set_aside(p, "not a name the journal writes")
+            if not LEGACY_NAME.fullmatch(p.name):
+                self.set_aside(Batch(p, 0, p.stat().st_size, 0), "not a name the journal writes")
+        for p in segments(self.path):
+            if p.suffix == ".bnj":
+                _, end = scan(p)
+                if not end:
+                    p.unlink()
+                elif end < p.stat().st_size:
+                    os.truncate(p, end)
 
-    def clear(self, batches: list[Path]) -> None:
-        """Drop applied batches; the folder (its config.json) goes when no batch is left, unless it keeps
-        damaged batches."""
-        for b in batches:
-            self._step()
-            b.unlink(missing_ok=True)
+    def clear(self, batches: list[Batch]) -> None:
+        """Drop applied batches: every file whose batches were all applied or set aside goes; the folder (its
+        config.json) goes when no batch is left, unless it keeps damaged batches."""
+        self.done.update((b.path, b.offset) for b in batches)
+        for f in sorted({f for f, _ in self.done}, key=lambda p: (file_seq(p) or 0, p.name)):
+            if f.suffix == ".npz" or all((f, off) in self.done for off, _ in scan_or_none(f)):
+                if f == self.segment:
+                    self.close_segment(sync=False)  # its batches are in the cache, which a commit syncs
+                self._step()
+                f.unlink(missing_ok=True)
+                self.done = {d for d in self.done if d[0] != f}
         if self.dir.is_dir() and not pending_batches(self.path):
             self._step()
             self.remove_stale()
@@ -251,6 +370,14 @@ class Journal:
                 self.dir.rmdir()
             except OSError:
                 pass  # damaged/ (or something the user put there) stays
+
+
+def scan_or_none(f: Path) -> list[tuple[int, int]]:
+    """The records of segment `f` (none when it is gone)."""
+    try:
+        return scan(f)[0]
+    except FileNotFoundError:
+        return []
 
 
 def os_reason(exc: OSError) -> str:

@@ -1,6 +1,6 @@
 """Writing a cache safely: one locked writer, journaled batches, commits in place that a crash cannot tear.
 
-    write_batch -> journal (`<cache>.journal/`, one fsynced .npz per batch: the redo log)
+    write_batch -> journal (`<cache>.journal/`: CRC-framed records appended to a segment, synced once a second)
     commit (every `commit_seconds`, and at the end) -> the new rows appended in place under an undo journal
     (`undo.py`), then the committed row count (`n_rows`) advanced -> journal emptied
 
@@ -15,28 +15,22 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
-import json
 import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from ..errors import CacheError, CacheLockedError, CacheMismatchError
-from .commit import CommittedState, apply_batches, drop_tracebacks, interrupts_deferred
-from .handle import SCHEMA_VERSION
-from .journal import ROW_FIELDS, DamagedBatch, Journal, first_line, os_reason, pending_batches
+from .commit import CommittedState, apply_batches, create_layout, drop_tracebacks, interrupts_deferred, merged
+from .journal import Batch, DamagedBatch, Journal, first_line, os_reason, pending_batches
 from .pending import lock_path
-from .row_keys import KEYS, id_key, matching_rows, read_keys, read_rows, sha_key
+from .row_keys import key_array, matching_rows, read_keys, read_rows
 from .store import (
-    META,
     PHASH,
-    STRING_DTYPE,
     CacheConfig,
-    library_versions,
     open_cache,
     read_attrs,
     recorded_config,
@@ -56,6 +50,7 @@ from .undo import (
 COMMIT_SECONDS = 10.0  # how often a running extraction makes its journaled batches readable
 READERS_WAIT = (0.5, 60.0)  # seconds a commit waits for readers to close the cache: periodic, final
 COMMIT_MARGIN = 1 << 20  # bytes a commit needs beyond its batches' own: metadata, the undo journal's pages
+KEEP_LOADED = 256 << 20  # bytes of checked batches a commit keeps in memory rather than reading them twice
 
 
 def free_bytes(folder: Path) -> int:
@@ -123,6 +118,7 @@ class CacheWriter:
         self.journal = Journal(self.path, config)
         self._state: CommittedState | None = None
         self._last_commit = time.monotonic()
+        self._loaded: dict[Batch, dict] = {}  # batches checked by the commit under way, kept to be applied
 
     def __enter__(self) -> CacheWriter:
         if self.path.exists() and read_attrs(self.path).get("virtual"):  # its rows live in the shards' files
@@ -155,7 +151,12 @@ class CacheWriter:
                 raise
             # the error (or Ctrl-C) that ended the run is the one to report; the batches stay journaled
         finally:
-            self.lock.release()
+            try:
+                self.journal.close_segment()  # what stays journaled is on the disk before the lock is released
+            except OSError:
+                pass  # the kernel still holds the batches: only a power cut before it writes them loses them
+            finally:
+                self.lock.release()
 
     # -- configuration -------------------------------------------------------------------------
     def check_config(self) -> None:
@@ -180,7 +181,7 @@ class CacheWriter:
             state = CommittedState.read(f)  # what the first commit needs, from the same open file
             n, classes, views = state.n, list(state.classes), int(f.attrs.get("views", 0))
             keys = read_keys(f, n)
-            id_keys, sha_keys = [id_key(i) for i in image_ids], [sha_key(s) for s in shas]
+            id_keys, sha_keys = key_array(image_ids).tolist(), key_array(shas).tolist()
             by_id, by_sha = matching_rows(keys[:, 0], id_keys), matching_rows(keys[:, 1], sha_keys)
             rows = np.unique(np.array([r for hits in (by_id, by_sha) for rs in hits.values() for r in rs], np.int64))
             stored = read_rows(f, rows, n)
@@ -241,25 +242,30 @@ class CacheWriter:
 
     def commit(self, readers_wait: float = READERS_WAIT[1]) -> int:
         """Apply the journaled batches to the cache; returns the rows added."""
-        batches = self._checked(pending_batches(self.path))
-        if not batches:
-            return 0
-        self._check_space(batches)
-        with interrupts_deferred():  # Ctrl-C lands after the commit, which takes well under a second
-            try:
-                added = self._apply(batches, readers_wait)
-                self.journal.clear(batches)
-            except CommitFailed as err:
-                if isinstance(err.cause, OSError):  # the file system's fault, not a batch's: they stay journaled
-                    raise
-                added = self._one_by_one(batches, readers_wait)
+        try:
+            batches = self._checked(pending_batches(self.path))
+            if not batches:
+                if self.journal.done:  # only damaged batches: kept in damaged/, their segments go
+                    self.journal.clear([])
+                return 0
+            self._check_space(batches)
+            with interrupts_deferred():  # Ctrl-C lands after the commit, which takes well under a second
+                try:
+                    added = self._apply(batches, readers_wait)
+                    self.journal.clear(batches)
+                except CommitFailed as err:
+                    if isinstance(err.cause, OSError):  # the file system's fault, not a batch's: they stay journaled
+                        raise
+                    added = self._one_by_one(batches, readers_wait)
+        finally:
+            self._loaded = {}
         self._last_commit = time.monotonic()
         return added
 
-    def _apply(self, batches: list[Path], readers_wait: float) -> int:
+    def _apply(self, batches: list[Batch], readers_wait: float) -> int:
         return self._append(batches, readers_wait) if self.path.exists() else self._create(batches)
 
-    def _one_by_one(self, batches: list[Path], readers_wait: float) -> int:
+    def _one_by_one(self, batches: list[Batch], readers_wait: float) -> int:
         """After a commit failed on the batches' content (not the file system): each batch alone; one that still
         cannot be committed is moved aside as damaged (its images are extracted again), so that no input can wedge
         the cache."""
@@ -275,29 +281,38 @@ class CacheWriter:
             self.journal.clear([batch])
         return added
 
-    def _checked(self, batches: list[Path]) -> list[Path]:
+    def _checked(self, batches: list[Batch]) -> list[Batch]:
         """The batches that can be applied; each damaged one is moved aside with a warning (its images are
         extracted again), so that no batch can wedge the cache."""
-        ok = []
+        ok, kept = [], 0
         for batch in batches:
             try:
-                self.journal.load(batch)
+                arrays = self.journal.load(batch)
                 ok.append(batch)
             except DamagedBatch as err:
                 self.journal.set_aside(batch, str(err))
+                continue
+            if kept + batch.size <= KEEP_LOADED:  # applied from memory, not read twice
+                self._loaded[batch] = arrays
+                kept += batch.size
         return ok
 
-    def _check_space(self, batches: list[Path]) -> None:
+    def _read(self, batches: list[Batch]):
+        """The arrays of journaled batches, in order (those `_checked` kept, else read again), joined where that
+        applies the same (`commit.merged`): a commit of many small batches writes each dataset a few times."""
+        return merged(self._loaded.get(b) or Journal.read(b) for b in batches)
+
+    def _check_space(self, batches: list[Batch]) -> None:
         """Refuse before writing a byte when the file system has less room than the commit needs (its rows are
         about as large in the cache as in the journal)."""
-        needed = sum(b.stat().st_size for b in batches) + COMMIT_MARGIN
+        needed = sum(b.size for b in batches) + COMMIT_MARGIN
         free = free_bytes(self.path.parent)
         if needed > free:
             raise CacheError(f"cannot commit to cache {self.path}: it needs about {_size(needed)} and "
                              f"{self.path.parent} has {_size(free)} free; the committed rows are intact and the "
                              f"{len(batches)} finished batches stay journaled: free space and rerun the same command")
 
-    def _append(self, batches: list[Path], readers_wait: float) -> int:
+    def _append(self, batches: list[Batch], readers_wait: float) -> int:
         fd = os.open(self.path, os.O_RDWR)
         try:
             lock_exclusive(fd, self.path, readers_wait)  # readers wait (open_cache) until the commit ends
@@ -310,7 +325,7 @@ class CacheWriter:
                 with h5py.File(undo, "r+") as f:
                     if self._state is None:
                         self._state = CommittedState.read(f)
-                    added = apply_batches(f, batches, self.info, self.class_names, self._state)
+                    added = apply_batches(f, self._read(batches), self.info, self.class_names, self._state)
                 if undo.error is not None:  # a write failed: HDF5 went on (see FdFile), the commit is void
                     raise undo.error
             except BaseException as exc:
@@ -328,7 +343,7 @@ class CacheWriter:
         finally:
             os.close(fd)  # releases the commit lock
 
-    def _create(self, batches: list[Path]) -> int:
+    def _create(self, batches: list[Batch]) -> int:
         """The first commit: build the file beside the target, then rename it into place whole."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         undo_path(self.path).unlink(missing_ok=True)  # an undo of a file deleted since: never for this new one
@@ -363,24 +378,9 @@ class CacheWriter:
         return CommitFailed(f"cannot commit to cache {self.path}: {reason}; nothing was lost (the cache is as it "
                             f"was and the finished batches stay journaled): {fix}", exc, reason)
 
-    def _build(self, out: FdFile, batches: list[Path]) -> tuple[CommittedState, int]:
-        d = self.config.num_features
-        chunk_rows = max(1, min(1024, (1 << 20) // (d * np.dtype(self.config.dtype).itemsize)))  # ~1 MiB chunks
+    def _build(self, out: FdFile, batches: list[Batch]) -> tuple[CommittedState, int]:
         with h5py.File(out, "w", userblock_size=USERBLOCK) as f:  # the user block keeps the file's id (undo.py)
-            f.create_dataset("features", (0, d), maxshape=(None, d), dtype=self.config.dtype,
-                             chunks=(chunk_rows, d))
-            for name in ROW_FIELDS:
-                f.create_dataset(name, (0,), maxshape=(None,), dtype=STRING_DTYPE, chunks=(4096,))
-            f.create_group(META)  # one column per metadata column, created by the commit that first brings it
-            f.create_dataset("label", (0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
-            f.create_dataset("orig_size", (0, 2), maxshape=(None, 2), dtype=np.int32, chunks=(4096, 2))
-            f.create_dataset(KEYS, (0, 2), maxshape=(None, 2), dtype=np.uint64, chunks=(8192, 2))
-            for name in ("path", "reason", "sha256"):
-                f.create_dataset(f"failed/{name}", (0,), maxshape=(None,), dtype=STRING_DTYPE, chunks=(1024,))
-            f.attrs.update({k: v for k, v in asdict(self.config).items()})
-            f.attrs.update(schema_version=SCHEMA_VERSION, n_rows=0, class_names="[]",
-                           created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                           library_versions=json.dumps(library_versions(), allow_nan=False))
+            create_layout(f, self.config)
             state = CommittedState(0, [], {}, np.zeros(0, np.uint64))
-            added = apply_batches(f, batches, self.info, self.class_names, state)
+            added = apply_batches(f, self._read(batches), self.info, self.class_names, state)
         return state, added

@@ -54,8 +54,9 @@ def test_a_batch_of_a_version_before_fingerprints_still_commits(tmp_path):
     batch = journal.write([row("old1")], np.zeros((1, config.num_features), np.float32))
     arrays = Journal.read(batch)
     check_batch(arrays, config.num_features, config.dtype)
-    np.savez(batch.with_suffix(".tmp.npz"), **{k: v for k, v in arrays.items() if k not in ("phash", "has_phash")})
-    batch.with_suffix(".tmp.npz").replace(batch)
+    journal.close_segment()
+    batch.path.unlink()  # the batch as an older version journaled it: one .npz, without fingerprints
+    np.savez(journal.dir / "batch-00000001.npz", **{k: v for k, v in arrays.items() if k not in ("phash", "has_phash")})
     with CacheWriter(cache, config):  # commits what the journal holds
         pass
     assert load_cache(cache).phash.tolist() == [10, 11, 12, 13, 14, 0]
@@ -103,3 +104,32 @@ def test_merge_carries_fingerprints_and_fills_none_for_a_shard_without(tmp_path,
     with h5py.File(both) as f:
         assert f["phash"].is_virtual == virtual
     assert load_cache(merge_caches([b], tmp_path / "b2.h5", virtual=virtual).out).phash is None
+
+
+def test_batches_joined_at_commit_apply_as_in_turn(tmp_path):
+    """Many batches commit as blocks, with the result of applying them one by one: an id journaled twice keeps its
+    last copy, an image that failed and then decoded is no longer failed, metadata columns differ between batches."""
+    from bottleneck.cache.store import read_failed
+
+    def run(cache, one_by_one: bool):
+        config = load_cache(cache, features=False).config
+        with CacheWriter(cache, config) as w:
+            for k in range(40):
+                rows = [row(f"n{k}-{i}") for i in range(3)] + [row(f"dup{k % 4}")]
+                if k == 17:
+                    rows = [dict(r, meta={"site": f"s{k}"}) for r in rows]
+                failed = [("mel/late.jpg", "cannot decode", "f" * 64)] if k == 5 else []
+                if k == 9:
+                    rows.append(row("late"))  # mel/late.jpg, which failed in batch 5
+                w.journal.write(rows, np.full((len(rows), config.num_features), k, np.float32), failed)
+                if one_by_one:
+                    w.commit()
+        return load_cache(cache), read_failed(cache)
+
+    joined, joined_failed = run(feature_cache(tmp_path / "a.h5", counts=COUNTS), False)
+    single, single_failed = run(feature_cache(tmp_path / "b.h5", counts=COUNTS), True)
+    assert list(joined.image_ids) == list(single.image_ids) and len(joined.image_ids) == 5 + 40 * 3 + 4 + 1
+    np.testing.assert_array_equal(joined.features, single.features)
+    assert joined.features[list(joined.image_ids).index("dup1")][0] == 37  # the last copy of dup1 (k = 37)
+    assert joined_failed == single_failed == []
+    assert {c: list(v) for c, v in joined.meta.items()} == {c: list(v) for c, v in single.meta.items()}
