@@ -10,6 +10,7 @@ import numpy as np
 
 from ..stats import FEW_LESIONS, PAIRED_METRICS, Scored, fmt
 from ..util import md_code, md_table, md_text, write_text_atomic
+from .plots import figure, save_png
 
 SHOWN = {"balanced_accuracy": "balanced accuracy", "auc": "AUC", "sensitivity": "sensitivity",
          "specificity": "specificity"}
@@ -135,27 +136,12 @@ def write_markdown(path: Path, record: dict) -> list[str]:
 
 # --- figures ----------------------------------------------------------------------------------------------------
 
-def _canvas(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)  # renders with Agg whatever the global backend is (no pyplot: see plots.py)
-    return fig
-
-
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=100, format="png")
-    fig.clear()
-    return path
-
-
 def plot_rocs(path: Path, record: dict, y: np.ndarray, positive: int, runs: list[Scored]) -> Path:
     """Each run's ROC curve of the positive class (one against the rest, ranked by its log-odds), its AUC in the
     legend and its operating point marked."""
     from sklearn.metrics import auc, roc_curve
 
-    fig = _canvas(6.0, 5.5)
+    fig = figure(6.0, 5.5)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     hit = y == positive
@@ -169,7 +155,7 @@ def plot_rocs(path: Path, record: dict, y: np.ndarray, positive: int, runs: list
     ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_title(f"ROC, {record['positive']} against the rest ({len(y)} images; * operating points)")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_reliabilities(path: Path, record: dict) -> Path:
@@ -178,7 +164,7 @@ def plot_reliabilities(path: Path, record: dict) -> Path:
     runs = record["runs"]
     cols = min(4, len(runs))
     rows = -(-len(runs) // cols)
-    fig = _canvas(4.2 * cols, 4.2 * rows)
+    fig = figure(4.2 * cols, 4.2 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True)).reshape(-1)
     for ax, run in zip(axes, runs):
         cal = record["calibration"][run["label"]]
@@ -198,7 +184,7 @@ def plot_reliabilities(path: Path, record: dict) -> Path:
     for ax in axes[len(runs):]:
         ax.set_visible(False)
     fig.suptitle(f"Reliability on the same {record['rows']['images']} images (numbers: images per bin)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_figures(tmp: Path, record: dict, y: np.ndarray, positive: int, runs: list[Scored]) -> list[str]:

@@ -8,7 +8,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from bottleneck.errors import InputError
-from bottleneck.runs.plots import plot_confusion, plot_curves, plot_roc, roc_curves
+from bottleneck.runs.plots import figure, plot_confusion, plot_curves, plot_roc, roc_curves, save_png
 from bottleneck.stats.metrics import log_softmax
 
 
@@ -81,3 +81,23 @@ def test_a_one_epoch_history_is_drawn_as_values_not_a_dot(tmp_path):
     with Image.open(one) as a, Image.open(many) as b:
         ink = [(np.asarray(img.convert("L")) < 200).mean() for img in (a, b)]
     assert ink[0] > 2 * ink[1]  # bars, not two dots on an empty axis
+
+
+def test_a_figure_is_drawn_once_into_the_bytes_savefig_writes(tmp_path):
+    def heatmap():  # constrained layout, a colour bar, rotated labels and cell texts: what the layout moves
+        fig = figure(6.0, 5.0)
+        ax = fig.subplots()
+        fig.colorbar(ax.imshow(np.arange(16.0).reshape(4, 4), cmap="Blues"), ax=ax, shrink=0.8)
+        for i in range(4):
+            ax.text(i, i, f"{i}\n{25 * i}%", ha="center", va="center")
+        ax.set_xticks(range(4))
+        ax.set_xticklabels([f"a long class name {i}" for i in range(4)], rotation=45, ha="right")
+        ax.set_ylabel("true class (images)")
+        return fig
+
+    fig, draws = heatmap(), []
+    fig.canvas.mpl_connect("draw_event", draws.append)
+    path = save_png(fig, tmp_path / "sub" / "once.png")
+    assert path == tmp_path / "sub" / "once.png" and len(draws) == 1  # savefig draws it twice (layout, picture)
+    heatmap().savefig(tmp_path / "savefig.png", dpi=100, format="png")
+    assert path.read_bytes() == (tmp_path / "savefig.png").read_bytes()
