@@ -35,6 +35,7 @@ ROW_FIELDS = ("image_id", "path", "group", "sha256")  # string columns, one per 
 SEGMENT_NAME = re.compile(r"journal-(\d+)\.bnj")
 LEGACY_NAME = re.compile(r"batch-(\d+)\.npz")  # one batch per file, journaled by a version before the segments
 STALE = (".batch-*.npz.part", "batch-*.npz.tmp", ".config.json.part", "config.json.tmp")  # cut off mid-write
+KEEP_RECENT = 256 << 20  # bytes of journaled batches a writer keeps in memory for its next commit
 SYNC_SECONDS = 1.0  # batches reach the disk in groups at most this far apart: the power-loss window
 CRASH_ENV = "BOTTLENECK_CRASH_AT_JOURNAL"  # crash harness: SIGKILL self at the Nth journal step (tests)
 # What a batch holds: name -> (dimensions, dtype kind); "D" stands for the cache's dtype. `meta_names` (C,) names
@@ -179,6 +180,8 @@ class Journal:
         self.unsynced = False
         self.last_sync = time.monotonic()
         self.done: set[tuple[Path, int]] = set()  # records applied or set aside, in segments not yet removed
+        self.recent: dict[Batch, dict] = {}  # arrays of the batches this writer journaled since its last commit
+        self.recent_bytes = 0
 
     def _step(self) -> None:
         """A point where the crash harness may kill the process: inside and between the journal's writes."""
@@ -205,13 +208,16 @@ class Journal:
             has_features=np.array([r.get("has_features", True) for r in rows], dtype=bool).reshape(n),
             phash=np.array([r.get("phash") or 0 for r in rows], dtype=np.uint64).reshape(n),
             has_phash=np.array([r.get("phash") is not None for r in rows], dtype=bool).reshape(n),
-            features=np.asarray(features, dtype=dtype).reshape(n, d),
+            features=np.array(features, dtype=dtype).reshape(n, d),  # copies: kept in `recent`, the caller's may change
             failed=np.array([list(x) for x in failed], dtype=str).reshape(len(failed), 3),
             view_lo=np.array(view_lo if views is not None else 0),
-            views=(np.zeros((n, 0, d), dtype) if views is None else np.asarray(views, dtype=dtype)),
+            views=(np.zeros((n, 0, d), dtype) if views is None else np.array(views, dtype=dtype)),
         )
         try:
             batch = self._append(pack(payload))
+            if self.recent_bytes + batch.size <= KEEP_RECENT:  # the commit need not read them back
+                self.recent[batch] = payload
+                self.recent_bytes += batch.size
             if time.monotonic() - self.last_sync >= SYNC_SECONDS:
                 self.sync()
         except OSError as exc:
@@ -290,6 +296,11 @@ class Journal:
                 self.fd = None
 
     # -- reading and cleaning ---------------------------------------------------------------------------
+    def arrays(self, batch: Batch) -> dict:
+        """A batch's arrays, unchecked: kept from when this writer journaled it, else read (see `read`)."""
+        kept = self.recent.get(batch)
+        return kept if kept is not None else self.read(batch)
+
     @staticmethod
     def read(batch: Batch) -> dict:
         """A batch's arrays, unchecked; DamagedBatch when its record is cut off, foreign or fails its CRC."""
@@ -304,7 +315,7 @@ class Journal:
     def load(self, batch: Batch) -> dict:
         """A batch's arrays, checked (`check_batch`); DamagedBatch when it cannot be applied."""
         try:
-            arrays = self.read(batch)
+            arrays = self.arrays(batch)
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise DamagedBatch(f"it does not load: {first_line(exc).split('. ')[0] or type(exc).__name__}") from None
         check_batch(arrays, self.config.num_features, self.config.dtype)
@@ -355,6 +366,9 @@ class Journal:
         """Drop applied batches: every file whose batches were all applied or set aside goes; the folder (its
         config.json) goes when no batch is left, unless it keeps damaged batches."""
         self.done.update((b.path, b.offset) for b in batches)
+        for b in batches:
+            if self.recent.pop(b, None) is not None:
+                self.recent_bytes -= b.size
         for f in sorted({f for f, _ in self.done}, key=lambda p: (file_seq(p) or 0, p.name)):
             if f.suffix == ".npz" or all((f, off) in self.done for off, _ in scan_or_none(f)):
                 if f == self.segment:
