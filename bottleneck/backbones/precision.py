@@ -2,7 +2,8 @@
 
     --precision auto -> the cache's recorded precision, else: float16 on a CUDA GPU, bfloat16 on a CPU with
                         native bf16 (AVX512-BF16 or AMX, read from /proc/cpuinfo), float32 otherwise
-    --xla auto       -> the cache's recorded choice, else on only for backbones XLA measurably speeds up
+    --xla auto       -> the cache's recorded choice, else off (`--xla on` where `bench --part extract` measures it
+                        faster on the machine at hand)
 
 Reduced precision is Keras' mixed policy: variables stay float32 (so weights files load unchanged), the
 backbone computes in bfloat16/float16, and its pooled features are cast back to float32. Heads and the
@@ -25,9 +26,6 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either one: the CPU multiplies bf16 
 # Backbones whose forward pass XLA compiles faster on CPU (InceptionV3 at 299 px: +16% on an AMD EPYC
 # family 25 and +7% on family 23). On ResNet50 it changed nothing and on VGG16 and the depthwise
 # MobileNetV2/EfficientNet it was several times slower, so `auto` leaves it off there.
-XLA_FASTER = frozenset({"inception_v3"})
-
-
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
     """The CPU's feature flags (the first `flags` line of /proc/cpuinfo); empty where there is none."""
     if cpuinfo is None:
@@ -80,13 +78,14 @@ def resolve_precision(requested: str, recorded: str | None = None, gpu: bool | N
 
 
 def resolve_xla(requested: str, backbone: str, precision: str, recorded: bool | None = None) -> bool:
-    """`auto`: the cache's choice, else XLA for float32 on backbones it was measured to speed up. A bfloat16
-    extraction under XLA took twice as long as a float32 one under XLA on a CPU that emulates bf16 (5 images,
-    compilation included), and float16 + XLA on GPUs is not measured here: both stay off unless asked for."""
+    """`auto`: the cache's choice, else off. Whether XLA helps depends on the machine, not the backbone: float32
+    InceptionV3 under XLA ran 0.78x as fast as without on a 2-core AVX512-BF16 EPYC, where another machine had
+    measured it faster, and bfloat16 under XLA took twice as long on a CPU that emulates bf16. `bench --part
+    extract` measures both ways on the machine at hand; `--xla on` takes the faster one."""
     if requested not in XLA_MODES:
         raise InputError(f"--xla should be one of {', '.join(XLA_MODES)}; received {requested!r}")
     if requested == "auto":
-        return recorded if recorded is not None else (backbone in XLA_FASTER and precision == "float32")
+        return bool(recorded)
     return requested == "on"
 
 

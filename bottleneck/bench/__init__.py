@@ -1,5 +1,7 @@
-"""`bottleneck bench`: the synthetic data it times (`data`), the timed parts (`parts`), the limits a rate is compared
-with (`ceilings`) and the printed table (`report`).
+"""`bottleneck bench`: the synthetic data it times (`data`), the timed parts (`parts`; the writer in `write_rate`,
+the stand-in-backbone ceiling in `pipeline_ceiling` with `standin` and `cores`, the decoders in `decoders`, the
+extraction against its own forward pass in `extraction`), the limits a rate is compared with (`ceilings`) and the
+printed table (`report`).
 
 What other packages may use is named here; everything else is private to the package."""
 

@@ -26,6 +26,11 @@ class BenchOptions:
     sweep_epochs: int = 3  # per configuration in the sweep benchmark (fixed: no early stopping)
     grow_rows: tuple[int, ...] = (100_000, 1_000_000)  # cache sizes the `grow` part adds 1% to
     coverage_sims: int = 1000  # simulated test splits per row of the `coverage` part
+    writer_rows: int = 20_000  # rows the `writer` part writes, in batches of `batch_size`
+    repeats: int = 3  # extractions of the `extract` part, each between two timings of the pure forward pass
+    decode_images: int = 64  # HAM-sized JPEGs of the `decode` part
+    large_images: int = 16  # ISIC-sized JPEGs of the `decode` part
+    large_size: tuple[int, int] = (4000, 3000)  # their width x height
     seed: int = 0
 
 
@@ -81,6 +86,23 @@ def write_bench_images(folder: Path, n: int, seed: int = 0, start: int = 0) -> P
         path = folder / ("mel" if i % 2 else "nv") / f"img{i:06d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return folder
+
+
+def write_large_images(folder: Path, n: int, size: tuple[int, int] = (4000, 3000), seed: int = 0) -> Path:
+    """`n` ISIC-sized JPEGs (`size`, width x height): the smooth fields and noise of `write_bench_images`, made
+    from one field rolled per image, so that writing 16 of 12 megapixels takes seconds, not minutes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = Image.fromarray(rng.integers(40, 220, (6, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    field = np.asarray(base, np.int16) + rng.integers(-12, 13, (h, w, 3), dtype=np.int16)
+    field = np.clip(field, 0, 255).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        pixels = np.roll(field, (37 * i, 53 * i), axis=(0, 1))
+        Image.fromarray(pixels).save(folder / f"large{i:04d}.jpg", quality=90)
     return folder
 
 

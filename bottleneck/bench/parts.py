@@ -3,9 +3,15 @@
 - head: seconds per epoch of the default head on an N x D cache (default 10,000 x 2048);
 - run: a whole default `train-head` run on that cache (load, split, train with early stopping, metrics,
   plots, report);
-- extract: steady-state images/s of a real `extract` over HAM-sized JPEGs against the pure forward pass at the
-  same precision and batch size (their ratio is the pipeline's efficiency), decode alone, each native precision
-  against float32, and the forward pass's FLOP/s against a matrix product's (the machine's own limit);
+- writer: one CacheWriter's rows/s against plain h5py writing the same array in one call (`write_rate`);
+- ceiling: the real `extract` with a stand-in backbone whose forward pass costs nothing, per core count, against
+  the decode-only rate, and with a forward pass that emulates one GPU's rate (`pipeline_ceiling`);
+- decode: images/s of each way of decoding HAM- and ISIC-sized JPEGs on 1, 2 and all cores, and how far their
+  pixels are from the current decoder's (`decoders`);
+- extract: steady-state images/s of a real `extract` over HAM-sized JPEGs against the pure forward pass, the very
+  function extraction runs on the same batches, interleaved (their ratio is the pipeline's efficiency: median and
+  spread), decode alone, each native precision against float32, and the forward pass's FLOP/s against a matrix
+  product's (the machine's own limit) (`extraction`);
 - batch1: a one-image-at-a-time loop against `extract`; load: the cache against one text file per image;
 - rerun: a rerun with nothing new and with 1% new images, as fractions of the full extraction;
 - memory: peak RSS of an `extract` process at N and 8N images;
@@ -25,7 +31,6 @@ two ways measured in the same run: the machines are shared and drift between run
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -36,28 +41,31 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backbones import create_backbone, fastest_native, has_gpu, resolve_xla
+from ..backbones import create_backbone
 from ..cache import CacheConfig, CacheWriter, load_cache
 from ..errors import InputError
-from ..extract import ExtractOptions, extract, make_config, make_forward
+from ..extract import ExtractOptions, extract, make_forward
 from ..heads import HeadConfig, fit_head
-from ..images import build_index, inference_batches, load_image, pad_batch
+from ..images import build_index, load_image
 from ..runs import RunOptions, train_head_run
 from ..synthetic import make_demo_dataset
 from ..util import progress_bar, tensorflow
-from .ceilings import decode_ceiling, forward_flops, matmul_flops_per_s
 from .coverage import bench_coverage
 from .data import BenchOptions, synthetic_features, synthetic_rows, write_bench_images, write_synthetic_cache
+from .decoders import bench_decoders
 from .duplicates import bench_duplicates
+from .extraction import bench_extraction, extract_once, float32_config
 from .fixed import bench_fixed, bench_sweep
+from .pipeline_ceiling import bench_ceiling
 from .report import machine_info
+from .write_rate import bench_writer
 
-PARTS = ("head", "run", "extract", "batch1", "load", "rerun", "memory", "sweep", "views", "grow", "ray", "coverage",
-         "duplicates", "fixed")
+PARTS = ("head", "run", "writer", "ceiling", "decode", "extract", "batch1", "load", "rerun", "memory", "sweep",
+         "views", "grow", "ray", "coverage", "duplicates", "fixed")
 # `bottleneck bench` with no --part: the parts that together finish in a few minutes on a 2-core laptop and write
 # little (measured: docs/benchmarks.md); --all adds the rest: `grow` writes ~4 GiB at 1,000,000 rows, `ray` starts a
 # Ray instance, the others take minutes each on such a machine.
-QUICK_PARTS = ("head", "run", "load", "coverage")
+QUICK_PARTS = ("head", "run", "writer", "ceiling", "load", "coverage")
 
 
 def choose_parts(parts=(), all_parts: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -106,31 +114,6 @@ def bench_train_head_run(opts: BenchOptions, workdir: Path) -> dict:
     return {"seconds": seconds, "epochs_run": epochs, "train_seconds": r.seconds}
 
 
-def _forward_rate(forward, batches: list, rounds: int = 1) -> float:
-    """Images/s of `forward` on in-memory batches (the same batch shape as extraction, traced beforehand)."""
-    tf = tensorflow()
-    n, start = 0, time.perf_counter()
-    for _ in range(rounds):
-        for x in batches:
-            forward(tf.cast(x, tf.float32)).numpy()
-            n += int(x.shape[0])
-    return n / (time.perf_counter() - start)
-
-
-def bench_decode(paths: list[str], size: int, batch_size: int) -> float:
-    """Images/s of the image pipeline alone (read, decode, resize, batch) on all cores."""
-    n, start = 0, time.perf_counter()
-    for pixels, *_ in inference_batches(paths, size, batch_size):
-        n += int(pixels.shape[0])
-    return n / (time.perf_counter() - start)
-
-
-def _extract_once(index, opts: BenchOptions, cache: Path, precision: str, xla: str = "auto", engine: str = "local"):
-    return extract(index, ExtractOptions(backbone=opts.backbone, weights="none", image_size=opts.image_size,
-                                         cache=cache, progress=False, dtype="float32", precision=precision,
-                                         xla=xla, batch_size=opts.batch_size, engine=engine))
-
-
 def bench_ray(opts: BenchOptions, workdir: Path) -> dict:
     """The same images extracted by the local engine and by `--engine ray` on a local Ray instance started for it:
     steady-state images/s of each, and what Ray pays before its first batch. Skipped without the [ray] extra."""
@@ -141,7 +124,7 @@ def bench_ray(opts: BenchOptions, workdir: Path) -> dict:
     except InputError as err:
         return {"skipped": str(err)}
     folder = write_bench_images(workdir / "ray-images", opts.images, opts.seed)
-    runs = {engine: _extract_once(build_index(folder), opts, workdir / f"ray-{engine}.h5", "float32", "off", engine)
+    runs = {engine: extract_once(build_index(folder), opts, workdir / f"ray-{engine}.h5", "float32", "off", engine)
             for engine in ("local", "ray")}
     local, ray = runs["local"], runs["ray"]
     # Rates over the stage after start-up (images_per_s): Ray's "after the first batch" rate would count batches
@@ -152,66 +135,6 @@ def bench_ray(opts: BenchOptions, workdir: Path) -> dict:
             "ratio": ray.images_per_s / local.images_per_s if local.images_per_s else 0.0}
 
 
-def bench_extraction(opts: BenchOptions, workdir: Path) -> dict:
-    """Steady-state `extract` against the pure forward pass at the same precision and batch size, on `images`
-    HAM-sized JPEGs with a seeded random backbone (the same compute as ImageNet weights).
-
-    End to end is a real `extract` timed after its first batch (tracing and the first decode excluded); the pure
-    forward pass is extraction's own traced function on in-memory batches, timed half before and half after, so
-    that drift of a shared machine falls on both. Per precision: float32, plus bfloat16/float16 where native."""
-    tf = tensorflow()
-
-    folder = write_bench_images(workdir / "bench-images", opts.images, opts.seed)
-    index = build_index(folder)
-    paths = [str(e.path) for e in index.entries]
-    config = _float32_config(opts)
-    size, bs = config.input_size, opts.batch_size
-    out = {"backbone": opts.backbone, "images": len(paths), "input_size": size, "batch_size": bs,
-           "decode_images_per_s": bench_decode(paths, size, bs), "precisions": {}}
-    batches = [pixels for pixels, *_ in inference_batches(paths[:bs * 2], size, bs)][:2]
-    batches = [pad_batch(x, bs) for x in batches]
-    flops = None
-    for precision, xla in bench_variants(opts.backbone):
-        name = precision + (" + XLA" if xla == "on" else "")
-        model = create_backbone(opts.backbone, "none", size, seed=opts.seed, precision=precision)
-        flops = flops or forward_flops(model)
-        forward = make_forward(dataclasses.replace(config, precision=precision, xla=xla == "on"), model)
-        forward(tf.cast(batches[0], tf.float32))  # trace
-        rounds = max(1, (len(paths) - bs) // (bs * len(batches)) // 2)  # about half an extraction's steady images
-        # forward, extract, forward, extract, forward: each extraction is compared with the forward passes
-        # timed just before and after it, so that a shared machine's drift falls on both sides of a ratio
-        fwd, runs = [_forward_rate(forward, batches, rounds)], []
-        for k in range(2):
-            runs.append(_extract_once(index, opts, workdir / f"extract-{precision}-{xla}-{k}.h5", precision, xla))
-            fwd.append(_forward_rate(forward, batches, rounds))
-        ratios = [r.steady_images_per_s / ((fwd[k] + fwd[k + 1]) / 2) for k, r in enumerate(runs)]
-        forward_rate = float(np.mean(fwd))
-        out["precisions"][name] = {
-            "precision": precision, "xla": runs[0].xla,
-            "end_to_end_images_per_s": float(np.mean([r.steady_images_per_s for r in runs])),
-            "forward_images_per_s": forward_rate, "efficiency": float(np.mean(ratios)),
-            "efficiency_runs": ratios, "whole_run_images_per_s": runs[0].images_per_s,
-            "build_s": runs[0].build_seconds, "forward_gflop_per_s": forward_rate * flops / 1e9,
-            "matmul_gflop_per_s": matmul_flops_per_s(precision) / 1e9,
-            "ceiling": decode_ceiling(forward_rate, out["decode_images_per_s"], has_gpu())}
-    out["gflop_per_image"] = flops / 1e9
-    f32 = out["precisions"]["float32"]
-    for r in out["precisions"].values():
-        r["speedup_vs_float32"] = r["end_to_end_images_per_s"] / f32["end_to_end_images_per_s"]
-    out["images_per_s"] = max(r["end_to_end_images_per_s"] for r in out["precisions"].values())
-    return out
-
-
-def bench_variants(backbone: str) -> list[tuple[str, str]]:
-    """(precision, xla) pairs to time: float32 without XLA (the reference), with it where `auto` would use it, and
-    the reduced precision this machine runs natively (emulated ones would only be slower)."""
-    variants = [("float32", "off")]
-    if resolve_xla("auto", backbone, "float32"):
-        variants.append(("float32", "on"))
-    native = fastest_native()
-    return variants + ([(native, "off")] if native != "float32" else [])
-
-
 def bench_batch_one(opts: BenchOptions, workdir: Path) -> dict:
     """The one-image-at-a-time loop of a notebook (decode, then the model on a batch of one) against `extract`,
     on three batches' worth of images."""
@@ -220,8 +143,8 @@ def bench_batch_one(opts: BenchOptions, workdir: Path) -> dict:
     n = 3 * opts.batch_size
     folder = write_bench_images(workdir / "batch1-images", n, opts.seed)
     index = build_index(folder)
-    ours = _extract_once(index, opts, workdir / "batch1.h5", "float32", xla="off")
-    config = _float32_config(opts)
+    ours = extract_once(index, opts, workdir / "batch1.h5", "float32", xla="off")
+    config = float32_config(opts)
     forward = make_forward(config, create_backbone(opts.backbone, "none", config.input_size, seed=opts.seed))
     size = config.input_size
     forward(tf.zeros((1, size, size, 3)))  # trace, as a notebook's first call would
@@ -232,11 +155,6 @@ def bench_batch_one(opts: BenchOptions, workdir: Path) -> dict:
     one = n / (time.perf_counter() - start)
     return {"images": n, "batch1_images_per_s": one, "extract_images_per_s": ours.steady_images_per_s,
             "speedup": ours.steady_images_per_s / one}
-
-
-def _float32_config(opts: BenchOptions) -> CacheConfig:
-    return make_config(ExtractOptions(backbone=opts.backbone, weights="none", image_size=opts.image_size,
-                                      precision="float32", xla="off"))
 
 
 def bench_cache_load(opts: BenchOptions, workdir: Path) -> dict:
@@ -272,7 +190,7 @@ def bench_rerun(opts: BenchOptions, workdir: Path) -> dict:
         if step == "1% new":
             write_bench_images(folder, max(1, opts.images // 100), opts.seed, start=opts.images)
         start = time.perf_counter()
-        s = _extract_once(build_index(folder), opts, cache, "auto")
+        s = extract_once(build_index(folder), opts, cache, "auto")
         timed.append((time.perf_counter() - start, s.extracted))
     (full, n), (none, _), (one, added) = timed
     return {"images": n, "full_s": full, "nothing_new_s": none, "nothing_new_fraction": none / full,
@@ -372,6 +290,8 @@ def run_bench(opts: BenchOptions = BenchOptions(), parts=PARTS, progress: bool =
                          f"received {opts.coverage_sims}")
     results: dict = {"machine": machine_info()}
     steps = {"head": lambda tmp: bench_head_epoch(opts), "run": lambda tmp: bench_train_head_run(opts, tmp),
+             "writer": lambda tmp: bench_writer(opts), "ceiling": lambda tmp: bench_ceiling(opts, tmp),
+             "decode": lambda tmp: bench_decoders(opts, tmp),
              "extract": lambda tmp: bench_extraction(opts, tmp), "batch1": lambda tmp: bench_batch_one(opts, tmp),
              "load": lambda tmp: bench_cache_load(opts, tmp), "rerun": lambda tmp: bench_rerun(opts, tmp),
              "memory": lambda tmp: bench_memory(opts, tmp), "sweep": lambda tmp: bench_sweep(opts, tmp),

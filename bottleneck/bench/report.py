@@ -11,8 +11,12 @@ from ..cache import library_versions
 from ..util import tensorflow
 from .coverage import format_coverage
 from .data import BenchOptions
+from .decoders import format_decoders
 from .duplicates import format_duplicates
+from .extraction import format_extraction
 from .fixed import format_fixed
+from .pipeline_ceiling import format_ceiling
+from .write_rate import format_writer
 
 
 def machine_info() -> dict:
@@ -46,20 +50,14 @@ def format_results(r: dict, opts: BenchOptions) -> str:
     if "run" in r:
         lines.append(f"whole default train-head run ({opts.rows} x {opts.dim} cache): {r['run']['seconds']:.1f} s "
                      f"({r['run']['epochs_run']} epochs, {r['run']['train_seconds']:.1f} s of fitting)")
+    if "writer" in r:
+        lines += format_writer(r["writer"])
+    if "ceiling" in r:
+        lines += format_ceiling(r["ceiling"])
+    if "decode" in r:
+        lines += format_decoders(r["decode"])
     if "extract" in r:
-        e = r["extract"]
-        lines.append(f"extraction, {e['backbone']} {e['input_size']} px, batch {e['batch_size']}, {e['images']} JPEGs "
-                     f"600x450 ({e['gflop_per_image']:.2f} GFLOP per image); decode only: "
-                     f"{e['decode_images_per_s']:.0f} images/s on {m['cores']} cores")
-        for precision, p in e["precisions"].items():
-            lines.append(
-                f"  {precision}: extract {p['end_to_end_images_per_s']:.2f} images/s "
-                f"(steady state), pure forward {p['forward_images_per_s']:.2f} images/s, efficiency "
-                f"{p['efficiency']:.2f} ({' and '.join(f'{x:.2f}' for x in p['efficiency_runs'])}; decoding "
-                f"allows at most {p['ceiling']:.2f}{'' if m['gpus'] else ' on shared cores'}); "
-                f"forward {p['forward_gflop_per_s']:.0f} GFLOP/s vs matrix product "
-                f"{p['matmul_gflop_per_s']:.0f} GFLOP/s; {p['speedup_vs_float32']:.2f}x float32 end to end; "
-                f"whole run incl. tracing {p['whole_run_images_per_s']:.2f} images/s")
+        lines += format_extraction(r["extract"], m["cores"], bool(m["gpus"]))
         lines.append(f"  -> one pass over {opts.rows} images: {r['backbone_pass_s']:.0f} s")
     if "epoch_vs_pass" in r:
         lines.append(f"one head epoch = {100 * r['epoch_vs_pass']:.3f}% of one backbone pass")

@@ -63,8 +63,8 @@ def test_auto_follows_the_cache_else_the_fastest_native_and_warns_only_when_emul
         assert resolve_precision("bfloat16", None, gpu=False, flags=avx2) == "bfloat16"
     with pytest.warns(BottleneckWarning, match="float16 is emulated"):
         assert resolve_precision("float16", None, gpu=False, flags=bf16) == "float16"
-    assert resolve_xla("auto", "inception_v3", "float32") and not resolve_xla("auto", "mobilenet_v2", "float32")
-    assert not resolve_xla("auto", "inception_v3", "bfloat16")
+    assert not resolve_xla("auto", "inception_v3", "float32") and not resolve_xla("auto", "mobilenet_v2", "float32")
+    assert not resolve_xla("auto", "inception_v3", "bfloat16") and resolve_xla("auto", "vgg16", "float32", True)
     assert resolve_xla("auto", "inception_v3", "float32", recorded=False) is False
     assert resolve_xla("on", "vgg16", "bfloat16")
 

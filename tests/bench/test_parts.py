@@ -18,10 +18,18 @@ def test_bench_all_parts_run():
     r = run_cli("bench", "--all", "--rows", "400", "--dim", "32", "--epochs", "2", "--backbone", "vgg16",
                 "--image-size", "32", "--images", "16", "--batch-size", "4", "--grow-rows", "3000,30000")
     assert r.exit_code == 0, r.output
-    for figure in ("ray engine", "to a 3000-row cache", "to a 30000-row cache", "efficiency", "decode only",
+    for figure in ("writer: one CacheWriter", "ceiling: extract with a stand-in", "emulated GPU", "decode to 32 px",
+                   "ray engine", "to a 3000-row cache", "to a 30000-row cache", "efficiency", "decode only",
                    "GFLOP/s vs matrix product", "one image at a time", "one text file per image", "nothing new",
                    "peak RSS", "sweep of 16 configurations", "KiB per view per image"):
         assert figure in r.output, figure
+
+
+def test_bench_writer_part_prints_the_writer_beside_h5py():
+    r = run_cli("bench", "--part", "writer", "--dim", "64")
+    assert r.exit_code == 0, r.output
+    assert "writer: one CacheWriter, 20000 rows x 64 float16 in batches of 32: " in r.output
+    assert "vs plain h5py in one call" in r.output and "skipped" not in r.output
 
 
 def test_bench_refuses_too_few_images_for_a_steady_state():

@@ -1,0 +1,102 @@
+"""The `writer` part: one `CacheWriter` writing N rows of D-d float16 features in batches (journal, commits, the
+last commit on leaving), against plain h5py writing the same array in one call, in the same run.
+
+The files go to a temporary folder on the file system of the cache folder (`cache/` when it exists, else the
+current folder): a RAM disk would make every fsync free and the figure meaningless. Each way is timed `repeats`
+times, alternating, and the median is reported."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..cache import CacheConfig, CacheWriter
+from ..errors import InputError
+from .data import BenchOptions, synthetic_rows
+
+CLASSES = tuple(f"c{i}" for i in range(7))  # the labels of `synthetic_rows`
+
+
+def file_system(folder: Path) -> str:
+    """The type and device of the mount holding `folder` (from /proc/mounts), e.g. "ext4 /dev/vda"; "" if unknown."""
+    folder = folder.resolve()
+    best, found = -1, ""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = Path(fields[1])
+        if (folder == mount or mount in folder.parents) and len(mount.parts) > best:
+            best, found = len(mount.parts), f"{fields[2]} {fields[0]}"
+    return found
+
+
+def _write_cache(path: Path, rows: list[dict], x: np.ndarray, batch: int) -> float:
+    config = CacheConfig(backbone="bench", weights="none", weights_sha256="", seed=0, input_size=1, pooling="avg",
+                         preprocessing="none", dtype="float16", num_features=x.shape[1])
+    start = time.perf_counter()
+    with CacheWriter(path, config, {"dataset": "bench"}, CLASSES) as w:
+        for s in range(0, len(rows), batch):
+            w.write_batch(rows[s:s + batch], x[s:s + batch])
+    return time.perf_counter() - start
+
+
+def _write_h5py(path: Path, x: np.ndarray) -> tuple[float, float]:
+    """(seconds to write `x` in one call and close, seconds of an fsync of the file after)."""
+    start = time.perf_counter()
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=x)
+    written = time.perf_counter() - start
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return written, time.perf_counter() - start - written
+
+
+def bench_writer(opts: BenchOptions, folder: Path | None = None) -> dict:
+    """Rows/s of one CacheWriter (batches of `opts.batch_size`) and of plain h5py, `opts.writer_rows` rows of
+    `opts.dim`-d float16, in a temporary folder under `folder` (default: `cache/` if it exists, else here)."""
+    n, dim, batch = opts.writer_rows, opts.dim, opts.batch_size
+    rows, _ = synthetic_rows(0, n, dim)
+    x = np.random.default_rng(opts.seed).random((n, dim), dtype=np.float32).astype(np.float16)
+    parent = folder or (Path("cache") if Path("cache").is_dir() else Path("."))
+    writer_s, h5py_s, fsync_s = [], [], []
+    try:
+        folder_cm = tempfile.TemporaryDirectory(dir=parent, prefix=".bench-writer-")
+    except OSError as exc:
+        raise InputError(f"the writer part times files on the cache's file system, in {parent.resolve()}, which "
+                         f"cannot be written ({exc.strerror or exc}); run bench from a folder you can write "
+                         "to") from None
+    with folder_cm as tmp:
+        for k in range(max(1, opts.repeats)):
+            writer_s.append(_write_cache(Path(tmp) / f"writer{k}.h5", rows, x, batch))
+            written, synced = _write_h5py(Path(tmp) / f"h5py{k}.h5", x)
+            h5py_s.append(written)
+            fsync_s.append(synced)
+            for f in Path(tmp).iterdir():  # a fresh file each time, and little disk held
+                f.unlink()
+        fs = file_system(Path(tmp))
+    w, h, f = float(np.median(writer_s)), float(np.median(h5py_s)), float(np.median(fsync_s))
+    return {"rows": n, "dim": dim, "batch": batch, "repeats": len(writer_s), "file_system": fs,
+            "writer_s": w, "h5py_s": h, "h5py_fsync_s": f, "writer_rows_per_s": n / w, "h5py_rows_per_s": n / h,
+            "h5py_synced_rows_per_s": n / (h + f), "writer_runs_rows_per_s": [n / s for s in writer_s],
+            "slowdown": w / h}
+
+
+def format_writer(r: dict) -> list[str]:
+    return [f"writer: one CacheWriter, {r['rows']} rows x {r['dim']} float16 in batches of {r['batch']}: "
+            f"{r['writer_rows_per_s']:,.0f} rows/s (median of {r['repeats']}: "
+            f"{', '.join(f'{v:,.0f}' for v in r['writer_runs_rows_per_s'])}) vs plain h5py in one call "
+            f"{r['h5py_rows_per_s']:,.0f} rows/s ({r['h5py_synced_rows_per_s']:,.0f} with an fsync after) = "
+            f"{r['slowdown']:.2f}x h5py's time; on {r['file_system'] or 'an unknown file system'}"]

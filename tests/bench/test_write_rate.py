@@ -1,0 +1,38 @@
+"""The `writer` part: one CacheWriter against plain h5py, on real files in a temporary folder under the one given."""
+
+from pathlib import Path
+
+import pytest
+
+from bottleneck.bench import BenchOptions
+from bottleneck.bench.write_rate import bench_writer, file_system, format_writer
+
+
+def test_the_writer_and_h5py_write_the_same_rows_and_their_ratio_comes_from_the_times(tmp_path):
+    r = bench_writer(BenchOptions(writer_rows=500, dim=64, repeats=2), folder=tmp_path)
+    assert (r["rows"], r["dim"], r["batch"], r["repeats"]) == (500, 64, 32, 2)
+    assert r["writer_rows_per_s"] == pytest.approx(500 / r["writer_s"]) and r["writer_rows_per_s"] > 0
+    assert r["h5py_rows_per_s"] == pytest.approx(500 / r["h5py_s"]) and r["h5py_rows_per_s"] > 0
+    assert r["slowdown"] == pytest.approx(r["writer_s"] / r["h5py_s"])
+    assert r["h5py_synced_rows_per_s"] <= r["h5py_rows_per_s"] and len(r["writer_runs_rows_per_s"]) == 2
+    assert sorted(r["writer_runs_rows_per_s"])[0] <= r["writer_rows_per_s"] <= max(r["writer_runs_rows_per_s"])
+    assert list(tmp_path.iterdir()) == []  # the temporary folder and its files are gone
+    line = format_writer(r)[0]
+    assert line.startswith("writer: one CacheWriter, 500 rows x 64 float16 in batches of 32: ")
+    assert f"{r['slowdown']:.2f}x h5py's time" in line
+
+
+def test_the_file_system_of_a_folder_is_its_mount():
+    root = file_system(Path("/"))
+    assert root and len(root.split()) == 2  # "TYPE DEVICE"
+    assert file_system(Path("/proc/self")).startswith("proc ")
+
+
+def test_a_folder_that_cannot_be_written_is_named_with_the_fix(tmp_path):
+    from bottleneck.errors import InputError
+
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be")
+    with pytest.raises(InputError, match="cannot be written .*run bench from a folder you can write to"):
+        bench_writer(BenchOptions(writer_rows=64, dim=8, repeats=1), folder=not_a_folder)
+    assert not_a_folder.read_text() == "a file where the cache folder should be"
