@@ -14,6 +14,7 @@ import pytest
 from conftest import TINY_ARGS, extract_opts, run_cli, write_image
 
 import bottleneck.cache.writer as cache_write
+import bottleneck.extract.hashing as hashing_mod
 import bottleneck.extract.run as extract_mod
 from bottleneck.cache.journal import CRASH_ENV, DamagedBatch, Journal, check_batch, journal_dir, pending_batches
 from bottleneck.cache.store import load_cache, read_failed
@@ -199,7 +200,7 @@ def test_ctrl_c_anywhere_keeps_the_finished_batches(tmp_path, reference, monkeyp
         return wrapper
 
     if where == "hashing":
-        monkeypatch.setattr(extract_mod, "_sha256", interrupt_on(5, extract_mod._sha256))
+        monkeypatch.setattr(hashing_mod, "file_sha256", interrupt_on(5, hashing_mod.file_sha256))
     elif where == "journal write":
         monkeypatch.setattr(Journal, "_append", interrupt_on(2, Journal._append))  # batch 1, batch 2
     else:

@@ -37,7 +37,7 @@ def fingerprint_only(writer: CacheWriter, todo: list[tuple[Entry, str]], config:
     done = 0
     for pixels, w, h, err, phash in inference_batches([str(e.path) for e, _ in todo], config.input_size,
                                                       opts.batch_size, fingerprints=True):
-        n, reasons, phash = int(pixels.shape[0]), err.numpy(), phash.numpy()
+        n, reasons, phash, w, h = int(pixels.shape[0]), err.numpy(), phash.numpy(), w.numpy(), h.numpy()
         rows = [entry_row(entry, sha, (int(w[j]), int(h[j])), has_features=False, phash=phash[j])
                 for j, (entry, sha) in enumerate(todo[done:done + n]) if not reasons[j]]
         if rows:  # an image that no longer decodes keeps its row as it is

@@ -4,16 +4,20 @@
     entry_row: a dataset entry and its hash -> the row dict `CacheWriter.write_batch` takes
     check_dtype_range: refuse features that float16 storage would flush to zero
     unstorable_name: why an entry's names cannot be stored in the cache (a file name that is not UTF-8)
+    JournalThread: the batches journaled by one thread of their own, so that the forward pass never waits for a
+                   journal write or a commit
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 
 import numpy as np
 
 from ..backbones import get_spec
-from ..cache import CacheConfig, utf8_ok
+from ..cache import CacheConfig, CacheWriter, utf8_ok
 from ..errors import InputError
 from ..images import Entry
 from ..util import tensorflow
@@ -67,3 +71,67 @@ def check_dtype_range(feats: np.ndarray, config: CacheConfig) -> None:
         raise InputError(
             f"features of {config.backbone} with weights {config.weights_identity} are too small for float16 "
             f"(largest |value| {np.abs(nonzero).max():.2g}); pass --dtype float32")
+
+
+# Batches computed and waiting for the journal: the forward pass runs on while one is journaled or committed. One:
+# a kill loses the batch being computed and at most one computed and not yet journaled.
+JOURNAL_QUEUE = 1
+
+
+class JournalThread:
+    """`CacheWriter.write_batch` on a thread of its own, fed by a bounded queue, batches journaled in the order they
+    were put; while it runs, only this thread uses the writer.
+
+    Use as a context manager: `put` takes the writer's arguments, blocks only while `JOURNAL_QUEUE` batches are
+    waiting, and raises the writer's error, if it had one, in the caller's thread; leaving journals every batch
+    already put (also on Ctrl-C or an error, like the synchronous writer's last batch) and re-raises an error
+    of the writer that no `put` raised yet. After an error the writer gets no further batch: what was journaled
+    before stays, and the next run extracts the rest."""
+
+    def __init__(self, writer: CacheWriter, depth: int = JOURNAL_QUEUE):
+        self.writer = writer
+        self.error: BaseException | None = None
+        self._raised = False
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._thread = threading.Thread(target=self._run, name="bottleneck-journal", daemon=True)
+
+    def __enter__(self) -> JournalThread:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.writer.write_batch(*item[0], **item[1])
+                except BaseException as exc:  # noqa: BLE001 -- handed to the caller's thread, raised there
+                    self.error = exc
+
+    def put(self, *args, **kwargs) -> None:
+        self._check()
+        self._queue.put((args, kwargs))
+
+    def _check(self) -> None:
+        if self.error is not None and not self._raised:
+            self._raised = True
+            raise self.error
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # A Ctrl-C here must not leave the thread writing while the writer commits: wait it out, then raise it.
+        interrupted = _uninterrupted(lambda: self._queue.put(None))
+        interrupted |= _uninterrupted(self._thread.join)
+        if exc is None:
+            self._check()
+            if interrupted:
+                raise KeyboardInterrupt
+
+
+def _uninterrupted(wait) -> bool:
+    """Call `wait` until it returns, through Ctrl-Cs; whether there was one."""
+    interrupted = False
+    while True:
+        try:
+            wait()
+            return interrupted
+        except KeyboardInterrupt:
+            interrupted = True

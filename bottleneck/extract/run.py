@@ -2,12 +2,14 @@
 
     dataset index -> hash pass (SHA-256, skip what is cached) -> tf.data (parallel decode + resize,
     batch, prefetch) -> backbone (B, S, S, 3) -> (B, D) -> journaled batch -> atomic commit
+
+The hash pass runs on threads from the start (`hashing.py`) while TensorFlow is imported and, when images are
+certainly new, while the backbone is built; batches are journaled on a thread of their own (`JournalThread`).
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,9 +38,10 @@ from ..cache import (
 )
 from ..errors import ImageDecodeError, InputError
 from ..images import DatasetIndex, Entry, apply_view, check_views, inference_batches, pad_batch, seeds_for
-from ..util import progress_bar, sha256_file, tensorflow
+from ..util import progress_bar, tensorflow
 from .fingerprints import fingerprint_only, missing_fingerprints
-from .forward import check_dtype_range, entry_row, make_forward, printable_path, unstorable_name
+from .forward import JournalThread, check_dtype_range, entry_row, make_forward, printable_path, unstorable_name
+from .hashing import FileHashes
 from .identity import IdentityNote, default_cache_path, plan_identity, record_identity
 
 DTYPES = ("float16", "float32")
@@ -148,80 +151,89 @@ def make_config(opts: ExtractOptions, recorded: CacheConfig | None = None) -> Ca
                                                             recorded.xla if recorded else None))
 
 
-def _sha256(path: Path) -> tuple[str, str]:
-    """(sha256, "") or ("", reason) when the file cannot be read."""
-    try:
-        return sha256_file(path), ""
-    except OSError as exc:
-        return "", f"cannot read file: {exc.strerror or exc}"
-
-
-
 def extract(index: DatasetIndex, opts: ExtractOptions = ExtractOptions()) -> ExtractSummary:
     """Extract bottlenecks for every image of `index` not already cached; return what happened."""
     # The file name does not depend on the compute precision: resolve that against what the file records.
     path = (Path(opts.cache) if opts.cache else
             default_cache_path(index, make_config(replace(opts, precision="float32", xla="off")), opts.cache_dir))
-    config = make_config(opts, recorded_config(path))
-    info = dict(dataset=index.name, root=str(index.root), source=index.source,
-                metadata=str(index.metadata or ""), rows_without_image=len(index.rows_without_image),
-                images_without_row=len(index.images_without_row),
-                # which shard of which whole index (every shard shares the fingerprint): `merge` checks them
-                shard=index.shard, index_fingerprint=index.fingerprint, index_images=index.total_images)
     plan = plan_identity(path, index, opts.append)  # a cache of another dataset is refused before any work
-    info.update(plan.info)
-    summary = ExtractSummary(cache=path, total=len(index.entries),
-                             rows_without_image=len(index.rows_without_image),
-                             images_without_row=len(index.images_without_row), precision=config.precision,
-                             xla=config.xla)
     check_views(opts.views)
     check_engine(opts.engine, opts.views, opts.workers, opts.address)
-    summary.engine = opts.engine
-    devices = _chosen_devices(opts)
     # A name the cache's UTF-8 columns cannot hold is listed as failed (by a readable escaped form), never
     # stored under another name that fine-tune and predict could not reopen: see forward.unstorable_name.
     why = [unstorable_name(e) for e in index.entries]  # once per entry: "" when its names can be stored
     entries = [e for e, w in zip(index.entries, why) if not w]
     bad_names = [(printable_path(e.rel_path), w, "") for e, w in zip(index.entries, why) if w]
-    class_names = tuple(c for c in index.class_names if utf8_ok(c))
-    recovered = journaled_ids(path)  # what entering the writer commits first: the rows of an interrupted run
-    with CacheWriter(path, config, info, class_names, opts.commit_seconds) as writer:
-        n_views = max(opts.views, writer.existing_views())  # new rows get every view the cache has
-        summary.views = n_views
-        hashes = _hash_files(entries, opts.progress)
-        existing, by_sha = writer.lookup([e.image_id for e in entries], [sha for sha, _ in hashes])
-        summary.identity = record_identity(writer, plan, index, entries, existing, opts.append)  # relabels too
-        todo, view_todo, updates, reused, unreadable = _sort_entries(entries, hashes, existing, by_sha, n_views,
-                                                                     summary, bad_names, recovered)
-        if opts.strict and unreadable:
-            raise ImageDecodeError(f"{unreadable[0][0]}: {unreadable[0][1]} (--strict)")
-        unprinted = _journal_metadata(writer, updates, reused, unreadable)
-        summary.reused = len(reused)
-        summary.failed.extend((p, r) for p, r, _ in unreadable)
-        if (todo or view_todo) and opts.engine == "ray":
-            if view_todo or n_views:
-                raise InputError(f"cache {path} holds {n_views} augmented views per image, which --engine ray "
-                                 "does not compute; extend it with --engine local")
-            from .ray_engine import run_backbone_ray
+    with FileHashes(entries, opts.progress) as hashing:  # read on threads while TensorFlow and the backbone load
+        config = make_config(opts, recorded_config(path))
+        summary = ExtractSummary(cache=path, total=len(index.entries),
+                                 rows_without_image=len(index.rows_without_image),
+                                 images_without_row=len(index.images_without_row), precision=config.precision,
+                                 xla=config.xla, engine=opts.engine)
+        devices = _chosen_devices(opts)
+        recovered = journaled_ids(path)  # what entering the writer commits first: the rows of an interrupted run
+        with CacheWriter(path, config, _info(index, plan), tuple(c for c in index.class_names if utf8_ok(c)),
+                         opts.commit_seconds) as writer:
+            summary.views = n_views = max(opts.views, writer.existing_views())  # new rows get every view
+            built = (_build(config, opts, summary, devices)
+                     if opts.engine == "local" and _certain_work(writer, entries, n_views) else None)
+            hashes = hashing.result()
+            existing, by_sha = writer.lookup([e.image_id for e in entries], [sha for sha, _ in hashes])
+            summary.identity = record_identity(writer, plan, index, entries, existing, opts.append)  # relabels too
+            todo, view_todo, updates, reused, unreadable = _sort_entries(entries, hashes, existing, by_sha,
+                                                                         n_views, summary, bad_names, recovered)
+            if opts.strict and unreadable:
+                raise ImageDecodeError(f"{unreadable[0][0]}: {unreadable[0][1]} (--strict)")
+            unprinted = _journal_metadata(writer, updates, reused, unreadable)
+            summary.reused = len(reused)
+            summary.failed.extend((p, r) for p, r, _ in unreadable)
+            if (todo or view_todo) and opts.engine == "ray":
+                if view_todo or n_views:
+                    raise InputError(f"cache {path} holds {n_views} augmented views per image, which --engine ray "
+                                     "does not compute; extend it with --engine local")
+                from .ray_engine import run_backbone_ray
 
-            start = time.perf_counter()
-            run_backbone_ray(writer, todo, config, opts, summary)
-            summary.seconds = time.perf_counter() - start
-        elif todo or view_todo:
-            tensorflow()  # its import (seconds) is start-up, not extraction time
-            start = time.perf_counter()
-            model, replicas = _build(config, opts, summary, devices)
-            if todo:
-                _run_backbone(writer, model, todo, tuple(range(n_views + 1)), config, opts, summary, replicas)
-            for first, items in sorted(view_todo.items()):
-                _run_backbone(writer, model, items, tuple(range(first, n_views + 1)), config, opts, summary,
-                              replicas)
-                summary.views_added += len(items)
-            summary.seconds = time.perf_counter() - start
-        fingerprint_only(writer, missing_fingerprints(entries, hashes, existing, view_todo) + unprinted, config,
-                         opts, summary)
+                start = time.perf_counter()
+                run_backbone_ray(writer, todo, config, opts, summary)
+                summary.seconds = time.perf_counter() - start
+            elif todo or view_todo:
+                model, replicas = built or _build(config, opts, summary, devices)
+                start = time.perf_counter()
+                if todo:
+                    _run_backbone(writer, model, todo, tuple(range(n_views + 1)), config, opts, summary, replicas)
+                for first, items in sorted(view_todo.items()):
+                    _run_backbone(writer, model, items, tuple(range(first, n_views + 1)), config, opts, summary,
+                                  replicas)
+                    summary.views_added += len(items)
+                summary.seconds = summary.build_seconds + time.perf_counter() - start
+            fingerprint_only(writer, missing_fingerprints(entries, hashes, existing, view_todo) + unprinted,
+                             config, opts, summary)
     summary.rows = int(read_attrs(path)["n_rows"]) if path.exists() else 0
     return summary
+
+
+def _info(index: DatasetIndex, plan) -> dict:
+    """The dataset attributes a cache records: where its images come from, and its identity plan's."""
+    info = dict(dataset=index.name, root=str(index.root), source=index.source,
+                metadata=str(index.metadata or ""), rows_without_image=len(index.rows_without_image),
+                images_without_row=len(index.images_without_row),
+                # which shard of which whole index (every shard shares the fingerprint): `merge` checks them
+                shard=index.shard, index_fingerprint=index.fingerprint, index_images=index.total_images)
+    info.update(plan.info)
+    return info
+
+
+def _certain_work(writer: CacheWriter, entries: list[Entry], n_views: int) -> bool:
+    """Whether the backbone will run, as far as image ids tell before any file is hashed: a new cache, an image id
+    the cache lacks (new, or failed before), or a cached row that lacks views. Then it is built while the files
+    hash. Bytes changed under a cached id show only once hashed: then it is built after. (A new id whose bytes
+    are cached under another, or an unreadable new file, needs no backbone: built for nothing, a rare case.)"""
+    if not entries:
+        return False
+    if not writer.path.exists():
+        return True
+    found, _ = writer.lookup([e.image_id for e in entries], [""] * len(entries))
+    return len(found) < len(entries) or any(row["views"] < n_views for row in found.values())
 
 
 def _chosen_devices(opts: ExtractOptions) -> list[str] | None:
@@ -232,16 +244,6 @@ def _chosen_devices(opts: ExtractOptions) -> list[str] | None:
         raise InputError("--devices applies to --engine local; with --engine ray each backbone worker takes one "
                          "GPU (choose how many with --workers)")
     return resolve_devices(opts.devices, *visible_devices())
-
-
-def _hash_files(entries: list[Entry], progress: bool) -> list[tuple[str, str]]:
-    """(sha256, "") or ("", reason) of each entry's file, in order."""
-    pool = ThreadPoolExecutor(8)  # hashing is I/O bound; threads overlap reads
-    try:
-        return list(progress_bar(pool.map(_sha256, [e.path for e in entries]), total=len(entries),
-                                 desc="hashing", unit="img", enabled=progress, leave=False))
-    finally:
-        pool.shutdown(cancel_futures=True)  # Ctrl-C: the queued files are not hashed first
 
 
 def _sort_entries(entries: list[Entry], hashes, existing: dict, by_sha: dict, n_views: int, summary: ExtractSummary,
@@ -300,6 +302,7 @@ def _journal_metadata(writer: CacheWriter, updates, reused, unreadable) -> list[
 
 def _build(config: CacheConfig, opts: ExtractOptions, summary, devices: list[str] | None = None):
     """The backbone, built on its devices (one replica each under MirroredStrategy when there are several)."""
+    tensorflow()  # its import (seconds) is start-up, not building time
     start = time.perf_counter()
     replicas = Replicas(devices if devices is not None else resolve_devices(opts.devices, *visible_devices()))
     with replicas.scope():
@@ -318,11 +321,8 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
     tf = tensorflow()
 
     forward = make_forward(config, model)
-    plain = ks[0] == 0
-    n_views = ks[-1] if ks[-1] > 0 else 0
-    size, bs = config.input_size, opts.batch_size
-    padded = replicas.batch_size(bs)  # every replica gets an equal slice
-    batches = inference_batches([str(e.path) for e, _ in todo], size, bs, fingerprints=True)
+    batches = inference_batches([str(e.path) for e, _ in todo], config.input_size, opts.batch_size,
+                                fingerprints=True)
 
     @tf.function(reduce_retracing=True)
     def infer(x, seeds):  # (B, S, S, 3) uint8 -> (B, len(ks), D) float32: every view in one backbone call
@@ -332,6 +332,21 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
 
     bar = progress_bar(total=len(todo), desc=f"extract {config.backbone}", unit="img", enabled=opts.progress,
                        smoothing=0.1)
+    with JournalThread(writer) as journal:  # the journal and its commits run beside the forward pass
+        first_batch_end, steady_images = _forward_loop(journal, batches, infer, todo, ks, config, opts, summary,
+                                                       replicas, bar)
+    bar.close()
+    if steady_images:
+        summary.steady_images += steady_images
+        summary.steady_seconds += time.perf_counter() - first_batch_end
+
+
+def _forward_loop(journal: JournalThread, batches, infer, todo, ks: tuple[int, ...], config: CacheConfig,
+                  opts: ExtractOptions, summary, replicas: Replicas, bar) -> tuple[float | None, int]:
+    """Each decoded batch through `infer` and into the journal; (end of the first batch, images after it)."""
+    plain = ks[0] == 0
+    n_views = ks[-1] if ks[-1] > 0 else 0
+    padded = replicas.batch_size(opts.batch_size)  # every replica gets an equal slice
     done, first_batch_end, steady_images = 0, None, 0
     for pixels, w, h, err, phash in batches:
         n = int(pixels.shape[0])
@@ -340,7 +355,7 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
         if not done:
             check_dtype_range(out, config)
         rows, keep, failed = [], [], []
-        reasons, phash = err.numpy(), phash.numpy()
+        reasons, phash, w, h = err.numpy(), phash.numpy(), w.numpy(), h.numpy()  # not a tensor lookup per image
         for j in range(n):
             entry, sha = todo[done + j]
             reason = reasons[j].decode()
@@ -353,8 +368,8 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
         if n_views:
             views = np.zeros((len(keep), n_views, config.num_features), np.float32)
             views[:, ks[1 if plain else 0] - 1:] = out[keep][:, 1 if plain else 0:]
-        writer.write_batch(rows, out[keep, 0] if keep and plain else None, failed, views=views,
-                           view_lo=(ks[1] if plain and len(ks) > 1 else ks[0]) if n_views else 0)
+        journal.put(rows, out[keep, 0] if keep and plain else None, failed, views=views,
+                    view_lo=(ks[1] if plain and len(ks) > 1 else ks[0]) if n_views else 0)
         summary.extracted += len(rows) if plain else 0
         summary.failed.extend((p, r) for p, r, _ in failed)
         done += n
@@ -366,7 +381,4 @@ def _run_backbone(writer: CacheWriter, model, todo, ks: tuple[int, ...], config:
         if opts.strict and failed:
             bar.close()
             raise ImageDecodeError(f"{failed[0][0]}: {failed[0][1]} (--strict: stopping at the first bad image)")
-    bar.close()
-    if steady_images:
-        summary.steady_images += steady_images
-        summary.steady_seconds += time.perf_counter() - first_batch_end
+    return first_batch_end, steady_images

@@ -7,9 +7,17 @@
 
 Every command decodes with `load_image`, so an image gives the same pixels, and a cached image the same
 bottleneck, whichever command read it.
+
+tf.data's autotuning is off and the parallelism fixed (`decode_threads`, `PREFETCH_BATCHES`): its optimisation
+thread sleeps between rounds on a timer that doubles up to 60 s, and an iterator's destructor waits for that
+sleep to end (TensorFlow 2.21: `~RootDataset::Iterator` joins `Model::OptimizeLoop`, which the cancellation does
+not wake), which was the wait of up to several seconds after the last batch of an extraction and after every
+epoch of a fine-tune.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -61,16 +69,37 @@ def _decoder(paths: list[str], size: int, failures: dict | None = None, fingerpr
     return decode
 
 
-def inference_batches(paths: list[str], size: int, batch_size: int, fingerprints: bool = False):
-    """tf.data of (pixels (B, S, S, 3) uint8, width (B,), height (B,), error (B,) bytes), plus the images'
-    fingerprints (B,) uint64 when `fingerprints`, in the order of `paths`; decoding runs in parallel ahead of the
-    consumer. The last batch may be short: see `pad_batch`."""
+PREFETCH_BATCHES = 2  # batches decoded ahead of the consumer, beyond the one being assembled
+
+
+def decode_threads() -> int:
+    """Images decoded at once: one per core this process may run on (the decode is CPU-bound, and Pillow releases
+    the GIL while it decodes)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def without_autotune(ds):
+    """`ds` with tf.data's autotuning off: no optimisation thread whose timed sleep an iterator's end waits for."""
     tf = tensorflow()
-    return (tf.data.Dataset.range(len(paths))
-            .map(_decoder(paths, size, fingerprints=fingerprints), num_parallel_calls=tf.data.AUTOTUNE,
-                 deterministic=True)
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE))
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
+def inference_batches(paths: list[str], size: int, batch_size: int, fingerprints: bool = False,
+                      threads: int | None = None):
+    """tf.data of (pixels (B, S, S, 3) uint8, width (B,), height (B,), error (B,) bytes), plus the images'
+    fingerprints (B,) uint64 when `fingerprints`, in the order of `paths`; decoding runs on `threads` threads
+    (default `decode_threads()`) ahead of the consumer. The last batch may be short: see `pad_batch`."""
+    tf = tensorflow()
+    return without_autotune(tf.data.Dataset.range(len(paths))
+                            .map(_decoder(paths, size, fingerprints=fingerprints),
+                                 num_parallel_calls=threads or decode_threads(), deterministic=True)
+                            .batch(batch_size)
+                            .prefetch(PREFETCH_BATCHES))
 
 
 def pad_batch(x, batch_size: int):
@@ -118,8 +147,8 @@ def training_batches(paths: list[str], labels: np.ndarray, weights: np.ndarray, 
                                              weights.astype(np.float32)))
     if shuffle:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    ds = ds.map(load, num_parallel_calls=decode_threads(), deterministic=not shuffle)
     ds = ds.filter(readable).map(drop_flag)
     if augment:
-        ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(augmented, num_parallel_calls=decode_threads())
+    return without_autotune(ds.batch(batch_size).prefetch(PREFETCH_BATCHES))

@@ -141,8 +141,29 @@ def test_bad_files_are_listed_and_the_run_goes_on(tmp_path, class_tree):
 
 def test_strict_makes_a_bad_file_fatal(tmp_path, class_tree):
     (class_tree / "mel" / "empty.jpg").write_bytes(b"")
+    o = extract_opts(tmp_path, strict=True)
     with pytest.raises(ImageDecodeError, match="mel/empty.jpg: empty file"):
-        extract(build_index(class_tree), extract_opts(tmp_path, strict=True))
+        extract(build_index(class_tree), o)
+    # the batches computed up to the bad image were journaled (on the journal thread) and committed
+    assert list(dict(read_failed(o.cache))) == ["mel/empty.jpg"]
+    assert len(load_cache(o.cache).image_ids) >= 4
+
+
+def test_the_backbone_is_built_only_when_an_image_needs_it(tmp_path, class_tree):
+    """It is built while the files hash when image ids are new; bytes changed under a cached id show only once
+    hashed, and then it is built after."""
+    o = extract_opts(tmp_path)
+    first = extract(build_index(class_tree), o)
+    assert first.extracted == 12 and first.build_seconds > 0 and first.seconds > first.build_seconds
+    s = extract(build_index(class_tree), o)
+    assert (s.extracted, s.already_cached, s.build_seconds, s.devices) == (0, 12, 0.0, [])
+    before = load_cache(o.cache)
+    write_image(class_tree / "mel" / "img0.jpg", seed=99)  # new bytes, same image id
+    s = extract(build_index(class_tree), o)
+    assert (s.extracted, s.already_cached) == (1, 11) and s.build_seconds > 0
+    after = load_cache(o.cache)
+    k = list(after.image_ids).index("mel/img0.jpg")
+    assert after.sha256[k] == file_digest(class_tree / "mel" / "img0.jpg") != before.sha256[k]
 
 
 def test_label_fix_in_metadata_updates_rows_without_inference(tmp_path):

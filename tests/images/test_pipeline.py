@@ -3,13 +3,21 @@ and marks the bad file; training drops it and records why."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from conftest import write_image
 
 from bottleneck.errors import ImageDecodeError
 from bottleneck.images.decode import load_image
-from bottleneck.images.pipeline import augment_image, inference_batches, pad_batch, training_batches
+from bottleneck.images.pipeline import (
+    augment_image,
+    decode_threads,
+    inference_batches,
+    pad_batch,
+    training_batches,
+)
 
 SIZE = 16
 
@@ -118,3 +126,16 @@ def test_inference_batches_fingerprint_the_pixels_they_yield(files):
         assert hashes[i] == perceptual_hash(pixels[i]) != NO_FINGERPRINT
     plain = list(inference_batches(files, SIZE, batch_size=2))
     assert all(len(b) == 4 for b in plain)  # without fingerprints: what every other caller unpacks
+
+
+def test_pipelines_run_without_tf_data_autotuning_and_decode_on_every_core(files):
+    """tf.data's autotuning thread sleeps between rounds on a doubling timer, and an iterator's end waited for that
+    sleep: seconds after the last batch of an extraction. Both pipelines fix their parallelism instead."""
+    labels, weights = np.zeros(5), np.ones(5)
+    for ds in (inference_batches(files, SIZE, 2, fingerprints=True),
+               training_batches(files, labels, weights, SIZE, 2, {}, augment=True, shuffle=True)):
+        assert ds.options().autotune.enabled is False
+    assert decode_threads() == len(os.sched_getaffinity(0))
+    one = list(inference_batches(files, SIZE, 2, threads=1))  # one decoding thread: the same batches, in order
+    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in one]),
+                                  np.concatenate([b[0].numpy() for b in inference_batches(files, SIZE, 2)]))
