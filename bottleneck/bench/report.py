@@ -50,12 +50,9 @@ def format_results(r: dict, opts: BenchOptions) -> str:
     if "run" in r:
         lines.append(f"whole default train-head run ({opts.rows} x {opts.dim} cache): {r['run']['seconds']:.1f} s "
                      f"({r['run']['epochs_run']} epochs, {r['run']['train_seconds']:.1f} s of fitting)")
-    if "writer" in r:
-        lines += format_writer(r["writer"])
-    if "ceiling" in r:
-        lines += format_ceiling(r["ceiling"])
-    if "decode" in r:
-        lines += format_decoders(r["decode"])
+    for part, format_part in (("writer", format_writer), ("ceiling", format_ceiling), ("decode", format_decoders)):
+        if part in r:
+            lines += format_part(r[part])
     if "extract" in r:
         lines += format_extraction(r["extract"], m["cores"], bool(m["gpus"]))
         lines.append(f"  -> one pass over {opts.rows} images: {r['backbone_pass_s']:.0f} s")
@@ -101,12 +98,10 @@ def format_results(r: dict, opts: BenchOptions) -> str:
             f"file, as every commit did before: {g['copy_s']:.2f} s")
     if "ray" in r:
         lines.append(_ray_line(r["ray"], opts))
-    if "coverage" in r:
-        lines += format_coverage(r["coverage"])
-    if "duplicates" in r:
-        lines += format_duplicates(r["duplicates"])
-    if "fixed" in r:
-        lines += format_fixed(r["fixed"])
+    for part, format_part in (("coverage", format_coverage), ("duplicates", format_duplicates),
+                              ("fixed", format_fixed)):
+        if part in r:
+            lines += format_part(r[part])
     return "\n".join(lines)
 
 
