@@ -35,7 +35,7 @@ def c_order(a) -> np.ndarray:
 def pack(arrays: dict[str, np.ndarray]) -> list:
     """A dict of arrays as the parts of one record (to be written back to back: see `write_all`)."""
     arrays = {k: c_order(a) for k, a in arrays.items()}
-    header = json.dumps([[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()]).encode()
+    header = json.dumps([[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()], allow_nan=False).encode()
     payload = [a.reshape(-1).view(np.uint8) for a in arrays.values() if a.nbytes]
     crc = zlib.crc32(header)
     for part in payload:
