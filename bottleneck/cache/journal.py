@@ -35,7 +35,7 @@ ROW_FIELDS = ("image_id", "path", "group", "sha256")  # string columns, one per 
 SEGMENT_NAME = re.compile(r"journal-(\d+)\.bnj")
 LEGACY_NAME = re.compile(r"batch-(\d+)\.npz")  # one batch per file, journaled by a version before the segments
 STALE = (".batch-*.npz.part", "batch-*.npz.tmp", ".config.json.part", "config.json.tmp")  # cut off mid-write
-KEEP_RECENT = 256 << 20  # bytes of journaled batches a writer keeps in memory for its next commit
+KEEP_RECENT = 256 << 20  # bytes of batches a writer keeps in memory for the commit that applies them
 SYNC_SECONDS = 1.0  # batches reach the disk in groups at most this far apart: the power-loss window
 CRASH_ENV = "BOTTLENECK_CRASH_AT_JOURNAL"  # crash harness: SIGKILL self at the Nth journal step (tests)
 # What a batch holds: name -> (dimensions, dtype kind); "D" stands for the cache's dtype. `meta_names` (C,) names
@@ -180,7 +180,7 @@ class Journal:
         self.unsynced = False
         self.last_sync = time.monotonic()
         self.done: set[tuple[Path, int]] = set()  # records applied or set aside, in segments not yet removed
-        self.recent: dict[Batch, dict] = {}  # arrays of the batches this writer journaled since its last commit
+        self.recent: dict[Batch, dict] = {}  # arrays of batches journaled or checked, not yet committed
         self.recent_bytes = 0
 
     def _step(self) -> None:
@@ -215,9 +215,7 @@ class Journal:
         )
         try:
             batch = self._append(pack(payload))
-            if self.recent_bytes + batch.size <= KEEP_RECENT:  # the commit need not read them back
-                self.recent[batch] = payload
-                self.recent_bytes += batch.size
+            self._keep(batch, payload)  # the commit need not read it back
             if time.monotonic() - self.last_sync >= SYNC_SECONDS:
                 self.sync()
         except OSError as exc:
@@ -296,6 +294,16 @@ class Journal:
                 self.fd = None
 
     # -- reading and cleaning ---------------------------------------------------------------------------
+    def _keep(self, batch: Batch, arrays: dict) -> None:
+        """Keep a batch's arrays for the commit that applies it, within KEEP_RECENT bytes in all."""
+        if batch not in self.recent and self.recent_bytes + batch.size <= KEEP_RECENT:
+            self.recent[batch] = arrays
+            self.recent_bytes += batch.size
+
+    def _forget(self, batch: Batch) -> None:
+        if self.recent.pop(batch, None) is not None:
+            self.recent_bytes -= batch.size
+
     def arrays(self, batch: Batch) -> dict:
         """A batch's arrays, unchecked: kept from when this writer journaled it, else read (see `read`)."""
         kept = self.recent.get(batch)
@@ -319,11 +327,13 @@ class Journal:
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise DamagedBatch(f"it does not load: {first_line(exc).split('. ')[0] or type(exc).__name__}") from None
         check_batch(arrays, self.config.num_features, self.config.dtype)
+        self._keep(batch, arrays)  # checked: applied from memory, not read twice
         return arrays
 
     def set_aside(self, batch: Batch, reason: str) -> Path:
         """Keep a damaged batch in `damaged/` for a post-mortem (a legacy file moved there, a segment's record
         copied there: the segment goes with its commit) and warn, naming it; it is never read again."""
+        self._forget(batch)
         dest_dir = self.dir / "damaged"
         dest_dir.mkdir(exist_ok=True)
         stem = batch.path.stem if batch.path.suffix == ".npz" else f"{batch.path.stem}-{batch.offset}"
@@ -367,8 +377,7 @@ class Journal:
         config.json) goes when no batch is left, unless it keeps damaged batches."""
         self.done.update((b.path, b.offset) for b in batches)
         for b in batches:
-            if self.recent.pop(b, None) is not None:
-                self.recent_bytes -= b.size
+            self._forget(b)
         for f in sorted({f for f, _ in self.done}, key=lambda p: (file_seq(p) or 0, p.name)):
             if f.suffix == ".npz" or all((f, off) in self.done for off, _ in scan_or_none(f)):
                 if f == self.segment:

@@ -50,7 +50,6 @@ from .undo import (
 COMMIT_SECONDS = 10.0  # how often a running extraction makes its journaled batches readable
 READERS_WAIT = (0.5, 60.0)  # seconds a commit waits for readers to close the cache: periodic, final
 COMMIT_MARGIN = 1 << 20  # bytes a commit needs beyond its batches' own: metadata, the undo journal's pages
-KEEP_LOADED = 256 << 20  # bytes of checked batches a commit keeps in memory rather than reading them twice
 
 
 def free_bytes(folder: Path) -> int:
@@ -118,7 +117,6 @@ class CacheWriter:
         self.journal = Journal(self.path, config)
         self._state: CommittedState | None = None
         self._last_commit = time.monotonic()
-        self._loaded: dict[Batch, dict] = {}  # batches checked by the commit under way, kept to be applied
 
     def __enter__(self) -> CacheWriter:
         if self.path.exists() and read_attrs(self.path).get("virtual"):  # its rows live in the shards' files
@@ -242,23 +240,20 @@ class CacheWriter:
 
     def commit(self, readers_wait: float = READERS_WAIT[1]) -> int:
         """Apply the journaled batches to the cache; returns the rows added."""
-        try:
-            batches = self._checked(pending_batches(self.path))
-            if not batches:
-                if self.journal.done:  # only damaged batches: kept in damaged/, their segments go
-                    self.journal.clear([])
-                return 0
-            self._check_space(batches)
-            with interrupts_deferred():  # Ctrl-C lands after the commit, which takes well under a second
-                try:
-                    added = self._apply(batches, readers_wait)
-                    self.journal.clear(batches)
-                except CommitFailed as err:
-                    if isinstance(err.cause, OSError):  # the file system's fault, not a batch's: they stay journaled
-                        raise
-                    added = self._one_by_one(batches, readers_wait)
-        finally:
-            self._loaded = {}
+        batches = self._checked(pending_batches(self.path))
+        if not batches:
+            if self.journal.done:  # only damaged batches: kept in damaged/, their segments go
+                self.journal.clear([])
+            return 0
+        self._check_space(batches)
+        with interrupts_deferred():  # Ctrl-C lands after the commit, which takes well under a second
+            try:
+                added = self._apply(batches, readers_wait)
+                self.journal.clear(batches)
+            except CommitFailed as err:
+                if isinstance(err.cause, OSError):  # the file system's fault, not a batch's: they stay journaled
+                    raise
+                added = self._one_by_one(batches, readers_wait)
         self._last_commit = time.monotonic()
         return added
 
@@ -284,23 +279,20 @@ class CacheWriter:
     def _checked(self, batches: list[Batch]) -> list[Batch]:
         """The batches that can be applied; each damaged one is moved aside with a warning (its images are
         extracted again), so that no batch can wedge the cache."""
-        ok, kept = [], 0
+        ok = []
         for batch in batches:
             try:
-                arrays = self.journal.load(batch)
+                self.journal.load(batch)
                 ok.append(batch)
             except DamagedBatch as err:
                 self.journal.set_aside(batch, str(err))
-                continue
-            if kept + batch.size <= KEEP_LOADED:  # applied from memory, not read twice
-                self._loaded[batch] = arrays
-                kept += batch.size
         return ok
 
     def _read(self, batches: list[Batch]):
-        """The arrays of journaled batches, in order (those `_checked` kept, else read again), joined where that
-        applies the same (`commit.merged`): a commit of many small batches writes each dataset a few times."""
-        return merged(self._loaded.get(b) or Journal.read(b) for b in batches)
+        """The arrays of journaled batches, in order (kept by the journal since they were written or checked, else
+        read again), joined where that applies the same (`commit.merged`): a commit of many small batches writes each
+        dataset a few times."""
+        return merged(self.journal.arrays(b) for b in batches)
 
     def _check_space(self, batches: list[Batch]) -> None:
         """Refuse before writing a byte when the file system has less room than the commit needs (its rows are
