@@ -5,7 +5,8 @@ of Ray actors, write on the driver through the same `CacheWriter` as the local e
         -> map_batches(_decode)   Ray tasks: `decode_image`, the local pipeline's own per-image decode, and the
                                   fingerprint of those pixels (`fingerprint_of`, as the local pipeline)
         -> map_batches(_Backbone) Ray actors: `create_backbone` + `make_forward` of the cache's configuration
-        -> iter_batches on the driver -> CacheWriter.write_batch (journal, periodic commits, provenance)
+        -> iter_batches on the driver -> `JournalThread` (as the local engine: `CacheWriter.write_batch` on a thread
+                                  of its own, one batch of queue: journal, periodic commits, provenance)
 
 Features are those of the local engine: same pixels, same weights (the cache's seed for `--weights none`), same
 traced forward pass on batches padded to `--batch-size`. Ray is an optional extra, imported only in here.
@@ -234,7 +235,7 @@ def default_workers(ray) -> tuple[int, float]:
 
 def run_backbone_ray(writer, todo: list, config: CacheConfig, opts, summary) -> None:
     """The Ray counterpart of extract._run_backbone for plain vectors (no views): `todo` is [(Entry, sha256)]."""
-    from .forward import check_dtype_range, entry_row
+    from .forward import JournalThread
 
     with ray_session(opts.address) as (ray, start_seconds):
         summary.build_seconds = start_seconds  # what the Ray engine pays before extraction: starting or connecting
@@ -262,33 +263,44 @@ def run_backbone_ray(writer, todo: list, config: CacheConfig, opts, summary) -> 
                            enabled=opts.progress, smoothing=0.1)
         first_batch_end, steady_images = None, 0
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                out = np.asarray(batch["features"], np.float32)  # (n, D)
-                if first_batch_end is None:
-                    check_dtype_range(out, config)
-                rows, keep, failed = [], [], []
-                for j, (k, reason) in enumerate(zip(batch["i"], batch["error"])):
-                    entry, sha = todo[int(k)]
-                    reason = reason.decode() if isinstance(reason, bytes) else str(reason)
-                    if reason:
-                        failed.append((entry.rel_path, reason, sha))
-                    else:
-                        rows.append(entry_row(entry, sha, (int(batch["width"][j]), int(batch["height"][j])),
-                                              phash=batch["phash"][j]))
-                        keep.append(j)
-                writer.write_batch(rows, out[keep] if keep else None, failed)
-                summary.extracted += len(rows)
-                summary.failed.extend((p, r) for p, r, _ in failed)
-                bar.update(len(batch["i"]))
-                if first_batch_end is None:
-                    first_batch_end = time.perf_counter()
-                else:
-                    steady_images += len(batch["i"])
-                if opts.strict and failed:
-                    raise ImageDecodeError(f"{failed[0][0]}: {failed[0][1]} (--strict: stopping at the first bad "
-                                           "image)")
+            with JournalThread(writer) as journal:  # the journal and its commits beside the driver's loop
+                first_batch_end, steady_images = _drain(ds, journal, todo, config, opts, summary, bar)
         finally:
             bar.close()
         if steady_images:
             summary.steady_images += steady_images
             summary.steady_seconds += time.perf_counter() - first_batch_end
+
+
+def _drain(ds, journal, todo: list, config: CacheConfig, opts, summary, bar) -> tuple[float | None, int]:
+    """Each batch the actors computed into the journal thread; (end of the first batch, images after it)."""
+    from .forward import check_dtype_range, entry_row
+
+    first_batch_end, steady_images = None, 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        out = np.asarray(batch["features"], np.float32)  # (n, D)
+        if first_batch_end is None:
+            check_dtype_range(out, config)
+        rows, keep, failed = [], [], []
+        for j, (k, reason) in enumerate(zip(batch["i"], batch["error"])):
+            entry, sha = todo[int(k)]
+            reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+            if reason:
+                failed.append((entry.rel_path, reason, sha))
+            else:
+                rows.append(entry_row(entry, sha, (int(batch["width"][j]), int(batch["height"][j])),
+                                      phash=batch["phash"][j]))
+                keep.append(j)
+        journal.put(rows, out[keep] if keep else None, failed)
+        summary.extracted += len(rows)
+        summary.failed.extend((p, r) for p, r, _ in failed)
+        bar.update(len(batch["i"]))
+        if first_batch_end is None:
+            first_batch_end = time.perf_counter()
+        else:
+            steady_images += len(batch["i"])
+        if opts.strict and failed:
+            raise ImageDecodeError(f"{failed[0][0]}: {failed[0][1]} (--strict: stopping at the first bad "
+                                   "image)")
+    return first_batch_end, steady_images
+
