@@ -22,6 +22,7 @@ class BenchOptions:
     backbone: str = "inception_v3"
     image_size: int | None = None
     images: int = 256  # extraction figures; steady state is timed after the first batch
+    ceiling_images: int = 512  # the `ceiling` part's JPEGs: 15 steady batches of 32 per extraction
     batch_size: int = 32
     sweep_epochs: int = 3  # per configuration in the sweep benchmark (fixed: no early stopping)
     grow_rows: tuple[int, ...] = (100_000, 1_000_000)  # cache sizes the `grow` part adds 1% to

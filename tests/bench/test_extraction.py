@@ -18,9 +18,12 @@ def test_the_reference_is_timed_around_each_extraction_and_the_efficiency_is_the
     assert p["efficiency"] == pytest.approx(np.median(p["efficiency_runs"]))
     assert p["spread"] == pytest.approx(max(p["efficiency_runs"]) - min(p["efficiency_runs"]))
     assert p["defect"] == (p["efficiency"] > 1.0 or p["spread"] > 0.1)
+    assert len(p["whole_run_efficiency_runs"]) == 2 and min(p["whole_run_efficiency_runs"]) > 0
+    assert p["whole_run_efficiency"] == pytest.approx(np.median(p["whole_run_efficiency_runs"]))
     assert len(list(tmp_path.glob("extract-float32-off-*.h5"))) == 2
     lines = format_extraction(e, 2, gpus=False)
     assert lines[1].startswith("  float32: extract ") and ("[bench defect" in lines[1]) == p["defect"]
+    assert f"= {p['whole_run_efficiency']:.2f} of the pure forward" in lines[1]
 
 
 def test_the_reference_batches_are_those_after_the_first_padded_as_extraction_pads_them(tmp_path):

@@ -9,7 +9,8 @@ from bottleneck.cache import load_cache
 
 
 def test_the_ceiling_figures_come_from_real_extractions(tmp_path):
-    r = bench_ceiling(BenchOptions(images=8, batch_size=2, dim=16, image_size=32, repeats=1), tmp_path, counts=(1,))
+    opts = BenchOptions(ceiling_images=8, batch_size=2, dim=16, image_size=32, repeats=1)
+    r = bench_ceiling(opts, tmp_path, counts=(1,))
     assert (r["images"], r["input_size"], r["batch_size"], r["dim"]) == (8, 32, 2, 16)
     (c,) = r["cores"]
     assert c["cores"] == 1 and c["decode_images_per_s"] > 0 and c["extract_images_per_s"] > 0
@@ -26,7 +27,8 @@ def test_the_ceiling_figures_come_from_real_extractions(tmp_path):
         data = load_cache(cache)
         assert data.features.shape == (8, 16)
     lines = format_ceiling(r)
-    assert len(lines) == 3 and lines[1].startswith("  1 core: extract ") and "emulated GPU" in lines[2]
+    assert len(lines) == 4 and lines[1].startswith("  1 core: extract ") and "emulated GPU" in lines[2]
+    assert "casts each uint8 batch" in lines[3]
 
 
 def test_the_decode_only_rate_counts_the_images_after_the_first_batch(tmp_path):

@@ -17,9 +17,36 @@ def test_the_writer_and_h5py_write_the_same_rows_and_their_ratio_comes_from_the_
     assert r["h5py_synced_rows_per_s"] <= r["h5py_rows_per_s"] and len(r["writer_runs_rows_per_s"]) == 2
     assert sorted(r["writer_runs_rows_per_s"])[0] <= r["writer_rows_per_s"] <= max(r["writer_runs_rows_per_s"])
     assert list(tmp_path.iterdir()) == []  # the temporary folder and its files are gone
-    line = format_writer(r)[0]
+    assert r["slowdown_rows"] == pytest.approx(r["writer_s"] / r["h5py_rows_s"])
+    assert r["h5py_rows_rows_per_s"] == pytest.approx(500 / r["h5py_rows_s"])
+    line, rows_line = format_writer(r)
     assert line.startswith("writer: one CacheWriter, 500 rows x 64 float16 in batches of 32: ")
     assert f"{r['slowdown']:.2f}x h5py's time" in line
+    assert f"the writer takes {r['slowdown_rows']:.2f}x its time" in rows_line
+
+
+def test_the_plain_h5py_rows_hold_what_the_writer_stores(tmp_path):
+    import h5py
+    import numpy as np
+
+    from bottleneck.bench.data import synthetic_rows
+    from bottleneck.bench.write_rate import _write_cache, _write_h5py
+    from bottleneck.cache import load_cache
+
+    rows, feats = synthetic_rows(0, 40, 8)
+    x = np.asarray(feats, np.float16)
+    written, synced = _write_h5py(tmp_path / "plain.h5", x, rows)
+    assert written > 0 and synced >= 0
+    _write_cache(tmp_path / "cache.h5", rows, x, 16)
+    cache = load_cache(tmp_path / "cache.h5")
+    from bottleneck.bench.write_rate import STRING_COLUMNS
+
+    with h5py.File(tmp_path / "cache.h5", "r") as f:
+        assert all(f[name].dtype == h5py.string_dtype("utf-8") for name in STRING_COLUMNS)
+    with h5py.File(tmp_path / "plain.h5", "r") as f:
+        assert np.array_equal(f["features"][:], cache.features)
+        assert [v.decode() for v in f["path"][:]] == [r["path"] for r in rows]
+        assert f["orig_size"].shape == (40, 2) and f["label"][:].tolist() == [i % 7 for i in range(40)]
 
 
 def test_the_file_system_of_a_folder_is_its_mount():
