@@ -261,7 +261,6 @@ def run_backbone_ray(writer, todo: list, config: CacheConfig, opts, summary) -> 
                                max_restarts=0))
         bar = progress_bar(total=len(todo), desc=f"extract {config.backbone} (ray)", unit="img",
                            enabled=opts.progress, smoothing=0.1)
-        first_batch_end, steady_images = None, 0
         try:
             with JournalThread(writer) as journal:  # the journal and its commits beside the driver's loop
                 first_batch_end, steady_images = _drain(ds, journal, todo, config, opts, summary, bar)
