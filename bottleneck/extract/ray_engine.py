@@ -302,4 +302,3 @@ def _drain(ds, journal, todo: list, config: CacheConfig, opts, summary, bar) -> 
             raise ImageDecodeError(f"{failed[0][0]}: {failed[0][1]} (--strict: stopping at the first bad "
                                    "image)")
     return first_batch_end, steady_images
-
