@@ -52,6 +52,9 @@ class CommittedState:
         if todo:
             if self.id_keys is None:
                 self.id_keys = read_keys(f, self.n)[:, 0]
+            if not len(self.id_keys):  # nothing was committed when the writer started
+                self.absent.update(todo)
+                return [self.known.get(i) for i in image_ids]
             keys = keys[list(at.values())]
             hits = matching_rows(self.id_keys, keys)
             for image_id, key in zip(todo, keys):
@@ -201,28 +204,35 @@ def _apply_batch(f, b: dict, n: int, state: CommittedState) -> int:
     phash, has_phash = batch_phash(b)
     if has_phash.any() and PHASH not in f:  # created by the first batch that brings fingerprints
         add_phash_column(f, n)
-    new_rows = []
-    rows_of_batch = []
     ids = b["image_id"].tolist()
     id_keys = key_array(ids)
     if failed:
         for path in b["path"].tolist():
             failed.pop(path, None)
-    for i, (image_id, r) in enumerate(zip(ids, state.resolve(f, ids, id_keys))):
-        label = index[labels[i]] if has_label[i] else -1
-        r = state.known.get(image_id, r)  # an id twice in one batch: its first copy was appended above
-        if r is not None:
-            rows_of_batch.append(r)
-            _refresh_row(f, b, i, r, image_id, label, meta_names, meta[i])
-            if has_phash[i]:
-                _phash_at(f, r + 1)[r] = phash[i]
-        else:
-            rows_of_batch.append(n + len(new_rows))
-            state.known[image_id] = n + len(new_rows)
-            new_rows.append((i, label))
-    if new_rows:
-        _append_new_rows(f, b, n, new_rows, meta_names, meta, state.meta_columns, id_keys)
-        n += len(new_rows)
+    found = state.resolve(f, ids, id_keys)
+    label_of = [index[name] if has else -1 for name, has in zip(labels, has_label)]
+    if ids and not any(r is not None for r in found) and len(set(ids)) == len(ids):  # all new: the usual batch
+        rows_of_batch = list(range(n, n + len(ids)))
+        state.known.update(zip(ids, rows_of_batch))
+        _append_new_rows(f, b, n, None, label_of, meta_names, meta, state.meta_columns, id_keys)
+        n += len(ids)
+    else:
+        new_rows, rows_of_batch = [], []
+        for i, (image_id, r) in enumerate(zip(ids, found)):
+            r = state.known.get(image_id, r)  # an id twice in one batch: its first copy was appended above
+            if r is not None:
+                rows_of_batch.append(r)
+                _refresh_row(f, b, i, r, image_id, label_of[i], meta_names, meta[i])
+                if has_phash[i]:
+                    _phash_at(f, r + 1)[r] = phash[i]
+            else:
+                rows_of_batch.append(n + len(new_rows))
+                state.known[image_id] = n + len(new_rows)
+                new_rows.append(i)
+        if new_rows:
+            _append_new_rows(f, b, n, np.array(new_rows), [label_of[i] for i in new_rows], meta_names, meta,
+                             state.meta_columns, id_keys)
+            n += len(new_rows)
     if int(b["view_lo"]) > 0:
         _store_views(f, n, rows_of_batch, b["views"], int(b["view_lo"]))
     for fpath, reason, sha in b["failed"]:
@@ -243,23 +253,24 @@ def _refresh_row(f, b: dict, i: int, r: int, image_id: str, label: int, meta_nam
         f["features"][r] = b["features"][i]
 
 
-def _append_new_rows(f, b: dict, n: int, new_rows: list[tuple[int, int]], meta_names: list[str], meta: np.ndarray,
-                     meta_columns: list[str], id_keys: np.ndarray) -> None:
-    """The batch rows `new_rows` ((batch row, label) each) written as cache rows n.., past the committed count;
-    `id_keys`: the `id_key` of each batch row."""
-    sel = np.array([i for i, _ in new_rows])
+def _append_new_rows(f, b: dict, n: int, sel: np.ndarray | None, labels: list[int], meta_names: list[str],
+                     meta: np.ndarray, meta_columns: list[str], id_keys: np.ndarray) -> None:
+    """The batch rows `sel` (all of them, in order, when None) written as cache rows n.., past the committed count;
+    `labels`: their label indices; `id_keys`: the `id_key` of each batch row."""
+    rows = slice(None) if sel is None else sel  # a slice takes no copy of the batch's arrays
+    count = len(labels)
     phash, has_phash = batch_phash(b)
     for k in ROW_FIELDS:
-        _append_rows(f[k], n, b[k][sel].tolist())
+        _append_rows(f[k], n, b[k][rows].tolist())
     for c in meta_columns:  # every column grows with the rows: "" where the batch lacks it
-        values = meta[sel, meta_names.index(c)].tolist() if c in meta_names else [""] * len(sel)
+        values = meta[rows, meta_names.index(c)].tolist() if c in meta_names else [""] * count
         _append_rows(f[meta_dataset(c)], n, values)
-    _append_rows(f[KEYS], n, np.stack([id_keys[sel], key_array(b["sha256"][sel].tolist())], axis=1))
-    _append_rows(f["label"], n, np.array([lab for _, lab in new_rows], dtype=np.int32))
-    _append_rows(f["orig_size"], n, b["size"][sel])
-    _append_rows(f["features"], n, b["features"][sel])
+    _append_rows(f[KEYS], n, np.stack([id_keys[rows], key_array(b["sha256"][rows].tolist())], axis=1))
+    _append_rows(f["label"], n, np.array(labels, dtype=np.int32))
+    _append_rows(f["orig_size"], n, b["size"][rows])
+    _append_rows(f["features"], n, b["features"][rows])
     if PHASH in f:  # NO_FINGERPRINT (0) where a row has none
-        _append_rows(_phash_at(f, n), n, np.where(has_phash[sel], phash[sel], np.uint64(0)).astype(np.uint64))
+        _append_rows(_phash_at(f, n), n, np.where(has_phash[rows], phash[rows], np.uint64(0)).astype(np.uint64))
 
 
 def _write_failed(f, failed: dict[str, tuple[str, str]]) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import threading
 import time
 import warnings
 import zlib
@@ -47,6 +48,7 @@ ID_MAGIC = b"BNCACHE1"
 HEAD_PAGES, SPREAD_PAGES = 16, 240  # sample pages: the head (superblock, root group), then spread over the file
 RECORD = struct.Struct("<QQI")  # offset, length, crc32 of the saved bytes
 CRASH_ENV = "BOTTLENECK_CRASH_AT_WRITE"  # crash harness: SIGKILL self before the Nth write of a commit (tests)
+FLUSH_AHEAD = 16 << 20  # bytes a commit writes before they start going to the disk, on a thread, while it goes on
 
 
 def stamp_file_id(fd: int) -> bytes:
@@ -81,7 +83,11 @@ class FdFile:
     state that prints a traceback per open object and can crash the process at exit. The first error is kept in
     `error`, every later write is discarded as if done, HDF5 finishes and closes normally, and the caller, who
     checks `error` after the close, puts the file back (UndoFile) or deletes it (a first commit). Once `closed`,
-    writes are discarded too: nothing may reach the file after the commit ends (stray h5py objects closing late)."""
+    writes are discarded too: nothing may reach the file after the commit ends (stray h5py objects closing late).
+
+    Every `FLUSH_AHEAD` bytes, what was written starts going to the disk on a thread (`fdatasync`) while HDF5 goes
+    on, so the commit's closing `sync` waits for the last part only. Its outcome is the closing sync's: an error of
+    the early flush is raised there (the kernel reports a write-back error once per open file)."""
 
     def __init__(self, fd: int, path: Path):
         self.fd = fd
@@ -91,6 +97,9 @@ class FdFile:
         self.error: OSError | None = None  # the first write error, for the message
         self.closed = False  # after the commit ends nothing may reach the file (stray h5py objects closing late)
         self.crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
+        self.unflushed = 0  # bytes written since the last early flush began
+        self._ahead: threading.Thread | None = None
+        self._ahead_error: OSError | None = None
 
     # -- the file-object protocol h5py's fileobj driver uses ---------------------------------------
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -132,6 +141,9 @@ class FdFile:
         except OSError as exc:
             self.error = exc
         self.pos += len(view)
+        self.unflushed += len(view)
+        if self.unflushed >= FLUSH_AHEAD:
+            self._flush_ahead()
         return len(view)
 
     def truncate(self, size: int | None = None) -> int:
@@ -146,7 +158,38 @@ class FdFile:
         return size
 
     def flush(self) -> None:
-        pass  # durability is the committer's fsync, after h5py has closed the file
+        pass  # durability is the committer's `sync`, after h5py has closed the file
+
+    def _flush_ahead(self) -> None:
+        """Start the bytes written so far towards the disk on a thread (one at a time)."""
+        if self._ahead is not None and self._ahead.is_alive():
+            return
+        self.unflushed = 0
+        fd = os.dup(self.fd)  # its own descriptor: the caller may close `fd` before the thread is joined
+
+        def flush():
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                self._ahead_error = self._ahead_error or exc
+            finally:
+                os.close(fd)
+
+        self._ahead = threading.Thread(target=flush, name="bottleneck-flush-ahead", daemon=True)
+        self._ahead.start()
+
+    def settle(self) -> None:
+        """Wait for an early flush still running."""
+        if self._ahead is not None:
+            self._ahead.join()
+            self._ahead = None
+
+    def sync(self) -> None:
+        """Every byte written is on the disk (an early flush's error included: it would not be reported twice)."""
+        self.settle()
+        if self._ahead_error is not None:
+            raise self._ahead_error
+        os.fsync(self.fd)
 
     def _before_overwrite(self, offset: int, length: int) -> None:
         pass
@@ -204,7 +247,7 @@ class UndoFile(FdFile):
     def finish(self) -> None:
         """The commit point: the cache's new bytes are durable, then the rollback journal goes."""
         self.closed = True
-        os.fsync(self.fd)
+        self.sync()
         self.undo.close()
         self.undo_path.unlink()
         fsync_dir(self.undo_path)
@@ -212,6 +255,7 @@ class UndoFile(FdFile):
     def abandon(self) -> None:
         """After an error inside the commit: put the old bytes back now."""
         self.closed = True
+        self.settle()
         try:
             self.undo.close()
         except OSError:

@@ -232,7 +232,8 @@ class CacheWriter:
         # The first batch is committed at once: a first run is readable (and survives a kill) from then on.
         if self.lock.fd is None:
             return  # not entered (no lock): journal only, as an interrupted run would have left it
-        if not self.path.exists() or time.monotonic() - self._last_commit >= self.commit_seconds:
+        first = self._state is None and not self.path.exists()  # no stat a batch once the cache is known to exist
+        if first or time.monotonic() - self._last_commit >= self.commit_seconds:
             try:
                 self.commit(READERS_WAIT[0])
             except CacheReadersError:
@@ -339,7 +340,7 @@ class CacheWriter:
         """The first commit: build the file beside the target, then rename it into place whole."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         undo_path(self.path).unlink(missing_ok=True)  # an undo of a file deleted since: never for this new one
-        fd = None
+        fd = out = None
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             out = FdFile(fd, tmp)  # write errors are kept, not raised into HDF5 (see FdFile)
@@ -348,8 +349,10 @@ class CacheWriter:
                 raise out.error
             out.closed = True
             stamp_file_id(fd)
-            os.fsync(fd)
+            out.sync()
         except Exception as exc:  # noqa: BLE001 -- any failure: the new file is removed, the error re-raised
+            if out is not None:
+                out.settle()
             drop_tracebacks(exc)
             gc.collect()  # h5py objects held by the traceback close now, while writes are still discarded
             tmp.unlink(missing_ok=True)

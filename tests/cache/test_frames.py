@@ -59,3 +59,27 @@ def test_scan_finds_whole_records_and_stops_at_one_cut_off(tmp_path):
     assert len(records) == 2 and end == path.stat().st_size
     with pytest.raises(DamagedRecord, match="no batch header"):
         read_record(path, *records[1])
+
+
+def test_small_arrays_are_written_joined_and_large_ones_as_views_in_the_same_order():
+    """A batch's many small arrays around its features are written as a few parts (each small array a part of its
+    own made writes slow); the record's bytes are those of the arrays one after the other, whatever the parts."""
+    big = np.arange(40_000, dtype=np.float16).reshape(20, 2000)  # 80,000 bytes: a part of its own
+    a = {"image_id": np.array(["x", "yz"]), "size": np.array([[1, 2], [3, 4]], np.int32), "features": big,
+         "failed": np.array([["p", "r", "s"]]), "views": np.zeros((2, 0, 2000), np.float16), "view_lo": np.array(0)}
+    parts = pack(a)
+    assert len(parts) == 3 and parts[1].nbytes == big.nbytes and np.shares_memory(parts[1], big)
+    got = unpack(b"".join(bytes(memoryview(p).cast("B")) for p in parts))
+    assert all(np.array_equal(got[k], a[k]) and got[k].dtype == a[k].dtype for k in a)
+    expected_payload = b"".join(v.tobytes() for v in a.values())
+    assert b"".join(bytes(memoryview(p).cast("B")) for p in parts).endswith(expected_payload)
+
+
+@pytest.mark.parametrize("names", [("image_id", "meta"), ('a"b', "c\\d", "é")])
+def test_the_header_is_the_json_of_names_dtypes_and_shapes(names):
+    """Plain names are written out directly (faster than json.dumps), others through json; both read back the same."""
+    a = {names[0]: np.zeros((2, 3), np.float16), names[1]: np.array(["ab", "c"])}
+    if len(names) > 2:
+        a[names[2]] = np.array(7)
+    got = unpack(_bytes(a))
+    assert list(got) == list(a) and all(got[k].shape == a[k].shape and got[k].dtype == a[k].dtype for k in a)

@@ -90,7 +90,7 @@ def test_a_deleted_cache_rebuilt_by_the_same_extract_keeps_its_new_rows(caches, 
     config = load_cache(tmp_path / "b.h5").config
     a.unlink()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", BottleneckWarning)  # ours; not pandas' first import's, whenever it comes
         feature_cache(a, counts={"bcc": 40, "mel": 50}, seed=1)
         assert not undo_path(a).exists()
         with CacheWriter(a, config) as w:  # a second commit, in place: nothing old is rolled onto it
@@ -148,3 +148,34 @@ def test_an_undo_the_reader_cannot_remove_names_the_folder(caches, monkeypatch):
         folder.chmod(0o755)
     monkeypatch.undo()
     assert len(load_cache(a).image_ids) == 90 and not undo_path(a).exists()
+
+
+def test_a_large_commit_starts_its_flush_early_and_an_early_flush_error_is_raised_by_the_closing_sync(tmp_path,
+                                                                                                    monkeypatch):
+    """Past FLUSH_AHEAD bytes, what a commit wrote goes to the disk on a thread while it goes on; the kernel reports a
+    write-back error once per open file, so an error that thread met must fail the commit's closing sync."""
+    import errno
+
+    from bottleneck.cache import undo as undo_mod
+
+    path = tmp_path / "f.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out = undo_mod.FdFile(fd, path)
+        out.write(b"x" * (undo_mod.FLUSH_AHEAD + 1))
+        assert out._ahead is not None  # started
+        out.sync()
+        assert path.stat().st_size == undo_mod.FLUSH_AHEAD + 1 and out.unflushed == 0
+
+        def failing(_fd):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(undo_mod.os, "fdatasync", failing)
+        out = undo_mod.FdFile(fd, path)
+        out.seek(0)
+        out.write(b"y" * undo_mod.FLUSH_AHEAD)
+        with pytest.raises(OSError) as err:
+            out.sync()
+        assert err.value.errno == errno.EIO
+    finally:
+        os.close(fd)
