@@ -16,7 +16,15 @@ from conftest import TINY_ARGS, extract_opts, run_cli, write_image
 import bottleneck.cache.writer as cache_write
 import bottleneck.extract.hashing as hashing_mod
 import bottleneck.extract.run as extract_mod
-from bottleneck.cache.journal import CRASH_ENV, DamagedBatch, Journal, check_batch, journal_dir, pending_batches
+from bottleneck.cache.journal import (
+    CRASH_ENV,
+    DamagedBatch,
+    Journal,
+    check_batch,
+    journal_dir,
+    pending_batches,
+    storable_text,
+)
 from bottleneck.cache.store import load_cache, read_failed
 from bottleneck.errors import BottleneckWarning, CacheError
 from bottleneck.extract.forward import NOT_UTF8
@@ -267,6 +275,16 @@ def test_a_nul_in_a_csv_is_refused_at_the_door_and_a_batch_that_cannot_commit_is
     r = run_cli(*args)
     assert r.exit_code == 0, r.output
     assert _same(cache, expected) and load_cache(cache).meta["site"][3] == "site3"
+
+
+@pytest.mark.parametrize("bad", [dict(path="mel/caf\udce9.png"), dict(group="g\x00"), dict(label=7),
+                                 dict(meta={"s\x00": "v"}), dict(meta={"site": "a\x00b"})])
+def test_only_a_batch_of_storable_strings_skips_the_commits_check(bad):
+    """A batch built by this writer from strings the cache can hold needs no check_batch at its commit; one with a
+    NUL, a lone surrogate or a value that is not a string is left to check_batch, which sets it aside."""
+    assert storable_text([_row(1), dict(_row(2), meta={"site": "a"})], [("p", "why", "s")])
+    assert not storable_text([_row(1), dict(_row(2), **bad)])
+    assert not storable_text([_row(1)], [("p\x00", "why", "")])
 
 
 def test_a_batch_the_cache_cannot_take_is_set_aside_and_the_others_commit(tmp_path):

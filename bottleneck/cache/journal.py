@@ -118,6 +118,20 @@ def row_arrays(rows: list[dict]) -> dict[str, np.ndarray]:
             "has_phash": np.array([v is not None for v in phash], dtype=bool).reshape(n)}
 
 
+def storable_text(rows: list[dict], failed=()) -> bool:
+    """Whether every string of these rows (ids, paths, groups, digests, labels, metadata names and values) and
+    failed images is a str the cache's UTF-8 columns can hold: no NUL, no lone surrogate. What `check_batch` checks of
+    a batch's strings, read from the strings themselves before they become arrays (whose strings they are, less any
+    trailing NUL); False for anything that is not a str, which `check_batch` then judges."""
+    try:
+        text = "".join([s for r in rows for s in (r["image_id"], r["path"], r["group"], r["sha256"], r["label"]) if s]
+                       + [v for r in rows if r.get("meta") for kv in r["meta"].items() for v in kv]
+                       + [s for x in failed for s in x])
+    except TypeError:
+        return False
+    return "\0" not in text and utf8_ok(text)
+
+
 def batch_meta(arrays: dict) -> tuple[list[str], np.ndarray]:
     """A journaled batch's metadata columns and its (n, C) values; none for a batch of an older version."""
     if "meta_names" not in arrays:
@@ -198,6 +212,7 @@ class Journal:
         self.done: set[tuple[Path, int]] = set()  # records applied or set aside, in segments not yet removed
         self.recent: dict[Batch, dict] = {}  # arrays of batches journaled or checked, not yet committed
         self.recent_bytes = 0
+        self.checked: set[Batch] = set()  # batches of `recent` that need no check_batch
 
     def _step(self) -> None:
         """A point where the crash harness may kill the process: inside and between the journal's writes."""
@@ -220,7 +235,8 @@ class Journal:
         )
         try:
             batch = self._append(pack(payload))
-            self._keep(batch, payload)  # the commit need not read it back
+            # The commit need not read it back, nor check what was built here from strings it can store.
+            self._keep(batch, payload, checked=views is None and storable_text(rows, failed))
             if time.monotonic() - self.last_sync >= SYNC_SECONDS:
                 self.sync()
         except OSError as exc:
@@ -299,13 +315,17 @@ class Journal:
                 self.fd = None
 
     # -- reading and cleaning ---------------------------------------------------------------------------
-    def _keep(self, batch: Batch, arrays: dict) -> None:
-        """Keep a batch's arrays for the commit that applies it, within KEEP_RECENT bytes in all."""
+    def _keep(self, batch: Batch, arrays: dict, checked: bool = False) -> None:
+        """Keep a batch's arrays for the commit that applies it, within KEEP_RECENT bytes in all; `checked`: they
+        need no `check_batch` (built by `write` from storable strings, or checked already)."""
         if batch not in self.recent and self.recent_bytes + batch.size <= KEEP_RECENT:
             self.recent[batch] = arrays
             self.recent_bytes += batch.size
+        if checked and batch in self.recent:
+            self.checked.add(batch)
 
     def _forget(self, batch: Batch) -> None:
+        self.checked.discard(batch)
         if self.recent.pop(batch, None) is not None:
             self.recent_bytes -= batch.size
 
@@ -327,12 +347,14 @@ class Journal:
 
     def load(self, batch: Batch) -> dict:
         """A batch's arrays, checked (`check_batch`); DamagedBatch when it cannot be applied."""
+        if batch in self.checked:
+            return self.recent[batch]
         try:
             arrays = self.arrays(batch)
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise DamagedBatch(f"it does not load: {first_line(exc).split('. ')[0] or type(exc).__name__}") from None
         check_batch(arrays, self.config.num_features, self.config.dtype)
-        self._keep(batch, arrays)  # checked: applied from memory, not read twice
+        self._keep(batch, arrays, checked=True)  # applied from memory, not read or checked twice
         return arrays
 
     def set_aside(self, batch: Batch, reason: str) -> Path:
