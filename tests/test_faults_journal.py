@@ -16,15 +16,8 @@ from conftest import TINY_ARGS, extract_opts, run_cli, write_image
 import bottleneck.cache.writer as cache_write
 import bottleneck.extract.hashing as hashing_mod
 import bottleneck.extract.run as extract_mod
-from bottleneck.cache.journal import (
-    CRASH_ENV,
-    DamagedBatch,
-    Journal,
-    check_batch,
-    journal_dir,
-    pending_batches,
-    storable_text,
-)
+from bottleneck.cache.batch import DamagedBatch, check_batch, storable_text
+from bottleneck.cache.journal import CRASH_ENV, Journal, journal_dir, pending_batches
 from bottleneck.cache.store import load_cache, read_failed
 from bottleneck.errors import BottleneckWarning, CacheError
 from bottleneck.extract.forward import NOT_UTF8

@@ -5,6 +5,7 @@ memory budget (`features`).
 What other packages may use is named here; everything else is private to the package."""
 
 
+from .batch import utf8_ok
 from .features import (
                        GIB,
                        ViewsReader,
@@ -17,7 +18,6 @@ from .features import (
                        resolve_memory_gb,
                        take,
 )
-from .journal import utf8_ok
 from .merge import MergeResult, merge_caches
 from .pending import journaled_ids
 from .store import (

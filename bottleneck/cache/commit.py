@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .batch import ROW_FIELDS, batch_meta, batch_phash
 from .handle import SCHEMA_VERSION
-from .journal import ROW_FIELDS, batch_meta, batch_phash
 from .row_keys import KEYS, key_array, keys_for, matching_rows, read_keys
 from .store import META, PHASH, STRING_DTYPE, decode_strings, library_versions, meta_dataset, stored_meta_columns
 

@@ -20,8 +20,8 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError, CacheMismatchError, InputError
+from .batch import ROW_FIELDS
 from .handle import SCHEMA_VERSION
-from .journal import ROW_FIELDS
 from .row_keys import KEYS, read_keys
 from .store import (
     META,

@@ -14,7 +14,7 @@ import hashlib
 
 import numpy as np
 
-from .journal import ROW_FIELDS
+from .batch import ROW_FIELDS
 
 KEYS = "row_keys"
 

@@ -24,8 +24,9 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError, CacheLockedError, CacheMismatchError
+from .batch import DamagedBatch
 from .commit import CommittedState, apply_batches, create_layout, drop_tracebacks, interrupts_deferred, merged
-from .journal import Batch, DamagedBatch, Journal, first_line, os_reason, pending_batches
+from .journal import Batch, Journal, first_line, os_reason, pending_batches
 from .pending import lock_path
 from .row_keys import key_array, matching_rows, read_keys, read_rows
 from .store import (

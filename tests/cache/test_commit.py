@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import feature_cache
 
-from bottleneck.cache.journal import DamagedBatch, Journal, check_batch
+from bottleneck.cache.batch import DamagedBatch, check_batch
+from bottleneck.cache.journal import Journal
 from bottleneck.cache.merge import merge_caches
 from bottleneck.cache.store import describe_cache, load_cache
 from bottleneck.cache.writer import CacheWriter
