@@ -33,9 +33,6 @@ def c_order(a) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-SMALL = 1 << 16  # arrays below this many bytes are joined into one part: a write of many small pieces is slow
-
-
 def pack(arrays: dict[str, np.ndarray]) -> list:
     """A dict of arrays as the parts of one record, to be written back to back (see `write_all`): the frame and
     header with the small arrays that follow them as one part, each large array as a part of its own (a view, not

@@ -161,11 +161,15 @@ class FdFile:
         pass  # durability is the committer's `sync`, after h5py has closed the file
 
     def _flush_ahead(self) -> None:
-        """Start the bytes written so far towards the disk on a thread (one at a time)."""
+        """Start the bytes written so far towards the disk on a thread (one at a time). Called from inside HDF5's
+        write, so nothing may be raised: without a descriptor or a thread to spare, the closing sync does it all."""
         if self._ahead is not None and self._ahead.is_alive():
             return
         self.unflushed = 0
-        fd = os.dup(self.fd)  # its own descriptor: the caller may close `fd` before the thread is joined
+        try:
+            fd = os.dup(self.fd)  # its own descriptor: the caller may close `fd` before the thread is joined
+        except OSError:
+            return
 
         def flush():
             try:
@@ -176,7 +180,11 @@ class FdFile:
                 os.close(fd)
 
         self._ahead = threading.Thread(target=flush, name="bottleneck-flush-ahead", daemon=True)
-        self._ahead.start()
+        try:
+            self._ahead.start()
+        except RuntimeError:  # no thread to spare
+            self._ahead = None
+            os.close(fd)
 
     def settle(self) -> None:
         """Wait for an early flush still running."""
