@@ -116,6 +116,7 @@ def test_a_legacy_run_loads_evaluates_and_predicts(legacy):
     np.testing.assert_allclose(got.loc[saved.index, cols].to_numpy(), saved[cols].to_numpy(), atol=HEAD_RUN_ATOL)
 
 
+@pytest.mark.slow
 def test_a_new_run_has_the_legacy_files_and_config_keys(legacy, tmp_path):
     r = train_head_run(legacy / "cache.h5", HeadConfig(hidden=(16,), epochs=3, seed=0),
                        RunOptions(out=tmp_path / "run", split=SplitSpec(0.5, 0.25, 0.25, 0), progress=False))

@@ -280,6 +280,7 @@ def resume(ham_run, out):
                    "--batch-size", 8, "--no-augment", "-q")
 
 
+@pytest.mark.slow
 def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(ham_run, interrupted, tmp_path):
     out = tmp_path / "ft"
     tmp = interrupted_copy(interrupted, out)
@@ -296,6 +297,7 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(ham_run, inte
     assert not tmp.exists() and not list(out.glob("*-0*.keras")) and not (out / "progress.json").exists()
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_starts_the_fine_tune_over(ham_run, interrupted, tmp_path):
     out = tmp_path / "ft"
     tmp = interrupted_copy(interrupted, out)
@@ -307,6 +309,7 @@ def test_no_readable_checkpoint_starts_the_fine_tune_over(ham_run, interrupted, 
     assert json.loads((out / "config.json").read_text())["epochs_run"] == 3
 
 
+@pytest.mark.slow
 def test_checkpoints_are_written_under_a_temporary_name(ham_run, tmp_path, monkeypatch):
     """A save that dies midway (here: raises after writing part of the file) leaves the committed state whole."""
     import keras

@@ -126,6 +126,7 @@ def test_csv_cells_that_start_like_formulas_are_prefixed(hostile_run):
         assert row[0][:1] not in set("=+-@")
 
 
+@pytest.mark.slow
 def test_split_from_and_evaluate_still_find_every_id(hostile_run):
     tmp, run = hostile_run["tmp"], hostile_run["run"]
     r = run_cli("train-head", hostile_run["cache"], "--out", tmp / "again", "--split-from", run,

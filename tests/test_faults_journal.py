@@ -149,6 +149,7 @@ def test_a_file_name_that_is_not_utf8_is_listed_and_the_others_commit(tmp_path, 
     (2048, "cannot write batch"),  # the first journal write
     (12 * 1024, "cannot commit to cache"),  # the first commit, which builds the file
     (None, "cannot commit to cache")])  # a commit in place, growing a cache of 4 rows
+@pytest.mark.slow
 def test_a_write_error_is_one_line_and_a_rerun_completes(tmp_path, reference, forked, limit, fails):
     """A real process whose files may not grow past `limit` (EFBIG, as ENOSPC would): its whole stderr is read,
     where HDF5 would print its own error stack."""

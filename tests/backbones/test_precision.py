@@ -69,6 +69,7 @@ def test_auto_follows_the_cache_else_the_fastest_native_and_warns_only_when_emul
     assert resolve_xla("on", "vgg16", "bfloat16")
 
 
+@pytest.mark.slow
 def test_this_machine_gets_bf16_by_auto_only_when_its_cpu_has_it(tmp_path, class_tree, monkeypatch):
     monkeypatch.setattr(precision, "fastest_native", REAL_FASTEST_NATIVE)  # conftest pins auto to float32
     s = extract(build_index(class_tree), extract_opts(tmp_path))
@@ -77,6 +78,7 @@ def test_this_machine_gets_bf16_by_auto_only_when_its_cpu_has_it(tmp_path, class
 
 
 @emulated_ok
+@pytest.mark.slow
 def test_bf16_features_agree_with_float32_ones_from_a_saved_weights_file(tmp_path, class_tree):
     weights = tmp_path / "vgg16-32.weights.h5"
     create_backbone("vgg16", "none", 32, seed=7).save_weights(weights)
@@ -102,6 +104,7 @@ def test_bf16_features_agree_with_float32_ones_from_a_saved_weights_file(tmp_pat
     assert len(load_cache(b.cache).labels) == len(bf16.labels) + 1
 
 
+@pytest.mark.slow
 def test_features_do_not_depend_on_the_batch_size(tmp_path, class_tree):
     feats = []
     for bs in (1, 7, 32):
@@ -112,6 +115,7 @@ def test_features_do_not_depend_on_the_batch_size(tmp_path, class_tree):
         np.testing.assert_allclose(other.features, feats[0].features, rtol=2e-3, atol=1e-4)  # float16 storage
 
 
+@pytest.mark.slow
 def test_xla_gives_the_same_features_and_is_recorded(tmp_path, class_tree):
     off = extract(build_index(class_tree), extract_opts(tmp_path, cache=tmp_path / "off.h5", xla="off",
                                                        dtype="float32"))
@@ -125,6 +129,7 @@ def test_xla_gives_the_same_features_and_is_recorded(tmp_path, class_tree):
 
 
 @emulated_ok
+@pytest.mark.slow
 def test_predict_in_bf16_agrees_with_float32(ham_run, tmp_path):
     served = load_served(ham_run["run"])
     model16, used = set_precision(served.model, "bfloat16")
@@ -149,6 +154,7 @@ def test_predict_in_bf16_agrees_with_float32(ham_run, tmp_path):
 
 
 @emulated_ok
+@pytest.mark.slow
 def test_fine_tune_in_bf16_records_it_and_keeps_the_head_float32(ham_run, tmp_path):
     out = tmp_path / "ft16"
     r = run_cli("fine-tune", ham_run["run"], "--precision", "bfloat16", "--epochs", 1, "--lr", OPTS["lr"],

@@ -17,6 +17,7 @@ from bottleneck.errors import InputError, WeightsError
 
 
 @pytest.mark.parametrize("name", list_backbones())
+@pytest.mark.slow
 def test_every_backbone_honours_the_contract(name):
     spec = get_spec(name)
     size = max(spec.min_size, 32)

@@ -1,10 +1,13 @@
 """The near-duplicate benchmark: copies of synthetic lesion photos found by their fingerprints, distinct lesions
 apart; a small run (the figures docs/benchmarks.md gives come from `bottleneck bench --part duplicates`)."""
 
+import pytest
+
 from bottleneck.bench.duplicates import KINDS, THRESHOLDS, bench_duplicates, format_duplicates
 from bottleneck.images import NEAR_BITS
 
 
+@pytest.mark.slow
 def test_a_small_run_finds_the_copies_a_checksum_misses_and_keeps_distinct_lesions_apart():
     d = bench_duplicates(images=6, check=(10, 1000))
     assert list(d["kinds"]) == list(KINDS) and d["distinct"]["pairs"] == 15

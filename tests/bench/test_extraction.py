@@ -9,6 +9,7 @@ from bottleneck.bench.data import write_bench_images
 from bottleneck.bench.extraction import bench_extraction, format_extraction, steady_batches
 
 
+@pytest.mark.slow
 def test_the_reference_is_timed_around_each_extraction_and_the_efficiency_is_their_median(tmp_path):
     opts = BenchOptions(backbone="vgg16", image_size=32, images=10, batch_size=4, repeats=2)
     e = bench_extraction(opts, tmp_path)

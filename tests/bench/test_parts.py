@@ -7,6 +7,7 @@ from bottleneck.bench.parts import PARTS, QUICK_PARTS, choose_parts
 from bottleneck.errors import InputError
 
 
+@pytest.mark.slow
 def test_bench_prints_figures_for_a_small_cache():
     r = run_cli("bench", "--rows", "400", "--dim", "32", "--epochs", "2", "--part", "head", "--part", "run")
     assert r.exit_code == 0, r.output
@@ -25,6 +26,7 @@ def test_bench_all_parts_run():
         assert figure in r.output, figure
 
 
+@pytest.mark.slow
 def test_bench_writer_part_prints_the_writer_beside_h5py():
     r = run_cli("bench", "--part", "writer", "--dim", "64")
     assert r.exit_code == 0, r.output

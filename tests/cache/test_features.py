@@ -112,6 +112,7 @@ def test_a_streamed_epoch_visits_every_row_once_chunk_by_chunk(wide):
     np.testing.assert_array_equal(np.concatenate([ordered[i][0] for i in range(len(ordered))]), x_mem)
 
 
+@pytest.mark.slow
 def test_a_streamed_fit_weighs_classes_and_standardises_as_in_memory(wide):
     """With a learning rate too small to move the weights, epoch 1's training loss is the class-weighted mean loss of
     the initial head over the training rows whatever their order: streamed and in-memory must agree on it."""
@@ -136,6 +137,7 @@ def test_a_streamed_fit_weighs_classes_and_standardises_as_in_memory(wide):
                                predict_proba(streamed.model, mem.features[val]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_train_head_streams_under_a_small_budget_with_the_metrics_of_memory(tmp_path, wide):
     path, _ = wide
     args = ["train-head", path, "--hidden", "32", "--epochs", "8", "--patience", "3", "--batch-size", "32", "--quiet"]
@@ -155,6 +157,7 @@ def test_train_head_streams_under_a_small_budget_with_the_metrics_of_memory(tmp_
     assert test["streamed"]["balanced_accuracy"] == pytest.approx(test["mem"]["balanced_accuracy"], abs=0.1)
 
 
+@pytest.mark.slow
 def test_sweep_and_evaluate_stream_under_a_tiny_budget(tmp_path, wide):
     path, _ = wide
     out = tmp_path / "sweep"
@@ -178,6 +181,7 @@ def test_sweep_and_evaluate_stream_under_a_tiny_budget(tmp_path, wide):
     assert ev["metrics"]["balanced_accuracy"] == pytest.approx(own["balanced_accuracy"])
 
 
+@pytest.mark.slow
 def test_augment_and_tta_with_streamed_features_and_views(tmp_path):
     """Stored views added the way the format documents them (cache-format.md); features, views and TTA all
     streamed under one tiny budget."""

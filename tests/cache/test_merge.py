@@ -129,6 +129,7 @@ def test_a_shard_of_another_index_or_split_is_refused(caches, parts, tmp_path):
     assert not (tmp_path / "out.h5").exists()
 
 
+@pytest.mark.slow
 def test_a_virtual_merge_reads_the_shards_in_place(caches, parts, tmp_path):
     copied, virtual = tmp_path / "copied.h5", tmp_path / "virtual.h5"
     assert run_cli("merge", *parts, "--out", copied).exit_code == 0
@@ -242,6 +243,7 @@ def test_a_virtual_cache_over_a_shard_re_extracted_with_fewer_rows_is_refused(ha
     assert run_cli("info", virtual).exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_virtual_cache_over_a_shard_with_another_class_list_is_refused(tmp_path):
     data = make_ham(tmp_path / "HAM10000")
     parts = [_extract(data, tmp_path / f"s{i}.h5", "--shard", f"{i}/4") for i in range(4)]
@@ -272,6 +274,7 @@ def test_a_virtual_cache_over_a_shard_with_other_ids_of_the_same_count_is_refuse
     _rows_of(_merge(shards, virtual), shards)
 
 
+@pytest.mark.slow
 def test_a_virtual_merge_of_a_virtual_merge_is_checked_to_the_bottom(ham, shards, tmp_path):
     inner, outer = tmp_path / "inner.h5", tmp_path / "outer.h5"
     _merge(shards[:2], inner, "--allow-partial")

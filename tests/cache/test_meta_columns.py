@@ -198,6 +198,7 @@ def test_a_journaled_batch_keeps_its_metadata(clinic, cache):
     assert data.meta["phototype"][0] == "" and data.meta["age"][0] == expected(0)["age"]
 
 
+@pytest.mark.slow
 def test_merge_is_the_union_of_the_columns(clinic, tmp_path):
     root, csv = clinic["root"], clinic["csv"]
     shards = [tmp_path / "s0.h5", tmp_path / "s1.h5"]

@@ -107,6 +107,7 @@ def test_sigkill_loses_at_most_the_batch_in_flight_and_rerun_completes(tmp_path,
 READ_WHILE_RUNNING = RESUME_SCRIPT.replace("progress=False", "progress=False, commit_seconds=0")
 
 
+@pytest.mark.slow
 def test_a_first_extraction_is_readable_while_it_runs_and_after_a_sigkill(tmp_path, forked):
     """Committed every batch: `info` and load_cache read the rows committed so far while the extraction runs,
     a SIGKILL leaves a readable cache, and the rerun completes it with the features of an uninterrupted run."""
@@ -238,6 +239,7 @@ def _killed_and_replayed(harness, k: int, cache: Path, rc: int) -> None:
     assert _cache_state(cache) == harness["expected"], f"killed before write {k}: the replay differs"
 
 
+@pytest.mark.slow
 def test_a_commit_killed_at_its_first_middle_and_last_write_leaves_the_cache_as_it_was(commit_harness):
     """The crash harness's three-point sample (all points: test_a_commit_killed_at_any_write_..., `make
     test-crash`): SIGKILL before the first, a middle and the last write of an in-place commit; one write more than

@@ -49,6 +49,7 @@ def bottleneck_command(*args) -> list[str]:
     return [sys.executable, "-m", "bottleneck", *map(str, args)]
 
 
+@pytest.mark.slow
 def test_output_into_a_closed_pipe_ends_quietly_on_every_command(tmp_path):
     """`bottleneck info CACHE | head -1` once ended in `error: BrokenPipeError`: a reader that has gone ends the
     command quietly with the shell's SIGPIPE status (141): no error line, no traceback, no "Exception ignored"."""
@@ -101,6 +102,7 @@ def views_cache(path, views=2):
     return path
 
 
+@pytest.mark.slow
 def test_help_info_merge_and_evaluate_never_import_tensorflow(tmp_path, synth_run):
     """TensorFlow's import alone takes ~10 s: the commands that read caches and apply a trained head to cached
     features (evaluate reads head.keras with numpy, heads/dense.py) must start without it."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import h5py
+import pytest
 from conftest import file_digest, make_ham, run_cli, write_image
 
 from bottleneck.cache.store import load_cache
@@ -28,6 +29,7 @@ def attrs(path) -> dict:
         return dict(f.attrs)
 
 
+@pytest.mark.slow
 def test_two_roots_of_one_folder_name_get_two_default_caches(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     a, b = small_tree(tmp_path / "ph2" / "images"), small_tree(tmp_path / "clinicB" / "images", seed=10)
@@ -42,6 +44,7 @@ def test_two_roots_of_one_folder_name_get_two_default_caches(tmp_path, monkeypat
         assert int(attrs(path)["n_rows"]) == 4 and attrs(path)["dataset"] == path.name.split("-")[0]
 
 
+@pytest.mark.slow
 def test_extract_into_a_cache_of_another_root_is_refused_and_leaves_it_as_it_was(tmp_path):
     a, b, cache = small_tree(tmp_path / "a"), small_tree(tmp_path / "b", seed=10), tmp_path / "c.h5"
     assert run_cli("extract", a, "--cache", cache, *ARGS).exit_code == 0
@@ -62,6 +65,7 @@ def test_extract_into_a_cache_of_another_root_is_refused_and_leaves_it_as_it_was
     assert r.exit_code == 1 and str(other.resolve()) in r.output and "HAM10000_metadata.csv" in r.output
 
 
+@pytest.mark.slow
 def test_append_adds_a_second_root_on_purpose_and_records_it(tmp_path):
     a, cache = small_tree(tmp_path / "a"), tmp_path / "c.h5"
     b = small_tree(tmp_path / "b", seed=10, prefix="other")  # other file names: other image ids
@@ -86,6 +90,7 @@ def test_append_adds_a_second_root_on_purpose_and_records_it(tmp_path):
     assert file_digest(cache) == before
 
 
+@pytest.mark.slow
 def test_a_csv_that_changes_labels_or_groups_is_counted_and_recorded(tmp_path):
     root, cache = make_ham(tmp_path / "HAM", n_lesions=3, images_per_lesion=2), tmp_path / "c.h5"
     assert run_cli("extract", root, "--cache", cache, *ARGS).exit_code == 0
@@ -113,6 +118,7 @@ def test_a_csv_that_changes_labels_or_groups_is_counted_and_recorded(tmp_path):
     assert "changed" not in r.output and len(json.loads(attrs(cache)["relabels"])) == 1
 
 
+@pytest.mark.slow
 def test_an_older_cache_adopts_the_first_extracts_identity(tmp_path):
     a, b, cache = small_tree(tmp_path / "a"), small_tree(tmp_path / "b", seed=10, prefix="x"), tmp_path / "c.h5"
     assert run_cli("extract", a, "--cache", cache, *ARGS).exit_code == 0
@@ -131,6 +137,7 @@ def test_an_older_cache_adopts_the_first_extracts_identity(tmp_path):
     assert run_cli("extract", a, "--cache", cache, *ARGS).exit_code == 1  # from now on it is b's cache
 
 
+@pytest.mark.slow
 def test_a_cache_at_the_name_from_before_the_root_hash_is_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     a = small_tree(tmp_path / "lesions")

@@ -51,6 +51,7 @@ def test_ham10000_cache_contents(tmp_path):
     np.testing.assert_allclose(c.features, expected, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_weights_file_features_equal_in_process_model(tmp_path, class_tree):
     """--weights PATH: a weights file the test saves itself, loaded for extraction."""
     donor = create_backbone("vgg16", "none", 32, "avg", seed=123)
@@ -149,6 +150,7 @@ def test_strict_makes_a_bad_file_fatal(tmp_path, class_tree):
     assert len(load_cache(o.cache).image_ids) >= 4
 
 
+@pytest.mark.slow
 def test_the_backbone_is_built_only_when_an_image_needs_it(tmp_path, class_tree):
     """It is built while the files hash when image ids are new; bytes changed under a cached id show only once
     hashed, and then it is built after."""

@@ -175,6 +175,7 @@ def test_a_binary_head_off_a_multiclass_cache_keeps_the_lesion_grouping(binary):
     assert "other: bcc, nv (90 images)" in binary["output"] and "dropped: none" in binary["output"]
 
 
+@pytest.mark.slow
 def test_a_partial_map_drops_and_counts_the_rest(binary):
     out = binary["tmp"] / "partial"
     r = run_cli("train-head", binary["cache"], "--out", out, "--class-map", "mel=mel;nv=nv", *FAST)
@@ -189,6 +190,7 @@ def test_a_partial_map_drops_and_counts_the_rest(binary):
     assert "| (dropped) bcc | bcc | 30 |" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_split_from_reuses_the_map_and_the_split(binary):
     out = binary["tmp"] / "again"
     r = run_cli("train-head", binary["cache"], "--out", out, "--split-from", binary["run"], *FAST)
@@ -286,6 +288,7 @@ def test_external_names_unlike_the_maps_sources_are_refused_not_swallowed_by_the
 
 # --- sweep --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sweep_with_a_class_map_records_it_and_binds_its_directory(binary):
     out = binary["tmp"] / "sweep"
     args = ["sweep", binary["cache"], "--out", out, "--lr", "1e-3", "--hidden", "16", "--epochs", "4",
@@ -312,6 +315,7 @@ def mapped_run(ham_run):
     return out
 
 
+@pytest.mark.slow
 def test_predict_and_export_name_the_maps_classes(ham_run, mapped_run):
     images = sorted(ham_run["root"].rglob("*.jpg"))[:3]
     out = ham_run["tmp"] / "mapped-pred.csv"
@@ -328,6 +332,7 @@ def test_predict_and_export_name_the_maps_classes(ham_run, mapped_run):
     assert labels["class_names"] == ["mel", "other"] and labels["class_map"]["spec"] == BINARY
 
 
+@pytest.mark.slow
 def test_fine_tune_keeps_the_maps_classes_and_refuses_another_task(ham_run, mapped_run):
     out = ham_run["tmp"] / "mapped-ft"
     bad = run_cli("fine-tune", mapped_run, "--out", out, "--class-map", "malignant=mel;other=*", "--quiet")
@@ -379,6 +384,7 @@ def test_odd_class_names_are_recorded_as_they_are(odd_run):
     assert list(test["per_class"]) == targets and all(c["support"] for c in test["per_class"].values())
 
 
+@pytest.mark.slow
 def test_evaluate_and_split_from_keep_every_odd_class(odd_run):
     """The issue's case: evaluate read 'nevus, atypical' back as two classes and dropped 5 of 6 test images."""
     run, targets = odd_run["run"], list(ODD.values())
@@ -400,6 +406,7 @@ def test_evaluate_and_split_from_keep_every_odd_class(odd_run):
     assert json.loads((again / "metrics.json").read_text())["test"]["n"] == trained["n"]
 
 
+@pytest.mark.slow
 def test_predict_and_export_name_odd_classes_exactly(odd_run):
     images = sorted((odd_run["tmp"] / "data").rglob("*.jpg"))[:3]
     out = odd_run["tmp"] / "pred.csv"

@@ -99,6 +99,7 @@ def test_build_head_standardizes_with_training_statistics_and_outputs_probabilit
     assert [layer.name for layer in linear.layers] == ["probabilities"]
 
 
+@pytest.mark.slow
 def test_fit_head_learns_stops_early_and_restores_the_best_epoch():
     x, y = blobs(n_per_class=15)
     rng = np.random.default_rng(5)
@@ -118,6 +119,7 @@ def test_fit_head_learns_stops_early_and_restores_the_best_epoch():
     assert loss == pytest.approx(min(t.history["val_loss"]), rel=0.02)
 
 
+@pytest.mark.slow
 def test_fit_without_validation_runs_every_epoch_and_the_same_seed_gives_the_same_head():
     x, y = blobs(n_per_class=20)
     cfg = HeadConfig(hidden=(8,), epochs=3, batch_size=16)

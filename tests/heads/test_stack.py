@@ -30,6 +30,7 @@ def parts(order, cfgs):
 
 
 @pytest.mark.parametrize("optimizer,hidden", [("rmsprop", (16, 8)), ("adam", (16,)), ("sgd", (8,))])
+@pytest.mark.slow
 def test_a_head_in_a_stack_is_the_head_trained_alone(data, optimizer, hidden):
     x, y, order = data
     cfgs = [HeadConfig(hidden=hidden, optimizer=optimizer, epochs=12, patience=3, batch_size=16, seed=s,

@@ -43,6 +43,7 @@ def features_of(arrays) -> np.ndarray:
     return model.predict(get_spec("vgg16").preprocess_fn()(x), verbose=0)
 
 
+@pytest.mark.slow
 def test_stored_views_are_the_real_transforms(tmp_path, square_tree):
     s = extract(build_index(square_tree), opts(tmp_path, views=9))
     assert s.views == 9
@@ -63,6 +64,7 @@ def test_stored_views_are_the_real_transforms(tmp_path, square_tree):
     assert not np.allclose(views[:, 7], views[:, 8], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_an_old_cache_gains_views_without_recomputing_the_plain_vectors(tmp_path, square_tree):
     path = tmp_path / "v.h5"
     extract(build_index(square_tree), opts(tmp_path))
@@ -105,6 +107,7 @@ def test_augment_draws_different_views_across_epochs_streamed_from_disk(tmp_path
             np.testing.assert_allclose(second[0][0][j], want)
 
 
+@pytest.mark.slow
 def test_train_head_augment_tta_end_to_end_and_old_caches_still_work(tmp_path, synth_run):
     # a run off a cache without views (the session's) has no comparison of views
     assert "views_comparison" not in json.loads((synth_run["run"] / "metrics.json").read_text())

@@ -32,6 +32,7 @@ def test_a_weights_file_must_have_the_recorded_hash(tmp_path):
         rebuild_backbone(replace(cc, weights=str(tmp_path / "gone.h5")))
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_do_not_move(tmp_path):
     """mobilenet_v2 (weights none: this looks at variables, not features) with every group unfrozen."""
     import keras

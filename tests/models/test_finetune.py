@@ -78,6 +78,7 @@ def test_the_test_split_is_never_read_for_training(tuned):
     assert metrics["test"]["n"] == len(paths["test"]) - 1  # evaluated without it, and said so
 
 
+@pytest.mark.slow
 def test_resume_continues_an_interrupted_fine_tune(ham_run):
     import keras
 
@@ -96,6 +97,7 @@ def test_resume_continues_an_interrupted_fine_tune(ham_run):
     assert r.epochs_run == 2 and len(pd.read_csv(out / "history.csv")) == 2 and not tmp.exists()
 
 
+@pytest.mark.slow
 def test_cli_fine_tune(ham_run):
     out = ham_run["tmp"] / "cli-ft"
     r = run_cli("fine-tune", ham_run["run"], "--epochs", 1, "--batch-size", 8, "--out", out, "-q")

@@ -122,6 +122,7 @@ def test_the_report_holds_the_paired_comparison_with_the_head_on_the_images_both
     assert "--intersect" in section and "balanced accuracy" in section and "Holm" in section
 
 
+@pytest.mark.slow
 def test_export_of_a_fine_tuned_run_carries_its_calibration_record_and_threshold(tuned, tmp_path):
     run = tuned["result"].run_dir
     config = json.loads((run / "config.json").read_text())
@@ -136,6 +137,7 @@ def test_export_of_a_fine_tuned_run_carries_its_calibration_record_and_threshold
     assert frame["mel_threshold"].iloc[0] == config["operating_point"]["threshold"]
 
 
+@pytest.mark.slow
 def test_predict_applies_and_undoes_a_fine_tuned_runs_calibration(tuned, tmp_path):
     """A fine-tune run whose config records an applied calibration (folded into model.keras, as `score_images` does):
     predict serves the calibrated probabilities, and --no-calibrate the model's own."""
@@ -160,6 +162,7 @@ def test_predict_applies_and_undoes_a_fine_tuned_runs_calibration(tuned, tmp_pat
     assert np.abs(served - own).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_a_large_validation_split_gets_a_calibration_or_the_reason_and_predict_serves_the_report(calibrated,
                                                                                                 tmp_path):
     ft = calibrated["ft"]

@@ -25,6 +25,7 @@ def head_on_cache(ham_run) -> dict[str, np.ndarray]:
     return {str(ham_run["root"] / p): q for p, q in zip(data.paths, proba)}
 
 
+@pytest.mark.slow
 def test_predict_a_folder_with_bad_files_lists_them(ham_run, tmp_path):
     folder = tmp_path / "new"
     for i in range(3):
@@ -52,6 +53,7 @@ def test_predict_a_folder_with_bad_files_lists_them(ham_run, tmp_path):
         assert set(df["decision_rule"]) == {read_config(ham_run["run"])["decision_rule"]} == {r.rule["rule"]}
 
 
+@pytest.mark.slow
 def test_tta_averages_the_eight_dihedral_views(ham_run, tmp_path):
     img = write_image(tmp_path / "a.png", seed=7, size=(32, 32))
     plain = predict(ham_run["run"], [img]).frame
@@ -104,6 +106,7 @@ def test_export_round_trip_parity(ham_run, fmt):
     np.testing.assert_allclose(got, np.stack([reference[f] for f in files]), atol=2e-2)
 
 
+@pytest.mark.slow
 def test_export_refuses_when_parity_fails_and_writes_nothing(ham_run, monkeypatch):
     monkeypatch.setattr(serve, "HEAD_RUN_ATOL", 0.0)
     out = ham_run["tmp"] / "never-exported"
@@ -112,6 +115,7 @@ def test_export_refuses_when_parity_fails_and_writes_nothing(ham_run, monkeypatc
     assert not out.exists() and not out.with_name(f".{out.name}.tmp").exists()
 
 
+@pytest.mark.slow
 def test_predict_and_export_a_fine_tuned_run(tuned, tmp_path):
     import keras
 
@@ -131,6 +135,7 @@ def test_predict_and_export_a_fine_tuned_run(tuned, tmp_path):
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_predict(ham_run, tmp_path):
     out = tmp_path / "preds.csv"
     r = run_cli("predict", ham_run["run"], ham_run["root"] / "HAM10000_images_part_1", "--out", out, "--tta")
@@ -159,6 +164,7 @@ def test_predict_follows_links_in_the_folders_it_is_given_once_each(ham_run, tmp
     assert len(frame) == 2 and (frame["error"] == "").all()
 
 
+@pytest.mark.slow
 def test_cli_export(ham_run, tmp_path):
     r = run_cli("export", ham_run["run"], "--format", "keras", "--out", tmp_path / "k")
     assert r.exit_code == 0, r.output

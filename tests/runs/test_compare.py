@@ -77,6 +77,7 @@ def threshold_of(run):
     return json.loads((run / "config.json").read_text())["operating_point"]["threshold"]
 
 
+@pytest.mark.slow
 def test_two_heads_of_one_split_agree_with_an_independent_recomputation(heads):
     a, b, out = heads["a"], heads["b"], heads["tmp"] / "ab"
     r = run_cli("compare", a, b, "--out", out, "--resamples", "300", "--seed", "7")
@@ -152,6 +153,7 @@ def test_runs_of_other_test_rows_are_refused_with_the_counts_or_intersected(head
     assert "--intersect" in (out / "comparison.md").read_text()
 
 
+@pytest.mark.slow
 def test_external_cache_evaluates_each_head_and_compares_there(heads):
     a, b, tmp = heads["a"], heads["b"], heads["tmp"]
     ext = feature_cache(tmp / "ext.h5", counts={"bcc": 20, "mel": 20, "nv": 30}, dim=16, separation=0.35, seed=9)
@@ -172,6 +174,7 @@ def test_external_cache_evaluates_each_head_and_compares_there(heads):
     assert (d["a"], d["b"]) == pytest.approx(want)
 
 
+@pytest.mark.slow
 def test_folds_runs_compare_their_out_of_fold_rows_at_each_folds_threshold(heads, tmp_path):
     runs = []
     for name, extra in (("f1", ["--hidden", "none"]), ("f2", ["--hidden", "16", "--seed", "2"])):
@@ -190,6 +193,7 @@ def test_folds_runs_compare_their_out_of_fold_rows_at_each_folds_threshold(heads
         assert got["specificity"][side] == pytest.approx(oof["specificity"]["value"])
 
 
+@pytest.mark.slow
 def test_refusals_name_the_problem_and_write_nothing(heads, tmp_path):
     a, b = heads["a"], heads["b"]
     r = run_cli("compare", a, a)
@@ -225,6 +229,7 @@ def test_refusals_name_the_problem_and_write_nothing(heads, tmp_path):
     assert (heads["tmp"] / "compare-a-b" / "comparison.json").is_file()
 
 
+@pytest.mark.slow
 def test_compare_never_imports_tensorflow(heads):
     """compare reads predictions.csv, and with --cache applies the heads with numpy (as evaluate does): no ~10 s
     TensorFlow start-up."""

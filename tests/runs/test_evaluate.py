@@ -21,6 +21,7 @@ from bottleneck.runs.evaluate import by_name, eval_dir, evaluate_run
 from bottleneck.stats.calibration import Calibration, expected_calibration_error
 
 
+@pytest.mark.slow
 def test_cli_train_head_prints_the_table_and_evaluate_matches(tmp_path):
     cache, out = feature_cache(tmp_path / "feat.h5"), tmp_path / "run"
     r = run_cli("train-head", cache, "--out", out, "--epochs", "10", "--quiet")

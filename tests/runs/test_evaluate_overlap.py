@@ -276,6 +276,7 @@ def smooth_image(path, seed: int, size=(96, 72)):
     return path
 
 
+@pytest.mark.slow
 def test_real_copies_are_found_by_their_bytes_id_and_picture(tmp_path):
     """Real images through a real extract: a byte copy, a resized copy under the same name, and re-encoded,
     resized, flipped and turned copies of training images under new names are each found by the check that can;

@@ -69,6 +69,7 @@ def test_every_out_of_fold_figure_recomputes_from_predictions_csv(small):
     assert np.mean(aucs) == m["roc_auc_macro"]
 
 
+@pytest.mark.slow
 def test_a_reused_folds_split_and_the_served_head(small):
     """A run with a test split: its test is scored by the head trained on all non-test rows, `evaluate` scores it the
     same, and --split-from of the run trains a plain run on the same test images."""

@@ -86,6 +86,7 @@ def test_auc_of_tied_probabilities_is_null_with_a_note():
     assert "roc_auc_note" not in compute_metrics(y, np.eye(3)[y] * 0.8 + 0.2 / 3, NAMES)
 
 
+@pytest.mark.slow
 def test_train_head_on_constant_features_says_so(tmp_path):
     cache = constant_cache(tmp_path / "const.h5")
     out = tmp_path / "run"
@@ -103,6 +104,7 @@ def test_train_head_on_constant_features_says_so(tmp_path):
         assert metrics[split]["roc_auc_macro"] is None and "AUC left out" in metrics[split]["roc_auc_note"]
 
 
+@pytest.mark.slow
 def test_a_healthy_run_has_no_warnings(tmp_path):
     cache = feature_cache(tmp_path / "f.h5", dim=16, separation=3.0)
     r = run_cli("train-head", cache, "--out", tmp_path / "run", "--hidden", "8", "--epochs", 3, "--quiet")

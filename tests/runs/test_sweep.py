@@ -31,6 +31,7 @@ def cache(tmp_path):
     return feature_cache(tmp_path / "feat.h5", images_per_group=3)
 
 
+@pytest.mark.slow
 def test_a_val_split_score_does_not_depend_on_the_val_labels(cache):
     """--folds 0 scores the val split: the head trained for it is the same whatever val's labels are."""
     data = load_cache(cache)
@@ -45,6 +46,7 @@ def test_a_val_split_score_does_not_depend_on_the_val_labels(cache):
     np.testing.assert_array_equal(proba, proba_wrong)
 
 
+@pytest.mark.slow
 def test_a_fold_score_does_not_depend_on_the_scored_folds_labels(cache):
     """Train one fold twice, the second time with every label of the scored fold changed: the head (and so its
     predictions on that fold) must be the same. Early-stopping on the scored fold, as sweeps once did, fails it."""
@@ -81,6 +83,7 @@ def test_a_cv_sweep_made_before_inner_early_stopping_is_refused(tmp_path, cache)
         _bind(out, data, SweepOptions(out=out, folds=2))
 
 
+@pytest.mark.slow
 def test_sweep_resumes_and_leaves_a_best_run(tmp_path, cache):
     out = tmp_path / "sweep"
     configs = expand_grid({"lr": [1e-3, 3e-4], **SMALL})
@@ -113,6 +116,7 @@ def test_sweep_resumes_and_leaves_a_best_run(tmp_path, cache):
     assert (more.computed, more.skipped) == (2, 2)
 
 
+@pytest.mark.slow
 def test_a_sweep_directory_is_bound_to_its_cache_and_protocol(tmp_path, cache):
     out = tmp_path / "sweep"
     configs = expand_grid(SMALL)
@@ -121,6 +125,7 @@ def test_a_sweep_directory_is_bound_to_its_cache_and_protocol(tmp_path, cache):
         run_sweep(cache, configs, SweepOptions(out=out, folds=3, progress=False))
 
 
+@pytest.mark.slow
 def test_the_test_split_never_influences_selection(tmp_path, cache):
     """Scramble every test row's features: the leaderboard (validation scores) must not move."""
     configs = expand_grid({"dropout": [0.3], **SMALL})
@@ -159,6 +164,7 @@ def test_fold_spread_is_the_sample_standard_deviation_with_its_count():
     assert s["melanoma_sensitivity"] == {"mean": 0.5, "std": None, "n": 1}  # no spread from one score
 
 
+@pytest.mark.slow
 def test_cli_sweep_with_options_prints_a_leaderboard(tmp_path, cache):
     out = tmp_path / "sw"
     r = runner.invoke(app, ["sweep", str(cache), "--lr", "1e-3,3e-4", "--hidden", "64", "--hidden", "32,32",

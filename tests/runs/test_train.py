@@ -67,6 +67,7 @@ def test_groups_stay_in_one_split(synth_run):
     assert df.groupby("group").size().max() == 3  # groups really hold several images
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_split(tmp_path, synth_run):
     """The session's run (made before whatever other tests ran in this process) and this one: the same bytes."""
     cache, a = synth_run["cache"], synth_run["run"]
@@ -80,6 +81,7 @@ def test_same_seed_same_metrics_other_seed_other_split(tmp_path, synth_run):
     assert (a / "split.csv").read_text() != (c.run_dir / "split.csv").read_text()
 
 
+@pytest.mark.slow
 def test_split_from_reuses_the_test_set(tmp_path, synth_run):
     cache, a = synth_run["cache"], synth_run["run"]
     b = train_head_run(cache, HeadConfig(epochs=5, optimizer="adam", seed=5),
@@ -88,6 +90,7 @@ def test_split_from_reuses_the_test_set(tmp_path, synth_run):
     assert json.loads((b.run_dir / "config.json").read_text())["split"]["from"] == str(a)
 
 
+@pytest.mark.slow
 def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, synth_run):
     cache, out = synth_run["cache"], copy_run(synth_run["run"], tmp_path)
     before = (out / "metrics.json").read_text()
@@ -99,6 +102,7 @@ def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, synth_run):
     assert not list(tmp_path.glob(".run*"))  # no temporary folders left behind
 
 
+@pytest.mark.slow
 def test_train_head_never_opens_an_image(tmp_path):
     """From real JPEGs through a real backbone, then the images are deleted before training."""
     root = make_ham(tmp_path / "HAM", n_lesions=9, images_per_lesion=2)
@@ -187,6 +191,7 @@ def test_a_two_class_run_reports_one_auc_for_both_classes(overlapping):
     assert "one AUC and one ROC curve, the mel class's" in (d / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_decision_most_probable_is_recorded_and_evaluate_reuses_it(tmp_path, overlapping):
     run = tmp_path / "mp"
     r = run_cli("train-head", overlapping["cache"], "--out", run, "--decision", "most-probable", "--epochs",
@@ -229,6 +234,7 @@ def test_evaluate_gives_the_runs_own_auc_and_an_older_run_keeps_its_balanced_rul
     assert (served["predicted"] != served["most_probable"]).any()  # the balanced rule, with its decision weights
 
 
+@pytest.mark.slow
 def test_an_image_under_two_lesion_ids_is_reported_and_grouped(tmp_path):
     """One picture stored under two lesion ids that the plain split puts in train and test: `report` lists the pair
     as crossing (split unchanged), the default `group` joins the lesions into one split, records it, and a run
@@ -278,6 +284,7 @@ def test_duplicates_option_is_checked(tmp_path):
     assert r.exit_code != 0 and "--duplicates should be one of group, report, ignore" in r.output
 
 
+@pytest.mark.slow
 def test_the_rerun_line_holds_a_memory_budget_only_when_the_user_gave_one(tmp_path):
     """The "Rerun:" line once carried this machine's resolved budget (`--memory-gb 5.89`): a rerun command holds what
     the user chose, and a budget changes speed, not results."""

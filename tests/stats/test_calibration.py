@@ -133,6 +133,7 @@ def test_before_and_after_score_the_same_decisions():
     assert f["ece_before"] != pytest.approx(expected_calibration_error(y, before))  # the argmax's figure differs
 
 
+@pytest.mark.slow
 def test_a_run_with_10_validation_images_keeps_the_head_s_own_probabilities(tmp_path):
     """70 images (as the issue's real photos), 10 of them for validation: train-head skips calibration and says so
     in metrics.json, config.json and the report; head.keras and predictions.csv hold the head's own probabilities."""

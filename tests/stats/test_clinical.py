@@ -157,6 +157,7 @@ def test_the_saved_head_gives_the_calibrated_probabilities_and_evaluate_agrees(c
     np.testing.assert_allclose(ev_preds[cols], raw[preds.split == "test"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_no_calibrate_positive_and_target(clinical_run):
     tmp = clinical_run["tmp"]
     r = run_cli("train-head", clinical_run["cache"], "--out", tmp / "plain", "--no-calibrate", "--positive", "bcc",
@@ -183,6 +184,7 @@ def test_bad_clinical_options_are_refused_and_write_nothing(clinical_run, args, 
     assert r.exit_code == 1 and message in r.output and not out.exists()
 
 
+@pytest.mark.slow
 def test_small_classes_and_few_test_lesions_are_warned(tmp_path):
     cache = feature_cache(tmp_path / "c.h5", counts={"bcc": 20, "mel": 40, "nv": 60}, images_per_group=4)
     r = run_cli("train-head", cache, "--out", tmp_path / "run", *FAST)
@@ -196,6 +198,7 @@ def test_small_classes_and_few_test_lesions_are_warned(tmp_path):
     assert "warning: test split: bcc has" in r.output
 
 
+@pytest.mark.slow
 def test_predict_and_export_carry_the_operating_point(ham_run, tmp_path):
     config = json.loads((ham_run["run"] / "config.json").read_text())
     op = config["operating_point"]
@@ -249,6 +252,7 @@ def test_sweep_winner_is_the_simplest_head_within_one_std_of_the_best():
 
 # --- the whole flow on a HAM10000-layout dataset -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ham10000_layout_report_has_every_figure_and_a_subgroup_table(tmp_path):
     """Images and HAM10000_metadata.csv -> extract (metadata stored in the cache) -> default train-head: intervals,
     operating point, calibration, lesion-level results, subgroups by sex, age band and localization."""

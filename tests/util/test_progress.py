@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import TINY_ARGS
 
 from bottleneck.util.progress import LogLines, interactive, progress_bar
@@ -45,6 +46,7 @@ def test_an_iterable_a_transient_bar_and_a_quiet_one():
     assert quick.getvalue() == quiet.getvalue() == ""
 
 
+@pytest.mark.slow
 def test_extract_with_stderr_into_a_file_has_no_carriage_return(tmp_path, class_tree):
     """`bottleneck extract ... 2> log` once filled the log with a redrawn bar ("\\r" per refresh)."""
     log = tmp_path / "extract.log"
