@@ -6,7 +6,8 @@ synced batch by batch: the segment is fsynced at most every `SYNC_SECONDS` and w
 process loses nothing it journaled (the kernel still holds it) and a power cut at most the batches of the last
 `SYNC_SECONDS`, whose records are then cut off or fail their CRC. A record a kill or a full disk cut off can only
 be a segment's last; readers ignore it and the next writer truncates it. A commit checks every batch before
-applying it (`check_batch`): one that does not load, fails its CRC, or whose arrays are not what a batch holds, is
+applying it (`batch.check_batch`; a batch this writer built from strings the cache can hold was checked as it was
+journaled): one that does not load, fails its CRC, or whose arrays are not what a batch holds, is
 copied to `damaged/` with a warning, and its images, absent from the cache, are simply extracted again. A commit
 then deletes the segments it applied. Batches are keyed by image id, so applying one twice (a crash between the
 commit and the cleanup) adds nothing twice. Batches journaled one file each by older versions (`batch-N.npz`) are
