@@ -18,12 +18,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..cache import CacheConfig, CacheWriter
+from ..cache import ROW_FIELDS, CacheConfig, CacheWriter
 from ..errors import InputError
 from .data import BenchOptions, synthetic_rows
 
 CLASSES = tuple(f"c{i}" for i in range(7))  # the labels of `synthetic_rows`
-STRING_COLUMNS = ("image_id", "path", "group", "sha256")  # a cache's per-row strings, stored as UTF-8
 
 
 def file_system(folder: Path) -> str:
@@ -61,7 +60,7 @@ def _write_h5py(path: Path, x: np.ndarray, rows: list[dict] | None = None) -> tu
     with h5py.File(path, "w") as f:
         f.create_dataset("features", data=x)
         if rows is not None:
-            for name in STRING_COLUMNS:
+            for name in ROW_FIELDS:  # a cache's per-row strings, stored as UTF-8
                 f.create_dataset(name, data=np.array([r[name] for r in rows], dtype=object),
                                  dtype=h5py.string_dtype("utf-8"))
             f.create_dataset("label", data=np.array([CLASSES.index(r["label"]) for r in rows], np.int32))

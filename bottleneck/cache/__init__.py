@@ -5,7 +5,7 @@ memory budget (`features`).
 What other packages may use is named here; everything else is private to the package."""
 
 
-from .batch import utf8_ok
+from .batch import ROW_FIELDS, utf8_ok
 from .features import (
                        GIB,
                        ViewsReader,
@@ -34,7 +34,7 @@ from .store import (
 from .writer import COMMIT_SECONDS, CacheWriter
 
 __all__ = [
-    "ADD_FINGERPRINTS", "COMMIT_SECONDS", "CacheConfig", "CacheData", "CacheWriter", "GIB", "MergeResult",
+    "ADD_FINGERPRINTS", "COMMIT_SECONDS", "ROW_FIELDS", "CacheConfig", "CacheData", "CacheWriter", "GIB", "MergeResult",
     "ViewsReader", "chunk_batches",
     "default_memory_gb", "describe_cache", "features_fit", "features_record", "is_streamed", "journaled_ids",
     "library_versions",

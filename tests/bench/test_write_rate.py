@@ -32,8 +32,8 @@ def test_the_plain_h5py_rows_hold_what_the_writer_stores(tmp_path):
     import numpy as np
 
     from bottleneck.bench.data import synthetic_rows
-    from bottleneck.bench.write_rate import STRING_COLUMNS, _write_cache, _write_h5py
-    from bottleneck.cache import load_cache
+    from bottleneck.bench.write_rate import _write_cache, _write_h5py
+    from bottleneck.cache import ROW_FIELDS, load_cache
 
     rows, feats = synthetic_rows(0, 40, 8)
     x = np.asarray(feats, np.float16)
@@ -42,7 +42,7 @@ def test_the_plain_h5py_rows_hold_what_the_writer_stores(tmp_path):
     _write_cache(tmp_path / "cache.h5", rows, x, 16)
     cache = load_cache(tmp_path / "cache.h5")
     with h5py.File(tmp_path / "cache.h5", "r") as c, h5py.File(tmp_path / "plain.h5", "r") as f:
-        for name in STRING_COLUMNS:  # the same UTF-8 strings, column by column
+        for name in ROW_FIELDS:  # the same UTF-8 strings, column by column
             assert h5py.check_string_dtype(f[name].dtype).encoding == "utf-8"
             assert h5py.check_string_dtype(c[name].dtype).encoding == "utf-8"
             assert f[name][:].tolist() == c[name][:].tolist() == [r[name].encode() for r in rows]
